@@ -1,0 +1,56 @@
+"""The ``sleap-rtc`` command: a click group whose subcommands live with their runtimes.
+
+Subcommands are imported only when used, so ``sleap-rtc worker`` on a headless GPU box
+never imports Qt, and ``sleap-rtc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+# name -> "module:attribute" of a click command
+COMMANDS: dict[str, str] = {
+    "server": "sleap_rtc.server.cli:server_command",
+    "worker": "sleap_rtc.worker.cli:worker_command",
+    "client-train": "sleap_rtc.client.cli:train_command",
+    "client-track": "sleap_rtc.client.cli:track_command",
+    "gui": "sleap_rtc.gui.cli:gui_command",
+    "demo": "sleap_rtc.demo:demo_command",
+}
+ALIASES = {"train": "client-train", "track": "client-track"}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        name = ALIASES.get(name, name)
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="sleap-rtc")
+def main(verbose: int) -> None:
+    """Remote GPU training for SLEAP over WebRTC.
+
+    \b
+    Lab admin:  sleap-rtc server            (signaling server, one per lab)
+                sleap-rtc worker            (on each GPU machine)
+    User:       sleap-rtc gui               (SLEAP with the Remote Training dock)
+                sleap-rtc train PKG.zip --room-id R --token T --auto-select
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,103 @@
+"""Room credentials and legacy session strings, and reading them out of pasted text.
+
+A session string is ``sleap-session:`` + URL-safe base64 (with ``=`` padding) of
+``{"r": room_id, "t": token, "p": worker_peer_id}`` encoded with ``json.dumps``' default
+separators, byte-compatible with the public sleap-rtc v2.0 peers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+
+SESSION_PREFIX = "sleap-session:"
+
+
+class CredentialsError(ValueError):
+    """Malformed session string or room credentials; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class RoomCredentials:
+    """What a peer needs to join a room: its id and its secret token."""
+
+    room_id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class SessionTarget:
+    """A decoded session string: room credentials plus the one worker it points at."""
+
+    room_id: str
+    token: str
+    peer_id: str
+
+    @property
+    def room(self) -> RoomCredentials:
+        """The room part, without the worker."""
+        return RoomCredentials(self.room_id, self.token)
+
+
+def encode_session_string(room_id: str, token: str, peer_id: str) -> str:
+    """Encode a session string exactly as the v2.0 worker printed it."""
+    payload = json.dumps({"r": room_id, "t": token, "p": peer_id}).encode()
+    return SESSION_PREFIX + base64.urlsafe_b64encode(payload).decode()
+
+
+def decode_session_string(text: str) -> SessionTarget:
+    """Decode a session string (padded or not, surrounding whitespace ignored).
+
+    Raises ``CredentialsError`` with one clear message for any malformed input.
+    """
+    if not isinstance(text, str):
+        raise CredentialsError("A session string must be text.")
+    text = text.strip()
+    if not text.startswith(SESSION_PREFIX):
+        raise CredentialsError(f"Invalid session string: it must start with '{SESSION_PREFIX}'.")
+    body = text[len(SESSION_PREFIX) :].strip()
+    if not body:
+        raise CredentialsError("Invalid session string: nothing after 'sleap-session:'.")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+=*", body):
+        raise CredentialsError("Invalid session string: it contains characters that are not URL-safe base64.")
+    body = body.rstrip("=")
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        data = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise CredentialsError("Invalid session string: it is not base64-encoded JSON (was it cut short?).") from None
+    if not isinstance(data, dict):
+        raise CredentialsError("Invalid session string: the decoded value is not an object.")
+    missing = [k for k in ("r", "t", "p") if not isinstance(data.get(k), str) or not data.get(k)]
+    if missing:
+        raise CredentialsError(f"Invalid session string: missing or empty field(s) {', '.join(missing)}.")
+    return SessionTarget(room_id=data["r"], token=data["t"], peer_id=data["p"])
+
+
+_ROOM_RE = re.compile(r"room[\s_-]*id\s*[:=]\s*[\"']?([A-Za-z0-9_\-]+)", re.IGNORECASE)
+_TOKEN_RE = re.compile(r"\btoken\s*[:=]\s*[\"']?([A-Za-z0-9_\-]+)", re.IGNORECASE)
+_SESSION_RE = re.compile(r"sleap-session:[A-Za-z0-9_\-]+=*")
+
+
+def parse_room_credentials(text: str) -> RoomCredentials:
+    """Find room credentials in pasted text: a worker banner, ``Room ID: x`` / ``Token: y``
+    lines, ``room-id=x token=y``, or a session string (its room part).
+
+    Raises ``CredentialsError`` saying what is missing.
+    """
+    text = text or ""
+    room = _ROOM_RE.search(text)
+    token = _TOKEN_RE.search(text)
+    if room and token:
+        return RoomCredentials(room.group(1), token.group(1))
+    session = _SESSION_RE.search(text)
+    if session:
+        return decode_session_string(session.group(0)).room
+    if room and not token:
+        raise CredentialsError("Found a room ID but no token: paste both lines of the worker's banner.")
+    if token and not room:
+        raise CredentialsError("Found a token but no room ID: paste both lines of the worker's banner.")
+    raise CredentialsError("No room credentials found: paste the 'Room ID:' and 'Token:' lines a worker prints.")

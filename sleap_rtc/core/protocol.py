@@ -1,0 +1,276 @@
+"""Every wire name of sleap-rtc, and the validation of frames that carry them.
+
+Two protocols live here:
+
+* the **signaling protocol** (JSON text frames over one WebSocket per peer), which keeps
+  the field and type names of the public "v2.0" server so that old peers still work, plus
+  our opt-in room events;
+* the **data-channel protocol** spoken peer-to-peer once WebRTC is up: JSON control
+  messages with a ``type`` and binary file frames (see ``pack_chunk``).
+
+Nothing in this module does I/O. The server and every peer use the same names and the same
+``parse_frame`` so that a field renamed here is renamed everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from enum import StrEnum
+from typing import Any
+
+SIGNALING_VERSION = "2.0"
+"""Version of the signaling protocol (the public v2.0 wire names plus room events)."""
+
+CHANNEL_VERSION = 1
+"""Version of the data-channel protocol; both peers state it in ``hello``."""
+
+MAX_FRAME_BYTES = 1024 * 1024
+"""Default cap on one signaling frame, enforced by the server."""
+
+DEFAULT_PING_INTERVAL = 30.0
+"""Seconds between application pings sent by the server."""
+
+
+class MessageType(StrEnum):
+    """Signaling frame types, peer to server and server to peer."""
+
+    REGISTER = "register"
+    REGISTERED_AUTH = "registered_auth"
+    DISCOVER_PEERS = "discover_peers"
+    PEER_LIST = "peer_list"
+    UPDATE_METADATA = "update_metadata"
+    METADATA_UPDATED = "metadata_updated"
+    PEER_MESSAGE = "peer_message"
+    OFFER = "offer"
+    ANSWER = "answer"
+    CANDIDATE = "candidate"
+    ERROR = "error"
+    PING = "ping"
+    PONG = "pong"
+    # Room events: pushed only to peers that registered with ``"events": true``.
+    PEER_JOINED = "peer_joined"
+    PEER_LEFT = "peer_left"
+    PEER_UPDATED = "peer_updated"
+
+
+RELAYED_TYPES = frozenset({MessageType.OFFER, MessageType.ANSWER, MessageType.CANDIDATE})
+"""Frames forwarded unchanged (sender stamped) from ``sender`` to ``target``."""
+
+EVENT_TYPES = frozenset({MessageType.PEER_JOINED, MessageType.PEER_LEFT, MessageType.PEER_UPDATED})
+"""Room events a peer can opt into."""
+
+
+class Role(StrEnum):
+    """Which side of a job a registered peer is on."""
+
+    WORKER = "worker"
+    CLIENT = "client"
+
+
+class WorkerStatus(StrEnum):
+    """The ``status`` property a worker publishes in its metadata."""
+
+    AVAILABLE = "available"
+    RESERVED = "reserved"
+    BUSY = "busy"
+    MAINTENANCE = "maintenance"
+
+
+class Prop(StrEnum):
+    """Names of worker metadata properties (one name each: ``gpu_model``, never ``gpu_name``)."""
+
+    GPU_MEMORY_MB = "gpu_memory_mb"
+    GPU_MODEL = "gpu_model"
+    CUDA_VERSION = "cuda_version"
+    SLEAP_VERSION = "sleap_version"
+    SLEAP_NN_VERSION = "sleap_nn_version"
+    HOSTNAME = "hostname"
+    WORKER_NAME = "worker_name"
+    STATUS = "status"
+    MAX_CONCURRENT_JOBS = "max_concurrent_jobs"
+    SUPPORTED_JOB_TYPES = "supported_job_types"
+
+
+class Tag(StrEnum):
+    """Tags a worker advertises."""
+
+    SLEAP_RTC = "sleap-rtc"
+    TRAINING_WORKER = "training-worker"
+    INFERENCE_WORKER = "inference-worker"
+
+
+class ErrorCode(StrEnum):
+    """``code`` of a server ``error`` frame (the old codes plus ours)."""
+
+    INVALID_JSON = "INVALID_JSON"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    UNKNOWN_MESSAGE_TYPE = "UNKNOWN_MESSAGE_TYPE"
+    NOT_IN_ROOM = "NOT_IN_ROOM"
+    ROOM_NOT_FOUND = "ROOM_NOT_FOUND"
+    INVALID_TOKEN = "INVALID_TOKEN"
+    ROOM_EXPIRED = "ROOM_EXPIRED"
+    ROOM_FULL = "ROOM_FULL"
+    PEER_NOT_IN_ROOM = "PEER_NOT_IN_ROOM"
+    PEER_NOT_FOUND = "PEER_NOT_FOUND"
+    PEER_ID_TAKEN = "PEER_ID_TAKEN"
+    ALREADY_REGISTERED = "ALREADY_REGISTERED"
+    DELIVERY_FAILED = "DELIVERY_FAILED"
+    FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
+    RATE_LIMITED = "RATE_LIMITED"
+    FORBIDDEN = "FORBIDDEN"
+
+
+WORKER_BUSY = "worker_busy"
+"""``reason`` of a worker's refusal of an offer, relayed to the client by the server."""
+
+
+class ProtocolError(ValueError):
+    """A frame that breaks the protocol; ``code`` is an ``ErrorCode`` for the error reply."""
+
+    def __init__(self, code: ErrorCode | str, message: str):
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+
+
+# Required fields (name -> accepted Python types) of frames a peer sends to the server.
+# Optional fields are checked where they are used; extra fields are allowed (old peers
+# send some) and, for relayed frames, forwarded unchanged.
+_OBJ = dict
+_STR = str
+PEER_FRAME_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    MessageType.REGISTER: {"peer_id": _STR, "room_id": _STR, "token": _STR, "role": _STR},
+    MessageType.DISCOVER_PEERS: {},
+    MessageType.UPDATE_METADATA: {"metadata": _OBJ},
+    MessageType.PEER_MESSAGE: {"to_peer_id": _STR, "payload": _OBJ},
+    MessageType.OFFER: {"target": _STR},
+    MessageType.ANSWER: {"target": _STR},
+    MessageType.CANDIDATE: {"target": _STR},
+    MessageType.ERROR: {"target": _STR},
+    MessageType.PING: {},
+    MessageType.PONG: {},
+}
+
+# Optional fields with a fixed type: a wrong type is an INVALID_MESSAGE, never a crash.
+_OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    MessageType.REGISTER: {"metadata": _OBJ, "events": bool, "resume": _STR},
+    MessageType.DISCOVER_PEERS: {"filters": _OBJ},
+    MessageType.OFFER: {"sdp": _STR},
+    MessageType.ANSWER: {"sdp": _STR},
+    MessageType.ERROR: {"reason": _STR, "message": _STR},
+}
+
+
+def parse_frame(text: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> dict[str, Any]:
+    """Decode one signaling frame and check its type and field types.
+
+    Returns the frame as a dict; raises ``ProtocolError`` with the code to answer with.
+    """
+    if len(text) > max_bytes:
+        raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"Frame larger than {max_bytes} bytes.")
+    try:
+        frame = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"Frame is not valid JSON: {exc.__class__.__name__}.") from None
+    return validate_frame(frame)
+
+
+def validate_frame(frame: Any) -> dict[str, Any]:
+    """Check that a decoded frame is a peer->server message with well-typed fields."""
+    if not isinstance(frame, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Frame must be a JSON object.")
+    msg_type = frame.get("type")
+    if not isinstance(msg_type, str):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Frame has no string 'type'.")
+    if msg_type not in PEER_FRAME_FIELDS:
+        raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"Unknown message type {msg_type[:64]!r}.")
+    for name, types in PEER_FRAME_FIELDS[msg_type].items():
+        if name not in frame:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"'{msg_type}' needs field '{name}'.")
+        if not isinstance(frame[name], types):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Field '{name}' of '{msg_type}' has the wrong type.")
+    for name, types in _OPTIONAL_FIELDS.get(msg_type, {}).items():
+        if name in frame and frame[name] is not None and not isinstance(frame[name], types):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Field '{name}' of '{msg_type}' has the wrong type.")
+    return frame
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    """Encode a frame compactly (the wire format of both protocols' text frames)."""
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def error_frame(code: ErrorCode | str, message: str, **extra: Any) -> dict[str, Any]:
+    """One error shape for every server error: ``code`` for new peers, ``reason`` for old ones."""
+    return {"type": MessageType.ERROR.value, "code": str(code), "reason": message, "message": message, **extra}
+
+
+def busy_error_frame(target: str, status: str, message: str | None = None) -> dict[str, Any]:
+    """A worker's refusal of an offer (seed Decision 6), relayed by the server to ``target``."""
+    text = message or (
+        f"Worker is currently {status}. Use --room-id and --token for worker discovery "
+        "to pick an available worker."
+    )
+    return {
+        "type": MessageType.ERROR.value,
+        "target": target,
+        "reason": WORKER_BUSY,
+        "message": text,
+        "status": status,
+        "suggest_room_discovery": True,
+    }
+
+
+def peer_info(peer_id: str, role: str, metadata: dict[str, Any], connected_at: float) -> dict[str, Any]:
+    """How a peer is described in ``peer_list`` and in room events."""
+    return {"peer_id": peer_id, "role": role, "metadata": metadata, "connected_at": connected_at}
+
+
+# --------------------------------------------------------------------------------------
+# Data-channel protocol (peer to peer, after WebRTC is up)
+# --------------------------------------------------------------------------------------
+
+
+class ChannelType(StrEnum):
+    """``type`` of JSON control messages on the data channel."""
+
+    HELLO = "hello"  # {version, role, peer_id}; a version mismatch closes the channel
+    HEARTBEAT = "heartbeat"  # {t}; either side, every few seconds
+    ERROR = "error"  # {reason, message}
+    BYE = "bye"  # orderly hang-up
+    # File transfer: sender offers, receiver answers with where to start.
+    FILE_OFFER = "file_offer"  # {transfer_id, name, size, sha256}
+    FILE_ACCEPT = "file_accept"  # {transfer_id, offset}; offset == size: cached, send nothing
+    FILE_END = "file_end"  # {transfer_id}
+    FILE_DONE = "file_done"  # {transfer_id, sha256, path?}: verified on the receiver
+    FILE_ERROR = "file_error"  # {transfer_id, reason}
+    FILE_CANCEL = "file_cancel"  # {transfer_id}
+    # Jobs.
+    JOB_SUBMIT = "job_submit"  # {job_id, package: {sha256, name}, options}
+    JOB_ACCEPTED = "job_accepted"  # {job_id}
+    JOB_REJECTED = "job_rejected"  # {job_id, reason}
+    JOB_LOG = "job_log"  # {job_id, line, redraw}: redraw=True replaces the previous line (\r)
+    JOB_PROGRESS = "job_progress"  # {job_id, event}: a sleap-nn training event, unchanged
+    JOB_RESULT = "job_result"  # {job_id, kind, name, sha256, size}: a result file follows
+    JOB_COMPLETE = "job_complete"  # {job_id, results: [...], duration_s}
+    JOB_FAILED = "job_failed"  # {job_id, reason}
+    JOB_STOP = "job_stop"  # {job_id}: finish the current epoch, save, send results
+    JOB_CANCEL = "job_cancel"  # {job_id}: kill now
+
+
+CHUNK_HEADER = struct.Struct("!IQ")
+"""Binary file frame header: transfer id (u32) and byte offset (u64), then the payload."""
+
+
+def pack_chunk(transfer_id: int, offset: int, payload: bytes | memoryview) -> bytes:
+    """Build one binary file frame."""
+    return CHUNK_HEADER.pack(transfer_id, offset) + bytes(payload)
+
+
+def unpack_chunk(frame: bytes) -> tuple[int, int, memoryview]:
+    """Split a binary file frame into (transfer_id, offset, payload)."""
+    if len(frame) < CHUNK_HEADER.size:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Binary frame shorter than its header.")
+    transfer_id, offset = CHUNK_HEADER.unpack_from(frame)
+    return transfer_id, offset, memoryview(frame)[CHUNK_HEADER.size :]

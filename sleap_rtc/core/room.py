@@ -1,0 +1,226 @@
+"""A live view of the workers in a room, fed by ``peer_list`` and room events.
+
+``RoomView`` is the one model of "who is in the room" that the CLI table and the GUI's Qt
+model both subscribe to: it discovers once, then applies ``peer_joined`` / ``peer_left`` /
+``peer_updated`` as they arrive, and discovers again after the signaling client reconnects
+(events may have been missed meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sleap_rtc.core.metadata import matches_filters
+from sleap_rtc.core.protocol import MessageType, Prop, Role, WorkerStatus
+from sleap_rtc.core.signaling import ConnectionState, SignalingClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker as the room describes it (read-only; a new one replaces it on change)."""
+
+    peer_id: str
+    role: str
+    metadata: dict[str, Any]
+    connected_at: float = 0.0
+
+    @classmethod
+    def from_peer(cls, peer: dict[str, Any]) -> WorkerInfo:
+        """Build from a ``peer_list`` entry or a room event."""
+        metadata = peer.get("metadata") if isinstance(peer.get("metadata"), dict) else {}
+        return cls(
+            peer_id=str(peer.get("peer_id", "")),
+            role=str(peer.get("role", "")),
+            metadata=metadata,
+            connected_at=float(peer.get("connected_at") or 0.0),
+        )
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """The worker's advertised properties."""
+        props = self.metadata.get("properties", {})
+        return props if isinstance(props, dict) else {}
+
+    @property
+    def name(self) -> str:
+        """Human name of the worker (its peer id when it gave none)."""
+        return str(self.properties.get(Prop.WORKER_NAME) or self.peer_id)
+
+    @property
+    def gpu_model(self) -> str:
+        """GPU model, ``"CPU"`` for a worker without a GPU."""
+        return str(self.properties.get(Prop.GPU_MODEL) or "unknown")
+
+    @property
+    def gpu_memory_mb(self) -> int:
+        """Total GPU memory in MB (0 without a GPU or when not advertised)."""
+        value = self.properties.get(Prop.GPU_MEMORY_MB)
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+    @property
+    def cuda_version(self) -> str:
+        """CUDA driver version, empty when there is none."""
+        return str(self.properties.get(Prop.CUDA_VERSION) or "")
+
+    @property
+    def hostname(self) -> str:
+        """Host the worker runs on."""
+        return str(self.properties.get(Prop.HOSTNAME) or "")
+
+    @property
+    def status(self) -> str:
+        """``available`` / ``reserved`` / ``busy`` / ``maintenance`` (``unknown`` if absent)."""
+        return str(self.properties.get(Prop.STATUS) or "unknown")
+
+    @property
+    def available(self) -> bool:
+        """Whether the worker currently accepts a job."""
+        return self.status == WorkerStatus.AVAILABLE
+
+
+@dataclass(frozen=True)
+class RoomChange:
+    """What changed in a ``RoomView``: ``joined``, ``left``, ``updated`` or ``reset``."""
+
+    kind: str
+    worker: WorkerInfo | None = None
+
+
+RoomListener = Callable[[RoomChange], Any]
+
+WORKER_FILTER: dict[str, Any] = {"role": Role.WORKER.value}
+
+
+def worker_filters(min_gpu_memory_mb: int | None = None) -> dict[str, Any]:
+    """Discovery filters for workers, optionally with at least that much GPU memory."""
+    filters: dict[str, Any] = {"role": Role.WORKER.value}
+    if min_gpu_memory_mb:
+        filters["properties"] = {Prop.GPU_MEMORY_MB.value: {"$gte": int(min_gpu_memory_mb)}}
+    return filters
+
+
+class RoomView:
+    """The workers of one room, kept current from discovery and room events.
+
+    Listeners are called synchronously with a ``RoomChange`` after each change. ``filters``
+    (see ``worker_filters``) apply to the initial discovery, to every refresh and to events.
+    """
+
+    def __init__(self, signaling: SignalingClient, filters: dict[str, Any] | None = None):
+        self.signaling = signaling
+        self.filters = filters if filters is not None else dict(WORKER_FILTER)
+        self._workers: dict[str, WorkerInfo] = {}
+        self._listeners: list[RoomListener] = []
+        self._removers: list[Callable[[], None]] = []
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def workers(self) -> list[WorkerInfo]:
+        """Every worker that passes the filters, in join order."""
+        return list(self._workers.values())
+
+    def available(self) -> list[WorkerInfo]:
+        """Workers whose status is ``available``."""
+        return [w for w in self._workers.values() if w.available]
+
+    def get(self, peer_id: str) -> WorkerInfo | None:
+        """The worker with that peer id, if it is in the room."""
+        return self._workers.get(peer_id)
+
+    def subscribe(self, listener: RoomListener) -> Callable[[], None]:
+        """Call ``listener(change)`` after every change; returns a remover."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> list[WorkerInfo]:
+        """Start following room events and discover the current workers."""
+        if not self._removers:
+            self._removers.append(self.signaling.add_listener(self._on_frame))
+            self._removers.append(self.signaling.add_state_listener(self._on_state))
+        return await self.refresh()
+
+    def close(self) -> None:
+        """Stop following the room."""
+        for remove in self._removers:
+            remove()
+        self._removers.clear()
+
+    async def refresh(self) -> list[WorkerInfo]:
+        """Discover again (e.g. the user pressed ``r``) and replace the whole list."""
+        peers = await self.signaling.discover(self.filters)
+        self._workers = {}
+        for peer in peers:
+            info = WorkerInfo.from_peer(peer)
+            if info.peer_id:
+                self._workers[info.peer_id] = info
+        self._emit(RoomChange("reset"))
+        return self.workers
+
+    async def wait_for(self, predicate: Callable[[RoomView], Any], timeout: float) -> Any:
+        """Wait until ``predicate(self)`` is truthy (re-checked on every change); return it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            result = predicate(self)
+            if result:
+                return result
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise asyncio.TimeoutError()
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    # ------------------------------------------------------------------ events
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind not in (MessageType.PEER_JOINED, MessageType.PEER_LEFT, MessageType.PEER_UPDATED):
+            return
+        info = WorkerInfo.from_peer(frame)
+        if not info.peer_id:
+            return
+        if kind == MessageType.PEER_LEFT:
+            gone = self._workers.pop(info.peer_id, None)
+            if gone is not None:
+                self._emit(RoomChange("left", gone))
+            return
+        if not matches_filters(info.role, info.metadata, self.filters):
+            # e.g. a worker whose update made it fail a filter: it leaves this view.
+            gone = self._workers.pop(info.peer_id, None)
+            if gone is not None:
+                self._emit(RoomChange("left", gone))
+            return
+        known = info.peer_id in self._workers
+        self._workers[info.peer_id] = info
+        self._emit(RoomChange("updated" if known else "joined", info))
+
+    def _on_state(self, state: ConnectionState) -> None:
+        if state == ConnectionState.REGISTERED and self._removers:
+            asyncio.get_running_loop().create_task(self._refresh_quietly())
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # the next event or reconnect tries again
+            log.warning("could not refresh the worker list after reconnecting: %s", exc)
+
+    def _emit(self, change: RoomChange) -> None:
+        self._changed.set()
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:
+                log.exception("room listener failed")
