@@ -21,6 +21,14 @@ COMMANDS: dict[str, str] = {
     "demo": "sleap_rtc.demo:demo_command",
 }
 ALIASES = {"train": "client-train", "track": "client-track"}
+SHORT_HELP: dict[str, str] = {
+    "server": "Run the signaling server (rooms, discovery, relay).",
+    "worker": "Serve training/inference jobs from this GPU machine.",
+    "client-train": "Train a SLEAP training package on a remote worker (alias: train).",
+    "client-track": "Run inference on a remote worker (alias: track).",
+    "gui": "Open SLEAP (or a standalone window) with the Remote Training dock.",
+    "demo": "Run the whole product on this machine (local server + two workers).",
+}
 
 
 class LazyGroup(click.Group):
@@ -36,6 +44,11 @@ class LazyGroup(click.Group):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Listing must not import every runtime (Qt, torch): use the static summaries.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, SHORT_HELP[name]) for name in self.list_commands(ctx)])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

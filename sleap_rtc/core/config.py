@@ -56,12 +56,20 @@ def resolve_server(flag: str | None = None) -> str:
 
 
 def http_base(server_url: str) -> str:
-    """The HTTP base URL of a signaling server given by its ws:// or wss:// URL."""
-    if server_url.startswith("wss://"):
-        return "https://" + server_url[len("wss://") :].rstrip("/")
-    if server_url.startswith("ws://"):
-        return "http://" + server_url[len("ws://") :].rstrip("/")
-    return server_url.rstrip("/")
+    """The HTTP base URL of a signaling server given by its ws:// or wss:// URL.
+
+    The WebSocket path ``/ws`` is dropped (HTTP routes live beside it); any other path
+    prefix is kept, for a server behind a reverse proxy at a sub-path.
+    """
+    url = server_url.rstrip("/")
+    if url.startswith("wss://"):
+        url = "https://" + url[len("wss://") :]
+    elif url.startswith("ws://"):
+        url = "http://" + url[len("ws://") :]
+    scheme, sep, rest = url.partition("://")
+    if sep and "/" in rest and rest.endswith("/ws"):
+        url = f"{scheme}://{rest[: -len('/ws')]}"
+    return url
 
 
 def ice_servers_from_config(config: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -72,10 +72,14 @@ async def create_room(server_url: str, *, timeout: float = 10.0, ssl: Any = None
     url = http_base(server_url) + "/create-room"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
-            async with http.post(url, ssl=ssl) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status != 200:
-                    raise SignalingError(f"Server refused to create a room: {body.get('message', resp.status)}")
+            async with http.post(url, ssl=ssl if ssl is not None else True) as resp:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = None
+                if resp.status != 200 or not isinstance(body, dict) or "room_id" not in body:
+                    detail = body.get("message") if isinstance(body, dict) else None
+                    raise SignalingError(f"Server refused to create a room: {detail or f'HTTP {resp.status}'}")
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         raise SignalingError(f"Cannot reach the signaling server at {url}: {exc or exc.__class__.__name__}") from None
     return body["room_id"], body["token"]
@@ -135,6 +139,7 @@ class SignalingClient:
         self._closing = False
         self._send_lock = asyncio.Lock()
         self._registered = asyncio.Event()
+        self._watchdog_interval = DEFAULT_PING_INTERVAL
 
     # ------------------------------------------------------------------ public API
 
@@ -272,7 +277,7 @@ class SignalingClient:
             self._http = aiohttp.ClientSession()
         try:
             self._ws = await self._http.ws_connect(
-                self.url, heartbeat=20.0, max_msg_size=16 * 1024 * 1024, timeout=aiohttp.ClientWSTimeout(ws_close=5.0), ssl=self.ssl
+                self.url, heartbeat=20.0, max_msg_size=16 * 1024 * 1024, timeout=aiohttp.ClientWSTimeout(ws_close=5.0), ssl=self.ssl if self.ssl is not None else True
             )
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise SignalingError(f"Cannot reach the signaling server at {self.url}: {exc or exc.__class__.__name__}") from None
@@ -308,7 +313,7 @@ class SignalingClient:
     async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
             while True:
-                interval = self.registration.ping_interval if self.registration else DEFAULT_PING_INTERVAL
+                interval = self._watchdog_interval
                 try:
                     msg = await asyncio.wait_for(ws.receive(), timeout=3 * interval)
                 except asyncio.TimeoutError:
@@ -338,6 +343,12 @@ class SignalingClient:
                         self._set_state(ConnectionState.CLOSED)
 
     async def _dispatch(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == MessageType.REGISTERED_AUTH:
+            # Read here, not from ``self.registration``: the reader's next wait starts before
+            # the registering coroutine resumes, and must already use the server's interval.
+            interval = frame.get("ping_interval")
+            if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
+                self._watchdog_interval = float(interval)
         req_id = frame.get("id")
         if isinstance(req_id, str) and req_id in self._pending and frame.get("type") != MessageType.PING:
             fut = self._pending.pop(req_id)

@@ -1,0 +1,125 @@
+"""``sleap-rtc demo``: the whole product on this machine, with no GPU and no external server.
+
+It starts a signaling server and two workers on loopback (real processes, see
+``local_room``), then either opens the GUI joined to that room with the bundled tiny SLEAP
+project, or (``--headless``) runs the terminal flow: discover, auto-select, upload, real
+sleap-nn training with live progress, model download, inference and predictions download,
+and a summary. Every process it started is stopped on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from sleap_rtc.local_room import LocalRoom, sleap_rtc_argv
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources" / "tiny"
+PACKAGE = "tiny.training_job.zip"
+LABELS = "labels.pkg.slp"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _say(text: str) -> None:
+    click.secho(text, fg="cyan", bold=True)
+
+
+def _run_client(argv: list[str], room: LocalRoom, timeout: float) -> None:
+    """Run a client command in its own process group; its output goes straight to ours."""
+    proc = subprocess.Popen(argv, env=room.env, start_new_session=True)
+    try:
+        code = proc.wait(timeout)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        raise
+    if code != 0:
+        raise click.ClickException(f"'{' '.join(argv[3:5])}' failed with exit code {code}")
+
+
+def run_headless(room: LocalRoom, out: Path, timeout: float) -> None:
+    """The terminal flow: train on an auto-selected worker, then predict with the model."""
+    package = out / PACKAGE
+    shutil.copy(RESOURCES / PACKAGE, package)
+    shutil.copy(RESOURCES / LABELS, out / LABELS)
+    creds = ["--server", room.url, "--room-id", room.room_id, "--token", room.token, "--auto-select"]
+    started = time.monotonic()
+    _say("\n== 1/2 Training on a remote worker (auto-selected) ==")
+    _run_client(sleap_rtc_argv("client-train", str(package), *creds, "--output", str(out / "models")), room, timeout)
+    trained = time.monotonic()
+    models = sorted((out / "models").glob("*/best.ckpt"))
+    if not models:
+        raise click.ClickException(f"training finished but no model arrived in {out / 'models'}")
+    model_dir = models[0].parent
+    _say("\n== 2/2 Predicting with the trained model on a remote worker ==")
+    predictions = out / "predictions.slp"
+    _run_client(
+        sleap_rtc_argv("client-track", str(out / LABELS), "--model", str(model_dir), *creds, "--output", str(predictions)),
+        room,
+        timeout,
+    )
+    done = time.monotonic()
+    _say("\n== Summary ==")
+    click.echo(f"  room            {room.room_id} on {room.url} ({len(room.workers)} workers)")
+    click.echo(f"  training        {trained - started:.1f} s, model in {model_dir}")
+    click.echo(f"  inference       {done - trained:.1f} s, predictions in {predictions}")
+    try:
+        import sleap_io
+
+        labels = sleap_io.load_slp(str(predictions))
+        n = sum(len(lf.instances) for lf in labels.labeled_frames)
+        click.echo(f"  predictions     {len(labels.labeled_frames)} frames, {n} instances")
+    except Exception as exc:  # sleap-io is optional on a client
+        click.echo(f"  predictions     (not inspected: {exc.__class__.__name__})")
+
+
+@click.command("demo")
+@click.option("--headless", is_flag=True, help="Run the terminal flow instead of opening the GUI.")
+@click.option("--workers", default=2, show_default=True, help="How many local workers to start.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("sleap-rtc-demo"),
+              show_default=True, help="Where the package, models and predictions are written.")
+@click.option("--timeout", default=600.0, show_default=True, help="Give up on a step after this many seconds.")
+@click.option("--quiet-children", is_flag=True, help="Do not echo the server's and workers' output.")
+def demo_command(headless: bool, workers: int, output: Path, timeout: float, quiet_children: bool) -> None:
+    """Run the whole product on this machine: a local server, workers, and a real job."""
+    if not (RESOURCES / PACKAGE).exists():
+        raise click.ClickException(f"bundled demo project missing: {RESOURCES / PACKAGE}")
+    output = output.resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    echo = None if quiet_children else (lambda line: click.secho(line, dim=True))
+    work = Path(tempfile.mkdtemp(prefix="sleap-rtc-demo-"))
+    # SIGTERM (e.g. from `timeout` or a test) must run the same cleanup as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    room = LocalRoom(work, echo=echo)
+    try:
+        _say("Starting a local signaling server ...")
+        room.start_server()
+        room.create_room()
+        for i in range(1, workers + 1):
+            _say(f"Starting local worker demo-worker-{i} ...")
+            room.start_worker(f"demo-worker-{i}")
+        _say(f"\nRoom ready on {room.url}\n  Room ID: {room.room_id}\n  Token:   {room.token}")
+        if headless:
+            run_headless(room, output, timeout)
+        else:
+            from sleap_rtc.gui.launcher import launch
+
+            shutil.copy(RESOURCES / LABELS, output / LABELS)
+            launch(room.url, room.room_id, room.token, labels_path=output / LABELS)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted: stopping the local server and workers.", err=True)
+        sys.exit(130)
+    finally:
+        room.stop()
+        shutil.rmtree(work, ignore_errors=True)

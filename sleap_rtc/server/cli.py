@@ -1,0 +1,81 @@
+"""``sleap-rtc server``: run the signaling server until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from sleap_rtc.core.config import ice_servers_from_config, load_config, user_data_dir
+from sleap_rtc.server.limits import Limits
+
+log = logging.getLogger(__name__)
+
+
+def default_state_path() -> Path:
+    """Where rooms are kept unless ``--state`` or the config's ``state`` says otherwise."""
+    return user_data_dir() / "server.sqlite3"
+
+
+async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None, tls_key: str | None, ping_interval: float, room_ttl: float | None, limits: dict) -> None:
+    """Run a server until SIGINT/SIGTERM, then close every connection and exit."""
+    from sleap_rtc.server.app import start_server, tls_context
+
+    ssl_context = tls_context(tls_cert, tls_key) if tls_cert else None
+    server = await start_server(
+        host, port, state_path=state_path, ping_interval=ping_interval, ssl_context=ssl_context,
+        ice_servers=ice_servers_from_config(), room_ttl=room_ttl, **limits,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C still raises KeyboardInterrupt
+            pass
+    click.echo(f"sleap-rtc signaling server listening on {server.url} (HTTP: {server.http_url}); rooms in {state_path}", err=False)
+    try:
+        await stop.wait()
+    finally:
+        click.echo("shutting down", err=True)
+        await server.stop()
+
+
+@click.command("server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for all interfaces).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port for WebSocket and HTTP.")
+@click.option("--state", "state", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite file keeping rooms across restarts [default: user data dir].")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM certificate chain (serves wss:// and https://).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key of --tls-cert.")
+@click.option("--ping-interval", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds between application pings.")
+@click.option("--room-ttl", default=None, type=click.FloatRange(min=1), help="Seconds after which new rooms expire [default: never].")
+@click.option("--max-peers-per-room", default=Limits.max_peers_per_room, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-frame-bytes", default=Limits.max_frame_bytes, show_default=True, type=click.IntRange(min=1024))
+@click.option("--messages-per-second", default=Limits.messages_per_second, show_default=True, type=click.FloatRange(min=0.1), help="Sustained frames per second per connection.")
+@click.option("--message-burst", default=Limits.message_burst, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-rooms-per-minute", default=Limits.max_rooms_per_minute, show_default=True, type=click.IntRange(min=1), help="Rooms one address may create per minute.")
+def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl, max_peers_per_room, max_frame_bytes, messages_per_second, message_burst, max_rooms_per_minute) -> None:
+    """Run the signaling server (WebSocket + HTTP on one port, rooms kept in SQLite)."""
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together.")
+    if state is None:
+        configured = load_config().get("state")
+        state = Path(configured) if configured else default_state_path()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = {
+        "max_peers_per_room": max_peers_per_room,
+        "max_frame_bytes": max_frame_bytes,
+        "messages_per_second": messages_per_second,
+        "message_burst": message_burst,
+        "max_rooms_per_minute": max_rooms_per_minute,
+    }
+    try:
+        asyncio.run(serve(host, port, state_path=state, tls_cert=tls_cert, tls_key=tls_key, ping_interval=ping_interval, room_ttl=room_ttl, limits=limits))
+    except OSError as exc:
+        raise click.ClickException(f"Cannot start the server on {host}:{port}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        pass
