@@ -1,0 +1,367 @@
+"""The data-channel protocol: ``PeerChannel`` wraps one open aiortc ``RTCDataChannel``.
+
+Obtain one from ``transport.connect`` (client) or ``transport.accept`` (worker). API:
+
+* ``await ch.send(msg)``: send a JSON control message (a dict with a string ``type``).
+* ``await ch.receive(timeout=None) -> dict``: the next control message that is not channel
+  plumbing (hello, heartbeat, bye, file_*). ``ch.on_message(cb)`` instead calls ``cb(msg)``
+  for each one (once a callback is set, messages no longer queue for ``receive``).
+* ``await ch.send_file(path, *, name=None, meta=None, progress=None) -> FileReceipt``:
+  streamed, verified, resumable, content-addressed (see ``files``). Cancel it by
+  cancelling the task: the receiver drops the partial file.
+* ``await ch.receive_file(timeout=None) -> ReceivedFile`` (or ``ch.on_file(cb)``): each
+  verified incoming file, already in ``receive_dir``.
+* ``await ch.close()``, ``ch.closed``, ``await ch.wait_closed()``, ``ch.close_reason``,
+  ``ch.remote_peer_id``, ``ch.local_peer_id``.
+
+Every wait raises ``PeerClosedError`` once the channel is closed, whoever closed it.
+
+Protocol: both sides send ``hello {version, role, peer_id}`` on open; a version mismatch
+is answered with ``error {reason: "version_mismatch"}`` and both sides raise
+``ChannelVersionError``. Both sides send ``heartbeat`` every ``HEARTBEAT_INTERVAL`` s;
+any frame counts as a sign of life, and a peer silent for ``DEAD_AFTER`` s is declared
+dead (aiortc itself would need ~32 s, and a sender blocked on a full buffer would wait
+forever). A peer's event loop must therefore never block for ``DEAD_AFTER`` seconds.
+``bye`` is an orderly hang-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection
+
+from sleap_rtc.core.config import user_data_dir
+from sleap_rtc.core.files import LOW_WATER, FileReceipt, FileTransfers, Progress, ReceivedFile
+from sleap_rtc.core.protocol import CHANNEL_VERSION, ChannelType, dumps
+from sleap_rtc.core.transport_errors import ChannelVersionError, PeerClosedError, TransportError
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 2.0
+"""Seconds between our heartbeats."""
+DEAD_AFTER = 10.0
+"""Seconds of silence after which the peer is declared dead (noticed within ~12 s)."""
+
+_FILE_TYPES = frozenset(
+    {ChannelType.FILE_OFFER, ChannelType.FILE_ACCEPT, ChannelType.FILE_END, ChannelType.FILE_DONE,
+     ChannelType.FILE_ERROR, ChannelType.FILE_CANCEL}
+)
+
+
+def default_receive_dir() -> Path:
+    """Where received files go when no ``receive_dir`` is given."""
+    return user_data_dir() / "received"
+
+
+def default_cache_dir() -> Path:
+    """The content-addressed transfer cache when no ``cache_dir`` is given."""
+    return user_data_dir() / "transfer-cache"
+
+
+class PeerChannel:
+    """One peer-to-peer session: control messages, files, heartbeat (see module docstring).
+
+    Built by ``transport.connect``/``transport.accept``; call ``await start(timeout)`` when
+    building one by hand. ``chunk_filter`` is a documented test seam: when set, each
+    outgoing file payload passes through ``chunk_filter(offset, payload) -> payload``
+    before it is framed (tests use it to corrupt bytes in flight).
+    """
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        dc: RTCDataChannel,
+        *,
+        local_peer_id: str,
+        remote_peer_id: str,
+        role: str,
+        receive_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        dead_after: float = DEAD_AFTER,
+        version: int = CHANNEL_VERSION,
+    ):
+        self.pc = pc
+        self.dc = dc
+        self.local_peer_id = local_peer_id
+        self.remote_peer_id = remote_peer_id
+        self.role = role
+        self.version = version
+        self.remote_hello: dict[str, Any] | None = None
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self.chunk_filter: Callable[[int, bytes], bytes] | None = None
+        self.close_reason: str | None = None
+        loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        self._hello = loop.create_future()
+        self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._files: asyncio.Queue[ReceivedFile] = asyncio.Queue()
+        self._message_cb: Callable[[dict[str, Any]], Any] | None = None
+        self._file_cb: Callable[[ReceivedFile], Any] | None = None
+        self._low = asyncio.Event()
+        self._last_seen = time.monotonic()
+        self._heartbeat: asyncio.Task | None = None
+        self._pc_close: asyncio.Task | None = None
+        self.transfers = FileTransfers(
+            self,
+            receive_dir=Path(receive_dir) if receive_dir else default_receive_dir(),
+            cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+            odd_ids=role == "client",
+            deliver=self._deliver_file,
+        )
+        dc.bufferedAmountLowThreshold = LOW_WATER
+        dc.on("message", self._on_message)
+        dc.on("bufferedamountlow", self._low.set)
+        dc.on("close", lambda: self._shutdown("the data channel was closed by the peer"))
+        pc.on("connectionstatechange", self._on_pc_state)
+
+    # ------------------------------------------------------------------ public API
+
+    async def start(self, timeout: float) -> None:
+        """Wait for the channel to open, exchange ``hello``; raises on mismatch/timeout."""
+        try:
+            if self.dc.readyState != "open":
+                opened = asyncio.get_running_loop().create_future()
+                self.dc.once("open", lambda: opened.done() or opened.set_result(None))
+                if self.dc.readyState != "open":
+                    await self.guard(opened, timeout)
+            self._last_seen = time.monotonic()
+            self.send_control(
+                {"type": ChannelType.HELLO.value, "version": self.version, "role": self.role, "peer_id": self.local_peer_id}
+            )
+            self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+            hello = await self.guard(self._hello, timeout)
+        except BaseException:
+            await self.abort()
+            raise
+        if hello.get("version") != self.version:
+            text = (f"Data-channel protocol version mismatch: we speak {self.version}, "
+                    f"peer {self.remote_peer_id} speaks {hello.get('version')!r}. Update the older side.")
+            with contextlib.suppress(TransportError):
+                self.send_control({"type": ChannelType.ERROR.value, "reason": "version_mismatch", "message": text})
+                await asyncio.sleep(0.05)  # let the refusal leave before we tear down
+            await self.abort(text)
+            raise ChannelVersionError(text)
+        self.remote_hello = hello
+
+    @property
+    def closed(self) -> bool:
+        """True once the channel is closed (by either side or by the heartbeat deadline)."""
+        return self._closed.done()
+
+    async def wait_closed(self, timeout: float | None = None) -> str:
+        """Wait until the channel closes; returns ``close_reason``."""
+        await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+        return self.close_reason or ""
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        """Send one JSON control message; ``msg['type']`` must be a string."""
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            raise ValueError("A control message is a dict with a string 'type'.")
+        self.send_control(msg)
+
+    async def receive(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next control message; ``TimeoutError`` after ``timeout``, ``PeerClosedError`` once closed."""
+        if not self._messages.empty():
+            return self._messages.get_nowait()
+        return await self.guard(self._messages.get(), timeout)
+
+    def on_message(self, callback: Callable[[dict[str, Any]], Any] | None) -> None:
+        """Call ``callback(msg)`` for each control message (coroutines are scheduled)."""
+        self._message_cb = callback
+        while callback is not None and not self._messages.empty():
+            self._call(callback, self._messages.get_nowait())
+
+    async def send_file(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        meta: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> FileReceipt:
+        """Send a file; returns once the peer verified its SHA-256.
+
+        ``name`` defaults to the file's name and is sanitised (names are data, not paths);
+        ``meta`` is any JSON object handed to the receiver; ``progress(done, size)``.
+        Raises ``IntegrityError``, ``TransferCancelledError``, ``FileTransferError``,
+        ``PeerClosedError``.
+        """
+        self._check_open()
+        return await self.transfers.send_file(path, name=name, meta=meta, progress=progress)
+
+    async def receive_file(self, timeout: float | None = None) -> ReceivedFile:
+        """The next verified incoming file (already stored in ``receive_dir``)."""
+        if not self._files.empty():
+            return self._files.get_nowait()
+        return await self.guard(self._files.get(), timeout)
+
+    def on_file(self, callback: Callable[[ReceivedFile], Any] | None) -> None:
+        """Call ``callback(received_file)`` for each incoming file instead of queueing it."""
+        self._file_cb = callback
+        while callback is not None and not self._files.empty():
+            self._call(callback, self._files.get_nowait())
+
+    async def close(self) -> None:
+        """Hang up in order: say ``bye`` to the peer, then close the connection."""
+        if not self.closed:
+            with contextlib.suppress(TransportError):
+                self.send_control({"type": ChannelType.BYE.value})
+                # Give the bye a moment to leave; a bounded wait, the peer may be gone.
+                deadline = time.monotonic() + 0.5
+                while self.dc.bufferedAmount > 0 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+        await self.abort("closed locally")
+
+    async def abort(self, reason: str = "closed locally") -> None:
+        """Close at once without ``bye`` (the peer notices by the data channel closing)."""
+        self._shutdown(reason)
+        if self._pc_close is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._pc_close), 5.0)
+
+    # ------------------------------------------------------------------ Link (files.py)
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued in the data channel and not yet sent."""
+        return self.dc.bufferedAmount
+
+    def send_control(self, msg: dict[str, Any]) -> None:
+        """Send a control message now (sync); raises ``PeerClosedError`` when closed."""
+        self._send_raw(dumps(msg))
+
+    def send_binary(self, data: bytes) -> None:
+        """Send one binary (file) frame now; raises ``PeerClosedError`` when closed."""
+        self._send_raw(data)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for ``bufferedamountlow``; ``PeerClosedError`` if the channel closes meanwhile."""
+        self._low.clear()
+        if self.dc.bufferedAmount <= self.dc.bufferedAmountLowThreshold:
+            return
+        try:
+            await self.guard(self._low.wait(), timeout)
+        except TimeoutError:
+            raise PeerClosedError(f"The peer accepted no data for {timeout:.0f} s.") from None
+
+    async def guard(self, aw: Any, timeout: float | None) -> Any:
+        """Await ``aw`` unless the channel closes first (``PeerClosedError``) or ``timeout`` passes."""
+        task = asyncio.ensure_future(aw)
+        if self.closed:
+            task.cancel()
+            raise self._closed_error()
+        try:
+            done, _ = await asyncio.wait({task, self._closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        if task in done:
+            return task.result()
+        task.cancel()
+        if self.closed:
+            raise self._closed_error()
+        raise TimeoutError(f"No answer from peer {self.remote_peer_id} within {timeout:.1f} s.")
+
+    # ------------------------------------------------------------------ internals
+
+    def _closed_error(self) -> PeerClosedError:
+        return PeerClosedError(f"Connection to {self.remote_peer_id} closed: {self.close_reason}.")
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise self._closed_error()
+
+    def _send_raw(self, data: str | bytes) -> None:
+        self._check_open()
+        try:
+            self.dc.send(data)
+        except Exception as exc:  # aiortc raises InvalidStateError once the channel closed
+            self._shutdown(f"send failed ({exc.__class__.__name__})")
+            raise self._closed_error() from None
+
+    def _on_message(self, data: str | bytes) -> None:
+        self._last_seen = time.monotonic()
+        if isinstance(data, bytes):
+            self.transfers.on_chunk(data)
+            return
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            log.warning("ignoring a non-JSON text frame from %s", self.remote_peer_id)
+            return
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            log.warning("ignoring a control message without a type from %s", self.remote_peer_id)
+            return
+        kind = msg["type"]
+        if kind == ChannelType.HEARTBEAT:
+            return
+        if kind == ChannelType.HELLO:
+            if not self._hello.done():
+                self._hello.set_result(msg)
+        elif kind == ChannelType.BYE:
+            self._shutdown("the peer hung up")
+        elif kind == ChannelType.ERROR and msg.get("reason") == "version_mismatch":
+            text = str(msg.get("message") or "The peer refused our data-channel protocol version.")
+            if not self._hello.done():
+                self._hello.set_exception(ChannelVersionError(text))
+            self._shutdown(text)
+        elif kind in _FILE_TYPES:
+            self.transfers.on_control(msg)
+        elif self._message_cb is not None:
+            self._call(self._message_cb, msg)
+        else:
+            self._messages.put_nowait(msg)
+
+    def _deliver_file(self, received: ReceivedFile) -> None:
+        if self._file_cb is not None:
+            self._call(self._file_cb, received)
+        else:
+            self._files.put_nowait(received)
+
+    def _call(self, callback: Callable[[Any], Any], arg: Any) -> None:
+        try:
+            result = callback(arg)
+            if asyncio.iscoroutine(result):
+                asyncio.get_running_loop().create_task(result)
+        except Exception:  # a broken callback must not take the channel down
+            log.exception("channel callback failed")
+
+    def _on_pc_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self._shutdown(f"the connection {self.pc.connectionState}")
+
+    async def _heartbeat_loop(self) -> None:
+        beat = dumps({"type": ChannelType.HEARTBEAT.value})
+        while not self.closed:
+            await asyncio.sleep(self.heartbeat_interval)
+            silent = time.monotonic() - self._last_seen
+            if silent > self.dead_after:
+                self._shutdown(f"no sign of life for {silent:.0f} s")
+                return
+            with contextlib.suppress(TransportError):
+                self._send_raw(beat)
+
+    def _shutdown(self, reason: str) -> None:
+        """Mark closed (first reason wins), wake every waiter, tear the connection down."""
+        if self._closed.done():
+            return
+        self.close_reason = reason
+        self._closed.set_result(None)
+        log.info("channel to %s closed: %s", self.remote_peer_id, reason)
+        if self._heartbeat is not None and self._heartbeat is not asyncio.current_task():
+            self._heartbeat.cancel()
+        self.transfers.on_closed()
+        if not self._hello.done():
+            self._hello.set_exception(self._closed_error())
+        self._hello.exception() if self._hello.done() and not self._hello.cancelled() else None
+        self._pc_close = asyncio.get_running_loop().create_task(self.pc.close())

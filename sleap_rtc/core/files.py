@@ -1,0 +1,454 @@
+"""Streamed, SHA-256 verified, resumable, content-addressed file transfer on a data channel.
+
+Wire exchange (control messages are JSON text frames, payload only in binary frames built
+by ``protocol.pack_chunk``, so nothing else can ever end up inside a file)::
+
+    sender                                   receiver
+    file_offer {transfer_id,name,size,sha256,meta} ->
+                                             <- file_accept {transfer_id, offset, cached}
+    binary frames (transfer_id, offset, payload) from ``offset`` to ``size`` ->
+    file_end {transfer_id, size}         ->
+                                             <- file_done {transfer_id, sha256, name}
+                                                or file_error {transfer_id, reason, message}
+    either side, any time: file_cancel {transfer_id}
+
+The receiver keeps two things under ``cache_dir``: ``files/<sha256>`` (completed files,
+so a re-sent unchanged file is answered with ``offset == size`` and moves no payload) and
+``partial/<sha256>.part`` (bytes of an interrupted transfer, so a re-send after a
+reconnect resumes at the offset it has). Partial bytes never live in the destination
+directory: a file appears there only once verified. A cancel removes the partial file;
+a lost connection keeps it for resume.
+
+Transfer ids are unique per channel across both directions: the offering side (client)
+uses odd ids, the answering side (worker) even ones, so ``file_cancel`` is unambiguous.
+
+Flow control: the sender writes 64 KiB chunks while the channel buffers less than 4 MiB
+and otherwise waits for aiortc's ``bufferedamountlow`` event (threshold 1 MiB); no
+polling. These sizes gave the best throughput when measured (``docs/bench/transfer.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sleap_rtc.core.protocol import ChannelType, unpack_chunk, pack_chunk
+from sleap_rtc.core.transport_errors import (
+    FileTransferError,
+    IntegrityError,
+    PeerClosedError,
+    TransferCancelledError,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024
+"""Payload bytes per binary frame."""
+HIGH_WATER = 4 * 1024 * 1024
+"""The sender pauses while the channel buffers more than this."""
+LOW_WATER = 1 * 1024 * 1024
+"""``bufferedAmountLowThreshold``: the sender resumes when the buffer drains below this."""
+
+ACCEPT_TIMEOUT = 60.0
+"""Seconds to wait for ``file_accept`` (the receiver may re-hash a large partial file)."""
+DONE_TIMEOUT = 120.0
+"""Seconds to wait for ``file_done`` after ``file_end`` (the receiver copies into its cache)."""
+STALL_TIMEOUT = 30.0
+"""Seconds the send buffer may stay full before the transfer is declared stalled."""
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_BAD_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
+_MAX_NAME = 200
+
+Progress = Callable[[int, int], Any]
+"""``progress(bytes_done, size)``, called as bytes are handed to the channel."""
+
+
+@dataclass(frozen=True)
+class FileReceipt:
+    """What the sender learns once the receiver verified a file."""
+
+    name: str
+    size: int
+    sha256: str
+    bytes_sent: int
+    """Payload bytes actually sent: 0 when cached, ``size - offset`` when resumed."""
+    cached: bool
+    """The receiver already had the file (content cache): nothing was sent."""
+
+
+@dataclass(frozen=True)
+class ReceivedFile:
+    """A verified file that arrived from the peer."""
+
+    path: Path
+    name: str
+    size: int
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    bytes_received: int = 0
+    cached: bool = False
+    transfer_id: int = 0
+
+
+def sanitize_name(name: Any, fallback: str = "file") -> str:
+    """A file name that is data, never a path: last component only, no ``..``, no odd chars.
+
+    Both ``/`` and ``\\`` separate components (a Windows sender's path must not escape),
+    control characters and characters Windows refuses are replaced with ``_``, and an empty
+    result, ``.`` or ``..`` becomes ``fallback``.
+    """
+    text = str(name) if name is not None else ""
+    text = re.split(r"[\\/]", text)[-1]
+    text = _BAD_CHARS.sub("_", text).strip().rstrip(".")
+    if text in {"", ".", ".."}:
+        return fallback
+    if len(text) > _MAX_NAME:
+        stem, dot, ext = text.rpartition(".")
+        text = (stem[: _MAX_NAME - len(ext) - 1] + dot + ext) if dot and len(ext) < 20 else text[:_MAX_NAME]
+    return text
+
+
+def sha256_file(path: str | os.PathLike, *, limit: int | None = None) -> tuple[int, Any]:
+    """Hash a file (or its first ``limit`` bytes) streaming; returns ``(size, hasher)``."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        while limit is None or n < limit:
+            want = 1024 * 1024 if limit is None else min(1024 * 1024, limit - n)
+            block = fh.read(want)
+            if not block:
+                break
+            h.update(block)
+            n += len(block)
+    return n, h
+
+
+class Link(Protocol):
+    """What ``FileTransfers`` needs from the channel (``PeerChannel`` implements it)."""
+
+    chunk_filter: Callable[[int, bytes], bytes] | None
+
+    def send_control(self, msg: dict[str, Any]) -> None: ...
+    def send_binary(self, data: bytes) -> None: ...
+    @property
+    def buffered_amount(self) -> int: ...
+    async def drain(self, timeout: float) -> None: ...
+    async def guard(self, aw: Any, timeout: float | None) -> Any: ...
+
+
+@dataclass
+class _Outgoing:
+    transfer_id: int
+    accept: asyncio.Future
+    done: asyncio.Future
+
+
+@dataclass
+class _Incoming:
+    transfer_id: int
+    name: str
+    size: int
+    sha256: str
+    meta: dict[str, Any]
+    part_path: Path | None = None
+    fh: Any = None
+    hasher: Any = None
+    pos: int = 0
+    start: int = 0
+    cached: bool = False
+    ready: bool = False
+
+
+class FileTransfers:
+    """Both directions of file transfer on one channel (owned by a ``PeerChannel``).
+
+    ``deliver(received_file)`` is called for each verified incoming file.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        receive_dir: Path,
+        cache_dir: Path,
+        odd_ids: bool,
+        deliver: Callable[[ReceivedFile], None],
+    ):
+        self.link = link
+        self.receive_dir = Path(receive_dir)
+        self.cache_dir = Path(cache_dir)
+        self._ids = itertools.count(1 if odd_ids else 2, 2)
+        self._deliver = deliver
+        self._outgoing: dict[int, _Outgoing] = {}
+        self._incoming: dict[int, _Incoming] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ sending
+
+    async def send_file(
+        self,
+        path: str | os.PathLike,
+        *,
+        name: str | None = None,
+        meta: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> FileReceipt:
+        """Send one file; returns once the receiver verified it (see ``PeerChannel.send_file``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileTransferError(f"Not a file: {path}")
+        size, hasher = await asyncio.to_thread(sha256_file, path)
+        sha = hasher.hexdigest()
+        wire_name = sanitize_name(name if name is not None else path.name)
+        loop = asyncio.get_running_loop()
+        tid = next(self._ids)
+        st = _Outgoing(tid, loop.create_future(), loop.create_future())
+        self._outgoing[tid] = st
+        finished = False
+        try:
+            self.link.send_control(
+                {"type": ChannelType.FILE_OFFER.value, "transfer_id": tid, "name": wire_name,
+                 "size": size, "sha256": sha, "meta": dict(meta or {})}
+            )
+            accepted = await self.link.guard(st.accept, ACCEPT_TIMEOUT)
+            offset = accepted.get("offset")
+            if not isinstance(offset, int) or not 0 <= offset <= size:
+                raise FileTransferError(f"Receiver asked for an invalid offset {offset!r}.")
+            sent = await self._stream(path, st, offset, size, progress)
+            self.link.send_control({"type": ChannelType.FILE_END.value, "transfer_id": tid, "size": size})
+            await self.link.guard(st.done, DONE_TIMEOUT)
+            finished = True
+            return FileReceipt(name=wire_name, size=size, sha256=sha, bytes_sent=sent, cached=bool(accepted.get("cached")))
+        except TimeoutError:
+            raise FileTransferError(f"Transfer of {wire_name!r} timed out waiting for the receiver.") from None
+        finally:
+            self._outgoing.pop(tid, None)
+            for fut in (st.accept, st.done):
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # mark retrieved: the error is already reported
+            if not finished:
+                # Cancelled by our caller or failed: tell the receiver to drop its state.
+                with contextlib.suppress(Exception):
+                    self.link.send_control({"type": ChannelType.FILE_CANCEL.value, "transfer_id": tid})
+
+    async def _stream(self, path: Path, st: _Outgoing, offset: int, size: int, progress: Progress | None) -> int:
+        link = self.link
+        tid = st.transfer_id
+        pos = offset
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            while pos < size:
+                if st.done.done():  # the receiver cancelled or failed the transfer
+                    st.done.result()
+                if link.buffered_amount > HIGH_WATER:
+                    await link.drain(STALL_TIMEOUT)
+                chunk = fh.read(min(CHUNK_SIZE, size - pos))
+                if not chunk:
+                    raise FileTransferError(f"{path} shrank while it was being sent.")
+                if link.chunk_filter is not None:
+                    chunk = link.chunk_filter(pos, chunk)
+                link.send_binary(pack_chunk(tid, pos, chunk))
+                pos += len(chunk)
+                if progress is not None:
+                    progress(pos, size)
+        return pos - offset
+
+    # ------------------------------------------------------------------ receiving
+
+    def on_control(self, msg: dict[str, Any]) -> None:
+        """Handle one ``file_*`` control message from the peer."""
+        kind = msg.get("type")
+        tid = msg.get("transfer_id")
+        if not isinstance(tid, int):
+            log.warning("ignoring %s without an integer transfer_id", kind)
+            return
+        if kind == ChannelType.FILE_OFFER:
+            self._spawn(self._on_offer(msg))
+        elif kind == ChannelType.FILE_END:
+            st = self._incoming.get(tid)
+            if st is not None:
+                self._spawn(self._on_end(st, msg))
+        elif kind == ChannelType.FILE_ACCEPT:
+            out = self._outgoing.get(tid)
+            if out is not None and not out.accept.done():
+                out.accept.set_result(msg)
+        elif kind == ChannelType.FILE_DONE:
+            out = self._outgoing.get(tid)
+            if out is not None and not out.done.done():
+                out.done.set_result(msg)
+        elif kind == ChannelType.FILE_ERROR:
+            out = self._outgoing.get(tid)
+            if out is not None:
+                reason = str(msg.get("reason", ""))
+                text = str(msg.get("message") or reason or "receiver refused the file")
+                exc = IntegrityError(text) if reason == "sha256_mismatch" else FileTransferError(text)
+                self._fail_outgoing(out, exc)
+            elif tid in self._incoming:
+                self._drop_incoming(tid, remove_partial=True)
+        elif kind == ChannelType.FILE_CANCEL:
+            out = self._outgoing.get(tid)
+            if out is not None:
+                self._fail_outgoing(out, TransferCancelledError("The peer cancelled the transfer."))
+            if tid in self._incoming:
+                log.info("transfer %d cancelled by the sender", tid)
+                self._drop_incoming(tid, remove_partial=True)
+
+    def on_chunk(self, frame: bytes) -> None:
+        """Write one binary frame to its transfer's partial file."""
+        try:
+            tid, offset, payload = unpack_chunk(frame)
+        except ValueError:
+            log.warning("dropping a malformed binary frame")
+            return
+        st = self._incoming.get(tid)
+        if st is None or not st.ready:
+            return  # a transfer that was cancelled or failed: late frames are expected
+        n = len(payload)
+        if offset != st.pos or st.pos + n > st.size:
+            self._refuse(st, "bad_offset", f"Chunk at offset {offset} (+{n}) does not follow {st.pos} of {st.size}.")
+            return
+        try:
+            st.fh.write(payload)
+        except OSError as exc:
+            self._refuse(st, "write_failed", f"Cannot write {st.name!r}: {exc}")
+            return
+        st.hasher.update(payload)
+        st.pos += n
+
+    def on_closed(self) -> None:
+        """The channel closed: close partial files (kept for resume), fail pending sends."""
+        for tid in list(self._incoming):
+            self._drop_incoming(tid, remove_partial=False)
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ internals
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fail_outgoing(self, out: _Outgoing, exc: Exception) -> None:
+        for fut in (out.accept, out.done):
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        with contextlib.suppress(PeerClosedError):
+            self.link.send_control(msg)
+
+    def _refuse(self, st: _Incoming, reason: str, message: str) -> None:
+        log.warning("refusing transfer %d (%s): %s", st.transfer_id, reason, message)
+        self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": st.transfer_id, "reason": reason, "message": message})
+        self._drop_incoming(st.transfer_id, remove_partial=True)
+
+    def _drop_incoming(self, tid: int, *, remove_partial: bool) -> None:
+        st = self._incoming.pop(tid, None)
+        if st is None:
+            return
+        if st.fh is not None:
+            with contextlib.suppress(OSError):
+                st.fh.close()
+            st.fh = None
+        if remove_partial and st.part_path is not None:
+            with contextlib.suppress(OSError):
+                st.part_path.unlink()
+
+    def _cached_path(self, sha: str) -> Path:
+        return self.cache_dir / "files" / sha
+
+    async def _on_offer(self, msg: dict[str, Any]) -> None:
+        tid = msg["transfer_id"]
+        size, sha, meta = msg.get("size"), msg.get("sha256"), msg.get("meta") or {}
+        bad = None
+        if not isinstance(size, int) or size < 0:
+            bad = "size must be a non-negative integer"
+        elif not isinstance(sha, str) or not _SHA_RE.match(sha):
+            bad = "sha256 must be 64 lowercase hex digits"
+        elif not isinstance(meta, dict):
+            bad = "meta must be an object"
+        elif tid in self._incoming or any(s.sha256 == sha for s in self._incoming.values()):
+            bad = "this file is already being received"
+        if bad:
+            self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": tid, "reason": "bad_offer", "message": bad})
+            return
+        name = sanitize_name(msg.get("name"), fallback=f"file-{sha[:12]}")
+        st = _Incoming(tid, name, size, sha, meta)
+        self._incoming[tid] = st
+        try:
+            cached = self._cached_path(sha)
+            if cached.is_file() and cached.stat().st_size == size:
+                st.cached, st.pos, st.start = True, size, size
+            else:
+                part = self.cache_dir / "partial" / f"{sha}.part"
+                part.parent.mkdir(parents=True, exist_ok=True)
+                have = part.stat().st_size if part.is_file() else 0
+                if have > size:
+                    have = 0
+                # Resume: the running hash must cover the bytes already on disk.
+                have, hasher = await asyncio.to_thread(sha256_file, part, limit=have) if have else (0, hashlib.sha256())
+                fh = open(part, "r+b" if part.exists() else "wb")
+                fh.truncate(have)
+                fh.seek(have)
+                st.part_path, st.fh, st.hasher, st.pos, st.start = part, fh, hasher, have, have
+            if self._incoming.get(tid) is not st:
+                return  # cancelled while we were preparing
+            st.ready = True
+            self._send({"type": ChannelType.FILE_ACCEPT.value, "transfer_id": tid, "offset": st.pos, "cached": st.cached})
+        except OSError as exc:
+            self._refuse(st, "write_failed", f"Cannot store {name!r}: {exc}")
+
+    async def _on_end(self, st: _Incoming, msg: dict[str, Any]) -> None:
+        tid = st.transfer_id
+        if st.pos != st.size:
+            self._refuse(st, "incomplete", f"Got {st.pos} of {st.size} bytes of {st.name!r}.")
+            return
+        try:
+            if not st.cached:
+                st.fh.close()
+                st.fh = None
+                if st.hasher.hexdigest() != st.sha256:
+                    self._refuse(st, "sha256_mismatch", f"{st.name!r} arrived corrupted: SHA-256 does not match.")
+                    return
+                final = self._cached_path(st.sha256)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(st.part_path, final)
+                st.part_path = None
+            dest = await asyncio.to_thread(self._place, st)
+        except OSError as exc:
+            self._refuse(st, "write_failed", f"Cannot store {st.name!r}: {exc}")
+            return
+        if self._incoming.get(tid) is not st:
+            dest.unlink(missing_ok=True)  # cancelled meanwhile
+            return
+        self._incoming.pop(tid, None)
+        self._send({"type": ChannelType.FILE_DONE.value, "transfer_id": tid, "sha256": st.sha256, "name": st.name})
+        self._deliver(
+            ReceivedFile(path=dest, name=st.name, size=st.size, sha256=st.sha256, meta=st.meta,
+                         bytes_received=st.size - st.start, cached=st.cached, transfer_id=tid)
+        )
+
+    def _place(self, st: _Incoming) -> Path:
+        """Copy the cached file to the destination atomically (a copy, not a link, so that
+        editing the received file can never corrupt the cache)."""
+        self.receive_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.receive_dir / st.name
+        tmp = self.receive_dir / f".{st.name}.{st.transfer_id}.tmp"
+        try:
+            shutil.copyfile(self._cached_path(st.sha256), tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest

@@ -1,0 +1,502 @@
+"""The client side of one remote job, shared by the CLI and the GUI.
+
+Two layers:
+
+* ``JobSession`` runs a job over an open ``PeerChannel``: upload the package (progress with
+  bytes, rate and ETA), ``job_submit``, stream ``job_log`` / ``job_progress`` (training
+  events passed on unchanged) to callbacks, receive each announced result file into the
+  output directory, and finish on ``job_complete`` / ``job_failed``. ``stop()`` asks the
+  worker to finish the current epoch and keep the model; ``cancel()`` kills the job.
+* ``RemoteJob`` / ``run_remote_job`` do the whole two-phase flow (seed Decision 1): join the
+  room, discover, select (auto / direct / interactive via an injected chooser), connect
+  (falling back on a busy worker), then the job; or, with a session string, connect
+  straight to the encoded worker and, if it is busy, say so and suggest room discovery.
+
+Both drive a ``JobPhases`` so the CLI's lines and the GUI's dialog show the same phases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+import uuid
+import zipfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sleap_rtc.core import jobs_wire
+from sleap_rtc.core.phases import JobPhases, Phase
+from sleap_rtc.core.protocol import ChannelType, Role
+from sleap_rtc.core.room import RoomView, WorkerInfo, worker_filters
+from sleap_rtc.core.selection import (
+    BUSY_ERRORS,
+    GONE_ERRORS,
+    AllWorkersBusyError,
+    SelectionError,
+    WorkerUnavailableError,
+    auto_select,
+    connect_direct,
+    describe,
+    rank_workers,
+    wait_for_available,
+)
+from sleap_rtc.core.signaling import SignalingClient
+from sleap_rtc.core.transport_errors import PeerClosedError, TransportError, WorkerBusyError
+
+log = logging.getLogger(__name__)
+
+TRAIN, TRACK = "train", "track"
+"""Job kinds: train a package, or run inference (``client-track``)."""
+
+
+class JobError(Exception):
+    """The job did not complete; ``str(exc)`` is the message for the user."""
+
+
+class JobRejectedError(JobError):
+    """The worker refused the job (bad package, unsupported kind, ...)."""
+
+
+class JobFailedError(JobError):
+    """The job failed on the worker, or the connection to it was lost."""
+
+
+class JobCancelledError(JobError):
+    """The job was cancelled (by the user)."""
+
+
+@dataclass(frozen=True)
+class UploadProgress:
+    """Upload state for a progress bar: bytes done of total, rate (B/s), ETA (s or None)."""
+
+    done: int
+    total: int
+    rate: float
+    eta_s: float | None
+
+
+@dataclass
+class JobSummary:
+    """What a finished job left behind, for the final summary and the GUI."""
+
+    worker: str
+    peer_id: str
+    duration_s: float
+    files: list[Path] = field(default_factory=list)
+    models_dir: Path | None = None
+    predictions: Path | None = None
+    stopped_early: bool = False
+
+
+LogCallback = Callable[[str], Any]
+ProgressCallback = Callable[[dict[str, Any]], Any]
+UploadCallback = Callable[[UploadProgress], Any]
+Chooser = Callable[[RoomView, str], Awaitable[WorkerInfo]]
+"""Interactive selection: ``await choose(room, notice) -> worker`` (CLI picker, GUI dialog)."""
+
+
+def _call(callback: Callable[..., Any] | None, *args: Any) -> None:
+    if callback is None:
+        return
+    try:
+        callback(*args)
+    except Exception:  # a display problem must not kill the job
+        log.exception("job callback failed")
+
+
+# ------------------------------------------------------------------------ one job
+
+
+class JobSession:
+    """One job over an open channel; ``run()`` returns a ``JobSummary`` or raises ``JobError``."""
+
+    def __init__(
+        self,
+        channel: Any,
+        package: Path,
+        *,
+        output_dir: Path,
+        kind: str = TRAIN,
+        worker: WorkerInfo | None = None,
+        phases: JobPhases | None = None,
+        on_upload: UploadCallback | None = None,
+        on_log: LogCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_file: Callable[[Path], Any] | None = None,
+        result_timeout: float = 600.0,
+    ):
+        self.channel = channel
+        self.package = Path(package)
+        self.output_dir = Path(output_dir)
+        self.kind = kind
+        self.worker = worker
+        self.phases = phases or JobPhases()
+        self.on_upload = on_upload
+        self.on_log = on_log
+        self.on_progress = on_progress
+        self.on_file = on_file
+        self.result_timeout = result_timeout
+        self.job_id = f"job-{uuid.uuid4().hex[:12]}"
+        self.stop_requested = False
+        self.cancel_requested = False
+        self._submitted = False
+
+    @property
+    def running_phase(self) -> Phase:
+        """TRAINING or PREDICTING, by job kind."""
+        return Phase.TRAINING if self.kind == TRAIN else Phase.PREDICTING
+
+    async def stop(self) -> None:
+        """Finish the current epoch, keep the model, and send the results."""
+        self.stop_requested = True
+        if self._submitted and not self.channel.closed:
+            with contextlib.suppress(TransportError):
+                await self.channel.send(jobs_wire.job_stop(self.job_id))
+
+    async def cancel(self) -> None:
+        """Kill the job now; no results."""
+        self.cancel_requested = True
+        if self._submitted and not self.channel.closed:
+            with contextlib.suppress(TransportError):
+                await self.channel.send(jobs_wire.job_cancel(self.job_id))
+
+    async def run(self) -> JobSummary:
+        """Upload, submit, follow the job, download the results."""
+        started = time.monotonic()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            receipt = await self._upload()
+            await self.channel.send(
+                jobs_wire.job_submit(self.job_id, {"sha256": receipt.sha256, "name": receipt.name}, {"kind": self.kind})
+            )
+            self._submitted = True
+            summary = await self._follow(started)
+        except PeerClosedError as exc:
+            raise self._fail(JobFailedError(f"Lost the connection to the worker: {exc}")) from None
+        except asyncio.CancelledError:
+            # The caller gave up (GUI Cancel, Ctrl-C): tell the worker so it frees itself.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.cancel(), 2.0)
+            if not self.phases.finished:
+                self.phases.advance(Phase.CANCELLED, "cancelled")
+            raise
+        return summary
+
+    def _fail(self, exc: JobError) -> JobError:
+        if not self.phases.finished:
+            cancelled = isinstance(exc, JobCancelledError)
+            self.phases.advance(Phase.CANCELLED if cancelled else Phase.FAILED, str(exc))
+        return exc
+
+    async def _upload(self) -> Any:
+        total = self.package.stat().st_size
+        self.phases.advance(Phase.UPLOADING, f"{self.package.name} ({total:,} bytes)")
+        t0 = time.monotonic()
+
+        def progress(done: int, size: int) -> None:
+            elapsed = max(time.monotonic() - t0, 1e-6)
+            rate = done / elapsed
+            eta = (size - done) / rate if rate > 0 else None
+            _call(self.on_upload, UploadProgress(done, size, rate, eta))
+            self.phases.update(f"{100 * done // max(size, 1)}%")
+
+        receipt = await self.channel.send_file(self.package, progress=progress)
+        _call(self.on_upload, UploadProgress(total, total, total / max(time.monotonic() - t0, 1e-6), 0.0))
+        return receipt
+
+    async def _follow(self, started: float) -> JobSummary:
+        files: list[Path] = []
+        summary = JobSummary(
+            worker=self.worker.name if self.worker else self.channel.remote_peer_id,
+            peer_id=self.worker.peer_id if self.worker else self.channel.remote_peer_id,
+            duration_s=0.0,
+            files=files,
+        )
+        while True:
+            msg = await self.channel.receive()
+            kind = msg.get("type")
+            if msg.get("job_id") not in (None, self.job_id):
+                continue  # an old job's straggler
+            if kind == ChannelType.JOB_ACCEPTED:
+                self.phases.advance(self.running_phase, "started on " + summary.worker)
+            elif kind == ChannelType.JOB_REJECTED:
+                raise self._fail(JobRejectedError(f"The worker refused the job: {msg.get('reason')}"))
+            elif kind == ChannelType.JOB_LOG:
+                self._back_to_running()
+                _call(self.on_log, str(msg.get("line", "")))
+            elif kind == ChannelType.JOB_PROGRESS:
+                self._back_to_running()
+                event = msg.get("event") if isinstance(msg.get("event"), dict) else {}
+                _call(self.on_progress, event)
+            elif kind == ChannelType.JOB_RESULT:
+                files.append(await self._receive_result(msg, summary))
+            elif kind == ChannelType.JOB_COMPLETE:
+                if self.phases.phase != Phase.DOWNLOADING:
+                    self._to(Phase.DOWNLOADING, "")
+                summary.duration_s = time.monotonic() - started
+                summary.stopped_early = self.stop_requested
+                self.phases.advance(Phase.DONE, f"{len(files)} file(s) in {self.output_dir}")
+                return summary
+            elif kind == ChannelType.JOB_FAILED:
+                reason = str(msg.get("reason") or "unknown reason")
+                if self.cancel_requested:
+                    raise self._fail(JobCancelledError("Job cancelled."))
+                raise self._fail(JobFailedError(f"The job failed on the worker: {reason}"))
+
+    def _to(self, phase: Phase, detail: str) -> None:
+        if self.phases.phase == Phase.UPLOADING and phase == Phase.DOWNLOADING:
+            # Results without an explicit accept (e.g. a cached job): pass through running.
+            self.phases.advance(self.running_phase, "")
+        self.phases.advance(phase, detail)
+
+    def _back_to_running(self) -> None:
+        if self.phases.phase in (Phase.UPLOADING, Phase.DOWNLOADING):
+            self.phases.advance(self.running_phase, "")
+
+    async def _receive_result(self, msg: dict[str, Any], summary: JobSummary) -> Path:
+        name = str(msg.get("name"))
+        if self.phases.phase != Phase.DOWNLOADING:
+            self._to(Phase.DOWNLOADING, name)
+        received = await self.channel.receive_file(timeout=self.result_timeout)
+        if received.sha256 != msg.get("sha256"):
+            raise self._fail(JobFailedError(f"Result {name} did not match what the worker announced."))
+        path = _place_result(Path(received.path), self.output_dir, str(msg.get("kind", "")), name)
+        if path.suffix == ".slp":
+            summary.predictions = path
+        elif path.is_dir():
+            summary.models_dir = path.parent
+        _call(self.on_file, path)
+        return path
+
+
+def _place_result(received: Path, output_dir: Path, kind: str, name: str) -> Path:
+    """Move a received file into ``output_dir``; a model zip is unpacked into ``models/<run>``."""
+    safe = Path(name).name or received.name
+    if safe.endswith(".zip") and kind in ("model", "models", "trained_model"):
+        target = output_dir / "models" / safe[: -len(".zip")]
+        target.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(received) as zf:
+            for member in zf.infolist():
+                dest = (target / member.filename).resolve()
+                if not str(dest).startswith(str(target.resolve())):  # never write outside
+                    continue
+                zf.extract(member, target)
+        return target
+    target = output_dir / safe
+    if received.resolve() != target.resolve():
+        shutil.move(received, target)
+    return target
+
+
+# ------------------------------------------------------------------------ whole flow
+
+
+async def _transport_connect(signaling: SignalingClient, peer_id: str, receive_dir: Path, timeout: float) -> Any:
+    from sleap_rtc.core import transport  # aiortc is heavy: import when connecting
+
+    return await transport.connect(signaling, peer_id, timeout=timeout, receive_dir=receive_dir)
+
+
+class RemoteJob:
+    """One remote job from room credentials to results on disk (what the CLI and GUI run).
+
+    Selection: ``worker_id`` set -> that worker (no fallback); ``choose`` set -> interactive
+    (the chooser is asked again, with a notice, when the chosen worker turns out busy);
+    otherwise auto-select (skipping ``exclude``), trying the next best on a busy worker.
+    ``session_worker`` set -> session-string mode: connect straight to it, no discovery.
+    """
+
+    def __init__(
+        self,
+        package: Path,
+        *,
+        server_url: str,
+        room_id: str,
+        token: str,
+        results_dir: Path,
+        worker_id: str | None = None,
+        session_worker: str | None = None,
+        kind: str = TRAIN,
+        choose: Chooser | None = None,
+        exclude: frozenset[str] = frozenset(),
+        min_gpu_memory_mb: int | None = None,
+        wait: float = 0.0,
+        max_attempts: int = 3,
+        connect_timeout: float = 30.0,
+        phases: JobPhases | None = None,
+        on_decision: LogCallback | None = None,
+        on_upload: UploadCallback | None = None,
+        on_log: LogCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_file: Callable[[Path], Any] | None = None,
+        signaling: SignalingClient | None = None,
+        connect: Callable[[SignalingClient, str, Path, float], Awaitable[Any]] | None = None,
+    ):
+        self.package = Path(package)
+        self.server_url = server_url
+        self.room_id, self.token = room_id, token
+        self.results_dir = Path(results_dir)
+        self.worker_id = worker_id
+        self.session_worker = session_worker
+        self.kind = kind
+        self.choose = choose
+        self.exclude = frozenset(exclude)
+        self.min_gpu_memory_mb = min_gpu_memory_mb
+        self.wait = wait
+        self.max_attempts = max_attempts
+        self.connect_timeout = connect_timeout
+        self.phases = phases or JobPhases()
+        self.on_decision = on_decision
+        self.on_upload, self.on_log, self.on_progress, self.on_file = on_upload, on_log, on_progress, on_file
+        self._given_signaling = signaling
+        self._connect = connect or _transport_connect
+        self.session: JobSession | None = None
+        self._stop_early = False
+
+    async def stop(self) -> None:
+        """Finish the current epoch and keep the model (no-op before the job started)."""
+        self._stop_early = True
+        if self.session:
+            await self.session.stop()
+
+    async def cancel(self) -> None:
+        """Kill the job on the worker (cancelling ``run()``'s task does this too)."""
+        if self.session:
+            await self.session.cancel()
+
+    def _decide(self, text: str) -> None:
+        log.info("%s", text)
+        _call(self.on_decision, text)
+
+    async def run(self) -> JobSummary:
+        """Join, select, connect, run the job; raises ``SelectionError`` or ``JobError``."""
+        signaling = self._given_signaling or SignalingClient(
+            self.server_url, room_id=self.room_id, token=self.token, role=Role.CLIENT.value
+        )
+        own_signaling = self._given_signaling is None
+        channel = None
+        try:
+            self.phases.advance(Phase.JOINING, f"room {self.room_id}")
+            if own_signaling:
+                await signaling.connect()
+            worker, channel = await (self._connect_session(signaling) if self.session_worker else self._select(signaling))
+            self.session = JobSession(
+                channel, self.package, output_dir=self.results_dir, kind=self.kind, worker=worker,
+                phases=self.phases, on_upload=self.on_upload, on_log=self.on_log,
+                on_progress=self.on_progress, on_file=self.on_file,
+            )
+            if self._stop_early:
+                self.session.stop_requested = True
+            return await self.session.run()
+        except (SelectionError, TransportError) as exc:
+            if not self.phases.finished:
+                self.phases.advance(Phase.FAILED, str(exc))
+            raise
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.close(), 5.0)
+            if own_signaling:
+                await signaling.close()
+            with contextlib.suppress(OSError):
+                (self.results_dir / ".incoming").rmdir()  # only when empty
+
+    async def _attempt(self, signaling: SignalingClient, worker: WorkerInfo) -> Any:
+        self.phases.advance(Phase.RESERVING, worker.name)
+        try:
+            channel = await self._connect(signaling, worker.peer_id, self.results_dir / ".incoming", self.connect_timeout)
+        except (*BUSY_ERRORS, *GONE_ERRORS):
+            self.phases.advance(Phase.SELECTING, f"{worker.name} is not available")
+            raise
+        self.phases.advance(Phase.CONNECTING, f"connected to {worker.name}")
+        return channel
+
+    async def _connect_session(self, signaling: SignalingClient) -> tuple[WorkerInfo, Any]:
+        peer_id = str(self.session_worker)
+        worker = WorkerInfo(peer_id=peer_id, role=Role.WORKER.value, metadata={})
+        self.phases.advance(Phase.RESERVING, peer_id)
+        try:
+            channel = await self._connect(signaling, peer_id, self.results_dir / ".incoming", self.connect_timeout)
+        except WorkerBusyError as exc:
+            # Seed Decision 6: the worker's own words, which point to room discovery.
+            raise WorkerUnavailableError(
+                f"Worker {peer_id} is busy: {exc.message} (--room-id and --token are in the worker's banner.)"
+            ) from None
+        self.phases.advance(Phase.CONNECTING, f"connected to {peer_id}")
+        return worker, channel
+
+    async def _select(self, signaling: SignalingClient) -> tuple[WorkerInfo, Any]:
+        room = RoomView(signaling, worker_filters(self.min_gpu_memory_mb))
+        try:
+            self.phases.advance(Phase.DISCOVERING)
+            await room.start()
+            self.phases.advance(Phase.SELECTING)
+
+            async def attempt(worker: WorkerInfo) -> Any:
+                return await self._attempt(signaling, worker)
+
+            if self.worker_id:
+                sel = await connect_direct(room, self.worker_id, attempt)
+                return sel.worker, sel.connection
+            if self.choose is not None:
+                return await self._interactive(room, attempt)
+            view: Any = room
+            if self.exclude:
+                view = _Excluding(room, self.exclude)
+            sel = await auto_select(
+                view, attempt, max_attempts=self.max_attempts, wait=self.wait,
+                min_gpu_memory_mb=self.min_gpu_memory_mb, on_decision=self._decide,
+            )
+            return sel.worker, sel.connection
+        finally:
+            room.close()
+
+    async def _interactive(self, room: RoomView, attempt: Callable[[WorkerInfo], Awaitable[Any]]) -> tuple[WorkerInfo, Any]:
+        assert self.choose is not None
+        notice = ""
+        if self.wait:
+            with contextlib.suppress(SelectionError):
+                await wait_for_available(room, wait=self.wait, min_gpu_memory_mb=self.min_gpu_memory_mb)
+        while True:
+            worker = await self.choose(room, notice)
+            try:
+                return worker, await attempt(worker)
+            except BUSY_ERRORS:
+                notice = f"{worker.name} just became busy; choose another worker."
+            except GONE_ERRORS:
+                notice = f"{worker.name} did not answer (it may have left); choose another worker."
+            self._decide(notice)
+
+
+class _Excluding:
+    """A RoomView seen without some workers (the GUI's "try next best" after a refusal)."""
+
+    def __init__(self, room: RoomView, exclude: frozenset[str]):
+        self._room, self._exclude = room, exclude
+        self.signaling = room.signaling
+
+    @property
+    def workers(self) -> list[WorkerInfo]:
+        """The room's workers minus the excluded ones."""
+        return [w for w in self._room.workers if w.peer_id not in self._exclude]
+
+    async def wait_for(self, predicate: Callable[[Any], Any], timeout: float) -> Any:
+        """``RoomView.wait_for`` evaluated on this filtered view."""
+        return await self._room.wait_for(lambda _room: predicate(self), timeout)
+
+
+async def run_remote_job(package: Path, **kwargs: Any) -> JobSummary:
+    """``RemoteJob(package, **kwargs).run()``: the whole flow in one call."""
+    return await RemoteJob(package, **kwargs).run()
+
+
+__all__ = [
+    "AllWorkersBusyError", "JobCancelledError", "JobError", "JobFailedError", "JobRejectedError",
+    "JobSession", "JobSummary", "RemoteJob", "TRACK", "TRAIN", "UploadProgress", "describe",
+    "rank_workers", "run_remote_job",
+]

@@ -1,0 +1,262 @@
+"""Choosing a worker in a room: ordering, auto-select with fallback, direct ids, waiting.
+
+Everything here works on a live ``RoomView`` and an injected *connect attempt*: an async
+callable ``connect(worker) -> T`` (in production a wrapper around ``transport.connect``
+returning a ``PeerChannel``). Keeping the attempt injected lets the CLI, the GUI and the
+unit tests share the same decisions without WebRTC.
+
+Ordering (``rank_workers``), best first:
+
+1. most GPU memory (``gpu_memory_mb``; a worker without a GPU counts as 0);
+2. then the worker that has been in the room longest (smallest ``connected_at``): a
+   long-lived worker is less likely to be a half-started or flapping one;
+3. then ``peer_id`` alphabetically, so the order is fully deterministic.
+
+Only workers whose status is ``available`` are candidates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from sleap_rtc.core.room import RoomView, WorkerInfo
+from sleap_rtc.core.transport_errors import AnswerTimeoutError, PeerNotFoundError, WorkerBusyError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ConnectAttempt = Callable[[WorkerInfo], Awaitable[T]]
+"""``await connect(worker)`` opens the job connection to one worker, or raises."""
+
+DecisionListener = Callable[[str], object]
+"""Receives one human-readable line per selection decision (the CLI prints them)."""
+
+DEFAULT_MAX_ATTEMPTS = 3
+"""How many workers auto-select tries before giving up (bounded so it never loops)."""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class SelectionError(Exception):
+    """No worker could be selected; ``str(exc)`` is the message to show the user."""
+
+
+class NoWorkersError(SelectionError):
+    """The room has no available worker (matching the filters)."""
+
+
+class SelectionTimeout(SelectionError):
+    """The user (or ``--wait``) did not get a worker in time."""
+
+
+class UnknownWorkerError(SelectionError):
+    """``--worker-id`` names a peer that is not a worker of this room."""
+
+
+class WorkerUnavailableError(SelectionError):
+    """The chosen worker is busy, reserved or in maintenance, or refused the connection."""
+
+
+class AllWorkersBusyError(SelectionError):
+    """Every worker tried by auto-select was busy or vanished."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def describe(worker: WorkerInfo) -> str:
+    """Short human description: ``name (GPU, 24576 MB)``."""
+    return f"{worker.name} ({worker.gpu_model}, {worker.gpu_memory_mb} MB)"
+
+
+def rank_key(worker: WorkerInfo) -> tuple[int, float, str]:
+    """Sort key of the documented ordering (see the module docstring)."""
+    return (-worker.gpu_memory_mb, worker.connected_at, worker.peer_id)
+
+
+def rank_workers(workers: Iterable[WorkerInfo]) -> list[WorkerInfo]:
+    """The available workers, best first (most GPU memory, then oldest, then peer id)."""
+    return sorted((w for w in workers if w.available), key=rank_key)
+
+
+def min_memory_hint(min_gpu_memory_mb: int | None) -> str:
+    """`` with at least N MB of GPU memory`` when a memory filter is active, else ``""``."""
+    return f" with at least {min_gpu_memory_mb} MB of GPU memory" if min_gpu_memory_mb else ""
+
+
+def no_workers_message(room: RoomView, *, min_gpu_memory_mb: int | None = None, waited: float = 0) -> str:
+    """The message for an empty room: what is there, what to check, how to wait."""
+    where = f"in room {room.signaling.room_id}"
+    text = f"No available workers{min_memory_hint(min_gpu_memory_mb)} {where}"
+    text += f" after waiting {waited:g} s." if waited else "."
+    others = [w for w in room.workers if not w.available]
+    if others:
+        states = ", ".join(f"{w.name}: {w.status}" for w in others)
+        text += f" Workers present but not available: {states}."
+    hint = " Check that your workers are running and connected to the same room"
+    hint += ", or lower --min-gpu-memory" if min_gpu_memory_mb else ""
+    hint += "; or pass --wait SECONDS to wait for one." if not waited else "."
+    return text + hint
+
+
+BUSY_ERRORS: tuple[type[BaseException], ...] = (WorkerBusyError,)
+"""Connect errors meaning "this worker refused: busy"; auto-select tries the next one."""
+
+GONE_ERRORS: tuple[type[BaseException], ...] = (PeerNotFoundError, AnswerTimeoutError)
+"""Connect errors meaning "this worker vanished or never answered"; tried next too."""
+
+
+def _default_skip_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    return BUSY_ERRORS, GONE_ERRORS
+
+
+@dataclass
+class Selection(Generic[T]):
+    """The outcome of a selection: the worker, what ``connect`` returned, and the log."""
+
+    worker: WorkerInfo
+    connection: T
+    decisions: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+async def wait_for_available(
+    room: RoomView, *, wait: float = 0.0, min_gpu_memory_mb: int | None = None
+) -> list[WorkerInfo]:
+    """The ranked available workers; with ``wait > 0`` wait (via room events) for one.
+
+    Raises ``NoWorkersError`` when there is none (after ``wait`` seconds).
+    """
+    ranked = rank_workers(room.workers)
+    if ranked:
+        return ranked
+    if wait > 0:
+        try:
+            return await room.wait_for(lambda r: rank_workers(r.workers), wait)
+        except asyncio.TimeoutError:
+            raise NoWorkersError(no_workers_message(room, min_gpu_memory_mb=min_gpu_memory_mb, waited=wait)) from None
+    raise NoWorkersError(no_workers_message(room, min_gpu_memory_mb=min_gpu_memory_mb))
+
+
+# --------------------------------------------------------------------------- auto-select
+
+
+async def auto_select(
+    room: RoomView,
+    connect: ConnectAttempt[T],
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    wait: float = 0.0,
+    min_gpu_memory_mb: int | None = None,
+    busy_errors: tuple[type[BaseException], ...] | None = None,
+    gone_errors: tuple[type[BaseException], ...] | None = None,
+    on_decision: DecisionListener | None = None,
+) -> Selection[T]:
+    """Connect to the best available worker, falling back to the next best.
+
+    Candidates are re-ranked from the live room before every attempt, so a worker that
+    turned busy or left meanwhile is skipped without trying it. A ``busy_errors`` exception
+    (the worker refused: ``worker_busy``) or a ``gone_errors`` one (it vanished or never
+    answered) moves on to the next worker; any other exception propagates. At most
+    ``max_attempts`` workers are tried. Each decision is logged and given to ``on_decision``.
+    """
+    default_busy, default_gone = _default_skip_errors()
+    busy_errors = default_busy if busy_errors is None else busy_errors
+    gone_errors = default_gone if gone_errors is None else gone_errors
+    decisions: list[str] = []
+
+    def decide(text: str) -> None:
+        decisions.append(text)
+        log.info("%s", text)
+        if on_decision:
+            on_decision(text)
+
+    await wait_for_available(room, wait=wait, min_gpu_memory_mb=min_gpu_memory_mb)
+    tried: set[str] = set()
+    failures: list[str] = []
+    for attempt in range(1, max_attempts + 1):
+        candidates = [w for w in rank_workers(room.workers) if w.peer_id not in tried]
+        if not candidates:
+            break
+        worker = candidates[0]
+        tried.add(worker.peer_id)
+        others = len(candidates) - 1
+        decide(f"Trying {describe(worker)}: best of {others + 1} available worker(s) (attempt {attempt}/{max_attempts}).")
+        try:
+            connection = await connect(worker)
+        except busy_errors as exc:  # type: ignore[misc]  # a tuple of classes is fine
+            failures.append(f"{worker.name}: busy")
+            decide(f"{worker.name} is busy ({exc}); trying the next best worker.")
+            continue
+        except gone_errors as exc:  # type: ignore[misc]
+            failures.append(f"{worker.name}: did not answer")
+            decide(f"{worker.name} did not answer ({exc}); trying the next best worker.")
+            continue
+        decide(f"Connected to {describe(worker)}.")
+        return Selection(worker, connection, decisions)
+    if not failures:
+        raise NoWorkersError(no_workers_message(room, min_gpu_memory_mb=min_gpu_memory_mb))
+    raise AllWorkersBusyError(
+        f"Could not start the job on any worker ({'; '.join(failures)}). "
+        "Try again in a moment, or pass --wait SECONDS to wait for a free worker."
+    )
+
+
+# --------------------------------------------------------------------------- direct id
+
+
+def check_direct(room: RoomView, worker_id: str) -> WorkerInfo:
+    """The worker named by ``--worker-id`` if it is in the room and available.
+
+    Raises ``UnknownWorkerError`` (listing the ids there are) or ``WorkerUnavailableError``.
+    """
+    worker = room.get(worker_id)
+    if worker is None:
+        ids = ", ".join(w.peer_id for w in room.workers) or "none"
+        raise UnknownWorkerError(f"No worker '{worker_id}' in room {room.signaling.room_id}. Workers in this room: {ids}.")
+    if not worker.available:
+        raise WorkerUnavailableError(unavailable_message(worker))
+    return worker
+
+
+def unavailable_message(worker: WorkerInfo) -> str:
+    """Why a chosen worker cannot take the job, and what to do instead."""
+    return (
+        f"Worker {worker.name} ({worker.peer_id}) is {worker.status}. "
+        "Wait until it is free, choose another one, or use --auto-select."
+    )
+
+
+async def connect_direct(
+    room: RoomView,
+    worker_id: str,
+    connect: ConnectAttempt[T],
+    *,
+    busy_errors: tuple[type[BaseException], ...] | None = None,
+    gone_errors: tuple[type[BaseException], ...] | None = None,
+) -> Selection[T]:
+    """Connect to exactly ``worker_id`` (no fallback: the user asked for that one)."""
+    default_busy, default_gone = _default_skip_errors()
+    busy_errors = default_busy if busy_errors is None else busy_errors
+    gone_errors = default_gone if gone_errors is None else gone_errors
+    worker = check_direct(room, worker_id)
+    try:
+        connection = await connect(worker)
+    except busy_errors:  # type: ignore[misc]
+        raise WorkerUnavailableError(
+            f"Worker {worker.name} ({worker.peer_id}) is busy. "
+            "Wait until it is free, choose another one, or use --auto-select."
+        ) from None
+    except gone_errors:  # type: ignore[misc]
+        raise WorkerUnavailableError(
+            f"Worker {worker.name} ({worker.peer_id}) did not answer; it may have left the room."
+        ) from None
+    return Selection(worker, connection, [f"Connected to {describe(worker)}."])

@@ -1,0 +1,353 @@
+"""WebRTC connection set-up through the signaling room (client offers, worker answers).
+
+* ``await connect(signaling, target_peer_id, ...) -> PeerChannel`` (client side)
+* ``await accept(signaling, offer_frame, ...) -> PeerChannel`` (worker side; its busy guard
+  runs before, and refuses with ``protocol.busy_error_frame`` instead of calling this)
+
+Signaling is non-trickle: each side gathers its candidates first and sends one complete
+SDP in ``offer``/``answer`` (v2.0 wire names, ``sender``/``target``); ``candidate``
+frames are not needed. Errors (all ``TransportError``): ``PeerNotFoundError`` (target not in
+the room), ``WorkerBusyError`` (relayed ``worker_busy``; pick another worker),
+``AnswerTimeoutError``, ``ConnectionFailedError`` (ICE/DTLS/SCTP never came up),
+``LoopbackOnlyError``, ``ChannelVersionError``, ``PeerClosedError``.
+
+ICE policy: servers from the argument, else ``signaling.registration.ice_servers``,
+else none (loopback and LAN need none). aioice waits a fixed 5 s for an unreachable
+STUN/TURN server while gathering, so before gathering every server is probed with one STUN
+binding request (``probe_ice_servers``, all in parallel, capped at ``PROBE_TIMEOUT``);
+servers that do not answer are left out for that connection. Worst case this adds
+``PROBE_TIMEOUT`` instead of 5 s per peer; with no servers it adds nothing.
+
+Loopback-only hosts: aioice never offers 127.0.0.1 as a candidate, so on a host whose only
+interface is ``lo`` no connection can ever open (and aiortc never reports failure).
+``connect``/``accept`` detect this up front and raise ``LoopbackOnlyError`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import ifaddr
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from sleap_rtc.core.channel import PeerChannel
+from sleap_rtc.core.protocol import CHANNEL_VERSION, WORKER_BUSY, ErrorCode, MessageType
+from sleap_rtc.core.transport_errors import (
+    AnswerTimeoutError,
+    ConnectionFailedError,
+    LoopbackOnlyError,
+    PeerNotFoundError,
+    TransportError,
+    WorkerBusyError,
+)
+
+log = logging.getLogger(__name__)
+
+CHANNEL_LABEL = "sleap-rtc"
+"""Label of the one data channel the client creates."""
+PROBE_TIMEOUT = 0.8
+"""Cap (seconds) on probing all ICE servers for reachability before gathering."""
+
+_STUN_MAGIC = 0x2112A442
+
+
+# ---------------------------------------------------------------------- ICE policy
+
+
+def non_loopback_addresses() -> list[str]:
+    """Addresses aioice would gather host candidates on (every one except loopback)."""
+    found = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            addr = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            with contextlib.suppress(ValueError):
+                parsed = ipaddress.ip_address(addr)
+                if not parsed.is_loopback and not (parsed.version == 6 and parsed.is_link_local):
+                    found.append(addr)
+    return found
+
+
+def check_not_loopback_only() -> None:
+    """Raise ``LoopbackOnlyError`` on a host where aioice can gather no host candidate."""
+    if not non_loopback_addresses():
+        raise LoopbackOnlyError(
+            "This machine has no network interface besides loopback (lo), and aiortc's ICE "
+            "library never uses 127.0.0.1, so no WebRTC connection can open here. Bring up any "
+            "other interface (on Linux even a dummy one: `ip link add d0 type dummy && "
+            "ip addr add 10.254.0.1/24 dev d0 && ip link set d0 up`)."
+        )
+
+
+def resolve_ice_servers(ice_servers: list[dict[str, Any]] | None, signaling: Any) -> list[dict[str, Any]]:
+    """The ICE servers to use: the argument, else the server's ``registered_auth``, else none."""
+    if ice_servers is not None:
+        return list(ice_servers)
+    reg = getattr(signaling, "registration", None)
+    return list(getattr(reg, "ice_servers", None) or [])
+
+
+def _server_urls(server: dict[str, Any]) -> list[str]:
+    urls = server.get("urls") or server.get("url") or []
+    return [urls] if isinstance(urls, str) else [u for u in urls if isinstance(u, str)]
+
+
+def _host_port(url: str) -> tuple[str, int, str] | None:
+    """``stun:host:port`` / ``turn:host:port?transport=tcp`` -> (host, port, transport)."""
+    scheme, _, rest = url.partition(":")
+    if scheme not in {"stun", "stuns", "turn", "turns"}:
+        return None
+    rest, _, query = rest.partition("?")
+    transport = "tcp" if scheme.endswith("s") or "transport=tcp" in query else "udp"
+    parsed = urlparse("//" + rest)
+    default = 5349 if scheme.endswith("s") else 3478
+    try:
+        return parsed.hostname or "", parsed.port or default, transport
+    except ValueError:
+        return None
+
+
+async def _probe_url(url: str, timeout: float) -> bool:
+    target = _host_port(url)
+    if target is None or not target[0]:
+        return False
+    host, port, transport = target
+    loop = asyncio.get_running_loop()
+    if transport == "tcp":
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            writer.close()
+            return True
+        except (OSError, asyncio.TimeoutError):
+            return False
+    # One STUN binding request; TURN servers answer it too.
+    txid = os.urandom(12)
+    request = struct.pack("!HHI", 0x0001, 0, _STUN_MAGIC) + txid
+    answered = loop.create_future()
+
+    class _Proto(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            if len(data) >= 20 and data[8:20] == txid and not answered.done():
+                answered.set_result(True)
+
+        def error_received(self, exc: Exception) -> None:
+            if not answered.done():
+                answered.set_result(False)
+
+    transport_ = None
+    try:
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), timeout)
+        transport_, _ = await loop.create_datagram_endpoint(_Proto, remote_addr=infos[0][4])
+        for _ in range(3):  # UDP may drop one: resend within the cap
+            transport_.sendto(request)
+            with contextlib.suppress(asyncio.TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(answered), timeout / 3)
+        return False
+    except (OSError, asyncio.TimeoutError, IndexError):
+        return False
+    finally:
+        if transport_ is not None:
+            transport_.close()
+
+
+async def probe_ice_servers(servers: list[dict[str, Any]], timeout: float = PROBE_TIMEOUT) -> list[dict[str, Any]]:
+    """The subset of ``servers`` (RTCIceServer-shaped dicts) that answer within ``timeout``.
+
+    A server is kept when any of its URLs answers. All probes run in parallel.
+    """
+    if not servers:
+        return []
+
+    async def server_ok(server: dict[str, Any]) -> bool:
+        results = await asyncio.gather(*(_probe_url(u, timeout) for u in _server_urls(server)))
+        return any(results)
+
+    oks = await asyncio.gather(*(server_ok(s) for s in servers))
+    for server, ok in zip(servers, oks):
+        if not ok:
+            log.warning("ICE server %s did not answer within %.1f s; leaving it out", _server_urls(server), timeout)
+    return [s for s, ok in zip(servers, oks) if ok]
+
+
+def _rtc_configuration(servers: list[dict[str, Any]]) -> RTCConfiguration:
+    # An explicit empty list matters: iceServers=None makes aiortc use Google's STUN.
+    return RTCConfiguration(
+        iceServers=[
+            RTCIceServer(urls=_server_urls(s), username=s.get("username"), credential=s.get("credential"))
+            for s in servers
+        ]
+    )
+
+
+async def _peer_connection(signaling: Any, ice_servers: list[dict[str, Any]] | None) -> RTCPeerConnection:
+    check_not_loopback_only()
+    servers = await probe_ice_servers(resolve_ice_servers(ice_servers, signaling))
+    return RTCPeerConnection(_rtc_configuration(servers))
+
+
+# ---------------------------------------------------------------------- set-up
+
+
+async def connect(
+    signaling: Any,
+    target_peer_id: str,
+    *,
+    ice_servers: list[dict[str, Any]] | None = None,
+    timeout: float = 20.0,
+    receive_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    version: int = CHANNEL_VERSION,
+) -> PeerChannel:
+    """Open a data channel to ``target_peer_id`` through the room (client side).
+
+    ``signaling`` is a registered ``SignalingClient``. ``timeout`` bounds the whole set-up
+    (offer -> answer -> ICE/DTLS -> hello). ``receive_dir``/``cache_dir``: where incoming
+    files and the transfer cache go. ``version`` is for tests of the hello exchange.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pc = await _peer_connection(signaling, ice_servers)
+    channel: PeerChannel | None = None
+    remove = None
+    try:
+        dc = pc.createDataChannel(CHANNEL_LABEL, ordered=True)
+        channel = PeerChannel(
+            pc, dc, local_peer_id=signaling.peer_id, remote_peer_id=target_peer_id, role="client",
+            receive_dir=receive_dir, cache_dir=cache_dir, version=version,
+        )
+        await pc.setLocalDescription(await pc.createOffer())  # gathers (non-trickle)
+        offer_id = f"offer-{uuid.uuid4().hex[:12]}"
+        reply = loop.create_future()
+
+        def on_frame(frame: dict[str, Any]) -> None:
+            kind = frame.get("type")
+            from_target = frame.get("sender") in (None, target_peer_id)
+            if reply.done():
+                return
+            if kind == MessageType.ANSWER and frame.get("sender") == target_peer_id:
+                reply.set_result(frame)
+            elif kind == MessageType.ERROR and (frame.get("id") == offer_id or (frame.get("reason") == WORKER_BUSY and from_target)):
+                reply.set_result(frame)
+
+        remove = signaling.add_listener(on_frame)
+        await signaling.send(
+            {"type": MessageType.OFFER.value, "sender": signaling.peer_id, "target": target_peer_id,
+             "sdp": pc.localDescription.sdp, "id": offer_id}
+        )
+        try:
+            frame = await asyncio.wait_for(reply, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise AnswerTimeoutError(f"Peer {target_peer_id} did not answer within {timeout:.0f} s.") from None
+        finally:
+            remove()
+        if frame.get("type") == MessageType.ERROR:
+            raise _error_from_frame(frame, target_peer_id)
+        if not isinstance(frame.get("sdp"), str):
+            raise ConnectionFailedError(f"Peer {target_peer_id} answered without an SDP.")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=frame["sdp"], type="answer"))
+        await _start(channel, deadline, target_peer_id)
+        return channel
+    except BaseException:
+        if channel is not None:
+            await channel.abort("connection set-up failed")
+        else:
+            await pc.close()
+        raise
+
+
+async def accept(
+    signaling: Any,
+    offer_frame: dict[str, Any],
+    *,
+    ice_servers: list[dict[str, Any]] | None = None,
+    timeout: float = 20.0,
+    receive_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    version: int = CHANNEL_VERSION,
+) -> PeerChannel:
+    """Answer a relayed ``offer`` frame and return the open channel (worker side)."""
+    sender = offer_frame.get("sender")
+    sdp = offer_frame.get("sdp")
+    if not isinstance(sender, str) or not isinstance(sdp, str):
+        raise ConnectionFailedError("The offer frame has no 'sender' or no 'sdp'.")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pc = await _peer_connection(signaling, ice_servers)
+    channel_box: list[PeerChannel] = []
+    got_channel = loop.create_future()
+
+    @pc.on("datachannel")
+    def on_datachannel(dc: Any) -> None:
+        if not got_channel.done():
+            channel_box.append(
+                PeerChannel(pc, dc, local_peer_id=signaling.peer_id, remote_peer_id=sender, role="worker",
+                            receive_dir=receive_dir, cache_dir=cache_dir, version=version)
+            )
+            got_channel.set_result(None)
+
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        answer = {"type": MessageType.ANSWER.value, "sender": signaling.peer_id, "target": sender, "sdp": pc.localDescription.sdp}
+        await signaling.send(answer)
+        try:
+            await _until(got_channel, pc, deadline, sender)
+        except asyncio.TimeoutError:
+            raise ConnectionFailedError(f"No data channel from {sender} within {timeout:.0f} s (ICE/DTLS did not complete).") from None
+        await _start(channel_box[0], deadline, sender)
+        return channel_box[0]
+    except BaseException:
+        if channel_box:
+            await channel_box[0].abort("connection set-up failed")
+        else:
+            await pc.close()
+        raise
+
+
+async def _until(fut: asyncio.Future, pc: RTCPeerConnection, deadline: float, peer: str) -> None:
+    """Wait for ``fut`` but fail at once if ICE/DTLS fails."""
+    failed = asyncio.get_running_loop().create_future()
+
+    def on_state() -> None:
+        if pc.connectionState == "failed" and not failed.done():
+            failed.set_result(None)
+
+    pc.on("connectionstatechange", on_state)
+    try:
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        done, _ = await asyncio.wait({fut, failed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        if fut in done:
+            return
+        if failed in done:
+            raise ConnectionFailedError(f"ICE/DTLS with {peer} failed: no route between the peers.")
+        raise asyncio.TimeoutError
+    finally:
+        pc.remove_listener("connectionstatechange", on_state)
+
+
+async def _start(channel: PeerChannel, deadline: float, peer: str) -> None:
+    remaining = max(0.1, deadline - asyncio.get_running_loop().time())
+    try:
+        await channel.start(remaining)
+    except TimeoutError:
+        raise ConnectionFailedError(
+            f"The data channel to {peer} did not open within the timeout (ICE/DTLS state: {channel.pc.connectionState})."
+        ) from None
+
+
+def _error_from_frame(frame: dict[str, Any], target: str) -> TransportError:
+    message = str(frame.get("message") or frame.get("reason") or "refused")
+    if frame.get("reason") == WORKER_BUSY:
+        return WorkerBusyError(message, status=frame.get("status"), frame=frame)
+    if frame.get("code") in (ErrorCode.PEER_NOT_FOUND, ErrorCode.PEER_NOT_IN_ROOM):
+        return PeerNotFoundError(f"Peer {target} is not in this room: {message}")
+    return ConnectionFailedError(f"The signaling server refused the offer to {target}: {message}")
