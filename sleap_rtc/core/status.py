@@ -1,0 +1,198 @@
+"""The worker's status state machine, its offer guard and the reservation lease.
+
+A worker is ``available`` until a client's offer reserves it, ``busy`` while a job runs,
+and ``available`` again afterwards; ``maintenance`` takes it out of service. Every allowed
+move is in ``TRANSITIONS`` (one place); anything else raises ``StatusError``.
+
+The guard is ``StatusGuard.try_reserve``: it checks and reserves in one synchronous step
+(no ``await`` between the check and the change), so on one asyncio loop N simultaneous
+offers give exactly one ``Reservation``. A reservation is a lease: unless it is confirmed
+(the data channel opened) within ``lease_timeout`` seconds, it expires and the worker is
+available again. ``release`` ends a reservation or a job (client vanished, job done).
+
+Listeners are called synchronously, in registration order, after every change, with a
+``StatusChange``; the worker publishes the new status from there (``update_metadata``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sleap_rtc.core.protocol import WorkerStatus
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_TIMEOUT = 30.0
+"""Seconds a reservation waits for the data channel to open before it expires."""
+
+TRANSITIONS: dict[WorkerStatus, frozenset[WorkerStatus]] = {
+    WorkerStatus.AVAILABLE: frozenset({WorkerStatus.RESERVED, WorkerStatus.MAINTENANCE}),
+    WorkerStatus.RESERVED: frozenset({WorkerStatus.BUSY, WorkerStatus.AVAILABLE, WorkerStatus.MAINTENANCE}),
+    WorkerStatus.BUSY: frozenset({WorkerStatus.AVAILABLE, WorkerStatus.MAINTENANCE}),
+    WorkerStatus.MAINTENANCE: frozenset({WorkerStatus.AVAILABLE}),
+}
+"""Every allowed status change: ``TRANSITIONS[old]`` is the set of statuses ``old`` may move to."""
+
+
+class StatusError(RuntimeError):
+    """A status change that ``TRANSITIONS`` does not allow, or a stale reservation."""
+
+
+_reservation_ids = itertools.count(1)
+
+
+@dataclass
+class Reservation:
+    """One client's hold on the worker, from its offer until the job ends."""
+
+    client_peer_id: str
+    id: int = field(default_factory=lambda: next(_reservation_ids))
+    created_at: float = field(default_factory=time.monotonic)
+    confirmed: bool = False
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """What a listener receives: old and new status, the reservation involved, and why."""
+
+    old: WorkerStatus
+    new: WorkerStatus
+    reservation: Reservation | None
+    reason: str = ""
+
+
+StatusListener = Callable[[StatusChange], Any]
+
+
+class StatusGuard:
+    """The worker's status, the atomic offer guard and the reservation lease.
+
+    Must be used from one asyncio loop (the worker's); the lease timer needs a running loop
+    when ``try_reserve`` is called, and without one the lease never expires on its own.
+    """
+
+    def __init__(self, *, lease_timeout: float = DEFAULT_LEASE_TIMEOUT, status: WorkerStatus = WorkerStatus.AVAILABLE):
+        if lease_timeout <= 0:
+            raise ValueError("lease_timeout must be positive")
+        self.lease_timeout = lease_timeout
+        self._status = WorkerStatus(status)
+        self._reservation: Reservation | None = None
+        self._lease: asyncio.TimerHandle | None = None
+        self._listeners: list[StatusListener] = []
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def status(self) -> WorkerStatus:
+        """The current status."""
+        return self._status
+
+    @property
+    def reservation(self) -> Reservation | None:
+        """The current reservation (while reserved or busy), else ``None``."""
+        return self._reservation
+
+    def add_listener(self, listener: StatusListener) -> Callable[[], None]:
+        """Call ``listener(change)`` after every status change; returns a remover."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def is_current(self, reservation: Reservation | None) -> bool:
+        """Whether ``reservation`` is the one holding the worker right now."""
+        return reservation is not None and reservation is self._reservation
+
+    # ------------------------------------------------------------------ the guard
+
+    def try_reserve(self, client_peer_id: str) -> Reservation | None:
+        """Reserve the worker for ``client_peer_id`` if it is available, else ``None``.
+
+        Atomic on the event loop: nothing is awaited between the check and the change.
+        """
+        if self._status != WorkerStatus.AVAILABLE:
+            return None
+        reservation = Reservation(client_peer_id=client_peer_id)
+        self._reservation = reservation
+        self._start_lease(reservation)
+        self._move(WorkerStatus.RESERVED, reservation, f"offer from {client_peer_id}")
+        return reservation
+
+    def confirm(self, reservation: Reservation) -> bool:
+        """The data channel opened: the lease no longer expires. False if it already did."""
+        if not self.is_current(reservation):
+            return False
+        reservation.confirmed = True
+        self._cancel_lease()
+        return True
+
+    def mark_busy(self, reservation: Reservation) -> None:
+        """A job starts for this reservation (confirms it); raises ``StatusError`` if stale."""
+        if not self.is_current(reservation):
+            raise StatusError("This reservation is no longer current (expired or released).")
+        self.confirm(reservation)
+        if self._status != WorkerStatus.BUSY:
+            self._move(WorkerStatus.BUSY, reservation, "job started")
+
+    def release(self, reservation: Reservation | None, reason: str = "released") -> bool:
+        """End ``reservation`` (job done, client gone): available again. False if stale."""
+        if not self.is_current(reservation):
+            return False
+        self._cancel_lease()
+        self._reservation = None
+        if self._status in (WorkerStatus.RESERVED, WorkerStatus.BUSY):
+            self._move(WorkerStatus.AVAILABLE, reservation, reason)
+        return True
+
+    # ------------------------------------------------------------------ maintenance
+
+    def enter_maintenance(self, reason: str = "maintenance") -> None:
+        """Take the worker out of service; a current reservation is dropped."""
+        if self._status == WorkerStatus.MAINTENANCE:
+            return
+        self._cancel_lease()
+        old_reservation, self._reservation = self._reservation, None
+        self._move(WorkerStatus.MAINTENANCE, old_reservation, reason)
+
+    def leave_maintenance(self) -> None:
+        """Back in service (available)."""
+        if self._status != WorkerStatus.MAINTENANCE:
+            raise StatusError(f"Not in maintenance (status is {self._status.value}).")
+        self._move(WorkerStatus.AVAILABLE, None, "maintenance over")
+
+    # ------------------------------------------------------------------ internals
+
+    def _move(self, new: WorkerStatus, reservation: Reservation | None, reason: str) -> None:
+        old = self._status
+        if new not in TRANSITIONS[old]:
+            raise StatusError(f"Cannot move from {old.value} to {new.value}.")
+        self._status = new
+        change = StatusChange(old, new, reservation, reason)
+        log.info("worker status %s -> %s (%s)", old.value, new.value, reason)
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:  # one broken listener must not wedge the guard
+                log.exception("status listener failed")
+
+    def _start_lease(self, reservation: Reservation) -> None:
+        self._cancel_lease()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (plain synchronous use): the lease is released explicitly
+        self._lease = loop.call_later(self.lease_timeout, self._expire, reservation)
+
+    def _cancel_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.cancel()
+            self._lease = None
+
+    def _expire(self, reservation: Reservation) -> None:
+        self._lease = None
+        if self.is_current(reservation) and not reservation.confirmed:
+            self.release(reservation, f"lease expired: no data channel within {self.lease_timeout:g} s")

@@ -1,0 +1,406 @@
+"""The worker runtime: registered in a room, guarding offers, running one job at a time.
+
+Life of a connection:
+
+1. an ``offer`` arrives (relayed by the server); ``StatusGuard.try_reserve`` checks and
+   reserves atomically; a worker that is reserved/busy/in maintenance answers with
+   ``busy_error_frame`` (seed Decision 6) and keeps running;
+2. ``transport.accept`` opens the data channel; the reservation (a lease) is confirmed
+   then, or released when the channel does not open within the lease timeout;
+3. the client sends the package (``send_file``) and ``job_submit``; the worker answers
+   ``job_accepted``, becomes busy, runs ``JobExecutor`` (logs and training events
+   streamed), sends each result (``job_result`` + ``send_file``) and ``job_complete`` (or
+   ``job_failed``), and is available again;
+4. a client that vanishes (channel closed, or ``peer_left``) cancels its job and releases
+   the worker.
+
+Status changes are published with ``update_metadata``; the signaling client re-registers
+with the current metadata after a reconnect. ``error`` frames from the server are logged,
+never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sleap_rtc.core import jobs_wire
+from sleap_rtc.core.credentials import encode_session_string
+from sleap_rtc.core.protocol import ChannelType, MessageType, ProtocolError, Prop, Role, busy_error_frame
+from sleap_rtc.core.signaling import ConnectionState, SignalingClient, SignalingError, create_room, new_peer_id
+from sleap_rtc.core.status import DEFAULT_LEASE_TIMEOUT, Reservation, StatusGuard
+from sleap_rtc.worker.capabilities import Capabilities
+from sleap_rtc.worker.executor import COMPLETED, JobExecutor, JobOutcome
+from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, prune_job_dirs
+
+log = logging.getLogger(__name__)
+
+JOB_KINDS = ("train", "track")
+"""``options.kind`` values a worker accepts in ``job_submit``."""
+
+
+@dataclass
+class WorkerConfig:
+    """How to run a worker; tests shorten the timeouts and inject an executor factory."""
+
+    server_url: str
+    work_dir: Path
+    room_id: str | None = None
+    token: str | None = None
+    name: str | None = None
+    lease_timeout: float = DEFAULT_LEASE_TIMEOUT
+    submit_timeout: float = 300.0  # channel open -> package + job_submit
+    linger_timeout: float = 10.0  # after the results: wait this long for the client to hang up
+    keep_job_dirs: int = DEFAULT_KEEP
+    ice_servers: list[dict[str, Any]] | None = None
+    executor_factory: Callable[[str], JobExecutor] | None = None
+
+
+def safe_worker_name(name: str) -> str:
+    """A worker name usable inside a peer id (letters, digits, ``_`` and ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name).strip("-")[:40] or "worker"
+
+
+def format_banner(room_id: str, token: str, peer_id: str) -> str:
+    """The credentials banner (seed Decision 4 format)."""
+    return (
+        "[INFO] Worker authenticated. Session string for direct connection:\n"
+        f"{encode_session_string(room_id, token, peer_id)}\n"
+        "\n"
+        "[INFO] Room credentials for other workers/clients to join:\n"
+        f"[INFO]   Room ID: {room_id}\n"
+        f"[INFO]   Token: {token}"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def _receive_unless(channel: Any, gone: asyncio.Future, timeout: float | None) -> dict[str, Any] | None:
+    """The next control message, or None as soon as ``gone`` resolves (client left the room)."""
+    receive = asyncio.ensure_future(channel.receive(timeout))
+    try:
+        await asyncio.wait({receive, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not receive.done():
+            receive.cancel()
+    if not receive.done() or receive.cancelled():
+        return None
+    return receive.result()
+
+
+class JobRefused(Exception):
+    """A ``job_submit`` the worker will not run; the message goes back in ``job_rejected``."""
+
+
+class Worker:
+    """One ``sleap-rtc worker``: ``await start()``, then ``await serve_forever()`` or ``close()``."""
+
+    def __init__(self, config: WorkerConfig, capabilities: Capabilities):
+        self.config = config
+        self.capabilities = capabilities
+        self.work_dir = Path(config.work_dir)
+        self.guard = StatusGuard(lease_timeout=config.lease_timeout)
+        self.signaling: SignalingClient | None = None
+        self.room_id: str | None = config.room_id
+        self.token: str | None = config.token
+        self.jobs_done = 0
+        self._sessions: dict[int, asyncio.Task] = {}
+        self._clients: dict[int, tuple[str, Callable[[], None]]] = {}  # reservation id -> (peer, on_gone)
+        self._tasks: set[asyncio.Task] = set()
+        self._dirty = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._publisher: asyncio.Task | None = None
+        self.guard.add_listener(lambda change: self._dirty.set())
+
+    @property
+    def peer_id(self) -> str:
+        """This worker's peer id in the room."""
+        assert self.signaling is not None, "start() first"
+        return self.signaling.peer_id
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> str:
+        """Create the room if needed, register, and return the banner text."""
+        if bool(self.room_id) != bool(self.token):
+            raise ValueError("Both --room-id and --token must be provided together")
+        if not self.room_id:
+            self.room_id, self.token = await create_room(self.config.server_url)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        name = safe_worker_name(self.capabilities.worker_name)
+        self.signaling = SignalingClient(
+            self.config.server_url, room_id=self.room_id, token=self.token, role=Role.WORKER.value,
+            peer_id=new_peer_id(Role.WORKER.value, name), metadata=self.capabilities.metadata(self.guard.status),
+        )
+        self.signaling.add_listener(self._on_frame)
+        self.signaling.add_state_listener(self._on_state)
+        await self.signaling.connect()
+        self._publisher = asyncio.create_task(self._publish_status(), name="worker-status-publisher")
+        return format_banner(self.room_id, self.token, self.peer_id)
+
+    async def serve_forever(self) -> None:
+        """Run until ``close()`` (or the room is gone for good)."""
+        await self._closed.wait()
+
+    def request_stop(self) -> None:
+        """Make ``serve_forever`` return (e.g. from a signal handler)."""
+        self._closed.set()
+
+    async def close(self) -> None:
+        """Cancel running jobs, hang up, leave the room."""
+        self._closed.set()
+        for task in list(self._sessions.values()) + list(self._tasks):
+            task.cancel()
+        for task in list(self._sessions.values()) + list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 10)
+        if self._publisher:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._publisher
+        if self.signaling:
+            await self.signaling.close()
+
+    # ------------------------------------------------------------------ signaling
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == MessageType.OFFER:
+            self._on_offer(frame)
+        elif kind == MessageType.ERROR:
+            # Never fatal (the old worker exited on any error and took the room with it).
+            log.warning("signaling server error: %s", frame.get("message") or frame.get("reason"))
+        elif kind == MessageType.PEER_LEFT:
+            gone = frame.get("peer_id")
+            for res_id, (peer, on_gone) in list(self._clients.items()):
+                if peer == gone:
+                    log.info("client %s left the room", gone)
+                    on_gone()
+
+    def _on_state(self, state: ConnectionState) -> None:
+        if state == ConnectionState.REGISTERED:
+            self._dirty.set()  # re-publish in case a change happened while disconnected
+        elif state == ConnectionState.CLOSED and not self._closed.is_set():
+            log.error("the signaling connection is closed for good (room gone or token refused)")
+            self._closed.set()
+
+    def _on_offer(self, frame: dict[str, Any]) -> None:
+        sender = frame.get("sender")
+        if not isinstance(sender, str) or not sender:
+            return
+        # The guard: check-and-reserve in one step, before any await.
+        reservation = self.guard.try_reserve(sender)
+        if reservation is None:
+            log.warning("refusing an offer from %s: worker is %s", sender, self.guard.status.value)
+            self._spawn(self._send_quietly(busy_error_frame(sender, self.guard.status.value)), "busy-reply")
+            return
+        task = asyncio.get_running_loop().create_task(self._session(frame, reservation), name=f"session-{sender}")
+        self._sessions[reservation.id] = task
+        task.add_done_callback(lambda _t: self._sessions.pop(reservation.id, None))
+
+    async def _send_quietly(self, frame: dict[str, Any]) -> None:
+        try:
+            await self.signaling.send(frame)
+        except SignalingError as exc:
+            log.warning("could not send %s: %s", frame.get("type"), exc)
+
+    async def _publish_status(self) -> None:
+        # One publisher, always the latest status: changes may come faster than replies.
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            status = self.guard.status.value
+            try:
+                await self.signaling.update_metadata({"properties": {Prop.STATUS.value: status}})
+            except SignalingError as exc:
+                # The local copy is already merged: a reconnect registers with this status.
+                log.info("could not publish status %s now (%s)", status, exc)
+
+    # ------------------------------------------------------------------ one client
+
+    async def _session(self, offer: dict[str, Any], reservation: Reservation) -> None:
+        from sleap_rtc.core import transport  # aiortc is heavy: import on first offer
+        from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
+
+        channel = None
+        reason = "client session ended"
+        incoming = self.work_dir / "incoming" / f"r{reservation.id}"
+        try:
+            channel = await transport.accept(
+                self.signaling, offer, ice_servers=self.config.ice_servers, timeout=self.config.lease_timeout,
+                receive_dir=incoming, cache_dir=self.work_dir / "transfer-cache",
+            )
+            if not self.guard.confirm(reservation):
+                reason = "lease expired before the channel opened"
+                return
+            gone = asyncio.get_running_loop().create_future()
+            self._clients[reservation.id] = (reservation.client_peer_id, lambda: gone.done() or gone.set_result(None))
+            await self._serve_job(channel, reservation, gone)
+        except PeerClosedError:
+            reason = "client hung up"
+        except TransportError as exc:
+            reason = f"connection failed: {exc}"
+            log.warning("connection with %s failed: %s", reservation.client_peer_id, exc)
+        except asyncio.CancelledError:
+            reason = "worker shutting down"
+            raise
+        except Exception:
+            reason = "internal error"
+            log.exception("session with %s failed", reservation.client_peer_id)
+        finally:
+            self._clients.pop(reservation.id, None)
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.close(), 5)
+            shutil.rmtree(incoming, ignore_errors=True)
+            self.guard.release(reservation, reason)
+
+    async def _serve_job(self, channel: Any, reservation: Reservation, gone: asyncio.Future) -> None:
+        from sleap_rtc.core.transport_errors import PeerClosedError
+
+        files: dict[str, Any] = {}
+        collector = asyncio.create_task(self._collect_files(channel, files))
+        try:
+            submit = await self._wait_submit(channel, gone)
+            if submit is None:
+                return
+            job_id = submit["job_id"]
+            try:
+                package = await self._find_package(submit, files, gone)
+            except JobRefused as exc:
+                await channel.send(jobs_wire.job_rejected(job_id, str(exc)))
+                return
+            self.guard.mark_busy(reservation)
+            await channel.send(jobs_wire.job_accepted(job_id))
+            outcome = await self._run_job(channel, job_id, package, gone)
+            if channel.closed or gone.done():
+                return
+            await self._send_outcome(channel, job_id, outcome)
+            self.jobs_done += 1
+            # Free for the next client now; the old channel only waits for the hang-up.
+            self.guard.release(reservation, f"job {outcome.status}")
+            with contextlib.suppress(PeerClosedError, asyncio.TimeoutError, TimeoutError):
+                await channel.wait_closed(self.config.linger_timeout)
+        finally:
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await collector
+            prune_job_dirs(self.work_dir, self.config.keep_job_dirs)
+
+    async def _collect_files(self, channel: Any, files: dict[str, Any]) -> None:
+        while True:
+            received = await channel.receive_file()
+            files[received.sha256] = received
+
+    async def _wait_submit(self, channel: Any, gone: asyncio.Future) -> dict[str, Any] | None:
+        """The client's ``job_submit`` (others are ignored); None if the client left or timed out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.submit_timeout
+        while not gone.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("no job_submit from %s within %.0f s", channel.remote_peer_id, self.config.submit_timeout)
+                return None
+            try:
+                msg = await _receive_unless(channel, gone, remaining)
+            except (asyncio.TimeoutError, TimeoutError):
+                return None
+            if msg is None:
+                return None
+            if msg.get("type") != ChannelType.JOB_SUBMIT:
+                continue
+            try:
+                return jobs_wire.validate_job_message(msg)
+            except ProtocolError as exc:
+                job_id = msg.get("job_id") if isinstance(msg.get("job_id"), str) else "unknown"
+                await channel.send(jobs_wire.job_rejected(job_id, str(exc)))
+        return None
+
+    async def _find_package(self, submit: dict[str, Any], files: dict[str, Any], gone: asyncio.Future) -> Path:
+        kind = submit["options"].get("kind", "train")
+        if kind not in JOB_KINDS:
+            raise JobRefused(f"Unsupported job kind {kind!r}; this worker runs {', '.join(JOB_KINDS)}.")
+        sha = submit["package"]["sha256"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0  # the file normally arrived before job_submit was sent
+        while sha not in files:
+            if gone.done() or loop.time() > deadline:
+                raise JobRefused("The package announced in job_submit never arrived; send the file first.")
+            await asyncio.sleep(0.05)
+        return Path(files[sha].path)
+
+    async def _run_job(self, channel: Any, job_id: str, package: Path, gone: asyncio.Future) -> JobOutcome:
+        factory = self.config.executor_factory or (lambda jid: JobExecutor(jid))
+        executor = factory(job_id)
+
+        async def emit(message: dict[str, Any]) -> None:
+            if not channel.closed:
+                await channel.send(message)
+
+        async def control() -> None:
+            # Stop/cancel from the client while the job runs; a vanished client cancels.
+            from sleap_rtc.core.transport_errors import PeerClosedError
+
+            try:
+                while True:
+                    msg = await _receive_unless(channel, gone, None)
+                    if msg is None:
+                        raise PeerClosedError("client left the room")
+                    if msg.get("job_id") != job_id:
+                        continue
+                    if msg.get("type") == ChannelType.JOB_STOP:
+                        log.info("job %s: stop requested", job_id)
+                        executor.stop()
+                    elif msg.get("type") == ChannelType.JOB_CANCEL:
+                        log.info("job %s: cancel requested", job_id)
+                        executor.cancel()
+            except PeerClosedError:
+                log.warning("job %s: client vanished; cancelling", job_id)
+                executor.cancel()
+
+        controller = asyncio.create_task(control())
+        try:
+            return await executor.run(package, new_job_dir(self.work_dir, job_id), emit)
+        except asyncio.CancelledError:
+            executor.cancel()
+            raise
+        finally:
+            controller.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await controller
+            with contextlib.suppress(OSError):
+                package.unlink()
+
+    async def _send_outcome(self, channel: Any, job_id: str, outcome: JobOutcome) -> None:
+        if outcome.status != COMPLETED:
+            await channel.send(jobs_wire.job_failed(job_id, outcome.reason or outcome.status))
+            return
+        entries = []
+        for path in outcome.results:
+            kind = "predictions" if path.suffix == ".slp" else "model"
+            sha = await asyncio.to_thread(_sha256, path)
+            entry = {"kind": kind, "name": path.name, "sha256": sha, "size": path.stat().st_size}
+            await channel.send(jobs_wire.job_result(job_id, **entry))
+            await channel.send_file(path, name=path.name)
+            entries.append(entry)
+        await channel.send(jobs_wire.job_complete(job_id, entries, outcome.duration_s))

@@ -1,0 +1,66 @@
+"""``sleap-rtc worker``: serve training/inference jobs from this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+import click
+
+from sleap_rtc.core.config import resolve_server, user_data_dir
+from sleap_rtc.core.signaling import SignalingError
+
+
+@click.command("worker")
+@click.option("--server", "server", default=None, help="Signaling server URL (default: SLEAP_RTC_SERVER, config, ws://127.0.0.1:8765).")
+@click.option("--room-id", default=None, help="Join this room (with --token); without both, a new room is created.")
+@click.option("--token", default=None, help="Token of --room-id.")
+@click.option("--name", default=None, help="Worker name shown to clients (default: the hostname).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where job directories go (default: the user data dir).")
+@click.option("--gpu", "gpu", type=click.IntRange(min=0), default=None,
+              help="Index of the GPU to advertise (as NVML numbers them); it must exist.")
+def worker_command(server: str | None, room_id: str | None, token: str | None, name: str | None,
+                   work_dir: Path | None, gpu: int | None) -> None:
+    """Serve SLEAP training and inference jobs from this GPU machine."""
+    if bool(room_id) != bool(token):
+        raise click.UsageError("Both --room-id and --token must be provided together")
+    # Heavy imports only after the arguments are known to be valid.
+    from sleap_rtc.worker.app import Worker, WorkerConfig
+    from sleap_rtc.worker.capabilities import CapabilityError, detect_capabilities
+
+    try:
+        capabilities = detect_capabilities(name=name, gpu_index=gpu)
+    except CapabilityError as exc:
+        raise click.UsageError(str(exc)) from None
+    config = WorkerConfig(
+        server_url=resolve_server(server), work_dir=work_dir or (user_data_dir() / "worker"),
+        room_id=room_id, token=token, name=name,
+    )
+    if capabilities.sleap_nn_version is None:
+        click.echo("[WARN] sleap-nn is not installed: jobs will fail until it is (pip install 'sleap-rtc[worker]').", err=True)
+    try:
+        asyncio.run(_serve(Worker(config, capabilities)))
+    except SignalingError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(worker) -> None:
+    banner = await worker.start()
+    caps = worker.capabilities
+    click.echo(f"[INFO] Worker {caps.worker_name} ({caps.gpu.model}, {caps.gpu.memory_mb} MB) "
+               f"registered as {worker.peer_id}")
+    click.echo(banner)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, worker.request_stop)
+    try:
+        await worker.serve_forever()
+    finally:
+        click.echo("[INFO] Worker stopping.")
+        await worker.close()

@@ -1,0 +1,350 @@
+"""Running one job: a SLEAP training-job package in, trained models and predictions out.
+
+``JobExecutor.run`` extracts the package (``package.extract_package``: hostile-input
+checks), reads its plan, and for each model:
+
+1. binds the progress sockets FIRST: a SUB on a free *publish* port that sleap-nn's PUB
+   connects to, and a PUB on a free *controller* port that sleap-nn's SUB connects to;
+2. starts ``sleap-nn train`` in its own process group with the
+   ``trainer_config.zmq.publish_port``/``controller_port`` overrides;
+3. streams stdout/stderr as ``job_log`` messages (progress-bar redraws flagged) and every
+   ZMQ training event, unchanged, as ``job_progress`` (the client feeds them to SLEAP's
+   LossViewer);
+4. zips ``models/<run_name>/`` as a result file.
+
+Then it runs ``sleap-nn track`` for each inference request and returns the predictions.
+``stop()`` asks sleap-nn to end the current model's training cleanly (its
+``{"command": "stop"}``: the model is kept, like SLEAP's Stop button); ``cancel()``
+terminates the process group. Failures come back as a ``JobOutcome`` whose reason a user
+can act on (with the last lines of sleap-nn's output), never as a hang or a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import zipfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from sleap_rtc.core.protocol import ChannelType
+from sleap_rtc.worker.logstream import LineSplitter
+from sleap_rtc.worker.package import (
+    InferenceJob,
+    PackageError,
+    PackageLimits,
+    TrainJob,
+    extract_package,
+    load_plan,
+    track_argv,
+    train_argv,
+)
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+STDERR_TAIL_LINES = 15
+KILL_GRACE_S = 3.0
+STOP_REPEAT_S = 0.5  # a stop published before sleap-nn's SUB connected is lost: repeat it
+ZMQ_DRAIN_S = 0.5  # events still in flight when the process exits (e.g. train_end)
+INSTALL_HINT = "Install it on the worker with: pip install 'sleap-rtc[worker]' (or pip install sleap-nn)."
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended: ``status`` (completed/failed/cancelled), result files, and why."""
+
+    status: str
+    results: list[Path] = field(default_factory=list)
+    reason: str = ""
+    stopped_early: bool = False
+    duration_s: float = 0.0
+
+
+def find_sleap_nn() -> list[str] | None:
+    """The ``sleap-nn`` command: on PATH, else next to this Python (a venv not activated)."""
+    found = shutil.which("sleap-nn")
+    if found:
+        return [found]
+    local = Path(sys.executable).with_name("sleap-nn")
+    return [str(local)] if local.exists() else None
+
+
+def zip_folder(folder: Path, dest: Path) -> Path:
+    """Zip ``folder`` as ``<folder name>/...`` into ``dest`` (the model's result file)."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                zf.write(path, Path(folder.name) / path.relative_to(folder))
+    return dest
+
+
+class _JobFailed(Exception):
+    """Internal: ends ``run`` with a failure reason."""
+
+
+class JobExecutor:
+    """Runs one job; ``run`` once per instance, ``stop``/``cancel`` from any task.
+
+    ``command`` is the sleap-nn command prefix (default: found on PATH); ``accelerator``
+    forces ``trainer_config.trainer_accelerator`` and ``device`` the inference device,
+    only when given.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        command: Sequence[str] | None = None,
+        accelerator: str | None = None,
+        device: str | None = None,
+        limits: PackageLimits = PackageLimits(),
+        env: dict[str, str] | None = None,
+    ):
+        self.job_id = job_id
+        self.command = list(command) if command else None
+        self.accelerator = accelerator
+        self.device = device
+        self.limits = limits
+        self.env = env
+        self._proc: asyncio.subprocess.Process | None = None
+        self._controller: zmq.asyncio.Socket | None = None
+        self._stop_pending = False
+        self._stop_task: asyncio.Task | None = None
+        self._stopped_current = False
+        self._stopped_any = False
+        self._cancelled = False
+        self._emit_failures = 0
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """End the current model's training cleanly (model kept), as SLEAP's Stop does.
+
+        Called before training started, it applies to the first model trained.
+        """
+        if self._controller is not None and self._proc is not None:
+            self._begin_stop(self._controller, self._proc)
+        else:
+            self._stop_pending = True
+
+    def cancel(self) -> None:
+        """Kill the running sleap-nn process group now; the job ends ``cancelled``."""
+        self._cancelled = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            _signal_group(proc, signal.SIGTERM)
+            asyncio.get_running_loop().call_later(KILL_GRACE_S, _signal_group, proc, signal.SIGKILL)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether ``cancel()`` was called."""
+        return self._cancelled
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self, package_zip: Path, job_dir: Path, emit: Emit) -> JobOutcome:
+        """Run the package in ``job_dir`` (created; must not exist); never raises for job errors."""
+        started = time.monotonic()
+        self._emit = emit
+        try:
+            results = await self._run(Path(package_zip), Path(job_dir))
+            status, reason = (CANCELLED, "Cancelled by the client.") if self._cancelled else (COMPLETED, "")
+        except _JobFailed as exc:
+            results, status, reason = [], (CANCELLED if self._cancelled else FAILED), str(exc)
+            if self._cancelled:
+                reason = "Cancelled by the client."
+        outcome = JobOutcome(status, results if status == COMPLETED else [], reason, self._stopped_any,
+                             time.monotonic() - started)
+        log.info("job %s %s in %.1f s %s", self.job_id, outcome.status, outcome.duration_s, outcome.reason)
+        return outcome
+
+    async def _run(self, package_zip: Path, job_dir: Path) -> list[Path]:
+        work = job_dir / "work"
+        results_dir = job_dir / "results"
+        job_dir.mkdir(parents=True, exist_ok=False)
+        results_dir.mkdir()
+        try:
+            await asyncio.to_thread(extract_package, package_zip, work, self.limits)
+            plan = load_plan(work)
+        except PackageError as exc:
+            raise _JobFailed(f"The training package was refused: {exc}") from None
+        command = self.command or find_sleap_nn()
+        if not command:
+            raise _JobFailed(f"sleap-nn is not installed on this worker. {INSTALL_HINT}")
+        results: list[Path] = []
+        for n, job in enumerate(plan.training, 1):
+            if self._cancelled:
+                raise _JobFailed("cancelled")
+            await self._log(f"Training model {n}/{len(plan.training)}: {job.run_name}")
+            await self._train(command, job, work)
+            model_dir = work / job.run_path
+            if not model_dir.is_dir():
+                raise _JobFailed(f"sleap-nn finished but wrote no model folder {job.run_path!r}.")
+            results.append(await asyncio.to_thread(zip_folder, model_dir, results_dir / f"{job.run_name}.zip"))
+        for n, inf in enumerate(plan.inference, 1):
+            if self._cancelled:
+                raise _JobFailed("cancelled")
+            await self._log(f"Running inference {n}/{len(plan.inference)} on {inf.data_path}")
+            results.append(await self._track(command, inf, work, results_dir))
+        return results
+
+    async def _train(self, command: list[str], job: TrainJob, work: Path) -> None:
+        ctx = zmq.asyncio.Context()
+        sub = ctx.socket(zmq.SUB)
+        pub = ctx.socket(zmq.PUB)
+        try:
+            # Bind before launching: sleap-nn connects to these ports when it sets up.
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            publish_port = sub.bind_to_random_port("tcp://127.0.0.1")
+            controller_port = pub.bind_to_random_port("tcp://127.0.0.1")
+            self._controller, self._stopped_current = pub, False
+            argv = command + train_argv(job, sleap_nn="sleap-nn", publish_port=publish_port,
+                                        controller_port=controller_port, accelerator=self.accelerator)[1:]
+            forward = asyncio.create_task(self._forward_events(sub), name=f"zmq-{self.job_id}")
+            try:
+                rc, tail = await self._run_process(argv, work, on_start=self._stop_if_pending)
+                # Events still on their way when the process exits (train_end).
+                await asyncio.sleep(ZMQ_DRAIN_S)
+            finally:
+                forward.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await forward
+            if self._stopped_current:
+                self._stopped_any = True
+            if rc != 0:
+                raise _JobFailed(_failure_reason(f"Training {job.run_name}", rc, tail))
+        finally:
+            self._controller = None
+            if self._stop_task is not None:
+                self._stop_task.cancel()
+            sub.close(linger=0)
+            pub.close(linger=0)
+            ctx.term()
+
+    async def _track(self, command: list[str], inf: InferenceJob, work: Path, results_dir: Path) -> Path:
+        argv = command + track_argv(inf, sleap_nn="sleap-nn", device=self.device)[1:]
+        rc, tail = await self._run_process(argv, work)
+        if rc != 0:
+            raise _JobFailed(_failure_reason(f"Inference on {inf.data_path}", rc, tail))
+        output = work / inf.output_path
+        if not output.is_file():
+            raise _JobFailed(f"sleap-nn track finished but wrote no predictions at {inf.output_path!r}.")
+        return Path(shutil.copy(output, results_dir / output.name))
+
+    async def _run_process(self, argv: list[str], cwd: Path, on_start: Callable[[], None] | None = None) -> tuple[int, list[str]]:
+        """Run one command in its own process group, streaming its output; returns (rc, tail)."""
+        env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
+        log.info("job %s: %s", self.job_id, " ".join(argv))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # its own process group: cancel kills its children too
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            raise _JobFailed(f"Cannot start {argv[0]!r} ({exc.strerror}). {INSTALL_HINT}") from None
+        self._proc = proc
+        if on_start:
+            on_start()
+        tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        try:
+            await asyncio.gather(
+                self._pump(proc.stdout, "stdout", tail),
+                self._pump(proc.stderr, "stderr", tail),
+            )
+            rc = await proc.wait()
+        except asyncio.CancelledError:
+            # The caller gave up on the job: never leave sleap-nn running behind it.
+            _signal_group(proc, signal.SIGKILL)
+            raise
+        finally:
+            self._proc = None
+        return rc, list(tail)
+
+    async def _pump(self, stream: asyncio.StreamReader, name: str, tail: collections.deque) -> None:
+        splitter = LineSplitter()
+        while True:
+            data = await stream.read(65536)
+            lines = splitter.feed(data) if data else splitter.flush()
+            for line, redraw in lines:
+                if not redraw:
+                    tail.append(line)
+                await self._send({"type": ChannelType.JOB_LOG.value, "job_id": self.job_id,
+                                  "line": line, "redraw": redraw, "stream": name})
+            if not data:
+                return
+
+    async def _forward_events(self, sub: zmq.asyncio.Socket) -> None:
+        while True:
+            raw = await sub.recv()
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                log.warning("ignoring a non-JSON progress message from sleap-nn")
+                continue
+            if isinstance(event, dict):
+                await self._send({"type": ChannelType.JOB_PROGRESS.value, "job_id": self.job_id, "event": event})
+
+    def _stop_if_pending(self) -> None:
+        if self._stop_pending and self._controller is not None and self._proc is not None:
+            self._stop_pending = False
+            self._begin_stop(self._controller, self._proc)
+
+    def _begin_stop(self, pub: zmq.asyncio.Socket, proc: asyncio.subprocess.Process) -> None:
+        self._stopped_current = True
+        if self._stop_task is None or self._stop_task.done():
+            self._stop_task = asyncio.get_running_loop().create_task(self._repeat_stop(pub, proc))
+
+    async def _repeat_stop(self, pub: zmq.asyncio.Socket, proc: asyncio.subprocess.Process) -> None:
+        # A stop published before sleap-nn's SUB connected is lost (ZMQ slow joiner): repeat
+        # it until the process exits.
+        while proc.returncode is None and self._controller is pub:
+            with contextlib.suppress(zmq.ZMQError):
+                await pub.send_string(json.dumps({"command": "stop"}), flags=zmq.NOBLOCK)
+            await asyncio.sleep(STOP_REPEAT_S)
+
+    async def _log(self, text: str) -> None:
+        await self._send({"type": ChannelType.JOB_LOG.value, "job_id": self.job_id, "line": text,
+                          "redraw": False, "stream": "worker"})
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        try:
+            await self._emit(message)
+        except Exception as exc:  # the channel may be gone; the job's fate is decided elsewhere
+            self._emit_failures += 1
+            if self._emit_failures == 1:
+                log.warning("job %s: could not send a message (%s); continuing", self.job_id, exc)
+
+
+def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _failure_reason(what: str, rc: int, tail: list[str]) -> str:
+    if rc < 0:
+        head = f"{what} was killed by signal {-rc}"
+        if -rc == signal.SIGKILL:
+            head += " (out of memory?)"
+    else:
+        head = f"{what} failed (sleap-nn exit code {rc})"
+    last = "\n".join(tail[-10:]) if tail else "(no output)"
+    return f"{head}. Last lines of its output:\n{last}"

@@ -1,0 +1,197 @@
+"""The worker runtime over the real signaling server and real aiortc channels on loopback.
+
+sleap-nn is replaced by the fast stand-in here (the real one runs in test_executor_real).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+from aiortc import RTCPeerConnection
+
+from sleap_rtc.core import jobs_wire, transport
+from sleap_rtc.core.protocol import WORKER_BUSY, ChannelType, MessageType, Prop, Role
+from sleap_rtc.core.phases import JobPhases, Phase
+from sleap_rtc.core.remote_job import JobSession
+from sleap_rtc.core.signaling import SignalingClient
+from sleap_rtc.worker.app import Worker, WorkerConfig, format_banner
+from sleap_rtc.worker.capabilities import Capabilities, GpuInfo
+from sleap_rtc.worker.executor import JobExecutor
+
+pytestmark = pytest.mark.timeout(90)
+
+FAKE = [sys.executable, str(Path(__file__).with_name("fake_sleap_nn.py"))]
+
+
+def fake_caps(name: str, mem: int = 24000) -> Capabilities:
+    """Injected in-process capabilities (no production flag can claim a GPU)."""
+    return Capabilities(worker_name=name, hostname="testhost", gpu=GpuInfo("Test GPU", mem, "12.4", 0),
+                        sleap_nn_version="0.3.5")
+
+
+async def start_worker(url, room, tmp_path, name="w1", mode="ok", **cfg) -> Worker:
+    config = WorkerConfig(server_url=url, room_id=room[0], token=room[1], work_dir=tmp_path / name,
+                          executor_factory=lambda jid: JobExecutor(jid, command=FAKE, env={"FAKE_MODE": mode}), **cfg)
+    worker = Worker(config, fake_caps(name))
+    await worker.start()
+    return worker
+
+
+async def client(url, room) -> SignalingClient:
+    sig = SignalingClient(url, room_id=room[0], token=room[1], role=Role.CLIENT.value)
+    await sig.connect()
+    return sig
+
+
+async def status_of(sig: SignalingClient, peer_id: str) -> str:
+    peers = await sig.discover({"role": "worker"})
+    return next(p for p in peers if p["peer_id"] == peer_id)["metadata"]["properties"][Prop.STATUS]
+
+
+async def wait_status(sig, peer_id, want, timeout=15.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (got := await status_of(sig, peer_id)) != want:
+        assert loop.time() < deadline, f"status stayed {got!r}, wanted {want!r}"
+        await asyncio.sleep(0.1)
+
+
+def test_banner_format():
+    text = format_banner("room-abc123", "tok-xyz789", "worker-w1-1")
+    lines = text.splitlines()
+    assert lines[0] == "[INFO] Worker authenticated. Session string for direct connection:"
+    assert lines[1].startswith("sleap-session:")
+    assert "[INFO]   Room ID: room-abc123" in lines and "[INFO]   Token: tok-xyz789" in lines
+
+
+async def test_two_workers_in_one_room_are_discoverable(signaling_server, room, tmp_path):
+    w1 = await start_worker(signaling_server.url, room, tmp_path, "w1")
+    w2 = await start_worker(signaling_server.url, room, tmp_path, "w2")
+    c = await client(signaling_server.url, room)
+    try:
+        peers = {p["peer_id"]: p for p in await c.discover({"role": "worker"})}
+        assert set(peers) == {w1.peer_id, w2.peer_id}
+        props = peers[w2.peer_id]["metadata"]["properties"]
+        assert props[Prop.WORKER_NAME] == "w2" and props[Prop.GPU_MODEL] == "Test GPU"
+        assert props[Prop.GPU_MEMORY_MB] == 24000 and props[Prop.STATUS] == "available"
+        assert "training-worker" in peers[w1.peer_id]["metadata"]["tags"]
+    finally:
+        await c.close()
+        await w1.close()
+        await w2.close()
+
+
+async def test_twenty_concurrent_offers_one_accepted_nineteen_busy(signaling_server, room, tmp_path):
+    worker = await start_worker(signaling_server.url, room, tmp_path, lease_timeout=5.0)
+    clients = await asyncio.gather(*(client(signaling_server.url, room) for _ in range(20)))
+    got: dict[str, list[dict]] = {c.peer_id: [] for c in clients}
+    for c in clients:
+        c.add_listener(lambda f, c=c: got[c.peer_id].append(f) if f.get("type") == MessageType.ERROR else None)
+    pc = RTCPeerConnection()
+    pc.createDataChannel("x")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    try:
+        await asyncio.gather(*(c.send({"type": "offer", "sender": c.peer_id, "target": worker.peer_id, "sdp": sdp})
+                               for c in clients))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while sum(bool(v) for v in got.values()) < 19 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        busy = {pid: frames for pid, frames in got.items() if frames}
+        assert len(busy) == 19
+        for pid, frames in busy.items():
+            (frame,) = frames
+            assert frame["reason"] == WORKER_BUSY and frame["target"] == pid
+            assert frame["status"] == "reserved" and "--room-id" in frame["message"]
+        assert worker.guard.status == "reserved"
+        # The winner never completes ICE: the lease gives the worker back.
+        await wait_status(clients[0], worker.peer_id, "available", timeout=15)
+    finally:
+        await pc.close()
+        await asyncio.gather(*(c.close() for c in clients))
+        await worker.close()
+
+
+async def test_lease_expires_when_client_never_opens_channel(signaling_server, room, tmp_path):
+    worker = await start_worker(signaling_server.url, room, tmp_path, lease_timeout=1.5)
+    c = await client(signaling_server.url, room)
+    pc = RTCPeerConnection()
+    pc.createDataChannel("x")
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        await c.send({"type": "offer", "sender": c.peer_id, "target": worker.peer_id, "sdp": pc.localDescription.sdp})
+        await wait_status(c, worker.peer_id, "reserved", timeout=5)
+        t0 = asyncio.get_running_loop().time()
+        await wait_status(c, worker.peer_id, "available", timeout=10)
+        assert asyncio.get_running_loop().time() - t0 < 8
+        assert worker.guard.reservation is None
+    finally:
+        await pc.close()
+        await c.close()
+        await worker.close()
+
+
+async def run_job(url, room, worker, tmp_path, tag: str):
+    c = await client(url, room)
+    try:
+        channel = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / f"in-{tag}",
+                                          cache_dir=tmp_path / f"cache-{tag}")
+        events = []
+        phases = JobPhases()
+        phases.advance(Phase.CONNECTING)  # JobSession starts from a connected channel
+        session = JobSession(channel, Path(__file__).parents[2] / "resources/tiny/tiny.training_job.zip",
+                             output_dir=tmp_path / f"out-{tag}", on_progress=events.append, phases=phases)
+        summary = await asyncio.wait_for(session.run(), 60)
+        await channel.close()
+        return summary, events
+    finally:
+        await c.close()
+
+
+async def test_one_worker_serves_two_clients_in_turn(signaling_server, room, tmp_path):
+    worker = await start_worker(signaling_server.url, room, tmp_path)
+    try:
+        for tag in ("a", "b"):
+            summary, events = await run_job(signaling_server.url, room, worker, tmp_path, tag)
+            assert any(e.get("event") == "epoch_end" for e in events)
+            assert list((tmp_path / f"out-{tag}").rglob("best.ckpt")), "the trained model came back"
+            assert summary.predictions is not None and summary.predictions.is_file()
+            c = await client(signaling_server.url, room)
+            await wait_status(c, worker.peer_id, "available")
+            await c.close()
+        assert worker.jobs_done == 2
+    finally:
+        await worker.close()
+
+
+async def test_busy_worker_refuses_and_keeps_serving_then_client_vanishes(signaling_server, room, tmp_path):
+    worker = await start_worker(signaling_server.url, room, tmp_path, mode="slow")
+    c = await client(signaling_server.url, room)
+    other = await client(signaling_server.url, room)
+    try:
+        channel = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in", cache_dir=tmp_path / "cache")
+        receipt = await channel.send_file(Path(__file__).parents[2] / "resources/tiny/tiny.training_job.zip")
+        await channel.send(jobs_wire.job_submit("j1", {"sha256": receipt.sha256, "name": receipt.name}, {"kind": "train"}))
+        while True:
+            msg = await channel.receive(30)
+            if msg["type"] == ChannelType.JOB_PROGRESS and msg["event"]["event"] == "epoch_end":
+                break
+        assert worker.guard.status == "busy"
+        # A second client is refused with the worker's message; the job goes on.
+        from sleap_rtc.core.transport_errors import WorkerBusyError
+
+        with pytest.raises(WorkerBusyError) as info:
+            await transport.connect(other, worker.peer_id, timeout=10)
+        assert info.value.status == "busy"
+        assert (await channel.receive(30))["type"] in (ChannelType.JOB_PROGRESS, ChannelType.JOB_LOG)
+        # Now the client vanishes mid-job: the job is cancelled and the worker freed.
+        await channel.abort("client crashed")
+        await c.close()
+        await wait_status(other, worker.peer_id, "available", timeout=30)
+    finally:
+        await other.close()
+        await worker.close()

@@ -1,0 +1,138 @@
+"""Executor tests with a fast stand-in for sleap-nn: progress, logs, stop, cancel, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from sleap_rtc.core.protocol import ChannelType
+from sleap_rtc.worker.executor import CANCELLED, COMPLETED, FAILED, JobExecutor
+from worker_helpers import write_zip
+
+FAKE = [sys.executable, str(Path(__file__).with_name("fake_sleap_nn.py"))]
+
+
+class Recorder:
+    """Collects emitted messages; can wait for one matching a predicate."""
+
+    def __init__(self):
+        self.messages: list[dict] = []
+        self._event = asyncio.Event()
+
+    async def __call__(self, msg: dict) -> None:
+        self.messages.append(msg)
+        self._event.set()
+
+    def of(self, kind: ChannelType) -> list[dict]:
+        return [m for m in self.messages if m["type"] == kind]
+
+    async def wait_for(self, pred, timeout: float = 20.0) -> dict:
+        async def loop():
+            while True:
+                for m in self.messages:
+                    if pred(m):
+                        return m
+                self._event.clear()
+                await self._event.wait()
+        return await asyncio.wait_for(loop(), timeout)
+
+
+async def test_fake_training_streams_progress_and_returns_models(tmp_path, tiny_package):
+    rec = Recorder()
+    ex = JobExecutor("job1", command=FAKE, env={"FAKE_MODE": "ok"})
+    outcome = await asyncio.wait_for(ex.run(tiny_package, tmp_path / "job", rec), 30)
+    assert outcome.status == COMPLETED, outcome.reason
+    events = [m["event"] for m in rec.of(ChannelType.JOB_PROGRESS)]
+    assert [e["event"] for e in events if e["event"] in ("train_begin", "train_end")] == ["train_begin", "train_end"]
+    epoch_ends = [e for e in events if e["event"] == "epoch_end"]
+    assert len(epoch_ends) == 2 and "train/loss" in epoch_ends[0]["logs"]
+    assert all(m["job_id"] == "job1" for m in rec.messages)
+    # Results: the model zip (with best.ckpt under its run folder) and the predictions.
+    names = [p.name for p in outcome.results]
+    assert names == ["single_instance.n=10.zip", "tiny.pkg.slp.predictions.slp"]
+    with zipfile.ZipFile(outcome.results[0]) as zf:
+        assert "single_instance.n=10/best.ckpt" in zf.namelist()
+
+
+async def test_progress_bar_redraws_are_flagged(tmp_path, tiny_package):
+    rec = Recorder()
+    await asyncio.wait_for(JobExecutor("j", command=FAKE).run(tiny_package, tmp_path / "job", rec), 30)
+    bar = [m for m in rec.of(ChannelType.JOB_LOG) if m["line"].startswith("Epoch 0:")]
+    assert [m["redraw"] for m in bar] == [False, True, True, True, True]
+    assert bar[-1]["line"] == "Epoch 0: 5/5" and bar[0]["stream"] == "stderr"
+
+
+async def test_failure_reason_has_last_stderr_lines(tmp_path, tiny_package):
+    rec = Recorder()
+    ex = JobExecutor("j", command=FAKE, env={"FAKE_MODE": "fail"})
+    outcome = await asyncio.wait_for(ex.run(tiny_package, tmp_path / "job", rec), 30)
+    assert outcome.status == FAILED and outcome.results == []
+    assert "exit code 3" in outcome.reason and "CUDA out of memory" in outcome.reason
+
+
+async def test_missing_sleap_nn_is_an_actionable_failure(tmp_path, tiny_package):
+    ex = JobExecutor("j", command=[str(tmp_path / "no-such-sleap-nn")])
+    outcome = await asyncio.wait_for(ex.run(tiny_package, tmp_path / "job", Recorder()), 10)
+    assert outcome.status == FAILED and "pip install" in outcome.reason
+
+
+async def test_hostile_package_fails_without_running_anything(tmp_path):
+    z = write_zip(tmp_path / "p.zip", {"../escape.txt": b"x", "jobs.yaml": b"{}"})
+    rec = Recorder()
+    outcome = await JobExecutor("j", command=FAKE).run(z, tmp_path / "job", rec)
+    assert outcome.status == FAILED and "refused" in outcome.reason and "'..'" in outcome.reason
+    assert not (tmp_path / "escape.txt").exists() and not rec.of(ChannelType.JOB_PROGRESS)
+
+
+async def test_stop_ends_training_cleanly_and_keeps_model(tmp_path, tiny_package):
+    rec = Recorder()
+    ex = JobExecutor("j", command=FAKE, env={"FAKE_MODE": "slow"})
+    task = asyncio.create_task(ex.run(tiny_package, tmp_path / "job", rec))
+    await rec.wait_for(lambda m: m["type"] == ChannelType.JOB_PROGRESS and m["event"]["event"] == "epoch_end")
+    ex.stop()
+    outcome = await asyncio.wait_for(task, 20)
+    assert outcome.status == COMPLETED and outcome.stopped_early
+    epochs = [m for m in rec.of(ChannelType.JOB_PROGRESS) if m["event"]["event"] == "epoch_end"]
+    assert len(epochs) < 20  # it did not run its 200 epochs
+    assert rec.of(ChannelType.JOB_PROGRESS)[-1]["event"]["event"] == "train_end"
+    with zipfile.ZipFile(outcome.results[0]) as zf:
+        assert "single_instance.n=10/best.ckpt" in zf.namelist()
+
+
+async def test_stop_before_training_starts_applies_to_first_model(tmp_path, tiny_package):
+    rec = Recorder()
+    ex = JobExecutor("j", command=FAKE, env={"FAKE_MODE": "slow"})
+    ex.stop()
+    outcome = await asyncio.wait_for(ex.run(tiny_package, tmp_path / "job", rec), 30)
+    assert outcome.status == COMPLETED and outcome.stopped_early
+
+
+async def test_cancel_kills_process_group_now(tmp_path, tiny_package):
+    rec = Recorder()
+    ex = JobExecutor("j", command=FAKE, env={"FAKE_MODE": "slow"})
+    task = asyncio.create_task(ex.run(tiny_package, tmp_path / "job", rec))
+    await rec.wait_for(lambda m: m["type"] == ChannelType.JOB_PROGRESS and m["event"]["event"] == "epoch_end")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    ex.cancel()
+    outcome = await asyncio.wait_for(task, 10)
+    assert outcome.status == CANCELLED and outcome.results == []
+    assert loop.time() - t0 < 5
+
+
+async def test_inference_failure_reported(tmp_path, tiny_package):
+    ex = JobExecutor("j", command=FAKE, env={"FAKE_MODE": "fail_track"})
+    outcome = await asyncio.wait_for(ex.run(tiny_package, tmp_path / "job", Recorder()), 30)
+    assert outcome.status == FAILED and "Inference on tiny.pkg.slp" in outcome.reason and "no model found" in outcome.reason
+
+
+async def test_emit_failures_do_not_break_the_job(tmp_path, tiny_package):
+    async def broken(msg):
+        raise ConnectionError("channel closed")
+
+    outcome = await asyncio.wait_for(JobExecutor("j", command=FAKE).run(tiny_package, tmp_path / "job", broken), 30)
+    assert outcome.status == COMPLETED
