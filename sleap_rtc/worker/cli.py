@@ -22,8 +22,10 @@ from sleap_rtc.core.signaling import SignalingError
               help="Where job directories go (default: the user data dir).")
 @click.option("--gpu", "gpu", type=click.IntRange(min=0), default=None,
               help="Index of the GPU to advertise (as NVML numbers them); it must exist.")
+@click.option("--lease-timeout", type=click.FloatRange(min=0, min_open=True), default=None, hidden=True,
+              help="Seconds a reservation waits for the data channel (tests shorten it).")
 def worker_command(server: str | None, room_id: str | None, token: str | None, name: str | None,
-                   work_dir: Path | None, gpu: int | None) -> None:
+                   work_dir: Path | None, gpu: int | None, lease_timeout: float | None) -> None:
     """Serve SLEAP training and inference jobs from this GPU machine."""
     if bool(room_id) != bool(token):
         raise click.UsageError("Both --room-id and --token must be provided together")
@@ -39,6 +41,8 @@ def worker_command(server: str | None, room_id: str | None, token: str | None, n
         server_url=resolve_server(server), work_dir=work_dir or (user_data_dir() / "worker"),
         room_id=room_id, token=token, name=name,
     )
+    if lease_timeout is not None:
+        config.lease_timeout = lease_timeout
     if capabilities.sleap_nn_version is None:
         click.echo("[WARN] sleap-nn is not installed: jobs will fail until it is (pip install 'sleap-rtc[worker]').", err=True)
     try:
@@ -50,16 +54,17 @@ def worker_command(server: str | None, room_id: str | None, token: str | None, n
 
 
 async def _serve(worker) -> None:
-    banner = await worker.start()
-    caps = worker.capabilities
-    click.echo(f"[INFO] Worker {caps.worker_name} ({caps.gpu.model}, {caps.gpu.memory_mb} MB) "
-               f"registered as {worker.peer_id}")
-    click.echo(banner)
+    # Handlers first: a signal that arrives while registering must still stop cleanly.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, worker.request_stop)
     try:
+        banner = await worker.start()
+        caps = worker.capabilities
+        click.echo(f"[INFO] Worker {caps.worker_name} ({caps.gpu.model}, {caps.gpu.memory_mb} MB) "
+                   f"registered as {worker.peer_id}")
+        click.echo(banner)
         await worker.serve_forever()
     finally:
         click.echo("[INFO] Worker stopping.")

@@ -51,7 +51,7 @@ async def test_worker_process_creates_room_and_prints_banner(signaling_server, t
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            await asyncio.wait_for(proc.wait(), 15)
+            await asyncio.wait_for(proc.wait(), 45)
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()

@@ -1,0 +1,91 @@
+"""Data-channel protocol: control messages, waits, heartbeat deadline, job message builders."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _peers import pair  # noqa: E402
+
+from sleap_rtc.core import jobs_wire  # noqa: E402
+from sleap_rtc.core.protocol import ProtocolError  # noqa: E402
+from sleap_rtc.core.transport import connect  # noqa: E402
+from sleap_rtc.core.transport_errors import PeerClosedError  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+HERE = Path(__file__).parent
+
+
+async def test_receive_timeout_bad_message_and_callback(signaling_server, room, tmp_path):
+    async with pair(signaling_server.url, room, tmp_path) as (client, worker):
+        with pytest.raises(TimeoutError):
+            await worker.receive(0.2)
+        with pytest.raises(ValueError, match="string 'type'"):
+            await client.send({"no": "type"})
+        await client.send({"type": "early"})
+        await asyncio.sleep(0.2)
+        got: list[dict] = []
+        worker.on_message(got.append)  # queued messages are handed over first
+        await client.send(jobs_wire.job_log("j", "epoch 1 40%", redraw=True))
+        for _ in range(50):
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert got == [{"type": "early"}, {"type": "job_log", "job_id": "j", "line": "epoch 1 40%", "redraw": True}]
+
+
+async def test_local_close_fails_pending_waits(signaling_server, room, tmp_path):
+    async with pair(signaling_server.url, room, tmp_path) as (client, worker):
+        waits = [asyncio.ensure_future(client.receive()), asyncio.ensure_future(client.receive_file())]
+        await asyncio.sleep(0.05)
+        await client.close()
+        for w in waits:
+            with pytest.raises(PeerClosedError):
+                await asyncio.wait_for(w, 2)
+        assert await worker.wait_closed(5) == "the peer hung up"
+
+
+async def test_frozen_peer_is_declared_dead_within_15s(signaling_server, room, tmp_path):
+    """SIGSTOP the worker process: aiortc never notices, the heartbeat deadline does."""
+    from _peers import registered
+
+    csig = await registered(signaling_server.url, room, "client")
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "_peer_proc.py"), signaling_server.url, *room, str(tmp_path / "w"), str(tmp_path / "wc")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        ch = await connect(csig, line.split()[1], timeout=15, receive_dir=tmp_path / "r", cache_dir=tmp_path / "c")
+        pending = asyncio.ensure_future(ch.receive())
+        os.kill(proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(PeerClosedError, match="no sign of life"):
+            await asyncio.wait_for(pending, 20)
+        assert time.monotonic() - t0 < 15
+    finally:
+        proc.kill()
+        proc.wait(5)
+        await csig.close()
+
+
+def test_job_builders_validate():
+    msg = jobs_wire.job_submit("j1", {"sha256": "a" * 64, "name": "pkg.zip"}, {"epochs": 3})
+    assert jobs_wire.validate_job_message(msg) is msg
+    assert jobs_wire.job_log("j1", "line")["redraw"] is False
+    assert jobs_wire.job_complete("j1", [], 3)["duration_s"] == 3.0
+    with pytest.raises(ProtocolError, match="package"):
+        jobs_wire.job_submit("j1", {"name": "x"})
+    with pytest.raises(ProtocolError, match="'size'"):
+        jobs_wire.validate_job_message({"type": "job_result", "job_id": "j", "kind": "model", "name": "m", "sha256": "x", "size": True})
+    with pytest.raises(ProtocolError, match="Not a job message"):
+        jobs_wire.validate_job_message({"type": "heartbeat"})

@@ -1,0 +1,171 @@
+"""Connection set-up through the real signaling server on loopback (real aiortc peers)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _peers import Worker, pair, registered  # noqa: E402
+
+from sleap_rtc.core import transport  # noqa: E402
+from sleap_rtc.core.protocol import busy_error_frame  # noqa: E402
+from sleap_rtc.core.transport import connect, probe_ice_servers  # noqa: E402
+from sleap_rtc.core.transport_errors import (  # noqa: E402
+    AnswerTimeoutError,
+    ChannelVersionError,
+    LoopbackOnlyError,
+    PeerClosedError,
+    PeerNotFoundError,
+    TransportError,
+    WorkerBusyError,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_connect_and_exchange_messages_both_ways(signaling_server, room, tmp_path):
+    async with pair(signaling_server.url, room, tmp_path) as (client, worker):
+        assert client.remote_peer_id == worker.local_peer_id
+        assert worker.remote_peer_id == client.local_peer_id
+        assert client.remote_hello["role"] == "worker" and worker.remote_hello["role"] == "client"
+        await client.send({"type": "job_submit", "job_id": "j1"})
+        assert await worker.receive(5) == {"type": "job_submit", "job_id": "j1"}
+        await worker.send({"type": "job_accepted", "job_id": "j1"})
+        assert (await client.receive(5))["type"] == "job_accepted"
+
+
+async def test_worker_busy_raises_worker_busy_error(signaling_server, room, tmp_path):
+    wsig = await registered(signaling_server.url, room, "worker")
+    csig = await registered(signaling_server.url, room, "client")
+    worker = Worker(wsig, tmp_path)
+    worker.reply = busy_error_frame("placeholder", "busy")
+    try:
+        with pytest.raises(WorkerBusyError) as info:
+            await connect(csig, wsig.peer_id, timeout=10)
+        assert info.value.status == "busy"
+        assert "currently busy" in info.value.message
+        assert isinstance(info.value, TransportError)
+    finally:
+        await csig.close()
+        await wsig.close()
+
+
+async def test_unknown_target_raises_peer_not_found(signaling_server, room):
+    csig = await registered(signaling_server.url, room, "client")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PeerNotFoundError, match="worker-nobody"):
+            await connect(csig, "worker-nobody", timeout=10)
+        assert time.monotonic() - t0 < 5  # answered by the server's error, not by the timeout
+    finally:
+        await csig.close()
+
+
+async def test_silent_target_raises_answer_timeout(signaling_server, room, tmp_path):
+    wsig = await registered(signaling_server.url, room, "worker")
+    csig = await registered(signaling_server.url, room, "client")
+    Worker(wsig, tmp_path).ignore = True
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(AnswerTimeoutError):
+            await connect(csig, wsig.peer_id, timeout=1.5)
+        assert 1.4 < time.monotonic() - t0 < 4
+    finally:
+        await csig.close()
+        await wsig.close()
+
+
+async def test_version_mismatch_is_refused_on_both_sides(signaling_server, room, tmp_path):
+    wsig = await registered(signaling_server.url, room, "worker")
+    csig = await registered(signaling_server.url, room, "client")
+    worker = Worker(wsig, tmp_path)
+    try:
+        with pytest.raises(ChannelVersionError, match="version mismatch"):
+            await connect(csig, wsig.peer_id, timeout=10, version=99)
+        with pytest.raises(ChannelVersionError):
+            await worker.next_channel(10)
+    finally:
+        await csig.close()
+        await wsig.close()
+
+
+async def test_remote_hang_up_wakes_pending_receive(signaling_server, room, tmp_path):
+    async with pair(signaling_server.url, room, tmp_path) as (client, worker):
+        pending = asyncio.ensure_future(client.receive(30))
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        await worker.close()
+        with pytest.raises(PeerClosedError, match="hung up"):
+            await pending
+        assert time.monotonic() - t0 < 3
+        assert client.closed
+        with pytest.raises(PeerClosedError):
+            await client.send({"type": "x"})
+
+
+async def test_unreachable_stun_is_bounded(signaling_server, room, tmp_path):
+    # A UDP socket that never answers: aioice alone would wait 5 s per peer while gathering.
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    stun = [{"urls": f"stun:127.0.0.1:{sink.getsockname()[1]}"}]
+    try:
+        t0 = time.monotonic()
+        assert await probe_ice_servers(stun) == []
+        assert time.monotonic() - t0 < 1.5
+        t0 = time.monotonic()
+        async with pair(signaling_server.url, room, tmp_path, ice_servers=stun) as (client, _):
+            assert not client.closed
+        assert time.monotonic() - t0 < 4  # not the 5+ s of aioice's fixed STUN timeout
+    finally:
+        sink.close()
+
+
+async def test_reachable_stun_is_kept():
+    # A minimal STUN responder: echo the transaction id in a binding success response.
+    loop = asyncio.get_running_loop()
+
+    class Responder(asyncio.DatagramProtocol):
+        def connection_made(self, tr):
+            self.tr = tr
+
+        def datagram_received(self, data, addr):
+            self.tr.sendto(b"\x01\x01\x00\x00" + data[4:20], addr)
+
+    tr, _ = await loop.create_datagram_endpoint(Responder, local_addr=("127.0.0.1", 0))
+    try:
+        servers = [{"urls": [f"stun:127.0.0.1:{tr.get_extra_info('sockname')[1]}"]}]
+        assert await probe_ice_servers(servers) == servers
+    finally:
+        tr.close()
+
+
+async def test_loopback_only_host_fails_at_once(signaling_server, room, monkeypatch):
+    # Test seam: the interface list. (A real lo-only network namespace needs root.)
+    monkeypatch.setattr(transport, "non_loopback_addresses", lambda: [])
+    csig = await registered(signaling_server.url, room, "client")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(LoopbackOnlyError, match="no network interface besides loopback"):
+            await connect(csig, "worker-x", timeout=10)
+        assert time.monotonic() - t0 < 1
+    finally:
+        await csig.close()
+
+
+def test_ice_servers_resolution_order():
+    class Reg:
+        ice_servers = [{"urls": "stun:server-given"}]
+
+    class Sig:
+        registration = Reg()
+
+    assert transport.resolve_ice_servers([{"urls": "stun:arg"}], Sig()) == [{"urls": "stun:arg"}]
+    assert transport.resolve_ice_servers(None, Sig()) == [{"urls": "stun:server-given"}]
+    assert transport.resolve_ice_servers(None, object()) == []
