@@ -1,0 +1,201 @@
+"""Credentials dialog (banner paste, session strings) and the connect/retry dialog."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sleap_rtc.core.credentials import encode_session_string
+from sleap_rtc.core.phases import JobPhases, Phase
+from sleap_rtc.core.transport_errors import WorkerBusyError
+from sleap_rtc.gui.credentials_dialog import CredentialsDialog
+from sleap_rtc.gui.job_dialog import JobDialog
+from sleap_rtc.gui.remote_run import JobOutcome, JobRequest, RemoteJobController
+
+from fakes import start_fake_worker
+
+BANNER = """
+╭──────────── sleap-rtc worker ────────────╮
+│ Worker:  gpu-a (NVIDIA RTX A5000, 24 GB)  │
+│ Room ID: 7f3a9c2e                         │
+│ Token:   tk_Qx81-zz                       │
+│ Status:  available                        │
+╰───────────────────────────────────────────╯
+"""
+
+
+def test_banner_paste_fills_both_fields(qtbot):
+    dlg = CredentialsDialog()
+    qtbot.addWidget(dlg)
+    assert not dlg.ok_button.isEnabled()
+    dlg.paste_edit.setPlainText(BANNER)
+    assert dlg.room_edit.text() == "7f3a9c2e"
+    assert dlg.token_edit.text() == "tk_Qx81-zz"
+    assert dlg.ok_button.isEnabled()
+    creds = dlg.credentials()
+    assert (creds.room_id, creds.token) == ("7f3a9c2e", "tk_Qx81-zz")
+    assert dlg.target_worker() is None
+
+
+def test_paste_without_token_says_what_is_missing(qtbot):
+    dlg = CredentialsDialog()
+    qtbot.addWidget(dlg)
+    dlg.paste_edit.setPlainText("Room ID: 7f3a9c2e")
+    assert "no token" in dlg.paste_status.text()
+    assert not dlg.ok_button.isEnabled()
+
+
+def test_typing_validates_as_you_go(qtbot):
+    dlg = CredentialsDialog()
+    qtbot.addWidget(dlg)
+    qtbot.keyClicks(dlg.room_edit, "room 1")
+    qtbot.keyClicks(dlg.token_edit, "tok")
+    assert not dlg.ok_button.isEnabled()
+    assert "room ID may contain only" in dlg.fields_status.text()
+    dlg.room_edit.setText("room1")
+    assert dlg.ok_button.isEnabled()
+
+
+def test_session_string_shows_its_target(qtbot):
+    dlg = CredentialsDialog(session_mode=True)
+    qtbot.addWidget(dlg)
+    dlg.session_edit.setText(encode_session_string("r42", "t42", "worker-gpu-a-1234"))
+    assert "worker-gpu-a-1234" in dlg.session_status.text() and "r42" in dlg.session_status.text()
+    assert dlg.target_worker() == "worker-gpu-a-1234"
+    assert (dlg.room_edit.text(), dlg.token_edit.text()) == ("r42", "t42")
+    assert dlg.ok_button.isEnabled()
+
+
+def test_malformed_session_string_is_rejected_clearly(qtbot):
+    dlg = CredentialsDialog(session_mode=True)
+    qtbot.addWidget(dlg)
+    good = encode_session_string("r42", "t42", "worker-x")
+    dlg.session_edit.setText(good[:-9])  # cut short, as a bad copy would
+    assert "Invalid session string" in dlg.session_status.text()
+    assert dlg.target_worker() is None
+    assert not dlg.ok_button.isEnabled()
+    dlg.session_edit.setText("sleap-sesion:abc")
+    assert "must start with 'sleap-session:'" in dlg.session_status.text()
+    dlg.session_edit.setText("")
+    assert dlg.session_status.text() == ""
+
+
+def test_job_dialog_shows_each_phase(qtbot):
+    phases = JobPhases()
+    dlg = JobDialog(phases)
+    qtbot.addWidget(dlg)
+    phases.advance(Phase.JOINING)
+    phases.advance(Phase.DISCOVERING)
+    assert dlg.selection_timer.isActive()
+    phases.advance(Phase.SELECTING)
+    phases.advance(Phase.RESERVING, "gpu-a")
+    assert "Reserving worker gpu-a" in dlg.step_text(Phase.RESERVING)
+    assert not dlg.selection_timer.isActive()
+    phases.advance(Phase.CONNECTING)
+    phases.advance(Phase.UPLOADING, "42%")
+    assert "Uploading 42%" in dlg.step_text(Phase.UPLOADING)
+    assert dlg.progress.value() == 42
+    assert dlg.step_text(Phase.CONNECTING).startswith("✔")
+    phases.advance(Phase.TRAINING, "3/10")
+    assert "Training epoch 3/10" in dlg.step_text(Phase.TRAINING)
+    phases.advance(Phase.DOWNLOADING, "100%")
+    phases.advance(Phase.DONE)
+    assert dlg.close_button.isVisible() or not dlg.isVisible()
+    assert dlg.status_label.text() == "Finished."
+
+
+def test_selection_timeout_warns(qtbot):
+    phases = JobPhases()
+    dlg = JobDialog(phases, selection_timeout_s=0.05)
+    qtbot.addWidget(dlg)
+    timed_out = []
+    dlg.selection_timed_out.connect(lambda: timed_out.append(True))
+    phases.advance(Phase.JOINING)
+    phases.advance(Phase.DISCOVERING)
+    qtbot.waitUntil(lambda: bool(timed_out), timeout=2000)
+    assert "No worker could be reserved within" in dlg.timeout_label.text()
+
+
+def _request(server, room, phases, worker_id=None):
+    return JobRequest(
+        package=None, server_url=server.url, room_id=room[0], token=room[1], worker_id=worker_id,
+        results_dir=None, phases=phases,
+    )
+
+
+async def test_busy_worker_offers_next_best_and_retries(qtbot, signaling_server, room, wait_until):
+    """A worker_busy refusal shows why; "Try next best" retries without that worker."""
+    attempts = []
+
+    async def runner(request, events):
+        # like core: each attempt drives its own phases and ends a refused one in FAILED
+        phases = request.phases
+        attempts.append((request.worker_id, set(request.exclude)))
+        phases.advance(Phase.JOINING)
+        phases.advance(Phase.DISCOVERING)
+        phases.advance(Phase.SELECTING)
+        phases.advance(Phase.RESERVING, request.worker_id or "gpu-b")
+        if len(attempts) == 1:
+            phases.advance(Phase.FAILED, "busy")
+            raise WorkerBusyError("busy", status="busy")
+        phases.advance(Phase.CONNECTING)
+        phases.advance(Phase.UPLOADING, "100%")
+        phases.advance(Phase.TRAINING)
+        events.on_progress({"event": "epoch_end", "what": "single_instance", "epoch": 0, "logs": {"train/loss": 1.0}})
+        phases.advance(Phase.DOWNLOADING)
+        return JobOutcome()
+
+    ctl = RemoteJobController(_request(signaling_server, room, JobPhases(), "worker-gpu-a"), runner)
+    qtbot.addWidget(ctl.dialog)
+    done = []
+    ctl.succeeded.connect(done.append)
+    ctl.start()
+    await wait_until(lambda: ctl.dialog.problem_box.isVisible(), 3)
+    assert "worker-gpu-a is busy" in ctl.dialog.problem_label.text()
+    assert ctl.dialog.cancel_button.isVisibleTo(ctl.dialog)  # still cancellable while choosing
+    assert ctl.dialog.selection_timer.isActive()
+    ctl.dialog.try_next_button.click()
+    await wait_until(lambda: done, 3)
+    assert attempts == [("worker-gpu-a", set()), (None, {"worker-gpu-a"})]
+    assert ctl.phases.phase == Phase.DONE
+    assert "Training epoch 1" in ctl.dialog.step_text(Phase.TRAINING)
+
+
+async def test_cancel_releases_the_worker(qtbot, signaling_server, room, wait_until):
+    """Cancel during upload: the runner unwinds and the worker is available again."""
+    from sleap_rtc.core.room import RoomView
+    from sleap_rtc.core.signaling import SignalingClient
+
+    worker = await start_fake_worker(signaling_server.url, room, "gpu-a")
+    watcher = SignalingClient(signaling_server.url, room_id=room[0], token=room[1], role="client")
+    await watcher.connect()
+    view = RoomView(watcher)
+    await view.start()
+    phases = JobPhases()
+
+    async def runner(request, events):
+        phases.advance(Phase.RESERVING, "gpu-a")
+        await worker.update_metadata({"properties": {"status": "reserved"}})
+        try:
+            phases.advance(Phase.CONNECTING)
+            phases.advance(Phase.UPLOADING, "10%")
+            await asyncio.sleep(30)
+        finally:
+            await worker.update_metadata({"properties": {"status": "available"}})
+        return JobOutcome()
+
+    ctl = RemoteJobController(_request(signaling_server, room, phases, "worker-gpu-a"), runner)
+    qtbot.addWidget(ctl.dialog)
+    ended = []
+    ctl.ended.connect(ended.append)
+    ctl.start()
+    try:
+        await wait_until(lambda: view.get("worker-gpu-a").status == "reserved", 3)
+        ctl.dialog.cancel_button.click()
+        await wait_until(lambda: ended == ["cancelled"], 3)
+        await wait_until(lambda: view.get("worker-gpu-a").status == "available", 3)
+        assert phases.phase == Phase.CANCELLED
+        assert "worker was released" in ctl.dialog.status_label.text()
+    finally:
+        view.close()
+        await watcher.close()
+        await worker.close()

@@ -1,0 +1,310 @@
+"""Integration with the real SLEAP 1.6.6 GUI (offscreen): panel, local Run, remote Run."""
+
+from __future__ import annotations
+
+import asyncio
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sleap_rtc.core.phases import Phase
+from sleap_rtc.gui.remote_run import JobOutcome
+from sleap_rtc.gui.training_panel import PANEL_OBJECT_NAME, RemoteTrainingPanel
+
+from fakes import start_fake_worker
+
+pytestmark = pytest.mark.sleap
+
+
+def make_project(folder: Path) -> Path:
+    """A tiny saved SLEAP project: an 8-frame 64x64 video and 4 labeled frames."""
+    import sleap_io as sio
+
+    frames = (np.random.default_rng(0).random((8, 64, 64, 1)) * 255).astype("uint8")
+    sio.save_video(frames, str(folder / "clip.mp4"))
+    video = sio.load_video(str(folder / "clip.mp4"))
+    skeleton = sio.Skeleton(["head", "tail"])
+    lfs = [
+        sio.LabeledFrame(video=video, frame_idx=i, instances=[sio.Instance.from_numpy(np.array([[10.0 + i, 10.0], [30.0, 30.0 + i]]), skeleton=skeleton)])
+        for i in range(4)
+    ]
+    path = folder / "proj.slp"
+    sio.save_slp(sio.Labels(labeled_frames=lfs, videos=[video], skeletons=[skeleton]), str(path))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, sleap_home):
+    return make_project(tmp_path)
+
+
+@pytest.fixture
+def window(qtbot, project, signaling_server, request):
+    from sleap_rtc.gui.sleap_attach import create_window
+
+    runner = getattr(request, "param", None)
+    win = create_window(str(project), server_url=signaling_server.url, runner=runner)
+    qtbot.addWidget(win)
+    yield win
+    for dlg in list(win._child_windows.values()):
+        if dlg is not None:
+            dlg.close()
+
+
+def training_dialog(win):
+    win._show_learning_dialog("training")
+    return win._child_windows["training"]
+
+
+async def test_dock_and_menu_are_attached(window):
+    from qtpy import QtCore, QtWidgets
+
+    dock = window.remote.dock
+    assert window.dockWidgetArea(dock) == QtCore.Qt.RightDockWidgetArea
+    assert dock in window.tabifiedDockWidgets(window.instances_dock)
+    assert dock.toggleViewAction() in window.viewMenu.actions()
+    menu = window.findChild(QtWidgets.QMenu, "sleap_rtc_remote_menu")
+    assert [a.text() for a in menu.actions() if a.text()] == ["Join room…", "Use session string…", "Disconnect"]
+    assert window.state["share usage data"] is False
+
+
+async def test_panel_is_injected_once(window):
+    dlg = training_dialog(window)
+    dlg.reject()
+    again = training_dialog(window)
+    assert again is dlg  # SLEAP reuses the dialog
+    panels = dlg.findChildren(RemoteTrainingPanel, PANEL_OBJECT_NAME)
+    assert len(panels) == 1
+    assert dlg.layout().itemAt(1).widget() is panels[0]
+    assert not panels[0].remote_enabled()
+
+
+async def test_run_without_remote_is_sleaps_own_path(window, monkeypatch):
+    import sleap.gui.learning.runners as runners
+
+    calls = []
+
+    def fake_pipeline(**kwargs):
+        calls.append(kwargs)
+        return 0
+
+    monkeypatch.setattr(runners, "run_learning_pipeline", fake_pipeline)
+    dlg = training_dialog(window)
+    dlg.run_button.click()
+    assert len(calls) == 1
+    assert calls[0]["labels_filename"] == window.state["filename"]
+    assert [c.head_name for c in calls[0]["config_info_list"]]
+    assert window.remote_jobs == []
+
+
+class FakeRemoteWorker:
+    """A runner standing in for core's client flow: phases, sleap-nn events, a model back."""
+
+    def __init__(self, epochs: int = 3):
+        self.epochs = epochs
+        self.packages: list[Path] = []
+        self.stopped = False
+
+    async def __call__(self, request, events):
+        phases = request.phases
+        phases.advance(Phase.JOINING)
+        phases.advance(Phase.DISCOVERING)
+        phases.advance(Phase.SELECTING)
+        phases.advance(Phase.RESERVING, request.worker_id or "gpu-a")
+        phases.advance(Phase.CONNECTING)
+        phases.advance(Phase.UPLOADING, "100%")
+        self.packages.append(request.package)
+        with zipfile.ZipFile(request.package) as zf:
+            jobs = yaml.safe_load(zf.read("jobs.yaml"))
+        phases.advance(Phase.TRAINING)
+        for job in jobs["training"]:
+            what = Path(job["cfg"]).stem
+            events.on_progress({"event": "train_begin", "what": what})
+            for epoch in range(self.epochs):
+                await asyncio.sleep(0.05)
+                events.on_progress({"event": "epoch_begin", "what": what, "epoch": epoch})
+                events.on_progress({"event": "epoch_end", "what": what, "epoch": epoch, "logs": {"train/loss": 1.0 / (epoch + 1), "val/loss": 1.2 / (epoch + 1)}})
+            events.on_progress({"event": "train_end", "what": what})
+        phases.advance(Phase.DOWNLOADING, "100%")
+        models = request.results_dir / "models"
+        for job in jobs["training"]:
+            run = models / Path(job["run_path"]).name
+            run.mkdir(parents=True)
+            (run / "best.ckpt").write_bytes(b"weights")
+            (run / "training_config.yaml").write_text("ok: true\n")
+        return JobOutcome(models_dir=models)
+
+
+@pytest.mark.parametrize("window", [FakeRemoteWorker(epochs=3)], indirect=True)
+async def test_run_with_remote_trains_on_a_worker(window, signaling_server, room, wait_until, qtbot):
+    worker = await start_fake_worker(signaling_server.url, room, "gpu-a")
+    try:
+        await window.remote.session.join(*room)
+        await wait_until(lambda: window.remote.dock.model.rowCount() == 1, 3)
+        dlg = training_dialog(window)
+        panel = dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
+        assert panel.room_label.text() == room[0]
+        dlg.pipeline_form_widget.current_pipeline = "single"
+        panel.remote_check.setChecked(True)
+        dlg.run_button.click()
+        assert len(window.remote_jobs) == 1
+        job = window.remote_jobs[0]
+        epochs = []
+        job.viewer.on_epoch.connect(lambda: epochs.append(1))
+        heads = job.heads
+        await wait_until(lambda: job.ctl.phases.phase == Phase.DONE, 20)
+        # the LossViewer (SLEAP's own window) plotted the remote epochs of the last head
+        await wait_until(lambda: job.closed, 5)
+        assert job.epochs_forwarded == 3 * len(heads)
+        assert len(epochs) == job.epochs_forwarded  # every remote epoch reached the LossViewer
+        # package: labels with embedded frames + one config per head + jobs.yaml, relative paths
+        with zipfile.ZipFile(job.package.path) as zf:
+            names = set(zf.namelist())
+            assert {"proj.pkg.slp", "jobs.yaml", "train-script.sh"} | {f"{h}.yaml" for h in heads} <= names
+            cfg = yaml.safe_load(zf.read(f"{heads[0]}.yaml"))
+        assert cfg["data_config"]["train_labels_path"] == ["proj.pkg.slp"]
+        assert cfg["trainer_config"]["ckpt_dir"] == "models"
+        assert cfg["trainer_config"]["zmq"]["publish_port"] is None
+        # the trained models landed in the project's models folder
+        project_models = Path(window.state["filename"]).parent / "models"
+        for run_path in job.package.run_paths.values():
+            assert (project_models / Path(run_path).name / "best.ckpt").read_bytes() == b"weights"
+    finally:
+        await window.remote.session.leave()
+        await worker.close()
+
+
+class SlowRemoteWorker(FakeRemoteWorker):
+    """Trains until stopped (or cancelled); records which control arrived."""
+
+    def __init__(self):
+        super().__init__()
+        self.controls: list[str] = []
+
+    async def __call__(self, request, events):
+        phases = request.phases
+        for phase in (Phase.JOINING, Phase.DISCOVERING, Phase.SELECTING):
+            phases.advance(phase)
+        phases.advance(Phase.RESERVING, "gpu-a")
+        phases.advance(Phase.CONNECTING)
+        phases.advance(Phase.UPLOADING, "100%")
+        phases.advance(Phase.TRAINING)
+        stop = asyncio.Event()
+
+        async def stop_hook():
+            self.controls.append("stop")
+            stop.set()
+
+        events.stop_hook = stop_hook
+        try:
+            await asyncio.wait_for(stop.wait(), 20)
+        except asyncio.CancelledError:
+            self.controls.append("cancel")
+            raise
+        phases.advance(Phase.DOWNLOADING)
+        return JobOutcome(stopped_early=True)
+
+
+@pytest.mark.parametrize("window", [SlowRemoteWorker()], indirect=True)
+async def test_lossviewer_stop_and_cancel_reach_the_remote_job(window, signaling_server, room, wait_until):
+    runner = window.remote.runner
+    await window.remote.session.join(*room)
+    try:
+        # Stop Early: the viewer publishes {"command": "stop"} on its controller port
+        dlg = training_dialog(window)
+        dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME).remote_check.setChecked(True)
+        dlg.run_button.click()
+        job = window.remote_jobs[-1]
+        await wait_until(lambda: job.ctl.phases.phase == Phase.TRAINING, 5)
+        await asyncio.sleep(0.6)  # ZMQ slow joiner of our controller SUB
+        job.viewer.stop_button.click()
+        await wait_until(lambda: job.ctl.phases.phase == Phase.DONE, 5)
+        assert runner.controls == ["stop"]
+
+        # Cancel Training: cancels the remote job
+        dlg = training_dialog(window)
+        dlg.run_button.click()
+        job = window.remote_jobs[-1]
+        await wait_until(lambda: job.ctl.phases.phase == Phase.TRAINING, 5)
+        job.viewer.cancel_button.click()
+        await wait_until(lambda: job.ctl.phases.phase == Phase.CANCELLED, 5)
+        assert runner.controls == ["stop", "cancel"]
+        await wait_until(lambda: job.closed, 5)
+    finally:
+        await window.remote.session.leave()
+
+
+async def test_remote_run_end_to_end_with_a_real_worker(qtbot, project, signaling_server, room, tmp_path, wait_until):
+    """SLEAP's Run -> package -> core client flow -> real WebRTC -> the real worker runtime
+    (sleap-nn replaced by the worker tests' fast fake CLI) -> epochs in the LossViewer ->
+    model folder in the project's models/."""
+    import sys
+
+    from sleap_rtc.gui.sleap_attach import create_window
+    from sleap_rtc.worker.app import Worker, WorkerConfig
+    from sleap_rtc.worker.capabilities import Capabilities, GpuInfo
+    from sleap_rtc.worker.executor import JobExecutor
+
+    fake_nn = Path(__file__).resolve().parents[1] / "worker" / "fake_sleap_nn.py"
+    if not fake_nn.is_file():
+        pytest.skip("the worker tests' fake sleap-nn CLI is not there")
+    caps = Capabilities(worker_name="gpu-a", hostname="testhost", gpu=GpuInfo("Test GPU", 24576, "12.4", 0))
+    config = WorkerConfig(
+        server_url=signaling_server.url, room_id=room[0], token=room[1], work_dir=tmp_path / "worker",
+        executor_factory=lambda jid: JobExecutor(jid, command=[sys.executable, str(fake_nn)]),
+    )
+    worker = Worker(config, caps)
+    await worker.start()
+    win = create_window(str(project), server_url=signaling_server.url)  # default runner: core's client flow
+    qtbot.addWidget(win)
+    try:
+        await win.remote.session.join(*room)
+        await wait_until(lambda: win.remote.dock.model.rowCount() == 1, 5)
+        dlg = training_dialog(win)
+        dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME).remote_check.setChecked(True)
+        dlg.run_button.click()
+        job = win.remote_jobs[-1]
+        epochs = []
+        job.viewer.on_epoch.connect(lambda: epochs.append(1))
+        await wait_until(lambda: job.ctl.phases.finished, 60)
+        assert job.ctl.phases.phase == Phase.DONE, job.ctl.error
+        await wait_until(lambda: job.closed, 5)
+        assert job.epochs_forwarded > 0 and len(epochs) > 0
+        models = Path(win.state["filename"]).parent / "models"
+        assert any(models.glob("*/best.ckpt")), sorted(str(p) for p in models.rglob("*"))
+    finally:
+        await win.remote.session.leave()
+        await worker.close()
+        dlg = win._child_windows.get("training")
+        if dlg is not None:
+            dlg.close()
+
+
+async def test_returned_predictions_are_merged_into_the_open_labels(window, tmp_path):
+    """Predictions come back on the package's embedded video; they land on the project's video."""
+    import sleap_io as sio
+
+    from sleap_rtc.gui.sleap_attach import RemoteTraining
+
+    labels = window.labels
+    pkg_labels = tmp_path / "proj.pkg.slp"
+    labels.save(str(pkg_labels), embed=True)
+    embedded = sio.load_slp(str(pkg_labels))
+    skeleton = embedded.skeletons[0]
+    pred = sio.PredictedInstance.from_numpy(np.array([[5.0, 6.0], [7.0, 8.0]]), skeleton=skeleton, point_scores=np.ones(2), score=0.9)
+    out = sio.Labels(labeled_frames=[sio.LabeledFrame(video=embedded.videos[0], frame_idx=6, instances=[pred])],
+                     videos=embedded.videos, skeletons=embedded.skeletons)
+    predictions = tmp_path / "proj.pkg.slp.predictions.slp"
+    sio.save_slp(out, str(predictions), embed=False)
+
+    job = RemoteTraining.__new__(RemoteTraining)  # only the merge step, without a viewer
+    job.window, job.form = window, {"_prediction_mode": "add"}
+    before = len(labels.labeled_frames)
+    assert job.merge_predictions(JobOutcome(predictions=predictions)) == 1
+    assert len(labels.labeled_frames) == before + 1
+    lf = labels.find(labels.videos[0], 6)[0]
+    assert lf.video is labels.videos[0]
+    assert [type(i).__name__ for i in lf.instances] == ["PredictedInstance"]
