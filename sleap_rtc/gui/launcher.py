@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -51,9 +52,15 @@ def launch(
     labels_path: str | None = None,
     *,
     standalone: bool = False,
+    exit_after: float | None = None,
+    screenshot: str | None = None,
     **sleap_kwargs,
 ) -> int:
-    """Open the GUI joined to ``room_id`` (when given) and run until the window closes."""
+    """Open the GUI joined to ``room_id`` (when given) and run until the window closes.
+
+    ``exit_after`` (seconds) closes the window by itself, after saving ``screenshot`` (a
+    PNG path) if given: how ``make demo`` is checked on a machine without a screen.
+    """
     from sleap_rtc.gui import bridge
 
     if sleap_available() and not standalone:
@@ -70,6 +77,11 @@ def launch(
         if room_id and token:
             # join() shows its own error over the window; nothing more to do here.
             window.remote.join(room_id, token)
+        if exit_after is not None:
+            await asyncio.sleep(exit_after)
+            if screenshot:
+                window.grab().save(str(screenshot))
+            window.close()
 
     return bridge.run_app(start, app, window)
 
