@@ -135,8 +135,9 @@ async def core_runner(request: JobRequest, events: JobEvents) -> JobOutcome:
 class RemoteJobController(QtCore.QObject):
     """Runs one remote job with its dialog; emits ``succeeded(JobOutcome)`` or ``ended(str)``.
 
-    ``choose_worker`` (optional) returns the worker the user picked in the dock for
-    "Choose another" (``None`` if none is picked: auto-select).
+    ``choose_worker(exclude)`` (optional) gives the worker the user picks for "Choose
+    another": a peer id, ``None`` for auto-select, or an awaitable of either (the GUI waits
+    for a pick in the dock that is not in ``exclude``).
     """
 
     succeeded = QtCore.Signal(object)
@@ -152,7 +153,7 @@ class RemoteJobController(QtCore.QObject):
         runner: JobRunner | None = None,
         *,
         parent_widget: QtWidgets.QWidget | None = None,
-        choose_worker: Callable[[], str | None] | None = None,
+        choose_worker: Callable[[frozenset[str]], Any] | None = None,
         selection_timeout_s: float | None = None,
     ):
         super().__init__(parent_widget)
@@ -225,7 +226,12 @@ class RemoteJobController(QtCore.QObject):
                     choice = await self._decision
                     worker = None
                     if choice == "choose" and self.choose_worker is not None:
-                        worker = self.choose_worker()
+                        self.dialog.show_problem(
+                            "Pick a worker in the Remote Training dock (Cancel to give up).", can_try_next=False
+                        )
+                        picked = self.choose_worker(frozenset(tried))
+                        worker = await picked if asyncio.iscoroutine(picked) else picked
+                        self.dialog.clear_problem()
                     request = JobRequest(
                         **{**request.__dict__, "worker_id": worker, "exclude": frozenset(tried), "phases": self.phases}
                     )

@@ -160,6 +160,47 @@ async def test_busy_worker_offers_next_best_and_retries(qtbot, signaling_server,
     assert "Training epoch 1" in ctl.dialog.step_text(Phase.TRAINING)
 
 
+async def test_choose_another_waits_for_the_users_pick(qtbot, signaling_server, room, wait_until):
+    """"Choose another" does not retry until the user picked a worker that was not refused."""
+    attempts = []
+    picks: asyncio.Queue = asyncio.Queue()
+    asked = []
+
+    async def choose(exclude):
+        asked.append(set(exclude))
+        return await picks.get()
+
+    async def runner(request, events):
+        phases = request.phases
+        attempts.append(request.worker_id)
+        phases.advance(Phase.RESERVING, request.worker_id or "auto")
+        if len(attempts) == 1:
+            phases.advance(Phase.FAILED, "busy")
+            raise WorkerBusyError("busy", status="busy")
+        phases.advance(Phase.CONNECTING)
+        phases.advance(Phase.UPLOADING, "100%")
+        phases.advance(Phase.TRAINING)
+        phases.advance(Phase.DOWNLOADING)
+        return JobOutcome()
+
+    ctl = RemoteJobController(_request(signaling_server, room, JobPhases(), "worker-gpu-a"), runner,
+                              choose_worker=choose)
+    qtbot.addWidget(ctl.dialog)
+    done = []
+    ctl.succeeded.connect(done.append)
+    ctl.start()
+    await wait_until(lambda: ctl.dialog.problem_box.isVisible(), 3)
+    ctl.dialog.choose_button.click()
+    await wait_until(lambda: asked, 3)
+    await asyncio.sleep(0.3)
+    assert attempts == ["worker-gpu-a"], "retried before the user picked a worker"
+    assert "Pick a worker" in ctl.dialog.problem_label.text()
+    assert asked == [{"worker-gpu-a"}]
+    picks.put_nowait("worker-gpu-b")
+    await wait_until(lambda: done, 3)
+    assert attempts == ["worker-gpu-a", "worker-gpu-b"]
+
+
 async def test_cancel_releases_the_worker(qtbot, signaling_server, room, wait_until):
     """Cancel during upload: the runner unwinds and the worker is available again."""
     from sleap_rtc.core.room import RoomView
