@@ -16,9 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import click
+import yaml
 
 from sleap_rtc.local_room import LocalRoom, sleap_rtc_argv
 
@@ -48,10 +50,30 @@ def _run_client(argv: list[str], room: LocalRoom, timeout: float) -> None:
         raise click.ClickException(f"'{' '.join(argv[3:5])}' failed with exit code {code}")
 
 
-def run_headless(room: LocalRoom, out: Path, timeout: float) -> None:
-    """The terminal flow: train on an auto-selected worker, then predict with the model."""
-    package = out / PACKAGE
-    shutil.copy(RESOURCES / PACKAGE, package)
+def copy_package(dest: Path, epochs: int | None) -> Path:
+    """Copy the bundled package to ``dest``; with ``epochs``, set every config's ``max_epochs``."""
+    if not epochs:
+        return Path(shutil.copy(RESOURCES / PACKAGE, dest))
+    with zipfile.ZipFile(RESOURCES / PACKAGE) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith(".yaml") and info.filename != "jobs.yaml":
+                cfg = yaml.safe_load(data)
+                if isinstance(cfg, dict) and isinstance(cfg.get("trainer_config"), dict):
+                    cfg["trainer_config"]["max_epochs"] = int(epochs)
+                    data = yaml.safe_dump(cfg, sort_keys=False).encode()
+            out.writestr(info, data)
+    return dest
+
+
+def run_headless(room: LocalRoom, out: Path, timeout: float, epochs: int | None = None) -> None:
+    """The terminal flow: train on an auto-selected worker, then predict with the model.
+
+    The same commands a user types: ``sleap-rtc client-train PACKAGE --auto-select --output
+    DIR`` (models land in ``DIR/<run>/``) and ``sleap-rtc client-track LABELS --model
+    DIR/<run> --auto-select --output PREDICTIONS.slp``.
+    """
+    package = copy_package(out / PACKAGE, epochs)
     shutil.copy(RESOURCES / LABELS, out / LABELS)
     creds = ["--server", room.url, "--room-id", room.room_id, "--token", room.token, "--auto-select"]
     started = time.monotonic()
@@ -79,7 +101,9 @@ def run_headless(room: LocalRoom, out: Path, timeout: float) -> None:
 
         labels = sleap_io.load_slp(str(predictions))
         n = sum(len(lf.instances) for lf in labels.labeled_frames)
-        click.echo(f"  predictions     {len(labels.labeled_frames)} frames, {n} instances")
+        click.echo(f"  predictions     {len(labels.labeled_frames)} frames with {n} predicted instances")
+        if n == 0:
+            click.echo("                  (a 2-epoch model rarely finds anything: try --epochs 40, about a minute)")
     except Exception as exc:  # sleap-io is optional on a client
         click.echo(f"  predictions     (not inspected: {exc.__class__.__name__})")
 
@@ -91,7 +115,14 @@ def run_headless(room: LocalRoom, out: Path, timeout: float) -> None:
               show_default=True, help="Where the package, models and predictions are written.")
 @click.option("--timeout", default=600.0, show_default=True, help="Give up on a step after this many seconds.")
 @click.option("--quiet-children", is_flag=True, help="Do not echo the server's and workers' output.")
-def demo_command(headless: bool, workers: int, output: Path, timeout: float, quiet_children: bool) -> None:
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Train this many epochs instead of the bundled config's 2 (headless).")
+@click.option("--exit-after", type=float, default=None, hidden=True,
+              help="Close the GUI by itself after this many seconds (checks without a screen).")
+@click.option("--screenshot", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True,
+              help="With --exit-after: save a PNG of the window before closing it.")
+def demo_command(headless: bool, workers: int, output: Path, timeout: float, quiet_children: bool,
+                 epochs: int | None, exit_after: float | None, screenshot: Path | None) -> None:
     """Run the whole product on this machine: a local server, workers, and a real job."""
     if not (RESOURCES / PACKAGE).exists():
         raise click.ClickException(f"bundled demo project missing: {RESOURCES / PACKAGE}")
@@ -111,12 +142,13 @@ def demo_command(headless: bool, workers: int, output: Path, timeout: float, qui
             room.start_worker(f"demo-worker-{i}")
         _say(f"\nRoom ready on {room.url}\n  Room ID: {room.room_id}\n  Token:   {room.token}")
         if headless:
-            run_headless(room, output, timeout)
+            run_headless(room, output, timeout, epochs)
         else:
             from sleap_rtc.gui.launcher import launch
 
             shutil.copy(RESOURCES / LABELS, output / LABELS)
-            launch(room.url, room.room_id, room.token, labels_path=output / LABELS)
+            launch(room.url, room.room_id, room.token, labels_path=str(output / LABELS),
+                   exit_after=exit_after, screenshot=str(screenshot) if screenshot else None)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: stopping the local server and workers.", err=True)
         sys.exit(130)

@@ -4,30 +4,45 @@ Options are validated before any network traffic (``client.options``; usage erro
 with code 2). The job itself is ``core.remote_job.RemoteJob``, shared with the GUI; this
 module only renders it: decisions, an upload bar (bytes, rate, ETA), log lines, one line per
 epoch with its loss, and a final summary. Ctrl-C asks whether to stop early (keep the
-model) or cancel; a second Ctrl-C cancels.
+model) or cancel; a second Ctrl-C cancels. Without a terminal there is no one to ask, so
+the first Ctrl-C (SIGINT) stops early and the second cancels.
+
+Where results go: ``client-train --output DIR`` puts each trained model in ``DIR/<run>/``
+(``best.ckpt``, ``training_config.yaml``, ...), plus any predictions the package asked for;
+``client-track --output`` takes a directory or the ``.slp`` path for the predictions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import shutil
 import signal
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from sleap_rtc.client.options import ConnectionPlan, OptionsError, SelectionMode, plan_connection
 from sleap_rtc.client.track_package import TrackPackageError, build_track_package
 from sleap_rtc.core.config import ConfigError, resolve_server
-from sleap_rtc.core.phases import JobPhases, PhaseChange
-from sleap_rtc.core.remote_job import TRACK, TRAIN, JobError, JobSummary, RemoteJob, UploadProgress
+from sleap_rtc.core.phases import JobPhases, Phase, PhaseChange
+from sleap_rtc.core.remote_job import TRACK, TRAIN, JobError, JobSummary, RemoteJob, UploadProgress, WorkerLostError
 from sleap_rtc.core.selection import SelectionError
 from sleap_rtc.core.signaling import SignalingError
 from sleap_rtc.core.transport_errors import TransportError
+
+# A tqdm/Lightning progress-bar frame ("Epoch 0:  20%|██   | 1/5 [00:00<00:03, 1.19it/s]").
+# sleap-nn prints one per step when its output is not a terminal; the per-epoch loss line
+# says the same thing once, so these frames are not echoed.
+PROGRESS_BAR = re.compile(r"\|\s*[\d?]+/[\d?]+ \[\d+:\d+")
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -98,52 +113,89 @@ def train_command(package: Path, output: Path | None, server: str | None, **opts
     sys.exit(asyncio.run(_run(plan, url, package, output, TRAIN)))
 
 
+def _predictions_target(data: Path, output: Path | None) -> tuple[Path, Path | None]:
+    """``(results dir, predictions file or None)`` for ``client-track --output``."""
+    if output is None:
+        return data.parent, None
+    if output.suffix == ".slp":
+        return output.parent, output
+    return output, None
+
+
 @click.command("client-track")
 @click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-m", "--model", "models", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
               help="A trained model (folder or .zip); repeat for top-down (centroid + instance).")
 @connection_options
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Where the predictions go (default: next to DATA).")
+@click.option("--output", type=click.Path(path_type=Path), metavar="DIR|FILE.slp",
+              help="A folder for the predictions, or the predictions file itself (default: next to DATA).")
 def track_command(data: Path, models: tuple[Path, ...], output: Path | None, server: str | None, **opts: Any) -> None:
     """Run inference with trained MODELs on DATA (.slp) on a remote worker.
 
-    Brings back DATA's predictions (``<data>.predictions.slp``).
+    Brings back DATA's predictions (``<data stem>.predictions.slp``, or FILE.slp).
+
+    \b
+    Example:
+      sleap-rtc track labels.slp --model models/single_instance --room-id R --token T --auto-select
     """
     plan = _plan(opts)
     url = _server(server)
-    output = output or data.parent
+    results_dir, predictions = _predictions_target(data, output)
+    if results_dir.exists() and not results_dir.is_dir():
+        raise click.UsageError(f"--output {results_dir} is a file, not a folder.")
+    work = Path(tempfile.mkdtemp(prefix="sleap-rtc-track-"))
     try:
-        package = build_track_package(data, list(models), output / ".sleap-rtc-upload")
-    except TrackPackageError as exc:
-        raise click.UsageError(str(exc)) from None
-    sys.exit(asyncio.run(_run(plan, url, package, output, TRACK)))
+        try:
+            package = build_track_package(data, list(models), work)
+        except TrackPackageError as exc:
+            raise click.UsageError(str(exc)) from None
+        code = asyncio.run(_run(plan, url, package, results_dir, TRACK, predictions_path=predictions))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    sys.exit(code)
 
 
 # ------------------------------------------------------------------------ running
 
 
 class Display:
-    """Renders one job on the console: phases, decisions, upload bar, logs, epochs."""
+    """Renders one job on the console: phases, decisions, upload bar, logs, epochs, summary."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, *, quiet_logs: bool = False):
         self.console = console
+        self.quiet_logs = quiet_logs
         self._progress: Progress | None = None
         self._task: Any = None
+        self._uploaded = False
+        self.epochs = 0
+
+    def _print(self, text: str, **kw: Any) -> None:
+        # soft_wrap: a long log line stays one line (a pipe or log file is not 80 columns).
+        self.console.print(text, soft_wrap=True, **kw)
 
     def phase(self, change: PhaseChange) -> None:
         """A phase transition (detail updates are shown by the bar instead)."""
-        if change.old != change.new:
+        if change.new == Phase.UPLOADING:
+            self._uploaded = False  # a new upload (the job may run again on another worker)
+        if change.old != change.new and change.new != Phase.DONE:  # DONE: the summary says it
+            self._end_bar()
             detail = f": {change.detail}" if change.detail else ""
-            self.console.print(f"[bold]{change.new.value.capitalize()}[/bold]{detail}")
+            self._print(f"[bold]{change.new.value.capitalize()}[/bold]{detail}", highlight=False)
 
     def decision(self, text: str) -> None:
         """A selection decision (which worker, why the next one)."""
-        self.console.print(f"  {text}")
+        self._print(f"  {text}", highlight=False)
 
     def upload(self, p: UploadProgress) -> None:
         """Upload progress: a bar with bytes, rate and ETA."""
+        if self._uploaded:
+            return
         if self._progress is None:
+            if p.done >= p.total and not self.console.is_terminal:
+                # Finished before the bar was drawn (small file, or no terminal): one line.
+                self._print(f"  uploaded {p.total:,} bytes ({p.rate / 1e6:.1f} MB/s)", highlight=False)
+                self._uploaded = True
+                return
             self._progress = Progress(
                 TextColumn("  upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
                 console=self.console,
@@ -152,37 +204,92 @@ class Display:
             self._task = self._progress.add_task("upload", total=p.total)
         self._progress.update(self._task, completed=p.done)
         if p.done >= p.total:
+            self._end_bar()
+            self._uploaded = True
+
+    def _end_bar(self) -> None:
+        if self._progress is not None:
             self._progress.stop()
+            self._progress = None
 
     def log(self, line: str) -> None:
-        """A worker log line."""
-        self.console.print(f"  [dim]{line}[/dim]", highlight=False)
+        """A worker log line (progress-bar redraws were already dropped by the job)."""
+        if not self.quiet_logs and not PROGRESS_BAR.search(line):
+            self._print(f"  [dim]{escape(line)}[/dim]", highlight=False)
 
     def progress(self, event: dict[str, Any]) -> None:
-        """A training event: one line per finished epoch with its losses."""
-        if event.get("event") != "epoch_end":
+        """A training event from sleap-nn: one line per finished epoch with its losses.
+
+        sleap-nn sends ``{"event": "epoch_end", "epoch": k (0-based), "logs": {...}}`` where
+        ``logs`` has ``train/loss`` (or only the last step's ``loss`` on the first epoch) and
+        ``val/loss``; the line shows epoch k + 1, as a person counts.
+        """
+        kind = event.get("event")
+        if kind == "train_end":
+            self._print("  training finished", highlight=False)
+            return
+        if kind != "epoch_end":
             return
         logs = event.get("logs") if isinstance(event.get("logs"), dict) else {}
-        parts = [f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, (int, float)) and "loss" in k]
-        self.console.print(f"  epoch {event.get('epoch', '?')}: {' '.join(parts) or 'done'}")
+        train = _number(logs.get("train/loss", logs.get("loss")))
+        val = _number(logs.get("val/loss"))
+        epoch = event.get("epoch")
+        label = epoch + 1 if isinstance(epoch, int) else "?"
+        self.epochs += 1
+        parts = []
+        if train is not None:
+            parts.append(f"train loss {train:.4g}")
+        if val is not None:
+            parts.append(f"val loss {val:.4g}")
+        self._print(f"[bold]  epoch {label}[/bold]: {', '.join(parts) or 'done'}", highlight=False)
 
-    def summary(self, s: JobSummary) -> None:
+    def summary(self, s: JobSummary, *, lost: list[str] | None = None) -> None:
         """The final summary: worker, duration, files."""
-        how = " (stopped early)" if s.stopped_early else ""
-        self.console.print(f"[green]Done{how}[/green] on {s.worker} ({s.peer_id}) in {s.duration_s:.1f} s.")
+        how = " (stopped early, model kept)" if s.stopped_early else ""
+        self._print(f"[green]Done{how}[/green]", highlight=False)
+        self._print(f"  worker     {s.worker} ({s.peer_id})", highlight=False)
+        if lost:
+            self._print(f"  lost       {', '.join(lost)} (stopped responding; job run again)", highlight=False)
+        self._print(f"  duration   {s.duration_s:.1f} s", highlight=False)
+        if s.models_dir is not None:
+            self._print(f"  models     {s.models_dir}", highlight=False)
+        if s.predictions is not None:
+            self._print(f"  predictions {s.predictions}", highlight=False)
+        self._print(f"  files      {len(s.files)}", highlight=False)
         for path in s.files:
-            self.console.print(f"  {path}")
+            self._print(f"    {path} ({_size(path)})", highlight=False)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _size(path: Path) -> str:
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return f"{total / 1e6:.2f} MB" if total >= 1e5 else f"{total:,} bytes"
+
+
+STOP, CANCEL, CONTINUE = "s", "c", ""
 
 
 async def _ask_stop_or_cancel(console: Console) -> str:
-    """After Ctrl-C: 's' stop early (keep the model), 'c' cancel, anything else continue."""
-    console.print("\n[bold]Interrupted.[/bold] [s] stop early and keep the model, [c] cancel the job, [Enter] continue: ", end="")
+    """After Ctrl-C: ``"s"`` stop early (keep the model), ``"c"`` cancel, ``""`` carry on.
+
+    Without a terminal on stdin there is no one to ask: the gentle choice (stop early);
+    a second Ctrl-C cancels.
+    """
     if not sys.stdin.isatty():
-        return "s"  # no one to ask: the gentle choice; a second Ctrl-C cancels
+        console.print("\nInterrupted: stopping after the current epoch and keeping the model "
+                      "(press Ctrl-C again to cancel the job).", highlight=False)
+        return STOP
+    console.print("\n[bold]Interrupted.[/bold] Type s + Enter to stop early and keep the model, "
+                  "c + Enter to cancel the job, or just Enter to continue (Ctrl-C again cancels): ",
+                  end="", highlight=False)
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[str] = loop.create_future()
 
     def readable() -> None:
+        # Read from the event loop (add_reader): heartbeats and log lines keep flowing.
         line = sys.stdin.readline()
         if not answer.done():
             answer.set_result(line.strip().lower()[:1])
@@ -194,7 +301,8 @@ async def _ask_stop_or_cancel(console: Console) -> str:
         loop.remove_reader(sys.stdin.fileno())
 
 
-async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind: str) -> int:
+async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind: str,
+               *, predictions_path: Path | None = None) -> int:
     console = Console()
     display = Display(console)
     phases = JobPhases()
@@ -219,27 +327,36 @@ async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind
         min_gpu_memory_mb=plan.min_gpu_memory_mb,
         wait=plan.wait,
         phases=phases,
+        models_subdir="",  # --output DIR holds the run folders themselves
         on_decision=display.decision,
         on_upload=display.upload,
         on_log=display.log,
         on_progress=display.progress,
     )
+    started = time.monotonic()
     task = asyncio.ensure_future(job.run())
     loop = asyncio.get_running_loop()
     interrupts = 0
+    asking = False
 
     async def on_interrupt() -> None:
-        nonlocal interrupts
+        nonlocal interrupts, asking
         interrupts += 1
-        if interrupts > 1 or job.session is None:
-            task.cancel()  # before the job started there is nothing to keep
+        # Before the job runs, or for inference, or a second time: nothing to keep, cancel.
+        if interrupts > 1 or job.session is None or kind != TRAIN or asking:
+            console.print("\nCancelling the job.", highlight=False)
+            task.cancel()
             return
-        choice = await _ask_stop_or_cancel(console)
-        if choice == "s":
-            console.print("Stopping after the current epoch; the model will be kept.")
+        asking = True
+        try:
+            choice = await _ask_stop_or_cancel(console)
+        finally:
+            asking = False
+        if choice == STOP:
+            console.print("Stopping after the current epoch; the model will be kept.", highlight=False)
             await job.stop()
-        elif choice == "c":
-            console.print("Cancelling the job.")
+        elif choice == CANCEL:
+            console.print("Cancelling the job.", highlight=False)
             task.cancel()
         else:
             interrupts = 0
@@ -249,14 +366,29 @@ async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind
     try:
         summary = await task
     except asyncio.CancelledError:
-        console.print("[yellow]Cancelled.[/yellow]")
+        console.print(f"[yellow]Cancelled[/yellow] after {time.monotonic() - started:.1f} s; nothing was kept.")
         return EXIT_INTERRUPTED
+    except WorkerLostError as exc:
+        hint = "" if plan.mode == SelectionMode.AUTO else (
+            " Run the command again; with --room-id/--token and --auto-select, sleap-rtc moves the job"
+            " to another worker by itself when one stops responding."
+        )
+        console.print(f"[red]Error:[/red] {escape(str(exc))}{hint}", highlight=False)
+        return EXIT_FAILED
     except (SelectionError, JobError, TransportError, SignalingError) as exc:
-        console.print(f"[red]Error:[/red] {exc}", highlight=False)
+        console.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)
         return EXIT_FAILED
     finally:
         with contextlib.suppress(NotImplementedError):
             loop.remove_signal_handler(signal.SIGINT)
-    display.summary(summary)
+    if predictions_path is not None and summary.predictions is not None:
+        if summary.predictions.resolve() != predictions_path.resolve():
+            predictions_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(summary.predictions, predictions_path)
+            summary.files = [predictions_path if f == summary.predictions else f for f in summary.files]
+            summary.predictions = predictions_path
+    if kind == TRACK and summary.predictions is None:
+        console.print("[red]Error:[/red] the worker finished but sent no predictions.", highlight=False)
+        return EXIT_FAILED
+    display.summary(summary, lost=[lost.worker for lost in job.lost])
     return 0
-

@@ -37,7 +37,9 @@ TERMINAL = frozenset({Phase.DONE, Phase.FAILED, Phase.CANCELLED})
 """Phases a job never leaves."""
 
 # Allowed moves. RESERVING/CONNECTING may go back to SELECTING: the chosen worker was busy
-# or vanished and another one is tried. Any non-terminal phase may fail or be cancelled.
+# or vanished and another one is tried. UPLOADING..DOWNLOADING may go back to SELECTING too:
+# the worker died mid-job and auto-select runs the job again on the next best worker.
+# Any non-terminal phase may fail or be cancelled.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.IDLE: frozenset({Phase.JOINING, Phase.CONNECTING, Phase.RESERVING}),
     Phase.JOINING: frozenset({Phase.DISCOVERING, Phase.RESERVING}),
@@ -45,10 +47,10 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.SELECTING: frozenset({Phase.RESERVING, Phase.DISCOVERING}),
     Phase.RESERVING: frozenset({Phase.CONNECTING, Phase.SELECTING}),
     Phase.CONNECTING: frozenset({Phase.UPLOADING, Phase.SELECTING}),
-    Phase.UPLOADING: frozenset({Phase.TRAINING, Phase.PREDICTING}),
-    Phase.TRAINING: frozenset({Phase.PREDICTING, Phase.DOWNLOADING}),
-    Phase.PREDICTING: frozenset({Phase.DOWNLOADING}),
-    Phase.DOWNLOADING: frozenset({Phase.TRAINING, Phase.PREDICTING, Phase.DONE}),
+    Phase.UPLOADING: frozenset({Phase.TRAINING, Phase.PREDICTING, Phase.SELECTING}),
+    Phase.TRAINING: frozenset({Phase.PREDICTING, Phase.DOWNLOADING, Phase.SELECTING}),
+    Phase.PREDICTING: frozenset({Phase.DOWNLOADING, Phase.SELECTING}),
+    Phase.DOWNLOADING: frozenset({Phase.TRAINING, Phase.PREDICTING, Phase.DONE, Phase.SELECTING}),
 }
 
 

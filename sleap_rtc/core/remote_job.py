@@ -70,6 +70,19 @@ class JobCancelledError(JobError):
     """The job was cancelled (by the user)."""
 
 
+class WorkerLostError(JobFailedError):
+    """The worker stopped responding (died, or its connection closed) before the job finished.
+
+    ``stage`` says when: ``"upload"``, ``"training"``, ``"inference"`` or ``"download"``;
+    ``worker`` is its name and ``peer_id`` its id. In auto-select mode ``RemoteJob`` runs
+    the job again on the next best worker; otherwise this is the user's error message.
+    """
+
+    def __init__(self, message: str, *, worker: str, peer_id: str, stage: str, reason: str):
+        super().__init__(message)
+        self.worker, self.peer_id, self.stage, self.reason = worker, peer_id, stage, reason
+
+
 @dataclass(frozen=True)
 class UploadProgress:
     """Upload state for a progress bar: bytes done of total, rate (B/s), ETA (s or None)."""
@@ -129,6 +142,7 @@ class JobSession:
         on_progress: ProgressCallback | None = None,
         on_file: Callable[[Path], Any] | None = None,
         result_timeout: float = 600.0,
+        models_subdir: str = "models",
     ):
         self.channel = channel
         self.package = Path(package)
@@ -141,6 +155,7 @@ class JobSession:
         self.on_progress = on_progress
         self.on_file = on_file
         self.result_timeout = result_timeout
+        self.models_subdir = models_subdir
         self.job_id = f"job-{uuid.uuid4().hex[:12]}"
         self.stop_requested = False
         self.cancel_requested = False
@@ -175,9 +190,14 @@ class JobSession:
                 jobs_wire.job_submit(self.job_id, {"sha256": receipt.sha256, "name": receipt.name}, {"kind": self.kind})
             )
             self._submitted = True
+            if self.stop_requested:  # asked during the upload: the worker applies it at once
+                await self.stop()
             summary = await self._follow(started)
         except PeerClosedError as exc:
-            raise self._fail(JobFailedError(f"Lost the connection to the worker: {exc}")) from None
+            if self.cancel_requested:
+                raise self._fail(JobCancelledError("Job cancelled.")) from None
+            # Not marked FAILED here: RemoteJob may run the job again on another worker.
+            raise self._worker_lost(exc) from None
         except asyncio.CancelledError:
             # The caller gave up (GUI Cancel, Ctrl-C): tell the worker so it frees itself.
             with contextlib.suppress(Exception):
@@ -186,6 +206,25 @@ class JobSession:
                 self.phases.advance(Phase.CANCELLED, "cancelled")
             raise
         return summary
+
+    @property
+    def stage(self) -> str:
+        """What the job was doing, in words: upload, training, inference or download."""
+        if self.phases.phase == Phase.DOWNLOADING:
+            return "download"
+        if self.phases.phase in (Phase.TRAINING, Phase.PREDICTING):
+            return "training" if self.kind == TRAIN else "inference"
+        return "upload"
+
+    def _worker_lost(self, exc: PeerClosedError) -> WorkerLostError:
+        name = self.worker.name if self.worker else self.channel.remote_peer_id
+        peer_id = self.worker.peer_id if self.worker else self.channel.remote_peer_id
+        reason = str(getattr(self.channel, "close_reason", "") or exc)
+        stage = self.stage
+        return WorkerLostError(
+            f"Worker {name} stopped responding during {stage} ({reason}); the job did not finish.",
+            worker=name, peer_id=peer_id, stage=stage, reason=reason,
+        )
 
     def _fail(self, exc: JobError) -> JobError:
         if not self.phases.finished:
@@ -228,7 +267,9 @@ class JobSession:
                 raise self._fail(JobRejectedError(f"The worker refused the job: {msg.get('reason')}"))
             elif kind == ChannelType.JOB_LOG:
                 self._back_to_running()
-                _call(self.on_log, str(msg.get("line", "")))
+                # Progress-bar redraws (tqdm/rich frames) are noise in a log view: skipped.
+                if not msg.get("redraw"):
+                    _call(self.on_log, str(msg.get("line", "")))
             elif kind == ChannelType.JOB_PROGRESS:
                 self._back_to_running()
                 event = msg.get("event") if isinstance(msg.get("event"), dict) else {}
@@ -265,7 +306,7 @@ class JobSession:
         received = await self.channel.receive_file(timeout=self.result_timeout)
         if received.sha256 != msg.get("sha256"):
             raise self._fail(JobFailedError(f"Result {name} did not match what the worker announced."))
-        path = _place_result(Path(received.path), self.output_dir, str(msg.get("kind", "")), name)
+        path = _place_result(Path(received.path), self.output_dir, str(msg.get("kind", "")), name, self.models_subdir)
         if path.suffix == ".slp":
             summary.predictions = path
         elif path.is_dir():
@@ -274,18 +315,34 @@ class JobSession:
         return path
 
 
-def _place_result(received: Path, output_dir: Path, kind: str, name: str) -> Path:
-    """Move a received file into ``output_dir``; a model zip is unpacked into ``models/<run>``."""
+def _place_result(received: Path, output_dir: Path, kind: str, name: str, models_subdir: str = "models") -> Path:
+    """Move a received file into ``output_dir``; a model zip is unpacked into ``<models_subdir>/<run>``.
+
+    The worker zips a model folder as ``<run>/...``; that top folder is not repeated (the
+    model lands in ``<run>/best.ckpt``, not ``<run>/<run>/best.ckpt``). Entries that would
+    land outside the target are skipped (the zip comes from another machine).
+    """
     safe = Path(name).name or received.name
     if safe.endswith(".zip") and kind in ("model", "models", "trained_model"):
-        target = output_dir / "models" / safe[: -len(".zip")]
+        run = safe[: -len(".zip")]
+        target = output_dir / models_subdir / run if models_subdir else output_dir / run
         target.mkdir(parents=True, exist_ok=True)
+        root = target.resolve()
         with zipfile.ZipFile(received) as zf:
-            for member in zf.infolist():
-                dest = (target / member.filename).resolve()
-                if not str(dest).startswith(str(target.resolve())):  # never write outside
+            members = [m for m in zf.infolist() if not m.is_dir()]
+            tops = {Path(m.filename).parts[0] for m in members if Path(m.filename).parts}
+            strip = tops == {run} and all(len(Path(m.filename).parts) > 1 for m in members)
+            for member in members:
+                parts = Path(member.filename).parts[1 if strip else 0 :]
+                if not parts:
                     continue
-                zf.extract(member, target)
+                dest = (target / Path(*parts)).resolve()
+                if not dest.is_relative_to(root) or dest == root:  # never write outside
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, dest.open("wb") as out:
+                    shutil.copyfileobj(src, out)
+        received.unlink(missing_ok=True)
         return target
     target = output_dir / safe
     if received.resolve() != target.resolve():
@@ -309,6 +366,13 @@ class RemoteJob:
     (the chooser is asked again, with a notice, when the chosen worker turns out busy);
     otherwise auto-select (skipping ``exclude``), trying the next best on a busy worker.
     ``session_worker`` set -> session-string mode: connect straight to it, no discovery.
+
+    A worker that dies mid-job (its channel closes, or its heartbeat stops: noticed within
+    ``channel.DEAD_AFTER`` + one heartbeat, ~12 s) raises ``WorkerLostError``. In auto-select
+    mode the death is reported through ``on_decision`` and the whole job runs again on the
+    next best worker, the dead ones excluded, at most ``max_job_attempts`` times in all. With
+    a direct worker id, a session string or interactive selection the user chose that
+    worker, so the error is raised as is (a clear message, no silent switch).
     """
 
     def __init__(
@@ -327,7 +391,9 @@ class RemoteJob:
         min_gpu_memory_mb: int | None = None,
         wait: float = 0.0,
         max_attempts: int = 3,
+        max_job_attempts: int = 3,
         connect_timeout: float = 30.0,
+        models_subdir: str = "models",
         phases: JobPhases | None = None,
         on_decision: LogCallback | None = None,
         on_upload: UploadCallback | None = None,
@@ -349,6 +415,9 @@ class RemoteJob:
         self.min_gpu_memory_mb = min_gpu_memory_mb
         self.wait = wait
         self.max_attempts = max_attempts
+        self.max_job_attempts = max(1, max_job_attempts)
+        self.models_subdir = models_subdir
+        self.lost: list[WorkerLostError] = []  # workers that died under this job, in order
         self.connect_timeout = connect_timeout
         self.phases = phases or JobPhases()
         self.on_decision = on_decision
@@ -373,38 +442,79 @@ class RemoteJob:
         log.info("%s", text)
         _call(self.on_decision, text)
 
+    @property
+    def retries_on_worker_loss(self) -> bool:
+        """Whether a worker dying mid-job makes the job run again elsewhere (auto-select only)."""
+        return not (self.worker_id or self.session_worker or self.choose is not None)
+
     async def run(self) -> JobSummary:
         """Join, select, connect, run the job; raises ``SelectionError`` or ``JobError``."""
         signaling = self._given_signaling or SignalingClient(
             self.server_url, room_id=self.room_id, token=self.token, role=Role.CLIENT.value
         )
         own_signaling = self._given_signaling is None
-        channel = None
         try:
             self.phases.advance(Phase.JOINING, f"room {self.room_id}")
             if own_signaling:
                 await signaling.connect()
-            worker, channel = await (self._connect_session(signaling) if self.session_worker else self._select(signaling))
-            self.session = JobSession(
-                channel, self.package, output_dir=self.results_dir, kind=self.kind, worker=worker,
-                phases=self.phases, on_upload=self.on_upload, on_log=self.on_log,
-                on_progress=self.on_progress, on_file=self.on_file,
-            )
-            if self._stop_early:
-                self.session.stop_requested = True
-            return await self.session.run()
-        except (SelectionError, TransportError) as exc:
+            attempt = 1
+            while True:
+                try:
+                    return await self._run_once(signaling)
+                except WorkerLostError as exc:
+                    self.lost.append(exc)
+                    # A stop-early or cancel means "wrap up now": a fresh run elsewhere is not that.
+                    if not self.retries_on_worker_loss or self.cancel_requested or self._stop_early:
+                        raise
+                    if attempt >= self.max_job_attempts:
+                        raise WorkerLostError(
+                            f"{exc} Gave up after {attempt} worker(s) stopped responding: "
+                            + ", ".join(lost.worker for lost in self.lost) + ".",
+                            worker=exc.worker, peer_id=exc.peer_id, stage=exc.stage, reason=exc.reason,
+                        ) from None
+                    attempt += 1
+                    self.exclude = self.exclude | {exc.peer_id}
+                    self._decide(
+                        f"Worker {exc.worker} stopped responding during {exc.stage} ({exc.reason}); "
+                        f"trying the next best worker (job attempt {attempt}/{self.max_job_attempts})."
+                    )
+                    self.phases.advance(Phase.SELECTING, f"{exc.worker} stopped responding")
+        except (SelectionError, TransportError, JobError) as exc:
             if not self.phases.finished:
-                self.phases.advance(Phase.FAILED, str(exc))
+                cancelled = isinstance(exc, JobCancelledError)
+                self.phases.advance(Phase.CANCELLED if cancelled else Phase.FAILED, str(exc))
             raise
         finally:
-            if channel is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(channel.close(), 5.0)
             if own_signaling:
                 await signaling.close()
             with contextlib.suppress(OSError):
                 (self.results_dir / ".incoming").rmdir()  # only when empty
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether the user cancelled the job (then nothing is retried)."""
+        return bool(self.session and self.session.cancel_requested)
+
+    async def _run_once(self, signaling: SignalingClient) -> JobSummary:
+        """Select (or reconnect), then run the job on that worker once."""
+        channel = None
+        try:
+            if self.session_worker:
+                worker, channel = await self._connect_session(signaling)
+            else:
+                worker, channel = await self._select(signaling, again=bool(self.lost))
+            self.session = JobSession(
+                channel, self.package, output_dir=self.results_dir, kind=self.kind, worker=worker,
+                phases=self.phases, on_upload=self.on_upload, on_log=self.on_log,
+                on_progress=self.on_progress, on_file=self.on_file, models_subdir=self.models_subdir,
+            )
+            if self._stop_early:
+                self.session.stop_requested = True
+            return await self.session.run()
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.close(), 5.0)
 
     async def _attempt(self, signaling: SignalingClient, worker: WorkerInfo) -> Any:
         self.phases.advance(Phase.RESERVING, worker.name)
@@ -430,12 +540,14 @@ class RemoteJob:
         self.phases.advance(Phase.CONNECTING, f"connected to {peer_id}")
         return worker, channel
 
-    async def _select(self, signaling: SignalingClient) -> tuple[WorkerInfo, Any]:
+    async def _select(self, signaling: SignalingClient, again: bool = False) -> tuple[WorkerInfo, Any]:
         room = RoomView(signaling, worker_filters(self.min_gpu_memory_mb))
         try:
-            self.phases.advance(Phase.DISCOVERING)
+            if not again:  # a retry after a lost worker is already SELECTING
+                self.phases.advance(Phase.DISCOVERING)
             await room.start()
-            self.phases.advance(Phase.SELECTING)
+            if not again:
+                self.phases.advance(Phase.SELECTING)
 
             async def attempt(worker: WorkerInfo) -> Any:
                 return await self._attempt(signaling, worker)
@@ -497,6 +609,6 @@ async def run_remote_job(package: Path, **kwargs: Any) -> JobSummary:
 
 __all__ = [
     "AllWorkersBusyError", "JobCancelledError", "JobError", "JobFailedError", "JobRejectedError",
-    "JobSession", "JobSummary", "RemoteJob", "TRACK", "TRAIN", "UploadProgress", "describe",
-    "rank_workers", "run_remote_job",
+    "JobSession", "JobSummary", "RemoteJob", "TRACK", "TRAIN", "UploadProgress", "WorkerLostError",
+    "describe", "rank_workers", "run_remote_job",
 ]
