@@ -43,6 +43,8 @@ class ChildProcess:
     name: str
     popen: subprocess.Popen
     lines: list[str] = field(default_factory=list)
+    line_times: list[float] = field(default_factory=list)
+    """``time.monotonic()`` at which each line of ``lines`` was read (same index)."""
     echo: Callable[[str], None] | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -55,6 +57,7 @@ class ChildProcess:
         for raw in self.popen.stdout:
             line = raw.rstrip("\n")
             with self._changed:
+                self.line_times.append(time.monotonic())
                 self.lines.append(line)
                 self._changed.notify_all()
             if self.echo:
@@ -93,8 +96,42 @@ class ChildProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def descendants(self) -> list[int]:
+        """Pids of the child's descendants (any process group); empty without psutil."""
+        try:
+            import psutil
+        except ImportError:  # psutil is a test dependency; the demo works without it
+            return []
+        try:
+            return [p.pid for p in psutil.Process(self.popen.pid).children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the process group and every descendant, as a machine crash would.
+
+        Descendants are collected first: a grandchild in its own process group (the
+        worker runs sleap-nn in one) would otherwise survive as an orphan.
+        """
+        stragglers = self.descendants()
+        self.signal_group(signal.SIGKILL)
+        for pid in stragglers:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM the process group, then SIGKILL it if it is still there after ``timeout``."""
+        stragglers = self.descendants()
         if self.alive:
             self.signal_group(signal.SIGTERM)
             try:
@@ -103,6 +140,11 @@ class ChildProcess:
                 pass
         # Always sweep the group: a child of the child (sleap-nn) may outlive its parent.
         self.signal_group(signal.SIGKILL)
+        for pid in stragglers:  # e.g. sleap-nn in its own group, if the worker did not stop it
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -194,6 +236,22 @@ class LocalRoom:
         child.wait_for_line(lambda line: SESSION_PREFIX in line, timeout)
         self.workers[name] = child
         return child
+
+    def start_workers(self, *names: str, extra: tuple[str, ...] = (), timeout: float = 90.0) -> list[ChildProcess]:
+        """Start several workers at once (their imports overlap) and wait for every banner."""
+        if self.room_id is None:
+            self.create_room()
+        started = []
+        for name in names:
+            argv = sleap_rtc_argv(
+                "worker", "--server", self.url, "--room-id", self.room_id, "--token", self.token,
+                "--name", name, "--work-dir", str(self.work_dir / name), *extra,
+            )
+            started.append((name, self.spawn(name, argv)))
+        for name, child in started:
+            child.wait_for_line(lambda line: SESSION_PREFIX in line, timeout)
+            self.workers[name] = child
+        return [child for _, child in started]
 
     def session_string(self, name: str) -> str:
         """The session string a worker printed in its banner."""

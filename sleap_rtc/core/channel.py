@@ -110,6 +110,7 @@ class PeerChannel:
         self._low = asyncio.Event()
         self._last_seen = time.monotonic()
         self._heartbeat: asyncio.Task | None = None
+        self._suspect_task: asyncio.Task | None = None
         self._pc_close: asyncio.Task | None = None
         self.transfers = FileTransfers(
             self,
@@ -157,6 +158,25 @@ class PeerChannel:
     def closed(self) -> bool:
         """True once the channel is closed (by either side or by the heartbeat deadline)."""
         return self._closed.done()
+
+    def suspect(self, grace: float = 2 * HEARTBEAT_INTERVAL) -> None:
+        """Take a hint from outside that the peer may be gone (e.g. the room says it left):
+        declare it dead unless it shows a sign of life within ``grace`` seconds.
+
+        Heartbeats alone take ``dead_after`` seconds to notice a killed peer; the room's
+        ``peer_left`` arrives at once. It is only a hint because the signaling server going
+        away (a restart) says the same while the peer-to-peer channel is healthy.
+        """
+        if self.closed:
+            return
+        hinted = time.monotonic()
+
+        async def check() -> None:
+            await asyncio.sleep(grace)
+            if not self.closed and self._last_seen < hinted:
+                self._shutdown(f"the peer left the room and sent nothing for {grace:.0f} s")
+
+        self._suspect_task = asyncio.get_running_loop().create_task(check())
 
     async def wait_closed(self, timeout: float | None = None) -> str:
         """Wait until the channel closes; returns ``close_reason``."""
@@ -296,7 +316,7 @@ class PeerChannel:
             return
         try:
             msg = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: hostile "[[[[..." nesting
             log.warning("ignoring a non-JSON text frame from %s", self.remote_peer_id)
             return
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):

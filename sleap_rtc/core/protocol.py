@@ -171,7 +171,7 @@ def parse_frame(text: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> dict[
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"Frame larger than {max_bytes} bytes.")
     try:
         frame = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nesting
         raise ProtocolError(ErrorCode.INVALID_JSON, f"Frame is not valid JSON: {exc.__class__.__name__}.") from None
     return validate_frame(frame)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.phases import JobPhases, Phase
-from sleap_rtc.core.protocol import ChannelType, Role
+from sleap_rtc.core.protocol import ChannelType, MessageType, Role
 from sleap_rtc.core.room import RoomView, WorkerInfo, worker_filters
 from sleap_rtc.core.selection import (
     BUSY_ERRORS,
@@ -510,7 +510,11 @@ class RemoteJob:
             )
             if self._stop_early:
                 self.session.stop_requested = True
-            return await self.session.run()
+            remove = signaling.add_listener(_watch_departure(worker.peer_id, channel))
+            try:
+                return await self.session.run()
+            finally:
+                remove()
         finally:
             if channel is not None:
                 with contextlib.suppress(Exception):
@@ -583,6 +587,19 @@ class RemoteJob:
             except GONE_ERRORS:
                 notice = f"{worker.name} did not answer (it may have left); choose another worker."
             self._decide(notice)
+
+
+def _watch_departure(peer_id: str, channel: Any) -> Callable[[dict[str, Any]], None]:
+    """A signaling listener that tells the channel when its worker leaves the room, so a
+    killed worker is noticed in seconds rather than after the heartbeat's dead-after."""
+
+    def on_frame(frame: dict[str, Any]) -> None:
+        if frame.get("type") == MessageType.PEER_LEFT and frame.get("peer_id") == peer_id:
+            suspect = getattr(channel, "suspect", None)
+            if suspect is not None:
+                suspect()
+
+    return on_frame
 
 
 class _Excluding:

@@ -113,7 +113,7 @@ class SignalingClient:
         events: bool = True,
         reconnect: bool = True,
         request_timeout: float = 10.0,
-        max_backoff: float = 5.0,
+        max_backoff: float = 4.0,
         ssl: Any = None,
     ):
         self.url = url
@@ -369,7 +369,9 @@ class SignalingClient:
         self._set_state(ConnectionState.RECONNECTING)
         delay = 0.25
         while not self._closing:
-            await asyncio.sleep(delay * (0.5 + random.random()))
+            # Jitter, but never above max_backoff: a peer is back within max_backoff (+ the
+            # registration round trip) of the server's return, however long it was down.
+            await asyncio.sleep(min(delay * (0.5 + random.random()), self.max_backoff))
             if self._closing:
                 return
             try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -83,6 +84,17 @@ def find_sleap_nn() -> list[str] | None:
         return [found]
     local = Path(sys.executable).with_name("sleap-nn")
     return [str(local)] if local.exists() else None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the worker dies (Linux), so a worker that is
+    killed outright never leaves sleap-nn training on (its own session escapes killpg)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # best effort: cancel() still kills the group on an orderly stop
 
 
 def zip_folder(folder: Path, dest: Path) -> Path:
@@ -256,6 +268,7 @@ class JobExecutor:
                 *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own process group: cancel kills its children too
+                preexec_fn=_die_with_parent,
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise _JobFailed(f"Cannot start {argv[0]!r} ({exc.strerror}). {INSTALL_HINT}") from None

@@ -78,6 +78,40 @@ async def test_frozen_peer_is_declared_dead_within_15s(signaling_server, room, t
         await csig.close()
 
 
+async def test_suspect_keeps_a_live_peer(signaling_server, room, tmp_path):
+    """A "peer left the room" hint must not kill a healthy channel (e.g. a server restart)."""
+    async with pair(signaling_server.url, room, tmp_path) as (cch, wch):
+        cch.suspect(4.5)  # heartbeats arrive every 2 s
+        await asyncio.sleep(5.5)
+        assert not cch.closed
+        await cch.send({"type": "ping_test"})
+        assert (await wch.receive(timeout=5))["type"] == "ping_test"
+
+
+async def test_suspect_declares_a_frozen_peer_dead_quickly(signaling_server, room, tmp_path):
+    """With the hint, a peer that went silent is dropped after the grace, not after dead_after."""
+    from _peers import registered
+
+    csig = await registered(signaling_server.url, room, "client")
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "_peer_proc.py"), signaling_server.url, *room, str(tmp_path / "w"), str(tmp_path / "wc")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        ch = await connect(csig, line.split()[1], timeout=15, receive_dir=tmp_path / "r", cache_dir=tmp_path / "c")
+        os.kill(proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        ch.suspect(3.0)
+        await asyncio.wait_for(ch.wait_closed(), 15)
+        assert "left the room" in ch.close_reason
+        assert time.monotonic() - t0 < ch.dead_after  # sooner than the heartbeat alone
+    finally:
+        proc.kill()
+        proc.wait(5)
+        await csig.close()
+
+
 def test_job_builders_validate():
     msg = jobs_wire.job_submit("j1", {"sha256": "a" * 64, "name": "pkg.zip"}, {"epochs": 3})
     assert jobs_wire.validate_job_message(msg) is msg

@@ -136,3 +136,39 @@ async def test_emit_failures_do_not_break_the_job(tmp_path, tiny_package):
 
     outcome = await asyncio.wait_for(JobExecutor("j", command=FAKE).run(tiny_package, tmp_path / "job", broken), 30)
     assert outcome.status == COMPLETED
+
+
+def test_training_process_dies_with_a_killed_worker(tmp_path):
+    """sleap-nn runs in its own session (so cancel can kill its group); if the worker itself
+    is SIGKILLed, the kernel must still take the training process down with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    pid_file = tmp_path / "child.pid"
+    parent_code = (
+        "import subprocess, sys, time\n"
+        "from sleap_rtc.worker.executor import _die_with_parent\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " start_new_session=True, preexec_fn=_die_with_parent)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code])
+    try:
+        deadline = time.monotonic() + 20
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert time.monotonic() < deadline, "the stand-in worker did not start its child"
+            time.sleep(0.05)
+        child = psutil.Process(int(pid_file.read_text()))
+        assert child.is_running()
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        gone, alive = psutil.wait_procs([child], timeout=10)
+        assert child in gone and not alive, "the training process outlived its killed worker"
+    finally:
+        parent.kill()
