@@ -16,7 +16,6 @@ if [ ! -f "$env/.complete" ]; then
   echo "[env] creating $env (first run only: sleap, sleap-nn and CPU torch, a few minutes)" >&2
   rm -rf "$env"
   "$py" -m venv "$env"
-  "$env/bin/python" -m pip install -q --upgrade pip >&2
   "$env/bin/python" -m pip install -q -r "$here/requirements/test.txt" >&2
   touch "$env/.complete"
 fi

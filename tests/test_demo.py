@@ -124,6 +124,8 @@ def test_headless_demo_trains_predicts_summarises_and_leaves_nothing(tmp_path):
 
         labels = sleap_io.load_slp(str(out / "predictions.slp"))
         assert labels.skeletons[0].node_names == ["head", "tail"]
+        # The demo trains long enough (DEMO_EPOCHS) for the model to find the animal.
+        assert sum(len(lf.instances) for lf in labels.labeled_frames) > 0, summary
         # The demo really started servers, workers, clients and sleap-nn ... and stopped them all.
         names = " ".join(demo.cmdlines.values())
         assert all(word in names for word in ("server", "worker", "client-train", "client-track", "sleap-nn")), names
