@@ -225,13 +225,15 @@ async def main(opts) -> None:
     rows = {}
     t_all = time.perf_counter()
     try:
-        for mode in opts.modes.split(","):
-            runs = []
-            for i in range(opts.repeats):
+        # Interleaved (a b c d, a b c d, ...): a slow spell of this shared machine then
+        # hits every mode alike instead of one mode's whole series.
+        modes = opts.modes.split(",")
+        rows = {mode: [] for mode in modes}
+        for i in range(opts.repeats):
+            for mode in modes:
                 s, r = await one_run(mode, server.url, room, src, size, None)
-                runs.append((size / s["seconds"] / 1e6, s, r))
-                print(f"  {mode} run {i + 1}: {runs[-1][0]:.1f} MB/s", flush=True)
-            rows[mode] = runs
+                rows[mode].append((size / s["seconds"] / 1e6, s, r))
+                print(f"  {mode} run {i + 1}: {rows[mode][-1][0]:.1f} MB/s", flush=True)
         profile = None
         if opts.profile:
             profile = tmp / "ours.prof"
