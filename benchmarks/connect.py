@@ -120,7 +120,7 @@ def report(results: dict[str, list[float]], rounds: int) -> str:
          "discover_peers round trip, same connection", "rtt"),
     ]
     lines = [
-        "## Connect and status propagation",
+        "# Connect and status propagation",
         "",
         f"Command: `python benchmarks/connect.py --rounds {rounds} --write` "
         f"({os.cpu_count()} cores, Python {platform.python_version()}; server, worker and client in one process on loopback).",

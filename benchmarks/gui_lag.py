@@ -173,7 +173,7 @@ Upload: {result['seconds']:.1f} s ({result['mb_s']:.1f} MB/s). Target: p99 < {TA
 
 Command: `QT_QPA_PLATFORM=offscreen python benchmarks/gui_lag.py --size-mib {args.size_mib} --baseline-s {args.baseline_s:g} --write`
 
-Machine: {machine()} (shared with other work while measured: numbers are noisy).
+Machine: {machine()}, load average {os.getloadavg()[0]:.2f} at the end.
 """
 
 

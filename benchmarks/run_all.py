@@ -22,12 +22,14 @@ SECTIONS = ROOT / "docs" / "bench"
 OUT = ROOT / "docs" / "benchmarks.md"
 
 # name -> extra arguments; order = order in the report
-BENCHMARKS: dict[str, list[str]] = {
+BENCHMARKS: dict[str, list[str] | None] = {
     "signaling": [],
     "transfer": [],
+    "transfer_notes": None,  # hand-written analysis, kept next to the transfer figures
     "connect": [],
     "gui_lag": [],
 }
+SECTION_FILES = {"gui_lag": "gui"}  # script name -> section file name, where they differ
 
 
 def run(name: str, extra: list[str]) -> bool:
@@ -55,11 +57,14 @@ def join() -> None:
         f"Last full run: {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, {platform.machine()}.\n",
     ]
-    order = list(BENCHMARKS) + sorted(p.stem for p in SECTIONS.glob("*.md") if p.stem not in BENCHMARKS)
+    known = [SECTION_FILES.get(name, name) for name in BENCHMARKS]
+    order = known + sorted(p.stem for p in SECTIONS.glob("*.md") if p.stem not in known)
     for name in order:
         path = SECTIONS / f"{name}.md"
         if path.exists():
-            parts.append(path.read_text().strip() + "\n")
+            # Each section is written as a page of its own: nest its headings one level down.
+            text = "\n".join("#" + line if line.startswith("#") else line for line in path.read_text().strip().splitlines())
+            parts.append(text + "\n")
     OUT.write_text("\n".join(parts))
     print(f"[bench] wrote {OUT.relative_to(ROOT)}")
 
@@ -73,7 +78,7 @@ def main() -> int:
     ok = True
     if not args.join_only:
         for name, extra in BENCHMARKS.items():
-            if args.only and name not in args.only:
+            if extra is None or (args.only and name not in args.only):
                 continue
             ok = run(name, extra) and ok
     join()
