@@ -167,7 +167,10 @@ def parse_frame(text: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> dict[
 
     Returns the frame as a dict; raises ``ProtocolError`` with the code to answer with.
     """
-    if len(text) > max_bytes:
+    # len() of a str counts characters; a character is up to 4 bytes in UTF-8, so encode
+    # only when the character count alone cannot settle it.
+    size = len(text) if isinstance(text, bytes) or len(text) * 4 <= max_bytes else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"Frame larger than {max_bytes} bytes.")
     try:
         frame = json.loads(text)

@@ -54,3 +54,15 @@ def test_chunks_round_trip():
     assert (tid, offset, bytes(payload)) == (7, 2**40, b"abc")
     with pytest.raises(ProtocolError):
         unpack_chunk(b"\x00" * (CHUNK_HEADER.size - 1))
+
+
+def test_frame_size_counts_bytes_not_characters():
+    """A frame of multi-byte characters is measured in UTF-8 bytes, like the limit says."""
+    from sleap_rtc.core.protocol import ErrorCode, ProtocolError, parse_frame
+
+    text = '{"type":"ping","pad":"' + "é" * 600 + '"}'  # ~630 characters, ~1,230 bytes
+    assert len(text) < 1000 < len(text.encode())
+    with pytest.raises(ProtocolError) as info:
+        parse_frame(text, max_bytes=1000)
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+    assert parse_frame(text, max_bytes=2000)["type"] == "ping"
