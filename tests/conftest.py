@@ -7,6 +7,14 @@ import pytest
 from sleap_rtc.server.app import RunningServer, start_server
 
 
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path_factory, monkeypatch):
+    """No test reads the developer's own sleap-rtc.toml or SLEAP_RTC_* settings."""
+    monkeypatch.setenv("SLEAP_RTC_CONFIG", str(tmp_path_factory.getbasetemp() / "no-such-config.toml"))
+    for name in ("SLEAP_RTC_SERVER", "SLEAP_RTC_DISABLE_ROOMS"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 async def signaling_server() -> RunningServer:
     """A fresh signaling server on 127.0.0.1 (random port, temporary state), stopped after."""

@@ -11,8 +11,8 @@ the room), ``WorkerBusyError`` (relayed ``worker_busy``; pick another worker),
 ``AnswerTimeoutError``, ``ConnectionFailedError`` (ICE/DTLS/SCTP never came up),
 ``LoopbackOnlyError``, ``ChannelVersionError``, ``PeerClosedError``.
 
-ICE policy: servers from the argument, else ``signaling.registration.ice_servers``,
-else none (loopback and LAN need none). aioice waits a fixed 5 s for an unreachable
+ICE policy: servers from the argument, else the config file's ``ice_servers`` plus
+``signaling.registration.ice_servers``, else none (loopback and LAN need none). aioice waits a fixed 5 s for an unreachable
 STUN/TURN server while gathering, so before gathering every server is probed with one STUN
 binding request (``probe_ice_servers``, all in parallel, capped at ``PROBE_TIMEOUT``);
 servers that do not answer are left out for that connection. Worst case this adds
@@ -41,6 +41,7 @@ import ifaddr
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from sleap_rtc.core.channel import PeerChannel
+from sleap_rtc.core.config import ConfigError, ice_servers_from_config
 from sleap_rtc.core.protocol import CHANNEL_VERSION, WORKER_BUSY, ErrorCode, MessageType
 from sleap_rtc.core.transport_errors import (
     AnswerTimeoutError,
@@ -89,11 +90,18 @@ def check_not_loopback_only() -> None:
 
 
 def resolve_ice_servers(ice_servers: list[dict[str, Any]] | None, signaling: Any) -> list[dict[str, Any]]:
-    """The ICE servers to use: the argument, else the server's ``registered_auth``, else none."""
+    """The ICE servers to use: the argument, else this machine's config file (``ice_servers``)
+    plus those the signaling server sent in ``registered_auth``; none by default."""
     if ice_servers is not None:
         return list(ice_servers)
+    try:
+        local = ice_servers_from_config()
+    except ConfigError as exc:
+        log.warning("ignoring ice_servers from the config file: %s", exc)
+        local = []
     reg = getattr(signaling, "registration", None)
-    return list(getattr(reg, "ice_servers", None) or [])
+    sent = [s for s in getattr(reg, "ice_servers", None) or [] if s not in local]
+    return local + sent
 
 
 def _server_urls(server: dict[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from sleap_rtc.core.config import resolve_server, user_data_dir
+from sleap_rtc.core.config import ConfigError, load_config, resolve_server, user_data_dir
 from sleap_rtc.core.signaling import SignalingError
 
 
@@ -38,7 +38,7 @@ def worker_command(server: str | None, room_id: str | None, token: str | None, n
     except CapabilityError as exc:
         raise click.UsageError(str(exc)) from None
     config = WorkerConfig(
-        server_url=resolve_server(server), work_dir=work_dir or (user_data_dir() / "worker"),
+        server_url=resolve_server(server), work_dir=work_dir or _configured_work_dir(),
         room_id=room_id, token=token, name=name,
     )
     if lease_timeout is not None:
@@ -51,6 +51,15 @@ def worker_command(server: str | None, room_id: str | None, token: str | None, n
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+def _configured_work_dir() -> Path:
+    """``work_dir`` from the config file, else ``<user data dir>/worker``."""
+    try:
+        configured = load_config().get("work_dir")
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    return Path(configured).expanduser() if configured else user_data_dir() / "worker"
 
 
 async def _serve(worker) -> None:

@@ -169,3 +169,20 @@ def test_ice_servers_resolution_order():
     assert transport.resolve_ice_servers([{"urls": "stun:arg"}], Sig()) == [{"urls": "stun:arg"}]
     assert transport.resolve_ice_servers(None, Sig()) == [{"urls": "stun:server-given"}]
     assert transport.resolve_ice_servers(None, object()) == []
+
+
+def test_ice_servers_from_the_config_file_come_first(tmp_path, monkeypatch):
+    class Reg:
+        ice_servers = [{"urls": "stun:server-given"}, {"urls": "turn:both", "username": "u", "credential": "c"}]
+
+    class Sig:
+        registration = Reg()
+
+    cfg = tmp_path / "sleap-rtc.toml"
+    cfg.write_text('ice_servers = [{ urls = "turn:both", username = "u", credential = "c" }, { urls = "stun:local" }]\n')
+    monkeypatch.setenv("SLEAP_RTC_CONFIG", str(cfg))
+    assert transport.resolve_ice_servers(None, Sig()) == [
+        {"urls": "turn:both", "username": "u", "credential": "c"},
+        {"urls": "stun:local"},
+        {"urls": "stun:server-given"},
+    ]
