@@ -8,7 +8,7 @@ import click
 
 
 @click.command("gui")
-@click.option("--server", default=None, help="Signaling server URL (default: config, SLEAP_RTC_SERVER, ws://127.0.0.1:8765).")
+@click.option("--server", default=None, help="Signaling server URL (default: SLEAP_RTC_SERVER, config file, ws://127.0.0.1:8765).")
 @click.option("--room-id", default=None, help="Room to join at start (with --token).")
 @click.option("--token", default=None, help="The room's token.")
 @click.option("--standalone", is_flag=True, help="Open the standalone window even when SLEAP is installed.")
