@@ -1,9 +1,10 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # The heavy environment lives outside the checkout (~/.cache/sleap-rtc/env-<hash>).
 SHELL := /bin/bash
-ENV_PY = $(shell scripts/ensure-env.sh)
-export QT_QPA_PLATFORM ?= offscreen
 export SLEAP_SKIP_QT_FIX = 1
+# The cached environment is shared by every checkout on this machine: this checkout's code
+# comes first on the path, for the tests and for every process they start.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 HEADLESS ?=
 PYTEST_ARGS ?=
 
@@ -14,6 +15,9 @@ env:
 
 demo:
 	@py=$$(scripts/ensure-env.sh) && $$py -m sleap_rtc demo $(if $(HEADLESS),--headless,)
+
+# Tests and screenshots draw offscreen; `make demo` opens a real window where there is a screen.
+test test-faults bench screenshots: export QT_QPA_PLATFORM ?= offscreen
 
 test:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults" $(PYTEST_ARGS)

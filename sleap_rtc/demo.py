@@ -35,6 +35,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _has_screen() -> bool:
+    """Whether a GUI can be shown: a display server, or Qt told to draw elsewhere (offscreen)."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
+                or sys.platform in ("darwin", "win32"))
+
+
 def _say(text: str) -> None:
     click.secho(text, fg="cyan", bold=True)
 
@@ -143,6 +149,10 @@ def demo_command(headless: bool, workers: int, output: Path, timeout: float, qui
             _say(f"Starting local worker demo-worker-{i} ...")
             room.start_worker(f"demo-worker-{i}")
         _say(f"\nRoom ready on {room.url}\n  Room ID: {room.room_id}\n  Token:   {room.token}")
+        if not headless and not _has_screen():
+            click.secho("No screen here (no DISPLAY or WAYLAND_DISPLAY): running the terminal flow "
+                        "instead. On a desktop, `make demo` opens SLEAP joined to this room.", fg="yellow")
+            headless = True
         if headless:
             run_headless(room, output, timeout, epochs)
         else:

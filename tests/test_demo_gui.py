@@ -43,3 +43,15 @@ def test_demo_opens_gui_with_two_workers_and_cleans_up(tmp_path):
     assert shot.is_file() and shot.stat().st_size > 10_000
     # The demo's workers ran with --work-dir under TMPDIR=tmp_path: none may survive.
     assert not _children_of_demo(str(tmp_path)), "a server or worker outlived the demo"
+
+
+def test_demo_falls_back_to_the_terminal_flow_without_a_screen(monkeypatch):
+    """`make demo` on a machine with no display runs the headless flow instead of hanging
+    on an invisible window."""
+    from sleap_rtc import demo
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    assert demo._has_screen() is (sys.platform in ("darwin", "win32"))
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert demo._has_screen()
