@@ -35,9 +35,11 @@ class LazyGroup(click.Group):
     """A group that imports a subcommand's module on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """The subcommand names, known without importing any of them."""
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """Import and return the subcommand ``name`` (aliases resolved), or None."""
         name = ALIASES.get(name, name)
         target = COMMANDS.get(name)
         if target is None:
@@ -46,6 +48,7 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The ``--help`` command list, from ``SHORT_HELP``."""
         # Listing must not import every runtime (Qt, torch): use the static summaries.
         with formatter.section("Commands"):
             formatter.write_dl([(name, SHORT_HELP[name]) for name in self.list_commands(ctx)])

@@ -115,40 +115,36 @@ class ChildProcess:
         """
         stragglers = self.descendants()
         self.signal_group(signal.SIGKILL)
-        for pid in stragglers:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
+        _sigkill_each(stragglers)
+        self._reap(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM the process group, then SIGKILL it if it is still there after ``timeout``."""
         stragglers = self.descendants()
         if self.alive:
             self.signal_group(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
+            self._reap(timeout)
         # Always sweep the group: a child of the child (sleap-nn) may outlive its parent.
         self.signal_group(signal.SIGKILL)
-        for pid in stragglers:  # e.g. sleap-nn in its own group, if the worker did not stop it
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        _sigkill_each(stragglers)  # e.g. sleap-nn in its own group, if the worker did not stop it
+        self._reap(timeout)
+
+    def _reap(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the child to exit (it may not: the caller goes on)."""
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
+
+
+def _sigkill_each(pids: list[int]) -> None:
+    """SIGKILL each pid and the process group it may lead; gone ones are skipped."""
+    for pid in pids:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 class LocalRoom:

@@ -19,6 +19,13 @@ reconnect resumes at the offset it has). Partial bytes never live in the destina
 directory: a file appears there only once verified. A cancel removes the partial file;
 a lost connection keeps it for resume.
 
+Nothing here prunes the cache by itself: its owner calls ``prune_transfer_cache`` (the
+worker does after each job). Policy: partial files untouched for ``PARTIAL_MAX_AGE`` (a
+day) are abandoned transfers and go; completed files are kept least-recently-used first
+under ``CACHE_MAX_BYTES``, and none used in the last ``IN_USE_GRACE`` seconds is removed
+(it may be the file a transfer is handing over right now). "Used" is the file's mtime:
+written when the file arrived, touched when an offer is answered from the cache.
+
 Transfer ids are unique per channel across both directions: the offering side (client)
 uses odd ids, the answering side (worker) even ones, so ``file_cancel`` is unambiguous.
 
@@ -37,6 +44,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +73,13 @@ DONE_TIMEOUT = 120.0
 """Seconds to wait for ``file_done`` after ``file_end`` (the receiver copies into its cache)."""
 STALL_TIMEOUT = 30.0
 """Seconds the send buffer may stay full before the transfer is declared stalled."""
+
+CACHE_MAX_BYTES = 4 * 1024**3
+"""Default cap on the completed files of a transfer cache (``prune_transfer_cache``)."""
+PARTIAL_MAX_AGE = 24 * 3600.0
+"""Seconds after which an untouched partial file counts as abandoned and is removed."""
+IN_USE_GRACE = 600.0
+"""Completed files used within this many seconds are never pruned, whatever the cap."""
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _BAD_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
@@ -139,12 +154,21 @@ class Link(Protocol):
 
     chunk_filter: Callable[[int, bytes], bytes] | None
 
-    def send_control(self, msg: dict[str, Any]) -> None: ...
-    def send_binary(self, data: bytes) -> None: ...
+    def send_control(self, msg: dict[str, Any]) -> None:
+        """Send one JSON control message now; ``PeerClosedError`` once closed."""
+
+    def send_binary(self, data: bytes) -> None:
+        """Send one binary file frame now; ``PeerClosedError`` once closed."""
+
     @property
-    def buffered_amount(self) -> int: ...
-    async def drain(self, timeout: float) -> None: ...
-    async def guard(self, aw: Any, timeout: float | None) -> Any: ...
+    def buffered_amount(self) -> int:
+        """Bytes queued in the channel and not yet sent (for flow control)."""
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until the send buffer drains below ``LOW_WATER``; ``PeerClosedError`` on timeout."""
+
+    async def guard(self, aw: Any, timeout: float | None) -> Any:
+        """Await ``aw`` unless the channel closes first or ``timeout`` passes."""
 
 
 @dataclass
@@ -391,6 +415,7 @@ class FileTransfers:
             cached = self._cached_path(sha)
             if cached.is_file() and cached.stat().st_size == size:
                 st.cached, st.pos, st.start = True, size, size
+                os.utime(cached)  # a use: the LRU pruning goes by mtime
             else:
                 part = self.cache_dir / "partial" / f"{sha}.part"
                 part.parent.mkdir(parents=True, exist_ok=True)
@@ -452,3 +477,55 @@ class FileTransfers:
         finally:
             tmp.unlink(missing_ok=True)
         return dest
+
+
+def prune_transfer_cache(
+    cache_dir: str | os.PathLike,
+    *,
+    max_bytes: int = CACHE_MAX_BYTES,
+    partial_max_age: float = PARTIAL_MAX_AGE,
+    grace: float = IN_USE_GRACE,
+    now: float | None = None,
+) -> list[Path]:
+    """Apply the cache policy (module docstring) to ``cache_dir``; returns the removed files.
+
+    Partial files older than ``partial_max_age`` go; completed files go least recently
+    used first until the rest fit in ``max_bytes``, except those used within ``grace``
+    seconds. Only ``files/`` and ``partial/`` of ``cache_dir`` are looked at, and a file
+    that cannot be removed (or vanished meanwhile) is skipped: pruning never fails a job.
+    """
+    now = time.time() if now is None else now
+    root = Path(cache_dir)
+    removed: list[Path] = []
+
+    def entries(sub: str) -> list[tuple[Path, os.stat_result]]:
+        try:
+            paths = list((root / sub).iterdir())
+        except OSError:
+            return []
+        out = []
+        for path in paths:
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                if path.is_file() and not path.is_symlink():
+                    out.append((path, st))
+        return out
+
+    def remove(path: Path) -> None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+
+    for path, st in entries("partial"):
+        if now - st.st_mtime > partial_max_age:
+            remove(path)
+    kept, full = 0, False
+    for path, st in sorted(entries("files"), key=lambda e: e[1].st_mtime, reverse=True):
+        full = full or kept + st.st_size > max_bytes  # from here on, everything older goes
+        if not full or now - st.st_mtime < grace:
+            kept += st.st_size
+        else:
+            remove(path)
+    if removed:
+        log.info("pruned %d file(s) from the transfer cache %s", len(removed), root)
+    return removed

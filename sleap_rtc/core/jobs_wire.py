@@ -28,7 +28,9 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 def validate_job_message(msg: Any) -> dict[str, Any]:
     """Check a received job message; raises ``ProtocolError`` naming the bad field."""
-    if not isinstance(msg, dict) or msg.get("type") not in _FIELDS:
+    # The str check first: an unhashable 'type' (a list from a hostile peer) must not
+    # turn the dict lookup into a TypeError.
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str) or msg["type"] not in _FIELDS:
         raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"Not a job message: {str(msg.get('type') if isinstance(msg, dict) else msg)[:64]!r}.")
     for name, types in _FIELDS[msg["type"]].items():
         value = msg.get(name)
@@ -42,6 +44,7 @@ def validate_job_message(msg: Any) -> dict[str, Any]:
 
 
 def _msg(msg_type: ChannelType, /, **fields: Any) -> dict[str, Any]:
+    # Builders validate too: a message we could not accept ourselves is never sent.
     return validate_job_message({"type": msg_type.value, **fields})
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sleap_rtc.core import jobs_wire
+from sleap_rtc.core.files import sanitize_name
 from sleap_rtc.core.phases import JobPhases, Phase
 from sleap_rtc.core.protocol import ChannelType, MessageType, Role
 from sleap_rtc.core.room import RoomView, WorkerInfo, worker_filters
@@ -306,7 +307,13 @@ class JobSession:
         received = await self.channel.receive_file(timeout=self.result_timeout)
         if received.sha256 != msg.get("sha256"):
             raise self._fail(JobFailedError(f"Result {name} did not match what the worker announced."))
-        path = _place_result(Path(received.path), self.output_dir, str(msg.get("kind", "")), name, self.models_subdir)
+        try:
+            path = _place_result(Path(received.path), self.output_dir, str(msg.get("kind", "")), name, self.models_subdir)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, OSError) as exc:
+            # The zip comes from another machine: a broken one is the job's failure, not a crash.
+            raise self._fail(JobFailedError(
+                f"Result {name} could not be unpacked into {self.output_dir} ({exc.__class__.__name__}: {exc})."
+            )) from None
         if path.suffix == ".slp":
             summary.predictions = path
         elif path.is_dir():
@@ -322,7 +329,7 @@ def _place_result(received: Path, output_dir: Path, kind: str, name: str, models
     model lands in ``<run>/best.ckpt``, not ``<run>/<run>/best.ckpt``). Entries that would
     land outside the target are skipped (the zip comes from another machine).
     """
-    safe = Path(name).name or received.name
+    safe = sanitize_name(name, fallback=received.name)  # never "..", never a path
     if safe.endswith(".zip") and kind in ("model", "models", "trained_model"):
         run = safe[: -len(".zip")]
         target = output_dir / models_subdir / run if models_subdir else output_dir / run

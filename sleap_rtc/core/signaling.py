@@ -161,6 +161,9 @@ class SignalingClient:
             reg = await self._open_and_register()
         except BaseException:
             await self._drop_socket()
+            if self._http is not None:  # nothing else will close it: connect() failed
+                await self._http.close()
+                self._http = None
             self._set_state(ConnectionState.CLOSED)
             raise
         return reg
@@ -276,10 +279,20 @@ class SignalingClient:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         try:
-            self._ws = await self._http.ws_connect(
-                self.url, heartbeat=20.0, max_msg_size=16 * 1024 * 1024, timeout=aiohttp.ClientWSTimeout(ws_close=5.0), ssl=self.ssl if self.ssl is not None else True
+            # Bounded: the session's default handshake timeout is 5 minutes, so a server
+            # that accepts TCP but never answers would stall connect() and every reconnect.
+            self._ws = await asyncio.wait_for(
+                self._http.ws_connect(
+                    self.url, heartbeat=20.0, max_msg_size=16 * 1024 * 1024, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    ssl=self.ssl if self.ssl is not None else True,
+                ),
+                self.request_timeout,
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except asyncio.TimeoutError:
+            raise SignalingError(
+                f"Cannot reach the signaling server at {self.url}: no answer within {self.request_timeout:g} s."
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
             raise SignalingError(f"Cannot reach the signaling server at {self.url}: {exc or exc.__class__.__name__}") from None
         self._reader = asyncio.create_task(self._read_loop(self._ws), name=f"signaling-reader-{self.peer_id}")
         frame = {

@@ -10,7 +10,8 @@ Life of a connection:
 3. the client sends the package (``send_file``) and ``job_submit``; the worker answers
    ``job_accepted``, becomes busy, runs ``JobExecutor`` (logs and training events
    streamed), sends each result (``job_result`` + ``send_file``) and ``job_complete`` (or
-   ``job_failed``), and is available again;
+   ``job_failed``), and is available again; old job directories (``jobdirs``) and the
+   transfer cache (``core.files.prune_transfer_cache``) are pruned after each job;
 4. a client that vanishes (channel closed, or ``peer_left``) cancels its job and releases
    the worker.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import re
 import shutil
@@ -34,6 +34,7 @@ from typing import Any
 
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.credentials import encode_session_string
+from sleap_rtc.core.files import CACHE_MAX_BYTES, prune_transfer_cache, sha256_file
 from sleap_rtc.core.protocol import ChannelType, MessageType, ProtocolError, Prop, Role, busy_error_frame
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient, SignalingError, create_room, new_peer_id
 from sleap_rtc.core.status import DEFAULT_LEASE_TIMEOUT, Reservation, StatusGuard
@@ -60,6 +61,7 @@ class WorkerConfig:
     submit_timeout: float = 300.0  # channel open -> package + job_submit
     linger_timeout: float = 10.0  # after the results: wait this long for the client to hang up
     keep_job_dirs: int = DEFAULT_KEEP
+    cache_max_bytes: int = CACHE_MAX_BYTES  # transfer cache cap, applied after each job
     ice_servers: list[dict[str, Any]] | None = None
     executor_factory: Callable[[str], JobExecutor] | None = None
 
@@ -79,14 +81,6 @@ def format_banner(room_id: str, token: str, peer_id: str) -> str:
         f"[INFO]   Room ID: {room_id}\n"
         f"[INFO]   Token: {token}"
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 async def _receive_unless(channel: Any, gone: asyncio.Future, timeout: float | None) -> dict[str, Any] | None:
@@ -125,6 +119,11 @@ class Worker:
         self._closed = asyncio.Event()
         self._publisher: asyncio.Task | None = None
         self.guard.add_listener(lambda change: self._dirty.set())
+
+    @property
+    def cache_dir(self) -> Path:
+        """The content-addressed transfer cache (``core.files``), pruned after each job."""
+        return self.work_dir / "transfer-cache"
 
     @property
     def peer_id(self) -> str:
@@ -248,7 +247,7 @@ class Worker:
         try:
             channel = await transport.accept(
                 self.signaling, offer, ice_servers=self.config.ice_servers, timeout=self.config.lease_timeout,
-                receive_dir=incoming, cache_dir=self.work_dir / "transfer-cache",
+                receive_dir=incoming, cache_dir=self.cache_dir,
             )
             if not self.guard.confirm(reservation):
                 reason = "lease expired before the channel opened"
@@ -306,6 +305,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await collector
             prune_job_dirs(self.work_dir, self.config.keep_job_dirs)
+            # The client's package stays cached (a re-run uploads nothing) until the cap.
+            await asyncio.to_thread(prune_transfer_cache, self.cache_dir, max_bytes=self.config.cache_max_bytes)
 
     async def _collect_files(self, channel: Any, files: dict[str, Any]) -> None:
         while True:
@@ -398,7 +399,8 @@ class Worker:
         entries = []
         for path in outcome.results:
             kind = "predictions" if path.suffix == ".slp" else "model"
-            sha = await asyncio.to_thread(_sha256, path)
+            _size, hasher = await asyncio.to_thread(sha256_file, path)
+            sha = hasher.hexdigest()
             entry = {"kind": kind, "name": path.name, "sha256": sha, "size": path.stat().st_size}
             await channel.send(jobs_wire.job_result(job_id, **entry))
             await channel.send_file(path, name=path.name)

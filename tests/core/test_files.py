@@ -229,3 +229,66 @@ async def test_256mib_round_trip(signaling_server, room, tmp_path):
 )
 def test_sanitize_name(raw, safe):
     assert sanitize_name(raw) == safe
+
+
+# ---------------------------------------------------------------------- cache pruning
+
+
+def _cache_file(root: Path, sub: str, name: str, size: int, age_s: float, now: float) -> Path:
+    path = root / sub / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    os.utime(path, (now - age_s, now - age_s))
+    return path
+
+
+def test_prune_transfer_cache_policy(tmp_path):
+    from sleap_rtc.core.files import prune_transfer_cache
+
+    now = time.time()
+    cache = tmp_path / "cache"
+    hour = 3600.0
+    # Completed files, most recently used first: 400 + 300 fit under 800, 200 would not.
+    newest = _cache_file(cache, "files", "a" * 64, 400, 1 * hour, now)
+    second = _cache_file(cache, "files", "b" * 64, 300, 2 * hour, now)
+    third = _cache_file(cache, "files", "c" * 64, 200, 3 * hour, now)
+    oldest = _cache_file(cache, "files", "d" * 64, 10, 4 * hour, now)  # small, but older: LRU goes
+    fresh_partial = _cache_file(cache, "partial", "e" * 64 + ".part", 50, 1 * hour, now)
+    stale_partial = _cache_file(cache, "partial", "f" * 64 + ".part", 50, 25 * hour, now)
+    outside = _cache_file(tmp_path, "cache", "not-mine.txt", 10_000, 100 * hour, now)
+
+    removed = prune_transfer_cache(cache, max_bytes=800, now=now)
+
+    assert sorted(removed) == sorted([third, oldest, stale_partial])
+    assert all(p.exists() for p in (newest, second, fresh_partial, outside))
+    assert prune_transfer_cache(cache, max_bytes=800, now=now) == [], "idempotent"
+
+
+def test_prune_never_removes_a_file_in_use(tmp_path):
+    from sleap_rtc.core.files import prune_transfer_cache
+
+    now = time.time()
+    cache = tmp_path / "cache"
+    busy = _cache_file(cache, "files", "a" * 64, 1000, 5.0, now)  # just arrived, above the cap alone
+    old = _cache_file(cache, "files", "b" * 64, 10, 7200.0, now)
+    assert prune_transfer_cache(cache, max_bytes=100, grace=600.0, now=now) == [old]
+    assert busy.exists()
+    assert prune_transfer_cache(cache, max_bytes=100, grace=600.0, now=now + 3600) == [busy]
+
+
+def test_prune_of_a_missing_cache_is_a_no_op(tmp_path):
+    from sleap_rtc.core.files import prune_transfer_cache
+
+    assert prune_transfer_cache(tmp_path / "nothing-here") == []
+
+
+async def test_a_cache_hit_counts_as_a_use(signaling_server, room, tmp_path):
+    path = make_file(tmp_path / "src" / "again.bin", 1000)
+    async with pair(signaling_server.url, room, tmp_path) as (client, worker):
+        await client.send_file(path)
+        await worker.receive_file(10)
+        cached = next((Path(worker.transfers.cache_dir) / "files").iterdir())
+        os.utime(cached, (1, 1))  # long unused
+        receipt = await client.send_file(path)
+        await worker.receive_file(10)
+        assert receipt.cached and time.time() - cached.stat().st_mtime < 60

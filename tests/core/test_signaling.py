@@ -88,6 +88,30 @@ async def test_unreachable_server_is_a_clear_error(clients):
         await client.connect()
 
 
+async def test_server_that_never_answers_the_handshake_times_out(clients):
+    # Accepts TCP, never speaks: without a bound, aiohttp's default would wait 5 minutes.
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader, writer):
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = SignalingClient(f"ws://127.0.0.1:{port}/ws", room_id="r", token="t", role="client", request_timeout=0.5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(SignalingError, match="no answer within 0.5 s"):
+            await asyncio.wait_for(client.connect(), 10)
+        assert loop.time() - started < 5
+        assert client.state == ConnectionState.CLOSED and client._http is None, "nothing left open"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_reconnects_after_server_restart_with_same_identity(tmp_path, clients):
     state = tmp_path / "state.sqlite3"
     server = await start_server(state_path=state)

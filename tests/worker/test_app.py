@@ -6,7 +6,9 @@ sleap-nn is replaced by the fast stand-in here (the real one runs in test_execut
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,6 +156,11 @@ async def run_job(url, room, worker, tmp_path, tag: str):
 
 async def test_one_worker_serves_two_clients_in_turn(signaling_server, room, tmp_path):
     worker = await start_worker(signaling_server.url, room, tmp_path)
+    # An abandoned partial transfer from two days ago: the first job's clean-up drops it.
+    stale = worker.cache_dir / "partial" / ("0" * 64 + ".part")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"abandoned")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
     try:
         for tag in ("a", "b"):
             summary, events = await run_job(signaling_server.url, room, worker, tmp_path, tag)
@@ -164,6 +171,12 @@ async def test_one_worker_serves_two_clients_in_turn(signaling_server, room, tmp
             await wait_status(c, worker.peer_id, "available")
             await c.close()
         assert worker.jobs_done == 2
+        for _ in range(100):  # the clean-up runs once the client hung up
+            if not stale.exists():
+                break
+            await asyncio.sleep(0.1)
+        assert not stale.exists(), "abandoned partial files are pruned after a job"
+        assert list((worker.cache_dir / "files").iterdir()), "the package stays cached (recently used)"
     finally:
         await worker.close()
 

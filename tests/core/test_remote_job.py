@@ -1,0 +1,77 @@
+"""Result files from the worker are hostile input: unit tests of how the client places them.
+
+The whole client flow runs against real workers in ``tests/client/test_remote_job_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from sleap_rtc.core.files import ReceivedFile
+from sleap_rtc.core.phases import JobPhases, Phase
+from sleap_rtc.core.remote_job import JobFailedError, JobSession, JobSummary, _place_result
+
+
+def make_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_model_zip_is_unpacked_without_repeating_its_run_folder(tmp_path):
+    z = make_zip(tmp_path / "in.zip", {"run1/best.ckpt": b"w", "run1/cfg/training_config.yaml": b"c"})
+    target = _place_result(z, tmp_path / "out", "model", "run1.zip")
+    assert target == tmp_path / "out" / "models" / "run1"
+    assert (target / "best.ckpt").read_bytes() == b"w" and (target / "cfg" / "training_config.yaml").is_file()
+    assert not z.exists()
+
+
+def test_zip_entries_escaping_the_target_are_skipped(tmp_path):
+    z = make_zip(tmp_path / "in.zip", {"../../evil.txt": b"x", "/abs.txt": b"x", "ok.txt": b"fine"})
+    target = _place_result(z, tmp_path / "out", "model", "run.zip")
+    assert (target / "ok.txt").read_bytes() == b"fine"
+    assert sorted(p.name for p in tmp_path.rglob("*.txt")) == ["ok.txt"]
+
+
+@pytest.mark.parametrize("name", ["..", "../x.slp", "/etc/passwd", "a\\..\\..\\b.slp", ""])
+def test_result_names_never_leave_the_output_dir(tmp_path, name):
+    received = tmp_path / "incoming" / "recv.bin"
+    received.parent.mkdir()
+    received.write_bytes(b"data")
+    out = tmp_path / "out"
+    out.mkdir()
+    target = _place_result(received, out, "predictions", name)
+    assert target.parent == out and target.is_file() and target.read_bytes() == b"data"
+
+
+class _FakeChannel:
+    """Just enough of a ``PeerChannel`` for ``JobSession._receive_result``."""
+
+    remote_peer_id = "worker-x"
+    closed = False
+
+    def __init__(self, received: ReceivedFile):
+        self._received = received
+
+    async def receive_file(self, timeout=None):
+        return self._received
+
+
+async def test_a_corrupt_model_zip_fails_the_job_with_a_clear_error(tmp_path):
+    bogus = tmp_path / "incoming" / "run.zip"
+    bogus.parent.mkdir()
+    bogus.write_bytes(b"this is not a zip file")
+    received = ReceivedFile(path=bogus, name="run.zip", size=bogus.stat().st_size, sha256="s" * 64)
+    phases = JobPhases()
+    for phase in (Phase.CONNECTING, Phase.UPLOADING, Phase.TRAINING):
+        phases.advance(phase)
+    session = JobSession(_FakeChannel(received), tmp_path / "pkg.zip", output_dir=tmp_path / "out", phases=phases)
+    summary = JobSummary(worker="w", peer_id="worker-x", duration_s=0.0)
+    msg = {"type": "job_result", "job_id": session.job_id, "kind": "model", "name": "run.zip", "sha256": "s" * 64}
+    with pytest.raises(JobFailedError, match="run.zip could not be unpacked.*BadZipFile"):
+        await session._receive_result(msg, summary)
+    assert phases.phase == Phase.FAILED
