@@ -9,8 +9,12 @@ from sleap_rtc.server.app import RunningServer, start_server
 
 @pytest.fixture(autouse=True)
 def isolated_config(tmp_path_factory, monkeypatch):
-    """No test reads the developer's own sleap-rtc.toml or SLEAP_RTC_* settings."""
-    monkeypatch.setenv("SLEAP_RTC_CONFIG", str(tmp_path_factory.getbasetemp() / "no-such-config.toml"))
+    """No test reads the developer's own sleap-rtc.toml or SLEAP_RTC_* settings, or writes
+    into their data dir (transfer cache, server state, worker jobs)."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("SLEAP_RTC_CONFIG", str(base / "no-such-config.toml"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(base / "xdg-data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "xdg-config"))
     for name in ("SLEAP_RTC_SERVER", "SLEAP_RTC_DISABLE_ROOMS"):
         monkeypatch.delenv(name, raising=False)
 

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from sleap_rtc.core import jobs_wire
+from sleap_rtc.core.channel import default_cache_dir
+from sleap_rtc.core.files import prune_transfer_cache
 from sleap_rtc.core.files import sanitize_name
 from sleap_rtc.core.phases import JobPhases, Phase
 from sleap_rtc.core.protocol import ChannelType, MessageType, Role
@@ -496,6 +498,9 @@ class RemoteJob:
                 await signaling.close()
             with contextlib.suppress(OSError):
                 (self.results_dir / ".incoming").rmdir()  # only when empty
+            # The client's cache holds every model it downloaded: same policy as the worker's.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(prune_transfer_cache, default_cache_dir())
 
     @property
     def cancel_requested(self) -> bool:
