@@ -51,8 +51,32 @@ def _hook_error(what: str) -> SleapHookError:
     )
 
 
+def _prefer_qt_matplotlib() -> None:
+    """Pick matplotlib's Qt backend before SLEAP's GUI modules import pyplot.
+
+    ``sleap.gui.widgets.mpl`` (the ``LossViewer`` plot) calls ``matplotlib.use("QtAgg")``
+    at import time, after ``sleap.gui.app`` has already imported pyplot. Imported before a
+    ``QApplication`` exists on a machine without a display (offscreen, CI, a headless
+    demo), matplotlib refuses Qt as "headless" and SLEAP falls back to ``FigureCanvasAgg``:
+    every ``LossViewer`` then fails with ``'FigureCanvasAgg' has no attribute
+    'setSizePolicy'``. Choosing the backend while pyplot is not imported only records it
+    (no check), which is what SLEAP asks for anyway (it honours ``MPLBACKEND=Agg``).
+    """
+    import os
+    import sys
+
+    if os.environ.get("MPLBACKEND") == "Agg" or "matplotlib.pyplot" in sys.modules:
+        return
+    try:
+        import matplotlib
+    except ImportError:  # SLEAP requires it; nothing to prepare without it
+        return
+    matplotlib.use("QtAgg")
+
+
 def check_hooks() -> None:
     """Check that every private SLEAP hook used here exists (raise ``SleapHookError`` if not)."""
+    _prefer_qt_matplotlib()
     from sleap.gui import app
     from sleap.gui.learning import dialog, runners
     from sleap.gui.widgets import monitor
@@ -81,6 +105,7 @@ def _require(obj: Any, name: str, where: str) -> Any:
 
 def create_app() -> QtWidgets.QApplication:
     """SLEAP's own ``QApplication`` (name, icon), reused by our launcher."""
+    _prefer_qt_matplotlib()
     from sleap.gui.app import create_app as sleap_create_app
 
     return sleap_create_app()
@@ -88,6 +113,7 @@ def create_app() -> QtWidgets.QApplication:
 
 def label_parser():
     """SLEAP's ``sleap-label`` argument parser (our launcher adds the room options)."""
+    _prefer_qt_matplotlib()
     from sleap.gui.app import create_sleap_label_parser
 
     return create_sleap_label_parser()
@@ -198,7 +224,7 @@ def package_from_dialog(window: Any, dlg: Any, out_dir: Path) -> tuple[PackageIn
     labels = window.labels
     info = build_training_package(
         out_dir / f"{labels_file.name}.training_job.zip",
-        labels_stem=labels_file.stem,
+        labels_stem=labels_file.name.removesuffix(".slp").removesuffix(".pkg"),  # "x.pkg.slp" -> "x"
         save_labels=lambda path: labels.save(str(path), embed=True),
         heads=heads,
         n_labeled=len(labels.user_labeled_frames),
@@ -234,6 +260,7 @@ class RemoteTraining(QtCore.QObject):
             self.viewer.zmq_ports["publish_port"], self.viewer.zmq_ports.get("controller_port"), on_stop=self._stop, parent=self
         )
         self.epochs_forwarded = 0
+        self._head_index = -1  # index in self.heads of the model now training
         self.new_frames = 0
         self.closed = False
 
@@ -263,8 +290,18 @@ class RemoteTraining(QtCore.QObject):
             self.viewer.cancel_button.clicked.connect(self._cancel)
 
     def on_event(self, event: dict[str, Any]) -> None:
-        """Forward one worker training event to the LossViewer (unchanged)."""
+        """Forward one worker training event to the LossViewer.
+
+        sleap-nn 0.3.5 sends ``what: ""``; the viewer keys its plot on ``what``, so an empty
+        one is filled with the head being trained (the heads train in package order, one
+        ``train_begin`` each), or a top-down job's two models would share one plot.
+        """
+        if event.get("event") == "train_begin":
+            self._head_index += 1
         what = event.get("what")
+        if not what and self.heads:
+            what = self.heads[min(max(self._head_index, 0), len(self.heads) - 1)]
+            event = {**event, "what": what}
         if event.get("event") == "train_begin" and what:
             # No reset here: the viewer may still hold the previous head's queued events,
             # and it follows train_begin's "what" by itself.

@@ -55,7 +55,7 @@ def wait_until():
 
 
 @pytest.fixture(scope="session")
-def sleap_home(tmp_path_factory):
+def sleap_home(tmp_path_factory, qapp):
     """HOME pointed at a temp dir before SLEAP is imported (``sleap.prefs`` writes there).
 
     Skips when SLEAP is not installed. Session-scoped because ``sleap.prefs`` reads HOME
