@@ -209,6 +209,29 @@ def _plain_config(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(filter_cfg(cfg), resolve=True)
 
 
+REMOTE_PREDICT_TARGETS = {"suggestions": "suggested frames", "user_labeled": "user-labeled frames"}
+"""Prediction targets a remote job can serve: only these frames travel inside the package."""
+
+
+def remote_inference_request(target: str | None) -> InferenceRequest | None:
+    """What to predict remotely for the dialog's "Predict On" choice; ``None``: train only.
+
+    Frames outside the package (current frame, random frames, a clip, whole videos) are not
+    on the worker, so those choices are refused with a message instead of silently
+    predicting something else.
+    """
+    if target in (None, "", "nothing"):
+        return None
+    if target not in REMOTE_PREDICT_TARGETS:
+        choices = " or ".join(REMOTE_PREDICT_TARGETS.values())
+        raise RuntimeError(
+            f"Remote training can predict on {choices} only: those frames travel inside the training "
+            f"package, other frames stay on this computer. Choose one of them under 'Predict On', "
+            f"or 'nothing' to only train."
+        )
+    return InferenceRequest(only_suggested_frames=target == "suggestions", only_labeled_frames=target == "user_labeled")
+
+
 def package_from_dialog(window: Any, dlg: Any, out_dir: Path) -> tuple[PackageInfo, dict[str, Any]]:
     """Build the training package from the dialog's own configs and the open labels."""
     selection = dlg.frame_target_selector.get_selection()
@@ -219,7 +242,7 @@ def package_from_dialog(window: Any, dlg: Any, out_dir: Path) -> tuple[PackageIn
     if len(heads) != len(infos):
         raise RuntimeError("Remote training with an already-trained model is not supported yet; untick 'Use trained model'.")
     target = form.get("_predict_target") or selection.target_key
-    inference = None if target in (None, "", "nothing") else InferenceRequest(only_suggested_frames=target == "suggestions")
+    inference = remote_inference_request(target)
     labels_file = Path(window.state["filename"])
     labels = window.labels
     info = build_training_package(

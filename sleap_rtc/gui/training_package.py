@@ -42,6 +42,7 @@ class InferenceRequest:
     """Predictions the dialog asked for, run on the packaged labels after training."""
 
     only_suggested_frames: bool = False
+    only_labeled_frames: bool = False
     tracking: dict[str, Any] = field(default_factory=dict)
 
 
@@ -139,6 +140,7 @@ def build_training_package(
                     "models": list(run_paths.values()),
                     "output_path": predictions_name,
                     "only_suggested_frames": inference.only_suggested_frames,
+                    "only_labeled_frames": inference.only_labeled_frames,
                     "tracking": dict(inference.tracking),
                     "type": "labels",
                 }

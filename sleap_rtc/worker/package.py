@@ -184,6 +184,7 @@ class InferenceJob:
     models: tuple[str, ...]
     output_path: str
     only_suggested_frames: bool = False
+    only_labeled_frames: bool = False
     tracking: bool = False
     type: str = "labels"
 
@@ -310,6 +311,7 @@ def _plan_from_jobs_yaml(job_dir: Path) -> JobPlan:
                 models=tuple(_check_run_path(m, f"inference[{i}].models") for m in models),
                 output_path=safe_relpath(item.get("output_path") or f"{data_path}.predictions.slp", f"inference[{i}].output_path"),
                 only_suggested_frames=bool(item.get("only_suggested_frames")),
+                only_labeled_frames=bool(item.get("only_labeled_frames")),
                 tracking=bool(tracker) and str(tracker).lower() not in ("none", "null", "false"),
                 type=str(item.get("type") or "labels"),
             )
@@ -421,6 +423,8 @@ def track_argv(job: InferenceJob, *, sleap_nn: str = "sleap-nn", device: str | N
         argv += ["-d", device]
     if job.only_suggested_frames:
         argv.append("--only_suggested_frames")
+    if job.only_labeled_frames:
+        argv.append("--only_labeled_frames")
     if job.tracking:
         argv.append("--tracking")
     return argv

@@ -54,9 +54,17 @@ def window(qtbot, project, signaling_server, request):
             dlg.close()
 
 
-def training_dialog(win):
+def training_dialog(win, predict_on: str | None = None):
+    """SLEAP's training dialog as Predict > Run Training opens it; ``predict_on`` picks a
+    "Predict On" target by key (e.g. "nothing", "user_labeled")."""
     win._show_learning_dialog("training")
-    return win._child_windows["training"]
+    dlg = win._child_windows["training"]
+    if predict_on is not None:
+        dropdown = dlg.frame_target_selector.target_dropdown
+        index = dropdown.findData(predict_on)
+        assert index >= 0, [dropdown.itemData(i) for i in range(dropdown.count())]
+        dropdown.setCurrentIndex(index)
+    return dlg
 
 
 async def test_dock_and_menu_are_attached(window):
@@ -144,7 +152,7 @@ async def test_run_with_remote_trains_on_a_worker(window, signaling_server, room
     try:
         await window.remote.session.join(*room)
         await wait_until(lambda: window.remote.dock.model.rowCount() == 1, 3)
-        dlg = training_dialog(window)
+        dlg = training_dialog(window, predict_on="nothing")
         panel = dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
         assert panel.room_label.text() == room[0]
         dlg.pipeline_form_widget.current_pipeline = "single"
@@ -214,7 +222,7 @@ async def test_lossviewer_stop_and_cancel_reach_the_remote_job(window, signaling
     await window.remote.session.join(*room)
     try:
         # Stop Early: the viewer publishes {"command": "stop"} on its controller port
-        dlg = training_dialog(window)
+        dlg = training_dialog(window, predict_on="nothing")
         dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME).remote_check.setChecked(True)
         dlg.run_button.click()
         job = window.remote_jobs[-1]
@@ -263,7 +271,7 @@ async def test_remote_run_end_to_end_with_a_real_worker(qtbot, project, signalin
     try:
         await win.remote.session.join(*room)
         await wait_until(lambda: win.remote.dock.model.rowCount() == 1, 5)
-        dlg = training_dialog(win)
+        dlg = training_dialog(win, predict_on="nothing")
         dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME).remote_check.setChecked(True)
         dlg.run_button.click()
         job = win.remote_jobs[-1]
@@ -308,3 +316,26 @@ async def test_returned_predictions_are_merged_into_the_open_labels(window, tmp_
     lf = labels.find(labels.videos[0], 6)[0]
     assert lf.video is labels.videos[0]
     assert [type(i).__name__ for i in lf.instances] == ["PredictedInstance"]
+
+
+@pytest.mark.parametrize("window", [FakeRemoteWorker(epochs=1)], indirect=True)
+async def test_remote_run_refuses_frames_outside_the_package(window, signaling_server, room, wait_until, monkeypatch):
+    """"Current frame" (and other frames that stay on this computer) cannot be predicted
+    remotely: Run says so and starts nothing, instead of predicting other frames."""
+    import sleap_rtc.gui.sleap_attach as attach
+
+    shown = []
+    monkeypatch.setattr(attach, "show_error", lambda parent, title, exc: shown.append(str(exc)))
+    await window.remote.session.join(*room)
+    try:
+        dlg = training_dialog(window, predict_on="frame")
+        dlg.pipeline_form_widget.current_pipeline = "single"
+        dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME).remote_check.setChecked(True)
+        dlg.run_button.click()
+        assert window.remote_jobs == []
+        assert shown and "suggested frames or user-labeled frames" in shown[0]
+        assert attach.remote_inference_request("user_labeled").only_labeled_frames
+        assert attach.remote_inference_request("suggestions").only_suggested_frames
+        assert attach.remote_inference_request("nothing") is None
+    finally:
+        await window.remote.session.leave()

@@ -49,6 +49,20 @@ def test_tiny_package_extracts_and_plans(tmp_path, tiny_package):
         "-o", "tiny.pkg.slp.predictions.slp", "-d", "cpu"]
 
 
+def test_inference_frame_selection_reaches_sleap_nn(tmp_path, tiny_package):
+    """``only_labeled_frames`` / ``only_suggested_frames`` in jobs.yaml become sleap-nn flags."""
+    import yaml
+
+    entries = package_entries(tiny_package)
+    jobs = yaml.safe_load(entries["jobs.yaml"])
+    jobs["inference"][0]["only_labeled_frames"] = True
+    entries["jobs.yaml"] = yaml.safe_dump(jobs).encode()
+    (inf,) = load_plan(extract_package(write_zip(tmp_path / "p.zip", entries), tmp_path / "job")).inference
+    assert inf.only_labeled_frames and not inf.only_suggested_frames
+    argv = track_argv(inf)
+    assert "--only_labeled_frames" in argv and "--only_suggested_frames" not in argv
+
+
 def test_train_script_fallback_maps_sleap_train(tmp_path, tiny_package):
     entries = package_entries(tiny_package)
     del entries["jobs.yaml"]
