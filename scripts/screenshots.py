@@ -90,26 +90,20 @@ async def main() -> None:
         save(dlg, "credentials-dialog-bad-session.png")
         dlg.close()
 
-        phases = JobPhases()
-        jd = JobDialog(phases)
-        jd.show()
-        phases.advance(Phase.JOINING)
-        phases.advance(Phase.DISCOVERING)
-        phases.advance(Phase.SELECTING)
-        phases.advance(Phase.RESERVING, "gpu-b")
-        phases.advance(Phase.CONNECTING)
-        phases.advance(Phase.UPLOADING, "42%")
-        await settle()
+        async def job_dialog(*steps: tuple) -> JobDialog:
+            """A connect/retry dialog walked through ``steps`` ((phase, detail) pairs)."""
+            phases = JobPhases()
+            dialog = JobDialog(phases)
+            dialog.show()
+            for phase, *detail in ((Phase.JOINING,), (Phase.DISCOVERING,), (Phase.SELECTING,), *steps):
+                phases.advance(phase, *detail)
+            await settle()
+            return dialog
+
+        jd = await job_dialog((Phase.RESERVING, "gpu-b"), (Phase.CONNECTING,), (Phase.UPLOADING, "42%"))
         save(jd, "job-dialog-uploading.png")
         jd.close()
-        phases2 = JobPhases()
-        jd2 = JobDialog(phases2)
-        jd2.show()
-        phases2.advance(Phase.JOINING)
-        phases2.advance(Phase.DISCOVERING)
-        phases2.advance(Phase.SELECTING)
-        phases2.advance(Phase.RESERVING, "gpu-c")
-        phases2.advance(Phase.SELECTING, "gpu-c is busy")
+        jd2 = await job_dialog((Phase.RESERVING, "gpu-c"), (Phase.SELECTING, "gpu-c is busy"))
         jd2.show_problem("Worker gpu-c is busy: another job got it first.")
         await settle()
         save(jd2, "job-dialog-busy.png")
