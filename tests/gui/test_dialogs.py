@@ -36,6 +36,17 @@ def test_banner_paste_fills_both_fields(qtbot):
     assert dlg.target_worker() is None
 
 
+def test_pasting_a_real_worker_banner_fills_both_fields(qtbot):
+    """The exact banner `sleap-rtc worker` prints (session string line included)."""
+    from sleap_rtc.worker.app import format_banner
+
+    dlg = CredentialsDialog()
+    qtbot.addWidget(dlg)
+    dlg.paste_edit.setPlainText(format_banner("4a7f03c2e1b9", "3mQ-x_Z9", "worker-gpu-2-abc123"))
+    assert (dlg.room_edit.text(), dlg.token_edit.text()) == ("4a7f03c2e1b9", "3mQ-x_Z9")
+    assert dlg.ok_button.isEnabled()
+
+
 def test_paste_without_token_says_what_is_missing(qtbot):
     dlg = CredentialsDialog()
     qtbot.addWidget(dlg)
