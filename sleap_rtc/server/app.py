@@ -234,6 +234,7 @@ class RunningServer:
         if self._stopped:
             return
         self._stopped = True
+        self.hub.closing = True
         await self.runner.cleanup()
         self.hub.rooms.close()
         if self._tmpdir:

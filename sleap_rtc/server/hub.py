@@ -104,6 +104,9 @@ class Hub:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.rooms = rooms
+        # Set while the server shuts down: sockets closing then are the server going away,
+        # not peers leaving, so no peer_left is sent (a peer would abandon healthy jobs).
+        self.closing = False
         self.limits = limits or Limits()
         self.ping_interval = ping_interval
         self.ice_servers = list(ice_servers or [])
@@ -149,7 +152,7 @@ class Hub:
         if not room:
             del self.live[peer.room_id]
         log.info("peer %s left room %s", peer.peer_id, peer.room_id)
-        return self._event(peer, MessageType.PEER_LEFT)
+        return [] if self.closing else self._event(peer, MessageType.PEER_LEFT)
 
     def due_pings(self, now: float) -> list[Connection]:
         """Registered connections whose next application ping is due (and schedules the next)."""

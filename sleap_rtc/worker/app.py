@@ -84,7 +84,7 @@ def format_banner(room_id: str, token: str, peer_id: str) -> str:
 
 
 async def _receive_unless(channel: Any, gone: asyncio.Future, timeout: float | None) -> dict[str, Any] | None:
-    """The next control message, or None as soon as ``gone`` resolves (client left the room)."""
+    """The next control message, or None as soon as ``gone`` resolves (the channel closed)."""
     receive = asyncio.ensure_future(channel.receive(timeout))
     try:
         await asyncio.wait({receive, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -113,7 +113,7 @@ class Worker:
         self.token: str | None = config.token
         self.jobs_done = 0
         self._sessions: dict[int, asyncio.Task] = {}
-        self._clients: dict[int, tuple[str, Callable[[], None]]] = {}  # reservation id -> (peer, on_gone)
+        self._clients: dict[int, tuple[str, Callable[[], None]]] = {}  # reservation id -> (peer, on_left_room)
         self._tasks: set[asyncio.Task] = set()
         self._dirty = asyncio.Event()
         self._closed = asyncio.Event()
@@ -252,9 +252,14 @@ class Worker:
             if not self.guard.confirm(reservation):
                 reason = "lease expired before the channel opened"
                 return
-            gone = asyncio.get_running_loop().create_future()
-            self._clients[reservation.id] = (reservation.client_peer_id, lambda: gone.done() or gone.set_result(None))
-            await self._serve_job(channel, reservation, gone)
+            # The room saying the client left is a hint, not proof (its signaling link may
+            # have dropped while the data channel is fine): the channel decides.
+            self._clients[reservation.id] = (reservation.client_peer_id, channel.suspect)
+            gone = asyncio.ensure_future(channel.wait_closed())
+            try:
+                await self._serve_job(channel, reservation, gone)
+            finally:
+                gone.cancel()
         except PeerClosedError:
             reason = "client hung up"
         except TransportError as exc:
@@ -278,14 +283,15 @@ class Worker:
         from sleap_rtc.core.transport_errors import PeerClosedError
 
         files: dict[str, Any] = {}
-        collector = asyncio.create_task(self._collect_files(channel, files))
+        arrived = asyncio.Event()
+        collector = asyncio.create_task(self._collect_files(channel, files, arrived))
         try:
             submit = await self._wait_submit(channel, gone)
             if submit is None:
                 return
             job_id = submit["job_id"]
             try:
-                package = await self._find_package(submit, files, gone)
+                package = await self._find_package(submit, files, arrived, gone)
             except JobRefused as exc:
                 await channel.send(jobs_wire.job_rejected(job_id, str(exc)))
                 return
@@ -308,10 +314,11 @@ class Worker:
             # The client's package stays cached (a re-run uploads nothing) until the cap.
             await asyncio.to_thread(prune_transfer_cache, self.cache_dir, max_bytes=self.config.cache_max_bytes)
 
-    async def _collect_files(self, channel: Any, files: dict[str, Any]) -> None:
+    async def _collect_files(self, channel: Any, files: dict[str, Any], arrived: asyncio.Event) -> None:
         while True:
             received = await channel.receive_file()
             files[received.sha256] = received
+            arrived.set()
 
     async def _wait_submit(self, channel: Any, gone: asyncio.Future) -> dict[str, Any] | None:
         """The client's ``job_submit`` (others are ignored); None if the client left or timed out."""
@@ -337,7 +344,9 @@ class Worker:
                 await channel.send(jobs_wire.job_rejected(job_id, str(exc)))
         return None
 
-    async def _find_package(self, submit: dict[str, Any], files: dict[str, Any], gone: asyncio.Future) -> Path:
+    async def _find_package(
+        self, submit: dict[str, Any], files: dict[str, Any], arrived: asyncio.Event, gone: asyncio.Future
+    ) -> Path:
         kind = submit["options"].get("kind", "train")
         if kind not in JOB_KINDS:
             raise JobRefused(f"Unsupported job kind {kind!r}; this worker runs {', '.join(JOB_KINDS)}.")
@@ -345,9 +354,15 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30.0  # the file normally arrived before job_submit was sent
         while sha not in files:
-            if gone.done() or loop.time() > deadline:
+            remaining = deadline - loop.time()
+            if gone.done() or remaining <= 0:
                 raise JobRefused("The package announced in job_submit never arrived; send the file first.")
-            await asyncio.sleep(0.05)
+            arrived.clear()
+            waiter = asyncio.ensure_future(arrived.wait())
+            try:
+                await asyncio.wait({waiter, gone}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
         return Path(files[sha].path)
 
     async def _run_job(self, channel: Any, job_id: str, package: Path, gone: asyncio.Future) -> JobOutcome:

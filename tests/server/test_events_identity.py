@@ -132,3 +132,15 @@ async def test_app_ping_after_one_interval_only(connect, tmp_path):
         assert again == {"type": "ping"}
     finally:
         await server.stop()
+
+
+async def test_no_peer_left_while_the_server_shuts_down(peer_in_room, signaling_server):
+    """Sockets closing because the server goes away are not peers leaving: a peer told
+    "your client left" would abandon a job whose data channel is healthy."""
+    watcher = await peer_in_room("client", "client", events=True)
+    worker = await peer_in_room("w", "worker")
+    assert (await watcher.recv())["type"] == "peer_joined"
+    signaling_server.hub.closing = True  # what RunningServer.stop() sets first
+    await worker.close()
+    await watcher.nothing(within=0.5)
+    signaling_server.hub.closing = False
