@@ -41,6 +41,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from sleap_rtc.core.config import user_data_dir
 from sleap_rtc.core.files import LOW_WATER, FileReceipt, FileTransfers, Progress, ReceivedFile
 from sleap_rtc.core.protocol import CHANNEL_VERSION, ChannelType, dumps
+from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import ChannelVersionError, PeerClosedError, TransportError
 
 log = logging.getLogger(__name__)
@@ -352,7 +353,7 @@ class PeerChannel:
         try:
             result = callback(arg)
             if asyncio.iscoroutine(result):
-                asyncio.get_running_loop().create_task(result)
+                spawn(result, name="channel-callback")
         except Exception:  # a broken callback must not take the channel down
             log.exception("channel callback failed")
 

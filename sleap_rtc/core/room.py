@@ -17,6 +17,7 @@ from typing import Any
 from sleap_rtc.core.metadata import matches_filters
 from sleap_rtc.core.protocol import MessageType, Prop, Role, WorkerStatus
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient
+from sleap_rtc.core.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class RoomView:
 
     def _on_state(self, state: ConnectionState) -> None:
         if state == ConnectionState.REGISTERED and self._removers:
-            asyncio.get_running_loop().create_task(self._refresh_quietly())
+            spawn(self._refresh_quietly(), name="room-refresh")
 
     async def _refresh_quietly(self) -> None:
         try:

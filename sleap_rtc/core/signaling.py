@@ -26,6 +26,7 @@ import aiohttp
 
 from sleap_rtc.core.config import http_base
 from sleap_rtc.core.protocol import DEFAULT_PING_INTERVAL, MessageType, dumps
+from sleap_rtc.core.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ class SignalingClient:
                 self._fail_pending(SignalingError("Lost the signaling connection."))
                 if not self._closing:
                     if self.reconnect and self.registration is not None:
-                        asyncio.get_running_loop().create_task(self._reconnect_loop())
+                        spawn(self._reconnect_loop(), name=f"signaling-reconnect-{self.peer_id}")
                     else:
                         self._set_state(ConnectionState.CLOSED)
 

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sleap_rtc.core.protocol import SIGNALING_VERSION, ErrorCode, MessageType, dumps, error_frame
+from sleap_rtc.core.tasks import spawn
 from sleap_rtc.server.hub import Close, Connection, Hub, Send
 from sleap_rtc.server.limits import FailureCounter, Limits
 from sleap_rtc.server.metrics import render
@@ -55,7 +56,7 @@ class _Writer:
     def close_soon(self, reason: str) -> None:
         """Close the socket from outside its handler (e.g. a peer that resumed elsewhere)."""
         if not self.ws.closed:
-            asyncio.get_running_loop().create_task(self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason[:100].encode()))
+            spawn(self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason[:100].encode()))
 
     async def _drain(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError, asyncio.CancelledError):
