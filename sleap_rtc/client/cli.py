@@ -37,6 +37,7 @@ from sleap_rtc.core.phases import JobPhases, Phase, PhaseChange
 from sleap_rtc.core.remote_job import TRACK, TRAIN, JobError, JobSummary, RemoteJob, UploadProgress, WorkerLostError
 from sleap_rtc.core.selection import SelectionError
 from sleap_rtc.core.signaling import SignalingError
+from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import TransportError
 
 # A tqdm/Lightning progress-bar frame ("Epoch 0:  20%|██   | 1/5 [00:00<00:03, 1.19it/s]").
@@ -362,7 +363,7 @@ async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind
             interrupts = 0
 
     with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGINT, lambda: loop.create_task(on_interrupt()))
+        loop.add_signal_handler(signal.SIGINT, lambda: spawn(on_interrupt(), name="ctrl-c"))
     try:
         summary = await task
     except asyncio.CancelledError:
