@@ -181,6 +181,10 @@ class JobExecutor:
             results, status, reason = [], (CANCELLED if self._cancelled else FAILED), str(exc)
             if self._cancelled:
                 reason = "Cancelled by the client."
+        except Exception as exc:  # a bug or an input nobody foresaw: still a clear failure
+            log.exception("job %s crashed", self.job_id)
+            results, status = [], FAILED
+            reason = f"The worker could not run this job ({exc.__class__.__name__}: {exc})."
         outcome = JobOutcome(status, results if status == COMPLETED else [], reason, self._stopped_any,
                              time.monotonic() - started)
         log.info("job %s %s in %.1f s %s", self.job_id, outcome.status, outcome.duration_s, outcome.reason)

@@ -234,7 +234,7 @@ def check_config(job_dir: Path, cfg_rel: str) -> dict[str, Any]:
         raise PackageError(f"Training config {cfg_rel!r} uses '${{...}}' interpolation, which workers refuse.")
     try:
         cfg = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: hostile "[[[[..." nesting
         raise PackageError(f"Training config {cfg_rel!r} is not valid YAML ({exc.__class__.__name__}).") from None
     if not isinstance(cfg, dict):
         raise PackageError(f"Training config {cfg_rel!r} is not a mapping.")
@@ -274,7 +274,7 @@ def load_plan(job_dir: Path) -> JobPlan:
 def _plan_from_jobs_yaml(job_dir: Path) -> JobPlan:
     try:
         data = yaml.safe_load((job_dir / JOBS_FILE).read_text(errors="replace"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise PackageError(f"{JOBS_FILE} is not valid YAML ({exc.__class__.__name__}).") from None
     if not isinstance(data, dict):
         raise PackageError(f"{JOBS_FILE} must be a mapping with 'training' and/or 'inference'.")
@@ -375,7 +375,8 @@ def _plan_from_train_script(job_dir: Path) -> JobPlan:
         if not cfg_rel.endswith((".yaml", ".yml")) and (job_dir / (cfg_rel + ".yaml")).is_file():
             cfg_rel += ".yaml"  # Hydra's --config-name may omit the extension
         if run_name is None or ckpt_dir is None:
-            tc = check_config(job_dir, cfg_rel).get("trainer_config") or {}
+            tc = check_config(job_dir, cfg_rel).get("trainer_config")
+            tc = tc if isinstance(tc, dict) else {}
             ckpt_dir = ckpt_dir or tc.get("ckpt_dir") or "models"
             run_name = run_name or tc.get("run_name") or PurePosixPath(cfg_rel).stem
         run_path = _check_run_path(f"{ckpt_dir}/{run_name}", f"{where} run path")

@@ -70,6 +70,7 @@ async def test_worker_killed_during_upload_auto_select_retries_on_the_other(loca
     after = [(t - killed["at"], text) for t, text in events if t > killed["at"]]
     assert after, f"the client said nothing after {victim} was killed mid-upload"
     assert after[0][0] <= REPORT_WITHIN, f"the client took {after[0][0]:.1f} s to notice {victim} died: {after}"
+    print(f"\n[faults] client reported {victim}'s death {after[0][0]:.1f} s after the kill: {after[0][1]}")
     if error is not None:
         pytest.fail(
             f"auto-select did not retry on {survivor} after {victim} died during the upload "

@@ -172,3 +172,17 @@ def test_training_process_dies_with_a_killed_worker(tmp_path):
         assert child in gone and not alive, "the training process outlived its killed worker"
     finally:
         parent.kill()
+
+
+async def test_an_unforeseen_error_is_a_clear_failure_not_a_crash(tmp_path, tiny_package, monkeypatch):
+    """Whatever goes wrong inside, the client gets a job_failed with a reason, never a
+    dropped connection (which auto-select would read as a dead worker and retry elsewhere)."""
+    import sleap_rtc.worker.executor as executor
+
+    def broken(_job_dir):
+        raise AttributeError("'list' object has no attribute 'get'")
+
+    monkeypatch.setattr(executor, "load_plan", broken)
+    outcome = await JobExecutor("j-broken", command=FAKE).run(tiny_package, tmp_path / "job", Recorder())
+    assert outcome.status == FAILED
+    assert "could not run this job" in outcome.reason and "AttributeError" in outcome.reason

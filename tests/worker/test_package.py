@@ -196,3 +196,32 @@ def test_safe_relpath_normalises():
     for bad in ("", None, 3, "a\x00b", ".", "/"):
         with pytest.raises(PackageError):
             safe_relpath(bad, "x")
+
+
+@pytest.mark.parametrize("entry,content", [
+    ("jobs.yaml", b"[" * 5000),  # nesting deep enough to hit Python's recursion limit
+    ("single_instance.yaml", b"[" * 5000),
+])
+def test_deeply_nested_yaml_is_refused_cleanly(tmp_path, tiny_package, entry, content):
+    entries = package_entries(tiny_package)
+    entries[entry] = content
+    job = extract_package(write_zip(tmp_path / "p.zip", entries), tmp_path / "job")
+    with pytest.raises(PackageError, match="not valid YAML"):
+        load_plan(job)
+
+
+def test_train_script_with_a_non_mapping_trainer_config_gives_a_plan_or_a_clear_error(tmp_path, tiny_package):
+    """`trainer_config: [1]` used to escape as AttributeError from the train-script path."""
+    entries = package_entries(tiny_package)
+    del entries["jobs.yaml"]
+    entries["train-script.sh"] = b"sleap train --config-name single_instance.yaml --config-dir .\n"
+    cfg = yaml.safe_load(entries["single_instance.yaml"])
+    cfg["trainer_config"] = [1]
+    entries["single_instance.yaml"] = yaml.safe_dump(cfg).encode()
+    job = extract_package(write_zip(tmp_path / "p.zip", entries), tmp_path / "job")
+    try:
+        plan = load_plan(job)
+    except PackageError:
+        return  # refused with a message: fine
+    (train,) = plan.training
+    assert train.run_path == "models/single_instance"
