@@ -34,15 +34,16 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from aiortc import RTCDataChannel, RTCPeerConnection
+from typing import TYPE_CHECKING, Any
 
 from sleap_rtc.core.config import user_data_dir
 from sleap_rtc.core.files import LOW_WATER, FileReceipt, FileTransfers, Progress, ReceivedFile
 from sleap_rtc.core.protocol import CHANNEL_VERSION, ChannelType, dumps
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import ChannelVersionError, PeerClosedError, TransportError
+
+if TYPE_CHECKING:  # aiortc is heavy: importers of the defaults below must not pay for it
+    from aiortc import RTCDataChannel, RTCPeerConnection
 
 log = logging.getLogger(__name__)
 
@@ -209,16 +210,18 @@ class PeerChannel:
         name: str | None = None,
         meta: dict[str, Any] | None = None,
         progress: Progress | None = None,
+        sha256: str | None = None,
     ) -> FileReceipt:
         """Send a file; returns once the peer verified its SHA-256.
 
         ``name`` defaults to the file's name and is sanitised (names are data, not paths);
-        ``meta`` is any JSON object handed to the receiver; ``progress(done, size)``.
+        ``meta`` is any JSON object handed to the receiver; ``progress(done, size)``;
+        ``sha256``, when the caller already has the file's digest, saves hashing it again.
         Raises ``IntegrityError``, ``TransferCancelledError``, ``FileTransferError``,
         ``PeerClosedError``.
         """
         self._check_open()
-        return await self.transfers.send_file(path, name=name, meta=meta, progress=progress)
+        return await self.transfers.send_file(path, name=name, meta=meta, progress=progress, sha256=sha256)
 
     async def receive_file(self, timeout: float | None = None) -> ReceivedFile:
         """The next verified incoming file (already stored in ``receive_dir``)."""

@@ -310,7 +310,10 @@ class JobSession:
         if received.sha256 != msg.get("sha256"):
             raise self._fail(JobFailedError(f"Result {name} did not match what the worker announced."))
         try:
-            path = _place_result(Path(received.path), self.output_dir, str(msg.get("kind", "")), name, self.models_subdir)
+            # Unzipping a model can take a while: off the loop, so heartbeats keep flowing.
+            path = await asyncio.to_thread(
+                _place_result, Path(received.path), self.output_dir, str(msg.get("kind", "")), name, self.models_subdir
+            )
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, OSError) as exc:
             # The zip comes from another machine: a broken one is the job's failure, not a crash.
             raise self._fail(JobFailedError(

@@ -310,7 +310,8 @@ class Worker:
             collector.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await collector
-            prune_job_dirs(self.work_dir, self.config.keep_job_dirs)
+            # Deleting whole job dirs can take a while: off the loop (the next client is waiting).
+            await asyncio.to_thread(prune_job_dirs, self.work_dir, self.config.keep_job_dirs)
             # The client's package stays cached (a re-run uploads nothing) until the cap.
             await asyncio.to_thread(prune_transfer_cache, self.cache_dir, max_bytes=self.config.cache_max_bytes)
 
@@ -414,10 +415,10 @@ class Worker:
         entries = []
         for path in outcome.results:
             kind = "predictions" if path.suffix == ".slp" else "model"
-            _size, hasher = await asyncio.to_thread(sha256_file, path)
+            size, hasher = await asyncio.to_thread(sha256_file, path)
             sha = hasher.hexdigest()
-            entry = {"kind": kind, "name": path.name, "sha256": sha, "size": path.stat().st_size}
+            entry = {"kind": kind, "name": path.name, "sha256": sha, "size": size}
             await channel.send(jobs_wire.job_result(job_id, **entry))
-            await channel.send_file(path, name=path.name)
+            await channel.send_file(path, name=path.name, sha256=sha)
             entries.append(entry)
         await channel.send(jobs_wire.job_complete(job_id, entries, outcome.duration_s))

@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from sleap_rtc.core.config import ConfigError, load_config, resolve_server, user_data_dir
-from sleap_rtc.core.signaling import SignalingError
 
 
 @click.command("worker")
@@ -30,6 +29,7 @@ def worker_command(server: str | None, room_id: str | None, token: str | None, n
     if bool(room_id) != bool(token):
         raise click.UsageError("Both --room-id and --token must be provided together")
     # Heavy imports only after the arguments are known to be valid.
+    from sleap_rtc.core.signaling import SignalingError
     from sleap_rtc.worker.app import Worker, WorkerConfig
     from sleap_rtc.worker.capabilities import CapabilityError, detect_capabilities
 

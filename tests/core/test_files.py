@@ -94,6 +94,17 @@ async def test_corrupted_bytes_are_detected_and_discarded(signaling_server, room
         assert (await client.send_file(path)).bytes_sent == path.stat().st_size  # channel still usable
 
 
+async def test_a_wrong_precomputed_sha256_fails_the_transfer(signaling_server, room, tmp_path):
+    """``send_file(sha256=...)`` skips re-hashing, but the receiver still verifies every byte."""
+    path = make_file(tmp_path / "m.bin", 3 * CHUNK_SIZE + 5)
+    async with pair(signaling_server.url, room, tmp_path) as (client, worker):
+        with pytest.raises(IntegrityError, match="SHA-256"):
+            await client.send_file(path, sha256="0" * 64)
+        assert files_under(tmp_path / "worker-recv") == []
+        receipt = await client.send_file(path, sha256=sha(path))
+        assert receipt.sha256 == sha(path) and receipt.bytes_sent == path.stat().st_size
+
+
 async def test_cancel_mid_transfer_cleans_up(signaling_server, room, tmp_path):
     path = make_file(tmp_path / "x.bin", 30 * MiB)
     async with pair(signaling_server.url, room, tmp_path) as (client, worker):
