@@ -38,6 +38,7 @@ from sleap_rtc.core.files import CACHE_MAX_BYTES, prune_transfer_cache, sha256_f
 from sleap_rtc.core.protocol import ChannelType, MessageType, ProtocolError, Prop, Role, busy_error_frame
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient, SignalingError, create_room, new_peer_id
 from sleap_rtc.core.status import DEFAULT_LEASE_TIMEOUT, Reservation, StatusGuard
+from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
 from sleap_rtc.worker.capabilities import Capabilities
 from sleap_rtc.worker.executor import COMPLETED, JobExecutor, JobOutcome
 from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, prune_job_dirs
@@ -81,19 +82,6 @@ def format_banner(room_id: str, token: str, peer_id: str) -> str:
         f"[INFO]   Room ID: {room_id}\n"
         f"[INFO]   Token: {token}"
     )
-
-
-async def _receive_unless(channel: Any, gone: asyncio.Future, timeout: float | None) -> dict[str, Any] | None:
-    """The next control message, or None as soon as ``gone`` resolves (the channel closed)."""
-    receive = asyncio.ensure_future(channel.receive(timeout))
-    try:
-        await asyncio.wait({receive, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not receive.done():
-            receive.cancel()
-    if not receive.done() or receive.cancelled():
-        return None
-    return receive.result()
 
 
 class JobRefused(Exception):
@@ -190,11 +178,11 @@ class Worker:
             # Never fatal (the old worker exited on any error and took the room with it).
             log.warning("signaling server error: %s", frame.get("message") or frame.get("reason"))
         elif kind == MessageType.PEER_LEFT:
-            gone = frame.get("peer_id")
-            for res_id, (peer, on_gone) in list(self._clients.items()):
-                if peer == gone:
-                    log.info("client %s left the room", gone)
-                    on_gone()
+            left = frame.get("peer_id")
+            for peer, on_left in list(self._clients.values()):
+                if peer == left:
+                    log.info("client %s left the room", left)
+                    on_left()
 
     def _on_state(self, state: ConnectionState) -> None:
         if state == ConnectionState.REGISTERED:
@@ -239,7 +227,6 @@ class Worker:
 
     async def _session(self, offer: dict[str, Any], reservation: Reservation) -> None:
         from sleap_rtc.core import transport  # aiortc is heavy: import on first offer
-        from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
 
         channel = None
         reason = "client session ended"
@@ -255,11 +242,7 @@ class Worker:
             # The room saying the client left is a hint, not proof (its signaling link may
             # have dropped while the data channel is fine): the channel decides.
             self._clients[reservation.id] = (reservation.client_peer_id, channel.suspect)
-            gone = asyncio.ensure_future(channel.wait_closed())
-            try:
-                await self._serve_job(channel, reservation, gone)
-            finally:
-                gone.cancel()
+            await self._serve_job(channel, reservation)
         except PeerClosedError:
             reason = "client hung up"
         except TransportError as exc:
@@ -279,26 +262,24 @@ class Worker:
             shutil.rmtree(incoming, ignore_errors=True)
             self.guard.release(reservation, reason)
 
-    async def _serve_job(self, channel: Any, reservation: Reservation, gone: asyncio.Future) -> None:
-        from sleap_rtc.core.transport_errors import PeerClosedError
-
+    async def _serve_job(self, channel: Any, reservation: Reservation) -> None:
         files: dict[str, Any] = {}
         arrived = asyncio.Event()
         collector = asyncio.create_task(self._collect_files(channel, files, arrived))
         try:
-            submit = await self._wait_submit(channel, gone)
+            submit = await self._wait_submit(channel)
             if submit is None:
                 return
             job_id = submit["job_id"]
             try:
-                package = await self._find_package(submit, files, arrived, gone)
+                package = await self._find_package(channel, submit, files, arrived)
             except JobRefused as exc:
                 await channel.send(jobs_wire.job_rejected(job_id, str(exc)))
                 return
             self.guard.mark_busy(reservation)
             await channel.send(jobs_wire.job_accepted(job_id))
-            outcome = await self._run_job(channel, job_id, package, gone)
-            if channel.closed or gone.done():
+            outcome = await self._run_job(channel, job_id, package)
+            if channel.closed:
                 return
             await self._send_outcome(channel, job_id, outcome)
             self.jobs_done += 1
@@ -321,20 +302,20 @@ class Worker:
             files[received.sha256] = received
             arrived.set()
 
-    async def _wait_submit(self, channel: Any, gone: asyncio.Future) -> dict[str, Any] | None:
-        """The client's ``job_submit`` (others are ignored); None if the client left or timed out."""
+    async def _wait_submit(self, channel: Any) -> dict[str, Any] | None:
+        """The client's ``job_submit`` (others are ignored); None if it did not come in time.
+
+        ``PeerClosedError`` once the channel closes (the client left)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.submit_timeout
-        while not gone.done():
+        while True:
             remaining = deadline - loop.time()
-            if remaining <= 0:
-                log.warning("no job_submit from %s within %.0f s", channel.remote_peer_id, self.config.submit_timeout)
-                return None
             try:
-                msg = await _receive_unless(channel, gone, remaining)
+                if remaining <= 0:
+                    raise TimeoutError
+                msg = await channel.receive(remaining)
             except (asyncio.TimeoutError, TimeoutError):
-                return None
-            if msg is None:
+                log.warning("no job_submit from %s within %.0f s", channel.remote_peer_id, self.config.submit_timeout)
                 return None
             if msg.get("type") != ChannelType.JOB_SUBMIT:
                 continue
@@ -343,10 +324,9 @@ class Worker:
             except ProtocolError as exc:
                 job_id = msg.get("job_id") if isinstance(msg.get("job_id"), str) else "unknown"
                 await channel.send(jobs_wire.job_rejected(job_id, str(exc)))
-        return None
 
     async def _find_package(
-        self, submit: dict[str, Any], files: dict[str, Any], arrived: asyncio.Event, gone: asyncio.Future
+        self, channel: Any, submit: dict[str, Any], files: dict[str, Any], arrived: asyncio.Event
     ) -> Path:
         kind = submit["options"].get("kind", "train")
         if kind not in JOB_KINDS:
@@ -355,18 +335,14 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30.0  # the file normally arrived before job_submit was sent
         while sha not in files:
-            remaining = deadline - loop.time()
-            if gone.done() or remaining <= 0:
-                raise JobRefused("The package announced in job_submit never arrived; send the file first.")
             arrived.clear()
-            waiter = asyncio.ensure_future(arrived.wait())
             try:
-                await asyncio.wait({waiter, gone}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
+                await channel.guard(arrived.wait(), max(0.0, deadline - loop.time()))
+            except (asyncio.TimeoutError, TimeoutError):
+                raise JobRefused("The package announced in job_submit never arrived; send the file first.") from None
         return Path(files[sha].path)
 
-    async def _run_job(self, channel: Any, job_id: str, package: Path, gone: asyncio.Future) -> JobOutcome:
+    async def _run_job(self, channel: Any, job_id: str, package: Path) -> JobOutcome:
         factory = self.config.executor_factory or (lambda jid: JobExecutor(jid))
         executor = factory(job_id)
 
@@ -376,13 +352,9 @@ class Worker:
 
         async def control() -> None:
             # Stop/cancel from the client while the job runs; a vanished client cancels.
-            from sleap_rtc.core.transport_errors import PeerClosedError
-
             try:
                 while True:
-                    msg = await _receive_unless(channel, gone, None)
-                    if msg is None:
-                        raise PeerClosedError("client left the room")
+                    msg = await channel.receive()
                     if msg.get("job_id") != job_id:
                         continue
                     if msg.get("type") == ChannelType.JOB_STOP:
