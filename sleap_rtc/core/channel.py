@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from sleap_rtc.core.config import user_data_dir
 from sleap_rtc.core.files import LOW_WATER, FileReceipt, FileTransfers, Progress, ReceivedFile
-from sleap_rtc.core.protocol import CHANNEL_VERSION, ChannelType, dumps
+from sleap_rtc.core.protocol import CHANNEL_VERSION, VERSION_MISMATCH, ChannelType, dumps
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import ChannelVersionError, PeerClosedError, TransportError
 
@@ -150,7 +150,7 @@ class PeerChannel:
             text = (f"Data-channel protocol version mismatch: we speak {self.version}, "
                     f"peer {self.remote_peer_id} speaks {hello.get('version')!r}. Update the older side.")
             with contextlib.suppress(TransportError):
-                self.send_control({"type": ChannelType.ERROR.value, "reason": "version_mismatch", "message": text})
+                self.send_control({"type": ChannelType.ERROR.value, "reason": VERSION_MISMATCH, "message": text})
                 await asyncio.sleep(0.05)  # let the refusal leave before we tear down
             await self.abort(text)
             raise ChannelVersionError(text)
@@ -334,7 +334,7 @@ class PeerChannel:
                 self._hello.set_result(msg)
         elif kind == ChannelType.BYE:
             self._shutdown("the peer hung up")
-        elif kind == ChannelType.ERROR and msg.get("reason") == "version_mismatch":
+        elif kind == ChannelType.ERROR and msg.get("reason") == VERSION_MISMATCH:
             text = str(msg.get("message") or "The peer refused our data-channel protocol version.")
             if not self._hello.done():
                 self._hello.set_exception(ChannelVersionError(text))

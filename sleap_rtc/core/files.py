@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sleap_rtc.core.protocol import ChannelType, unpack_chunk, pack_chunk
+from sleap_rtc.core.protocol import SHA256_MISMATCH, ChannelType, pack_chunk, unpack_chunk
 from sleap_rtc.core.transport_errors import (
     FileTransferError,
     IntegrityError,
@@ -320,7 +320,7 @@ class FileTransfers:
             if out is not None:
                 reason = str(msg.get("reason", ""))
                 text = str(msg.get("message") or reason or "receiver refused the file")
-                exc = IntegrityError(text) if reason == "sha256_mismatch" else FileTransferError(text)
+                exc = IntegrityError(text) if reason == SHA256_MISMATCH else FileTransferError(text)
                 self._fail_outgoing(out, exc)
             elif tid in self._incoming:
                 self._drop_incoming(tid, remove_partial=True)
@@ -449,7 +449,7 @@ class FileTransfers:
                 st.fh.close()
                 st.fh = None
                 if st.hasher.hexdigest() != st.sha256:
-                    self._refuse(st, "sha256_mismatch", f"{st.name!r} arrived corrupted: SHA-256 does not match.")
+                    self._refuse(st, SHA256_MISMATCH, f"{st.name!r} arrived corrupted: SHA-256 does not match.")
                     return
                 final = self._cached_path(st.sha256)
                 final.parent.mkdir(parents=True, exist_ok=True)

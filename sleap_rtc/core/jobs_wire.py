@@ -63,9 +63,11 @@ def job_rejected(job_id: str, reason: str) -> dict[str, Any]:
     return _msg(ChannelType.JOB_REJECTED, job_id=job_id, reason=reason)
 
 
-def job_log(job_id: str, line: str, redraw: bool = False) -> dict[str, Any]:
-    """One log line; ``redraw=True`` replaces the previous line (it ended with ``\\r``)."""
-    return _msg(ChannelType.JOB_LOG, job_id=job_id, line=line, redraw=redraw)
+def job_log(job_id: str, line: str, redraw: bool = False, stream: str | None = None) -> dict[str, Any]:
+    """One log line; ``redraw=True`` replaces the previous line (it ended with ``\\r``);
+    ``stream`` says where it came from (``stdout``, ``stderr``, ``worker``)."""
+    fields = {} if stream is None else {"stream": stream}
+    return _msg(ChannelType.JOB_LOG, job_id=job_id, line=line, redraw=redraw, **fields)
 
 
 def job_progress(job_id: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -124,6 +124,29 @@ class ErrorCode(StrEnum):
 WORKER_BUSY = "worker_busy"
 """``reason`` of a worker's refusal of an offer, relayed to the client by the server."""
 
+VERSION_MISMATCH = "version_mismatch"
+"""``reason`` of a data-channel ``error`` when the peers' ``CHANNEL_VERSION`` differ."""
+
+SHA256_MISMATCH = "sha256_mismatch"
+"""``reason`` of a ``file_error`` when the received bytes do not hash to the offered SHA-256."""
+
+FINAL_REGISTRATION_ERRORS = frozenset({ErrorCode.INVALID_TOKEN, ErrorCode.ROOM_NOT_FOUND, ErrorCode.ROOM_EXPIRED})
+"""Registration refusals that retrying cannot fix (a rate limit, say, can be waited out)."""
+
+
+class JobKind(StrEnum):
+    """``options.kind`` of a ``job_submit``: what the worker should do with the package."""
+
+    TRAIN = "train"
+    TRACK = "track"
+
+
+class ResultKind(StrEnum):
+    """``kind`` of a ``job_result``: what the announced file is."""
+
+    MODEL = "model"  # a zip of one trained model folder
+    PREDICTIONS = "predictions"  # a .slp of predictions
+
 
 class ProtocolError(ValueError):
     """A frame that breaks the protocol; ``code`` is an ``ErrorCode`` for the error reply."""

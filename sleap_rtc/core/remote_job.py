@@ -34,7 +34,7 @@ from sleap_rtc.core.channel import default_cache_dir
 from sleap_rtc.core.files import prune_transfer_cache
 from sleap_rtc.core.files import sanitize_name
 from sleap_rtc.core.phases import JobPhases, Phase
-from sleap_rtc.core.protocol import ChannelType, MessageType, Role
+from sleap_rtc.core.protocol import ChannelType, JobKind, MessageType, ResultKind, Role
 from sleap_rtc.core.room import RoomView, WorkerInfo, worker_filters
 from sleap_rtc.core.selection import (
     BUSY_ERRORS,
@@ -53,7 +53,7 @@ from sleap_rtc.core.transport_errors import PeerClosedError, TransportError, Wor
 
 log = logging.getLogger(__name__)
 
-TRAIN, TRACK = "train", "track"
+TRAIN, TRACK = JobKind.TRAIN, JobKind.TRACK
 """Job kinds: train a package, or run inference (``client-track``)."""
 
 
@@ -335,7 +335,7 @@ def _place_result(received: Path, output_dir: Path, kind: str, name: str, models
     land outside the target are skipped (the zip comes from another machine).
     """
     safe = sanitize_name(name, fallback=received.name)  # never "..", never a path
-    if safe.endswith(".zip") and kind in ("model", "models", "trained_model"):
+    if safe.endswith(".zip") and kind == ResultKind.MODEL:
         run = safe[: -len(".zip")]
         target = output_dir / models_subdir / run if models_subdir else output_dir / run
         target.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from sleap_rtc.core.config import http_base
-from sleap_rtc.core.protocol import DEFAULT_PING_INTERVAL, MessageType, dumps
+from sleap_rtc.core.protocol import DEFAULT_PING_INTERVAL, FINAL_REGISTRATION_ERRORS, MessageType, dumps
 from sleap_rtc.core.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -395,7 +395,7 @@ class SignalingClient:
             except RegistrationError as exc:
                 log.warning("re-registration refused: %s", exc)
                 await self._drop_socket()
-                if exc.code in {"INVALID_TOKEN", "ROOM_NOT_FOUND", "ROOM_EXPIRED"}:
+                if exc.code in FINAL_REGISTRATION_ERRORS:
                     self._set_state(ConnectionState.CLOSED)
                     return
             except (SignalingError, OSError) as exc:

@@ -15,7 +15,7 @@ from qtpy import QtCore
 
 from sleap_rtc.core.config import resolve_server
 from sleap_rtc.core.credentials import RoomCredentials
-from sleap_rtc.core.protocol import Role
+from sleap_rtc.core.protocol import ErrorCode, Role
 from sleap_rtc.core.room import RoomView, worker_filters
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient, SignalingError
 
@@ -143,8 +143,8 @@ class RoomSession(QtCore.QObject):
 def _join_message(exc: BaseException, server_url: str) -> str:
     """What to tell the user when joining failed (the server's own words when it gave some)."""
     code = getattr(exc, "code", None)
-    if code == "INVALID_TOKEN":
+    if code == ErrorCode.INVALID_TOKEN:
         return "The server rejected the token for this room. Copy the token again from the worker's banner."
-    if code in ("ROOM_NOT_FOUND", "ROOM_EXPIRED"):
+    if code in (ErrorCode.ROOM_NOT_FOUND, ErrorCode.ROOM_EXPIRED):
         return f"This room does not exist on {server_url} (or it expired). Check the room ID and the server."
     return str(exc) or f"Could not reach the signaling server at {server_url}."

@@ -35,7 +35,16 @@ from typing import Any
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.credentials import encode_session_string
 from sleap_rtc.core.files import CACHE_MAX_BYTES, prune_transfer_cache, sha256_file
-from sleap_rtc.core.protocol import ChannelType, MessageType, ProtocolError, Prop, Role, busy_error_frame
+from sleap_rtc.core.protocol import (
+    ChannelType,
+    JobKind,
+    MessageType,
+    ProtocolError,
+    Prop,
+    ResultKind,
+    Role,
+    busy_error_frame,
+)
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient, SignalingError, create_room, new_peer_id
 from sleap_rtc.core.status import DEFAULT_LEASE_TIMEOUT, Reservation, StatusGuard
 from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
@@ -45,7 +54,6 @@ from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, prune_job_dirs
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("train", "track")
 """``options.kind`` values a worker accepts in ``job_submit``."""
 
 
@@ -329,8 +337,8 @@ class Worker:
         self, channel: Any, submit: dict[str, Any], files: dict[str, Any], arrived: asyncio.Event
     ) -> Path:
         kind = submit["options"].get("kind", "train")
-        if kind not in JOB_KINDS:
-            raise JobRefused(f"Unsupported job kind {kind!r}; this worker runs {', '.join(JOB_KINDS)}.")
+        if kind not in set(JobKind):
+            raise JobRefused(f"Unsupported job kind {kind!r}; this worker runs {', '.join(JobKind)}.")
         sha = submit["package"]["sha256"]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30.0  # the file normally arrived before job_submit was sent
@@ -386,7 +394,7 @@ class Worker:
             return
         entries = []
         for path in outcome.results:
-            kind = "predictions" if path.suffix == ".slp" else "model"
+            kind = ResultKind.PREDICTIONS if path.suffix == ".slp" else ResultKind.MODEL
             size, hasher = await asyncio.to_thread(sha256_file, path)
             sha = hasher.hexdigest()
             entry = {"kind": kind, "name": path.name, "sha256": sha, "size": size}

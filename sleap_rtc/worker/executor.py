@@ -41,7 +41,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from sleap_rtc.core.protocol import ChannelType
+from sleap_rtc.core import jobs_wire
 from sleap_rtc.worker.logstream import LineSplitter
 from sleap_rtc.worker.package import (
     InferenceJob,
@@ -302,8 +302,7 @@ class JobExecutor:
             for line, redraw in lines:
                 if not redraw:
                     tail.append(line)
-                await self._send({"type": ChannelType.JOB_LOG.value, "job_id": self.job_id,
-                                  "line": line, "redraw": redraw, "stream": name})
+                await self._send(jobs_wire.job_log(self.job_id, line, redraw, stream=name))
             if not data:
                 return
 
@@ -316,7 +315,7 @@ class JobExecutor:
                 log.warning("ignoring a non-JSON progress message from sleap-nn")
                 continue
             if isinstance(event, dict):
-                await self._send({"type": ChannelType.JOB_PROGRESS.value, "job_id": self.job_id, "event": event})
+                await self._send(jobs_wire.job_progress(self.job_id, event))
 
     def _stop_if_pending(self) -> None:
         if self._stop_pending and self._controller is not None and self._proc is not None:
@@ -337,8 +336,7 @@ class JobExecutor:
             await asyncio.sleep(STOP_REPEAT_S)
 
     async def _log(self, text: str) -> None:
-        await self._send({"type": ChannelType.JOB_LOG.value, "job_id": self.job_id, "line": text,
-                          "redraw": False, "stream": "worker"})
+        await self._send(jobs_wire.job_log(self.job_id, text, stream="worker"))
 
     async def _send(self, message: dict[str, Any]) -> None:
         try:
