@@ -112,7 +112,6 @@ class PeerChannel:
         self._low = asyncio.Event()
         self._last_seen = time.monotonic()
         self._heartbeat: asyncio.Task | None = None
-        self._suspect_task: asyncio.Task | None = None
         self._pc_close: asyncio.Task | None = None
         self.transfers = FileTransfers(
             self,
@@ -178,7 +177,7 @@ class PeerChannel:
             if not self.closed and self._last_seen < hinted:
                 self._shutdown(f"the peer left the room and sent nothing for {grace:.0f} s")
 
-        self._suspect_task = asyncio.get_running_loop().create_task(check())
+        spawn(check(), name=f"channel-suspect-{self.remote_peer_id}")
 
     async def wait_closed(self, timeout: float | None = None) -> str:
         """Wait until the channel closes; returns ``close_reason``."""

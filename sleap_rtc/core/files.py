@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sleap_rtc.core.protocol import SHA256_MISMATCH, ChannelType, pack_chunk, unpack_chunk
+from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import (
     FileTransferError,
     IntegrityError,
@@ -305,7 +306,8 @@ class FileTransfers:
             self._spawn(self._on_offer(msg))
         elif kind == ChannelType.FILE_END:
             st = self._incoming.get(tid)
-            if st is not None:
+            if st is not None and st.ready:
+                st.ready = False  # a repeated file_end must not finish the file twice
                 self._spawn(self._on_end(st, msg))
         elif kind == ChannelType.FILE_ACCEPT:
             out = self._outgoing.get(tid)
@@ -364,7 +366,7 @@ class FileTransfers:
     # ------------------------------------------------------------------ internals
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = spawn(coro, name="file-transfer")  # held, and a failure is logged at once
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

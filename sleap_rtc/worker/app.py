@@ -47,6 +47,7 @@ from sleap_rtc.core.protocol import (
 )
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient, SignalingError, create_room, new_peer_id
 from sleap_rtc.core.status import DEFAULT_LEASE_TIMEOUT, Reservation, StatusGuard
+from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
 from sleap_rtc.worker.capabilities import Capabilities
 from sleap_rtc.worker.executor import COMPLETED, JobExecutor, JobOutcome
@@ -173,7 +174,7 @@ class Worker:
     # ------------------------------------------------------------------ signaling
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task = spawn(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
