@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sleap_rtc.core.metadata import matches_filters
-from sleap_rtc.core.protocol import MessageType, Prop, Role, WorkerStatus
+from sleap_rtc.core.protocol import EVENT_TYPES, MessageType, Prop, Role, WorkerStatus
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient
 from sleap_rtc.core.tasks import spawn
 
@@ -95,9 +95,6 @@ class RoomChange:
 
 RoomListener = Callable[[RoomChange], Any]
 
-WORKER_FILTER: dict[str, Any] = {"role": Role.WORKER.value}
-
-
 def worker_filters(min_gpu_memory_mb: int | None = None) -> dict[str, Any]:
     """Discovery filters for workers, optionally with at least that much GPU memory."""
     filters: dict[str, Any] = {"role": Role.WORKER.value}
@@ -115,7 +112,7 @@ class RoomView:
 
     def __init__(self, signaling: SignalingClient, filters: dict[str, Any] | None = None):
         self.signaling = signaling
-        self.filters = filters if filters is not None else dict(WORKER_FILTER)
+        self.filters = filters if filters is not None else worker_filters()
         self._workers: dict[str, WorkerInfo] = {}
         self._listeners: list[RoomListener] = []
         self._removers: list[Callable[[], None]] = []
@@ -188,18 +185,13 @@ class RoomView:
 
     def _on_frame(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
-        if kind not in (MessageType.PEER_JOINED, MessageType.PEER_LEFT, MessageType.PEER_UPDATED):
+        if kind not in EVENT_TYPES:
             return
         info = WorkerInfo.from_peer(frame)
         if not info.peer_id:
             return
-        if kind == MessageType.PEER_LEFT:
-            gone = self._workers.pop(info.peer_id, None)
-            if gone is not None:
-                self._emit(RoomChange("left", gone))
-            return
-        if not matches_filters(info.role, info.metadata, self.filters):
-            # e.g. a worker whose update made it fail a filter: it leaves this view.
+        # A worker whose update makes it fail a filter leaves this view like one that left.
+        if kind == MessageType.PEER_LEFT or not matches_filters(info.role, info.metadata, self.filters):
             gone = self._workers.pop(info.peer_id, None)
             if gone is not None:
                 self._emit(RoomChange("left", gone))

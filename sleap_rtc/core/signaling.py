@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from sleap_rtc.core.config import http_base
+from sleap_rtc.core.metadata import merge_metadata
 from sleap_rtc.core.protocol import DEFAULT_PING_INTERVAL, FINAL_REGISTRATION_ERRORS, MessageType, dumps
 from sleap_rtc.core.tasks import spawn
 
@@ -198,7 +199,9 @@ class SignalingClient:
 
     async def update_metadata(self, partial: dict[str, Any]) -> dict[str, Any]:
         """Merge ``partial`` into this peer's metadata; returns the server's merged copy."""
-        self._merge_local(partial)
+        # Merged locally first (same rules as the server), so a reconnect meanwhile
+        # registers with the update already in.
+        self.metadata = merge_metadata(self.metadata, partial)
         reply = await self.request(
             {"type": MessageType.UPDATE_METADATA.value, "peer_id": self.peer_id, "metadata": partial}
         )
@@ -270,11 +273,6 @@ class SignalingClient:
                 listener(state)
             except Exception:  # a broken listener must not take the connection down
                 log.exception("state listener failed")
-
-    def _merge_local(self, partial: dict[str, Any]) -> None:
-        tags = set(self.metadata.get("tags", [])) | set(partial.get("tags", []))
-        props = {**self.metadata.get("properties", {}), **partial.get("properties", {})}
-        self.metadata = {**self.metadata, **partial, "tags": sorted(tags), "properties": props}
 
     async def _open_and_register(self) -> Registration:
         if self._http is None:
