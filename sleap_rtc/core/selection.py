@@ -112,10 +112,6 @@ GONE_ERRORS: tuple[type[BaseException], ...] = (PeerNotFoundError, AnswerTimeout
 """Connect errors meaning "this worker vanished or never answered"; tried next too."""
 
 
-def _default_skip_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    return BUSY_ERRORS, GONE_ERRORS
-
-
 @dataclass
 class Selection(Generic[T]):
     """The outcome of a selection: the worker, what ``connect`` returned, and the log."""
@@ -156,8 +152,8 @@ async def auto_select(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     wait: float = 0.0,
     min_gpu_memory_mb: int | None = None,
-    busy_errors: tuple[type[BaseException], ...] | None = None,
-    gone_errors: tuple[type[BaseException], ...] | None = None,
+    busy_errors: tuple[type[BaseException], ...] = BUSY_ERRORS,
+    gone_errors: tuple[type[BaseException], ...] = GONE_ERRORS,
     on_decision: DecisionListener | None = None,
 ) -> Selection[T]:
     """Connect to the best available worker, falling back to the next best.
@@ -168,9 +164,6 @@ async def auto_select(
     answered) moves on to the next worker; any other exception propagates. At most
     ``max_attempts`` workers are tried. Each decision is logged and given to ``on_decision``.
     """
-    default_busy, default_gone = _default_skip_errors()
-    busy_errors = default_busy if busy_errors is None else busy_errors
-    gone_errors = default_gone if gone_errors is None else gone_errors
     decisions: list[str] = []
 
     def decide(text: str) -> None:
@@ -240,13 +233,10 @@ async def connect_direct(
     worker_id: str,
     connect: ConnectAttempt[T],
     *,
-    busy_errors: tuple[type[BaseException], ...] | None = None,
-    gone_errors: tuple[type[BaseException], ...] | None = None,
+    busy_errors: tuple[type[BaseException], ...] = BUSY_ERRORS,
+    gone_errors: tuple[type[BaseException], ...] = GONE_ERRORS,
 ) -> Selection[T]:
     """Connect to exactly ``worker_id`` (no fallback: the user asked for that one)."""
-    default_busy, default_gone = _default_skip_errors()
-    busy_errors = default_busy if busy_errors is None else busy_errors
-    gone_errors = default_gone if gone_errors is None else gone_errors
     worker = check_direct(room, worker_id)
     try:
         connection = await connect(worker)

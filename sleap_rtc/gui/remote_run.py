@@ -29,6 +29,14 @@ from typing import Any
 from qtpy import QtCore, QtWidgets
 
 from sleap_rtc.core.phases import JobPhases, Phase
+from sleap_rtc.core.selection import (
+    BUSY_ERRORS,
+    GONE_ERRORS,
+    AllWorkersBusyError,
+    UnknownWorkerError,
+    WorkerUnavailableError,
+)
+from sleap_rtc.core.transport_errors import WorkerBusyError
 from sleap_rtc.gui.bridge import run_coro
 from sleap_rtc.gui.job_dialog import JobDialog
 
@@ -73,29 +81,19 @@ class JobOutcome:
 JobRunner = Callable[[JobRequest, JobEvents], Awaitable[JobOutcome]]
 
 
-def _busy_errors() -> tuple[type[BaseException], ...]:
-    """Errors meaning "this worker cannot take the job": try another one."""
-    errors: list[type[BaseException]] = []
-    try:
-        from sleap_rtc.core import transport_errors as te
-
-        errors += [te.WorkerBusyError, te.PeerNotFoundError, te.AnswerTimeoutError]
-    except ImportError:  # transport not installed: nothing to catch
-        pass
-    from sleap_rtc.core import selection
-
-    errors += [selection.WorkerUnavailableError, selection.UnknownWorkerError, selection.AllWorkersBusyError]
-    return tuple(errors)
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *BUSY_ERRORS, *GONE_ERRORS, WorkerUnavailableError, UnknownWorkerError, AllWorkersBusyError,
+)
+"""Errors meaning "this worker cannot take the job": the dialog offers another one."""
 
 
 def explain_busy(exc: BaseException, worker_id: str | None) -> str:
     """Why the worker could not be used, in the user's words."""
     name = worker_id or "the selected worker"
-    kind = exc.__class__.__name__
-    if kind == "WorkerBusyError":
-        status = getattr(exc, "status", None) or "busy"
+    if isinstance(exc, WorkerBusyError):
+        status = exc.status or "busy"
         return f"Worker {name} is {status}: another job got it first."
-    if kind in ("PeerNotFoundError", "AnswerTimeoutError"):
+    if isinstance(exc, GONE_ERRORS):
         return f"Worker {name} left the room or did not answer."
     return str(exc) or f"Worker {name} cannot take the job."
 
@@ -206,7 +204,7 @@ class RemoteJobController(QtCore.QObject):
             self._decision.set_result(choice)
 
     async def _run(self) -> None:
-        busy = _busy_errors()
+        busy = UNAVAILABLE_ERRORS
         request = self.request
         try:
             while True:
