@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,28 +55,35 @@ async def test_local_close_fails_pending_waits(signaling_server, room, tmp_path)
         assert await worker.wait_closed(5) == "the peer hung up"
 
 
-async def test_frozen_peer_is_declared_dead_within_15s(signaling_server, room, tmp_path):
-    """SIGSTOP the worker process: aiortc never notices, the heartbeat deadline does."""
+@contextlib.asynccontextmanager
+async def channel_to_peer_process(url: str, room: tuple[str, str], tmp_path: Path):
+    """Yield ``(client channel, worker process)``: a worker-side peer in a subprocess (so a
+    test can SIGSTOP/SIGKILL it), connected through the real server."""
     from _peers import registered
 
-    csig = await registered(signaling_server.url, room, "client")
+    csig = await registered(url, room, "client")
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_peer_proc.py"), signaling_server.url, *room, str(tmp_path / "w"), str(tmp_path / "wc")],
+        [sys.executable, str(HERE / "_peer_proc.py"), url, *room, str(tmp_path / "w"), str(tmp_path / "wc")],
         stdout=subprocess.PIPE, text=True,
     )
     try:
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
-        ch = await connect(csig, line.split()[1], timeout=15, receive_dir=tmp_path / "r", cache_dir=tmp_path / "c")
+        yield await connect(csig, line.split()[1], timeout=15, receive_dir=tmp_path / "r", cache_dir=tmp_path / "c"), proc
+    finally:
+        proc.kill()
+        proc.wait(5)
+        await csig.close()
+
+
+async def test_frozen_peer_is_declared_dead_within_15s(signaling_server, room, tmp_path):
+    """SIGSTOP the worker process: aiortc never notices, the heartbeat deadline does."""
+    async with channel_to_peer_process(signaling_server.url, room, tmp_path) as (ch, proc):
         pending = asyncio.ensure_future(ch.receive())
         os.kill(proc.pid, signal.SIGSTOP)
         t0 = time.monotonic()
         with pytest.raises(PeerClosedError, match="no sign of life"):
             await asyncio.wait_for(pending, 20)
         assert time.monotonic() - t0 < 15
-    finally:
-        proc.kill()
-        proc.wait(5)
-        await csig.close()
 
 
 async def test_suspect_keeps_a_live_peer(signaling_server, room, tmp_path):
@@ -90,26 +98,13 @@ async def test_suspect_keeps_a_live_peer(signaling_server, room, tmp_path):
 
 async def test_suspect_declares_a_frozen_peer_dead_quickly(signaling_server, room, tmp_path):
     """With the hint, a peer that went silent is dropped after the grace, not after dead_after."""
-    from _peers import registered
-
-    csig = await registered(signaling_server.url, room, "client")
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_peer_proc.py"), signaling_server.url, *room, str(tmp_path / "w"), str(tmp_path / "wc")],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
-        ch = await connect(csig, line.split()[1], timeout=15, receive_dir=tmp_path / "r", cache_dir=tmp_path / "c")
+    async with channel_to_peer_process(signaling_server.url, room, tmp_path) as (ch, proc):
         os.kill(proc.pid, signal.SIGSTOP)
         t0 = time.monotonic()
         ch.suspect(3.0)
         await asyncio.wait_for(ch.wait_closed(), 15)
         assert "left the room" in ch.close_reason
         assert time.monotonic() - t0 < ch.dead_after  # sooner than the heartbeat alone
-    finally:
-        proc.kill()
-        proc.wait(5)
-        await csig.close()
 
 
 def test_job_builders_validate():
