@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sleap_rtc.children import die_with_parent
 from sleap_rtc.core.credentials import SESSION_PREFIX
 
 
@@ -185,6 +186,7 @@ class LocalRoom:
             env=self.env,
             cwd=str(cwd or self.work_dir),
             start_new_session=True,
+            preexec_fn=die_with_parent,  # a killed test run or demo leaves nothing behind
         )
         child = ChildProcess(name, popen, echo=self.echo)
         child.start_reader()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from sleap_rtc.children import die_with_parent
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.worker.logstream import LineSplitter
 from sleap_rtc.worker.package import (
@@ -84,17 +84,6 @@ def find_sleap_nn() -> list[str] | None:
         return [found]
     local = Path(sys.executable).with_name("sleap-nn")
     return [str(local)] if local.exists() else None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the worker dies (Linux), so a worker that is
-    killed outright never leaves sleap-nn training on (its own session escapes killpg)."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass  # best effort: cancel() still kills the group on an orderly stop
 
 
 def zip_folder(folder: Path, dest: Path) -> Path:
@@ -272,7 +261,7 @@ class JobExecutor:
                 *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own process group: cancel kills its children too
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise _JobFailed(f"Cannot start {argv[0]!r} ({exc.strerror}). {INSTALL_HINT}") from None

@@ -152,9 +152,9 @@ def test_training_process_dies_with_a_killed_worker(tmp_path):
     pid_file = tmp_path / "child.pid"
     parent_code = (
         "import subprocess, sys, time\n"
-        "from sleap_rtc.worker.executor import _die_with_parent\n"
+        "from sleap_rtc.children import die_with_parent\n"
         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
-        " start_new_session=True, preexec_fn=_die_with_parent)\n"
+        " start_new_session=True, preexec_fn=die_with_parent)\n"
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "time.sleep(60)\n"
     )
