@@ -38,6 +38,21 @@ async def _discover_workers(room) -> list[dict]:
         await fresh.close()
 
 
+async def _rediscover(room, back_at: float, give_up_after: float) -> tuple[list[str], float]:
+    """Poll with fresh clients until both workers are discoverable again (or give up);
+    returns the names last found and the seconds since the server came back."""
+    found: list[str] = []
+    while time.monotonic() - back_at < give_up_after:
+        try:
+            found = sorted(p["metadata"]["properties"]["worker_name"] for p in await _discover_workers(room))
+        except (SignalingError, KeyError) as exc:
+            found = [f"error: {exc}"]
+        if found == ["w1", "w2"]:
+            break
+        await asyncio.sleep(0.2)
+    return found, time.monotonic() - back_at
+
+
 @pytest.mark.timeout(180)
 async def test_server_restart_mid_session(local_room, tmp_path: Path):
     room = local_room
@@ -78,16 +93,7 @@ async def test_server_restart_mid_session(local_room, tmp_path: Path):
             idle_one = ({"w1", "w2"} - {busy_one}).pop()
 
             # 1. Workers re-register: a fresh client discovers both within 5 s of the server being back.
-            found: list[str] = []
-            while time.monotonic() - back_at < REREGISTER_WITHIN + 1:
-                try:
-                    found = sorted(p["metadata"]["properties"]["worker_name"] for p in await _discover_workers(room))
-                except (SignalingError, KeyError) as exc:
-                    found = [f"error: {exc}"]
-                if found == ["w1", "w2"]:
-                    break
-                await asyncio.sleep(0.2)
-            took = time.monotonic() - back_at
+            found, took = await _rediscover(room, back_at, REREGISTER_WITHIN + 1)
             print(f"workers rediscovered {took:.1f} s after the server came back")
             assert found == ["w1", "w2"], f"after the restart a fresh client finds {found} (waited {took:.1f} s)"
             assert took <= REREGISTER_WITHIN, f"workers re-registered {took:.1f} s after the server came back"
@@ -124,16 +130,7 @@ async def test_workers_reregister_within_5s_after_a_long_outage(local_room):
     await asyncio.sleep(10.0)
     await asyncio.to_thread(room.start_server, room.port)
     back_at = time.monotonic()
-    found: list[str] = []
-    while time.monotonic() - back_at < REREGISTER_WITHIN + 3:
-        try:
-            found = sorted(p["metadata"]["properties"]["worker_name"] for p in await _discover_workers(room))
-        except (SignalingError, KeyError):
-            found = []
-        if found == ["w1", "w2"]:
-            break
-        await asyncio.sleep(0.2)
-    took = time.monotonic() - back_at
+    found, took = await _rediscover(room, back_at, REREGISTER_WITHIN + 3)
     print(f"workers rediscovered {took:.1f} s after a 10 s outage")
     assert found == ["w1", "w2"], f"after a 10 s outage a fresh client finds {found} ({took:.1f} s after the server came back)"
     assert took <= REREGISTER_WITHIN, f"workers re-registered {took:.1f} s after the server came back (10 s outage)"

@@ -133,12 +133,12 @@ def _request(server, room, phases, worker_id=None):
     )
 
 
-async def test_busy_worker_offers_next_best_and_retries(qtbot, signaling_server, room, wait_until):
-    """A worker_busy refusal shows why; "Try next best" retries without that worker."""
-    attempts = []
+def _busy_once(attempts: list):
+    """A job runner whose first attempt is refused busy and whose next one trains; records
+    ``(worker_id, exclude)`` of each attempt. Like core, each attempt drives its own phases
+    and ends a refused one in FAILED."""
 
     async def runner(request, events):
-        # like core: each attempt drives its own phases and ends a refused one in FAILED
         phases = request.phases
         attempts.append((request.worker_id, set(request.exclude)))
         phases.advance(Phase.JOINING)
@@ -155,7 +155,13 @@ async def test_busy_worker_offers_next_best_and_retries(qtbot, signaling_server,
         phases.advance(Phase.DOWNLOADING)
         return JobOutcome()
 
-    ctl = RemoteJobController(_request(signaling_server, room, JobPhases(), "worker-gpu-a"), runner)
+    return runner
+
+
+async def test_busy_worker_offers_next_best_and_retries(qtbot, signaling_server, room, wait_until):
+    """A worker_busy refusal shows why; "Try next best" retries without that worker."""
+    attempts = []
+    ctl = RemoteJobController(_request(signaling_server, room, JobPhases(), "worker-gpu-a"), _busy_once(attempts))
     qtbot.addWidget(ctl.dialog)
     done = []
     ctl.succeeded.connect(done.append)
@@ -181,20 +187,7 @@ async def test_choose_another_waits_for_the_users_pick(qtbot, signaling_server, 
         asked.append(set(exclude))
         return await picks.get()
 
-    async def runner(request, events):
-        phases = request.phases
-        attempts.append(request.worker_id)
-        phases.advance(Phase.RESERVING, request.worker_id or "auto")
-        if len(attempts) == 1:
-            phases.advance(Phase.FAILED, "busy")
-            raise WorkerBusyError("busy", status="busy")
-        phases.advance(Phase.CONNECTING)
-        phases.advance(Phase.UPLOADING, "100%")
-        phases.advance(Phase.TRAINING)
-        phases.advance(Phase.DOWNLOADING)
-        return JobOutcome()
-
-    ctl = RemoteJobController(_request(signaling_server, room, JobPhases(), "worker-gpu-a"), runner,
+    ctl = RemoteJobController(_request(signaling_server, room, JobPhases(), "worker-gpu-a"), _busy_once(attempts),
                               choose_worker=choose)
     qtbot.addWidget(ctl.dialog)
     done = []
@@ -204,12 +197,12 @@ async def test_choose_another_waits_for_the_users_pick(qtbot, signaling_server, 
     ctl.dialog.choose_button.click()
     await wait_until(lambda: asked, 3)
     await asyncio.sleep(0.3)
-    assert attempts == ["worker-gpu-a"], "retried before the user picked a worker"
+    assert attempts == [("worker-gpu-a", set())], "retried before the user picked a worker"
     assert "Pick a worker" in ctl.dialog.problem_label.text()
     assert asked == [{"worker-gpu-a"}]
     picks.put_nowait("worker-gpu-b")
     await wait_until(lambda: done, 3)
-    assert attempts == ["worker-gpu-a", "worker-gpu-b"]
+    assert attempts == [("worker-gpu-a", set()), ("worker-gpu-b", {"worker-gpu-a"})]
 
 
 async def test_cancel_releases_the_worker(qtbot, signaling_server, room, wait_until):
