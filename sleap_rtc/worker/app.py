@@ -55,10 +55,10 @@ from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, prune_job_dirs
 
 log = logging.getLogger(__name__)
 
-# close() bounds: running sessions get time to hang up their channel; the publisher only
-# has one request in flight.
+# Shutdown bounds: running sessions get time to hang up their channel; a helper task
+# (status publisher, message collector, job controller) has at most one request in flight.
 SESSIONS_CLOSE_TIMEOUT_S = 15.0
-PUBLISHER_CLOSE_TIMEOUT_S = 2.0
+HELPER_CLOSE_TIMEOUT_S = 2.0
 
 """``options.kind`` values a worker accepts in ``job_submit``."""
 
@@ -166,7 +166,7 @@ class Worker:
         self._closed.set()
         await cancel_and_wait([*self._sessions.values(), *self._tasks], SESSIONS_CLOSE_TIMEOUT_S)
         if self._publisher:
-            await cancel_and_wait([self._publisher], PUBLISHER_CLOSE_TIMEOUT_S)
+            await cancel_and_wait([self._publisher], HELPER_CLOSE_TIMEOUT_S)
         if self.signaling:
             await self.signaling.close()
 
@@ -296,9 +296,7 @@ class Worker:
             with contextlib.suppress(PeerClosedError, asyncio.TimeoutError, TimeoutError):
                 await channel.wait_closed(self.config.linger_timeout)
         finally:
-            collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await collector
+            await cancel_and_wait([collector], HELPER_CLOSE_TIMEOUT_S)
             # Deleting whole job dirs can take a while: off the loop (the next client is waiting).
             await asyncio.to_thread(prune_job_dirs, self.work_dir, self.config.keep_job_dirs)
             # The client's package stays cached (a re-run uploads nothing) until the cap.
@@ -382,9 +380,7 @@ class Worker:
             executor.cancel()
             raise
         finally:
-            controller.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await controller
+            await cancel_and_wait([controller], HELPER_CLOSE_TIMEOUT_S)
             with contextlib.suppress(OSError):
                 package.unlink()
 

@@ -42,6 +42,7 @@ import zmq.asyncio
 
 from sleap_rtc.children import die_with_parent
 from sleap_rtc.core import jobs_wire
+from sleap_rtc.core.tasks import cancel_and_wait
 from sleap_rtc.worker.logstream import LineSplitter
 from sleap_rtc.worker.package import (
     InferenceJob,
@@ -63,6 +64,7 @@ STDERR_TAIL_LINES = 15
 KILL_GRACE_S = 3.0
 STOP_REPEAT_S = 0.5  # a stop published before sleap-nn's SUB connected is lost: repeat it
 ZMQ_DRAIN_S = 0.5  # events still in flight when the process exits (e.g. train_end)
+FORWARD_CLOSE_TIMEOUT_S = 2.0  # the ZMQ event forwarder, once cancelled
 INSTALL_HINT = "Install it on the worker with: pip install 'sleap-rtc[worker]' (or pip install sleap-nn)."
 
 
@@ -227,9 +229,7 @@ class JobExecutor:
                 # Events still on their way when the process exits (train_end).
                 await asyncio.sleep(ZMQ_DRAIN_S)
             finally:
-                forward.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await forward
+                await cancel_and_wait([forward], FORWARD_CLOSE_TIMEOUT_S)
             if self._stopped_current:
                 self._stopped_any = True
             if rc != 0:
