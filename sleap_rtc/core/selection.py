@@ -220,6 +220,10 @@ async def auto_select(
 
     await wait_for_available(room, wait=wait, min_gpu_memory_mb=min_gpu_memory_mb)
     trust = room_trust(room) or _no_trust
+    invalid = [w for w in room.workers if w.available and not w.valid]
+    if invalid:
+        decide("Ignoring worker(s) with unbelievable metadata: "
+               + ", ".join(f"{w.name} ({'; '.join(w.problems)})" for w in invalid) + ".")
     tried: set[str] = set()
     failures: list[str] = []
     attempt = 0
@@ -261,10 +265,10 @@ async def auto_select(
         return Selection(worker, connection, decisions)
     if not failures:
         raise NoWorkersError(no_workers_message(room, min_gpu_memory_mb=min_gpu_memory_mb))
-    raise AllWorkersBusyError(
-        f"Could not start the job on any worker ({'; '.join(failures)}). "
-        "Try again in a moment, or pass --wait SECONDS to wait for a free worker."
-    )
+    hint = "Try again in a moment, or pass --wait SECONDS to wait for a free worker."
+    if all("identity" in failure for failure in failures):
+        hint = "No worker could prove the identity this computer expects; check the workers' fingerprints."
+    raise AllWorkersBusyError(f"Could not start the job on any worker ({'; '.join(failures)}). {hint}")
 
 
 # --------------------------------------------------------------------------- direct id
