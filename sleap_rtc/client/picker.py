@@ -143,7 +143,7 @@ class WorkerPicker:
         available = sum(1 for _, w in rows if w.available and w.valid)
         trust = room_trust(self.room)
         table = Table(title=f"Workers in room {self.room.signaling.room_id} ({available} available)")
-        for column in ("#", "Name", "Peer ID", "GPU", "GPU memory", "CUDA", "Host", "Key", "Status"):
+        for column in ("#", "Name", "Peer ID", "GPU", "GPU memory", "CUDA", "Host", "Status", "Key"):
             table.add_column(column, justify="right" if column in ("#", "GPU memory") else "left")
         changed = []
         for number, w in rows:
@@ -156,7 +156,7 @@ class WorkerPicker:
             if trust and trust(w) == Trust.CHANGED:
                 changed.append(w.name)
             table.add_row(label, Text(w.name), Text(w.peer_id), Text(w.gpu_model), memory, Text(w.cuda_version or "-"),
-                          Text(w.hostname or "-"), Text(key_text, style=key_style or ""), Text(status), style=style)
+                          Text(w.hostname or "-"), Text(status), Text(key_text, style=key_style or ""), style=style)
         lines: list[Any] = [table]
         if changed:
             lines.append(Text(
