@@ -23,10 +23,10 @@ the hellos are exchanged the worker sends ``identity_proof {public_key, signatur
 (``prove_identity``), a signature over both DTLS certificate fingerprints of this
 connection, both peer ids and the client's nonce; the client checks it with
 ``await verify_identity(timeout)`` before it sends anything of value, and gets
-``WorkerIdentityError`` for a missing, malformed or non-verifying proof. Both sides send ``heartbeat`` every ``HEARTBEAT_INTERVAL`` s;
-any frame counts as a sign of life, and a peer silent for ``DEAD_AFTER`` s is declared
-dead (aiortc itself would need ~32 s, and a sender blocked on a full buffer would wait
-forever). A peer's event loop must therefore never block for ``DEAD_AFTER`` seconds.
+``WorkerIdentityError`` for a missing, malformed or non-verifying proof. Both sides send
+``heartbeat`` every ``HEARTBEAT_INTERVAL`` s; any frame counts as a sign of life, and a
+peer silent for ``DEAD_AFTER`` s is declared dead (aiortc itself would need ~32 s, and a
+sender blocked on a full buffer would wait forever). A peer's event loop must therefore never block for ``DEAD_AFTER`` seconds.
 ``bye`` is an orderly hang-up.
 """
 
@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives import hashes
 
 from sleap_rtc.core.config import user_data_dir
 from sleap_rtc.core.files import LOW_WATER, FileReceipt, FileTransfers, Progress, ReceivedFile
@@ -64,12 +66,6 @@ _FILE_TYPES = frozenset(
     {ChannelType.FILE_OFFER, ChannelType.FILE_ACCEPT, ChannelType.FILE_END, ChannelType.FILE_DONE,
      ChannelType.FILE_ERROR, ChannelType.FILE_CANCEL}
 )
-
-
-def _sha256() -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    return hashes.SHA256()
 
 
 def default_receive_dir() -> Path:
@@ -185,8 +181,10 @@ class PeerChannel:
         try:
             dtls = self.pc.sctp.transport
             local = next(f for f in dtls.getLocalParameters().fingerprints if f.algorithm.lower() == "sha-256")
-            cert = dtls._ssl.get_peer_certificate(as_cryptography=True)  # what the handshake saw
-            digest = cert.fingerprint(_sha256()).hex().upper()
+            # aiortc has no public API for the peer's certificate; its SSL object holds the
+            # one the handshake verified, which is what must be bound (not the relayed SDP).
+            cert = dtls._ssl.get_peer_certificate(as_cryptography=True)
+            digest = cert.fingerprint(hashes.SHA256()).hex().upper()
             remote = ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
             return normalize_dtls_fingerprint(local.algorithm, local.value), normalize_dtls_fingerprint("sha-256", remote)
         except (AttributeError, StopIteration, TypeError, ValueError) as exc:
