@@ -211,15 +211,16 @@ class PeerChannel:
         self.send_control({"type": ChannelType.IDENTITY_PROOF.value, **proof})
         return True
 
-    async def verify_identity(self, timeout: float = IDENTITY_TIMEOUT) -> str:
+    async def verify_identity(self, timeout: float | None = None) -> str:
         """Client side, after ``start``: wait for the worker's proof and check it.
 
-        Returns the worker's key fingerprint (also kept in ``remote_fingerprint``). Raises
+        ``timeout`` defaults to ``IDENTITY_TIMEOUT`` (read at call time). Returns the worker's key fingerprint (also kept in ``remote_fingerprint``). Raises
         ``WorkerIdentityError`` when no proof comes within ``timeout`` or it does not
         verify for this connection, ``PeerClosedError`` when the channel closes first.
         """
         if self.nonce is None:
             raise WorkerIdentityError("Only the side that sent a nonce (the client) can verify the peer.")
+        timeout = IDENTITY_TIMEOUT if timeout is None else timeout
         try:
             proof = await self.guard(asyncio.shield(self._proof), timeout)
         except TimeoutError:

@@ -59,6 +59,23 @@ async def test_c8_hostile_worker_advertising_a_real_workers_key_is_refused_befor
         await lab.close()
 
 
+async def test_c8_worker_that_sends_no_proof_is_refused_and_auto_select_moves_on(signaling_server, room, tmp_path, monkeypatch):
+    from sleap_rtc.core import channel
+
+    monkeypatch.setattr(channel, "IDENTITY_TIMEOUT", 1.0)  # the real wait is 10 s
+    url = signaling_server.url
+    lab = await real_worker(url, room, tmp_path / "lab", "lab", mem=24000)
+    silent = await HostileWorker(url, room, "silent", tmp_path / "silent", mem=10**6, proof="none").start()
+    try:
+        remote, decisions = job(url, room, tmp_path, "a", known_workers=store(tmp_path))
+        assert (await asyncio.wait_for(remote.run(), 90)).worker == "lab"
+        assert silent.offers == 1 and silent.received == []
+        assert any(d.startswith("Refused silent") and "sent no identity proof within 1 s" in d for d in decisions)
+    finally:
+        await silent.close()
+        await lab.close()
+
+
 async def test_c8_worker_whose_key_changed_is_flagged_skipped_by_auto_select_and_accepted_when_chosen(signaling_server, room, tmp_path):
     url = signaling_server.url
     known = store(tmp_path)
