@@ -568,18 +568,19 @@ class RemoteJob:
         self.phases.advance(Phase.CONNECTING, f"connected to {worker.name}")
         return channel
 
-    async def _verify(self, channel: Any, worker: WorkerInfo, *, name: str, advertised: str | None, chosen: bool) -> str:
+    async def _verify(self, channel: Any, worker: WorkerInfo, *, name: str, advertised: str | None, chosen: bool,
+                      source: str = "the room advertises for it") -> str:
         """Check the worker's identity before anything is uploaded (see the module docstring).
 
         ``advertised`` is the key the room (or the session string) says this worker has;
         ``chosen`` says the user picked this very worker (a changed key then warns instead
-        of refusing). Returns the verified fingerprint; raises ``WorkerIdentityError``.
+        of refusing); ``source`` says where ``advertised`` came from, for the message. Returns the verified fingerprint; raises ``WorkerIdentityError``.
         """
         proved = await channel.verify_identity()
         if advertised is not None and proved != advertised:
             raise WorkerIdentityError(
                 f"Worker {name} proved key {short_fingerprint(proved)}, not the key {short_fingerprint(advertised)} "
-                "it is known by here: it is posing as another worker.",
+                f"{source}: it is posing as another worker.",
                 fingerprint=proved, expected=advertised,
             )
         trust = self.known.check(self.room_id, name, proved)
@@ -616,8 +617,8 @@ class RemoteJob:
             ) from None
         try:
             # The session string names the worker the user means: its key is the expectation.
-            await self._verify(channel, worker, name=name_from_peer_id(peer_id),
-                               advertised=self.session_fingerprint, chosen=True)
+            await self._verify(channel, worker, name=name_from_peer_id(peer_id), advertised=self.session_fingerprint,
+                               chosen=True, source="the session string names")
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(channel.close(), 5.0)
