@@ -179,7 +179,7 @@ async def test_an_unforeseen_error_is_a_clear_failure_not_a_crash(tmp_path, tiny
     dropped connection (which auto-select would read as a dead worker and retry elsewhere)."""
     import sleap_rtc.worker.executor as executor
 
-    def broken(_job_dir):
+    def broken(_job_dir, **_kw):
         raise AttributeError("'list' object has no attribute 'get'")
 
     monkeypatch.setattr(executor, "load_plan", broken)
