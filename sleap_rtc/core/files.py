@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import itertools
 import logging
 import os
@@ -107,8 +108,9 @@ MAX_INCOMING = 4
 DISK_RESERVE_BYTES = 1024**3
 """Free disk an accepted offer must leave behind (checked against what is still to come)."""
 
-OfferCheck = Callable[[str, int, str, dict], "str | None"]
-"""``accept_offer(name, size, sha256, meta)``: ``None`` to accept, else the refusal message."""
+OfferCheck = Callable[[str, int, str, dict], Any]
+"""``accept_offer(name, size, sha256, meta)``: ``None`` to accept, else the refusal message
+(or an awaitable of either)."""
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _BAD_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
@@ -161,6 +163,51 @@ def sanitize_name(name: Any, fallback: str = "file") -> str:
         stem, dot, ext = text.rpartition(".")
         text = (stem[: _MAX_NAME - len(ext) - 1] + dot + ext) if dot and len(ext) < 20 else text[:_MAX_NAME]
     return text
+
+
+NEW_NAME_TRIES = 1000
+"""Most ``-2``, ``-3`` ... suffixes ``place_new`` tries before giving up."""
+
+
+def _candidates(dest: Path, is_dir: bool):
+    yield dest
+    if is_dir:
+        suffix = ""
+    elif dest.name.endswith(".predictions.slp"):
+        suffix = ".predictions.slp"
+    else:
+        suffix = dest.suffix
+    stem = dest.name[: len(dest.name) - len(suffix)] if suffix else dest.name
+    for n in range(2, NEW_NAME_TRIES + 1):
+        yield dest.with_name(f"{stem}-{n}{suffix}")
+
+
+def place_new(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Move ``src`` (a file or a folder) to ``dest``, or to ``dest`` with a ``-N`` suffix
+    when that exists: an existing file or folder is never replaced. Returns where it went.
+
+    Both must be on one file system. Files are hard-linked then unlinked (``link`` fails
+    on an existing name, so there is no window to overwrite); a folder takes a name by
+    ``mkdir`` (exclusive) and is renamed onto that empty folder.
+    """
+    src, dest = Path(src), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for cand in _candidates(dest, src.is_dir()):
+        try:
+            if src.is_dir():
+                cand.mkdir()
+                try:
+                    os.rename(src, cand)
+                except OSError:
+                    cand.rmdir()
+                    raise
+            else:
+                os.link(src, cand)
+                src.unlink()
+            return cand
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{dest} and its first {NEW_NAME_TRIES} numbered variants all exist.")
 
 
 def sha256_file(path: str | os.PathLike, *, limit: int | None = None) -> tuple[int, Any]:
@@ -461,10 +508,6 @@ class FileTransfers:
             return FILE_TOO_LARGE, f"{name!r} declares {size} bytes; this side takes at most {self.max_file_bytes} per file."
         if len(self._incoming) >= self.max_incoming:
             return TOO_MANY_TRANSFERS, f"Already receiving {len(self._incoming)} files; at most {self.max_incoming} at once."
-        if self.accept_offer is not None:
-            text = self.accept_offer(name, size, sha, meta)
-            if text:
-                return NOT_EXPECTED, text
         cached = self._cached_path(sha)
         if not (cached.is_file() and cached.stat().st_size == size):
             part = self.cache_dir / "partial" / f"{sha}.part"
@@ -502,6 +545,11 @@ class FileTransfers:
             return
         name = sanitize_name(msg.get("name"), fallback=f"file-{sha[:12]}")
         refusal = self._limit_refusal(name, size, sha, meta)
+        if refusal is None and self.accept_offer is not None:
+            text = self.accept_offer(name, size, sha, meta)
+            if inspect.isawaitable(text):
+                text = await text
+            refusal = (NOT_EXPECTED, text) if text else None
         if refusal:
             reason, text = refusal
             log.warning("refusing offer %d of %r (%d bytes): %s", tid, name, size, text)
