@@ -313,7 +313,7 @@ class JobExecutor:
                 *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own process group: cancel kills its children too
-                preexec_fn=die_with_parent,
+                preexec_fn=_child_setup,
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise _JobFailed(f"Cannot start {argv[0]!r} ({exc.strerror}). {INSTALL_HINT}") from None
@@ -386,6 +386,12 @@ class JobExecutor:
             self._emit_failures += 1
             if self._emit_failures == 1:
                 log.warning("job %s: could not send a message (%s); continuing", self.job_id, exc)
+
+
+def _child_setup() -> None:
+    """In the sleap-nn child before exec: die with the worker; files it writes are owner-only."""
+    die_with_parent()
+    os.umask(0o077)
 
 
 def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
