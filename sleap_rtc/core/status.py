@@ -11,8 +11,9 @@ offers give exactly one ``Reservation``. A reservation is a lease: unless it is 
 available again. ``release`` ends a reservation or a job (client vanished, job done).
 
 Reservations are cheap to take (one relayed offer frame), so they are not free to waste: a
-reservation that ends before its client asked for a job (``note_submit``) puts that client
-in back-off. Its next offers are refused for ``BACKOFF_START`` seconds, doubling with each
+reservation that ends before its client did anything on the data channel (no message, no
+file bytes: ``note_activity`` was never called, e.g. an offer whose ICE never completes, or
+a channel left silent) puts that client in back-off. Its next offers are refused for ``BACKOFF_START`` seconds, doubling with each
 wasted reservation up to ``BACKOFF_MAX``; a job (``mark_busy``) clears it. Replaying one
 offer therefore holds the worker for one lease, then less and less often. The back-off
 table is bounded (``BACKOFF_TABLE_MAX`` clients, oldest forgotten first). Client peer ids
@@ -72,8 +73,8 @@ class Reservation:
     id: int = field(default_factory=lambda: next(_reservation_ids))
     created_at: float = field(default_factory=time.monotonic)
     confirmed: bool = False
-    submitted: bool = False
-    """The client asked for a job on it (a ``job_submit`` arrived), accepted or not."""
+    active: bool = False
+    """The client used it: a message or file bytes arrived on the data channel."""
 
 
 @dataclass(frozen=True)
@@ -149,10 +150,10 @@ class StatusGuard:
         entry = self._backoff.get(client_peer_id)
         return max(0.0, entry[0] - self.clock()) if entry else 0.0
 
-    def note_submit(self, reservation: Reservation) -> None:
-        """The client asked for a job on ``reservation``: ending it is no longer a waste."""
+    def note_activity(self, reservation: Reservation) -> None:
+        """The client sent something on ``reservation``'s channel: ending it is no waste."""
         if self.is_current(reservation):
-            reservation.submitted = True
+            reservation.active = True
 
     def _penalise(self, client_peer_id: str) -> float:
         now = self.clock()
@@ -179,7 +180,7 @@ class StatusGuard:
         if not self.is_current(reservation):
             raise StatusError("This reservation is no longer current (expired or released).")
         self.confirm(reservation)
-        reservation.submitted = True
+        reservation.active = True
         self._backoff.pop(reservation.client_peer_id, None)  # a real job: all is forgiven
         if self._status != WorkerStatus.BUSY:
             self._move(WorkerStatus.BUSY, reservation, "job started")
@@ -187,14 +188,14 @@ class StatusGuard:
     def release(self, reservation: Reservation | None, reason: str = "released") -> bool:
         """End ``reservation`` (job done, client gone): available again. False if stale.
 
-        A reservation that ends without a ``job_submit`` puts its client in back-off."""
+        A reservation its client never used (``note_activity``) puts the client in back-off."""
         if not self.is_current(reservation):
             return False
         self._cancel_lease()
         self._reservation = None
-        if not reservation.submitted:
+        if not reservation.active:
             delay = self._penalise(reservation.client_peer_id)
-            reason = f"{reason}; no job asked for, offers from {reservation.client_peer_id} refused for {delay:g} s"
+            reason = f"{reason}; channel never used, offers from {reservation.client_peer_id} refused for {delay:g} s"
         if self._status in (WorkerStatus.RESERVED, WorkerStatus.BUSY):
             self._move(WorkerStatus.AVAILABLE, reservation, reason)
         return True

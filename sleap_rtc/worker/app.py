@@ -18,7 +18,8 @@ Life of a connection:
 Limits against a hostile room member (every one a ``WorkerConfig`` field): the lease before
 the channel opens is short (``lease_timeout``); once open, ``job_submit`` must come within
 ``submit_timeout`` and the client may not stay silent (no message, no file bytes) for more
-than ``submit_idle_timeout``; a reservation wasted that way puts the client in back-off
+than ``submit_idle_timeout``; a reservation the client never used (no ICE, or never a
+message or a file byte) puts it in back-off
 (``core.status``). A file offer larger than ``max_package_bytes`` or than the free disk is
 refused, at most ``core.files.MAX_INCOMING`` files arrive at once, and the partial files of
 a session are removed when it ends. A job runs at most ``max_job_seconds``.
@@ -259,6 +260,7 @@ class Worker:
         from sleap_rtc.core import transport  # aiortc is heavy: import on first offer
 
         channel = None
+        baseline = 0.0
         reason = "client session ended"
         incoming = self.work_dir / "incoming" / f"r{reservation.id}"
         try:
@@ -268,6 +270,7 @@ class Worker:
             )
             # The package is the largest file a client sends: nothing larger is accepted.
             channel.transfers.max_file_bytes = self.config.max_package_bytes
+            baseline = channel.transfers.last_activity
             if not self.guard.confirm(reservation):
                 reason = "lease expired before the channel opened"
                 return
@@ -288,6 +291,8 @@ class Worker:
             log.exception("session with %s failed", reservation.client_peer_id)
         finally:
             self._clients.pop(reservation.id, None)
+            if channel is not None and channel.transfers.last_activity > baseline:
+                self.guard.note_activity(reservation)  # it sent file bytes: not a wasted reservation
             if channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(channel.close(), 5)
@@ -301,10 +306,9 @@ class Worker:
         arrived = asyncio.Event()
         collector = asyncio.create_task(self._collect_files(channel, files, arrived))
         try:
-            submit = await self._wait_submit(channel)
+            submit = await self._wait_submit(channel, reservation)
             if submit is None:
                 return
-            self.guard.note_submit(reservation)
             job_id = submit["job_id"]
             try:
                 package = await self._find_package(channel, submit, files, arrived)
@@ -337,17 +341,19 @@ class Worker:
             files[received.sha256] = received
             arrived.set()
 
-    async def _wait_submit(self, channel: Any) -> dict[str, Any] | None:
+    async def _wait_submit(self, channel: Any, reservation: Reservation) -> dict[str, Any] | None:
         """The client's ``job_submit`` (others are ignored); None if it did not come in time.
 
         ``PeerClosedError`` once the channel closes (the client left)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.submit_timeout
         idle = self.config.submit_idle_timeout
-        last_message = time.monotonic()
+        last_message = opened = time.monotonic()
         while True:
             remaining = deadline - loop.time()
             # File bytes count as activity: a large package may take a while to arrive.
+            if channel.transfers.last_activity > opened:
+                self.guard.note_activity(reservation)  # file bytes: the client is uploading
             quiet = time.monotonic() - max(last_message, channel.transfers.last_activity)
             try:
                 if remaining <= 0:
@@ -362,6 +368,7 @@ class Worker:
                 log.warning("no job_submit from %s within %.0f s", channel.remote_peer_id, self.config.submit_timeout)
                 return None
             last_message = time.monotonic()
+            self.guard.note_activity(reservation)
             if msg.get("type") != ChannelType.JOB_SUBMIT:
                 continue
             try:

@@ -135,8 +135,8 @@ def test_w9_wasted_reservations_back_off_doubling_and_a_job_clears_it():
         now[0] += delays[-1] + 0.1
     assert delays[:3] == [BACKOFF_START, 2 * BACKOFF_START, 4 * BACKOFF_START] and max(delays) == BACKOFF_MAX
     r = guard.try_reserve("client-a")
-    guard.note_submit(r)
-    guard.release(r, "job rejected")  # a job was asked for: no new back-off
+    guard.note_activity(r)
+    guard.release(r, "upload cancelled")  # the channel was used: no new back-off
     assert guard.backoff_remaining("client-a") == 0
     r = guard.try_reserve("client-a")
     guard.mark_busy(r)
