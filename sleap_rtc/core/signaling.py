@@ -27,9 +27,12 @@ import aiohttp
 from sleap_rtc.core.config import http_base
 from sleap_rtc.core.metadata import merge_metadata
 from sleap_rtc.core.protocol import DEFAULT_PING_INTERVAL, FINAL_REGISTRATION_ERRORS, MessageType, dumps
-from sleap_rtc.core.tasks import spawn
+from sleap_rtc.core.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger(__name__)
+
+# How long close() waits for the reader task to end once cancelled.
+READER_CLOSE_TIMEOUT_S = 5.0
 
 Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -180,9 +183,7 @@ class SignalingClient:
         reader, self._reader = self._reader, None
         await self._drop_socket()
         if reader and reader is not asyncio.current_task():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await cancel_and_wait([reader], READER_CLOSE_TIMEOUT_S)
         if self._http:
             await self._http.close()
             self._http = None

@@ -57,13 +57,18 @@ from sleap_rtc.core.protocol import (
 )
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient, SignalingError, create_room, new_peer_id
 from sleap_rtc.core.status import DEFAULT_LEASE_TIMEOUT, Reservation, StatusGuard
-from sleap_rtc.core.tasks import spawn
+from sleap_rtc.core.tasks import cancel_and_wait, spawn
 from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
 from sleap_rtc.worker.capabilities import Capabilities
 from sleap_rtc.worker.executor import COMPLETED, DEFAULT_MAX_JOB_SECONDS, JobExecutor, JobOutcome
 from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, private_dir, prune_job_dirs
 
 log = logging.getLogger(__name__)
+
+# Shutdown bounds: running sessions get time to hang up their channel; a helper task
+# (status publisher, message collector, job controller) has at most one request in flight.
+SESSIONS_CLOSE_TIMEOUT_S = 15.0
+HELPER_CLOSE_TIMEOUT_S = 2.0
 
 """``options.kind`` values a worker accepts in ``job_submit``."""
 
@@ -172,15 +177,9 @@ class Worker:
     async def close(self) -> None:
         """Cancel running jobs, hang up, leave the room."""
         self._closed.set()
-        for task in list(self._sessions.values()) + list(self._tasks):
-            task.cancel()
-        for task in list(self._sessions.values()) + list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 10)
+        await cancel_and_wait([*self._sessions.values(), *self._tasks], SESSIONS_CLOSE_TIMEOUT_S)
         if self._publisher:
-            self._publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._publisher
+            await cancel_and_wait([self._publisher], HELPER_CLOSE_TIMEOUT_S)
         if self.signaling:
             await self.signaling.close()
 
@@ -244,7 +243,7 @@ class Worker:
 
     async def _publish_status(self) -> None:
         # One publisher, always the latest status: changes may come faster than replies.
-        while True:
+        while not self._closed.is_set():
             await self._dirty.wait()
             self._dirty.clear()
             status = self.guard.status.value
@@ -327,9 +326,7 @@ class Worker:
             with contextlib.suppress(PeerClosedError, asyncio.TimeoutError, TimeoutError):
                 await channel.wait_closed(self.config.linger_timeout)
         finally:
-            collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await collector
+            await cancel_and_wait([collector], HELPER_CLOSE_TIMEOUT_S)
             # Deleting whole job dirs can take a while: off the loop (the next client is waiting).
             await asyncio.to_thread(prune_job_dirs, self.work_dir, self.config.keep_job_dirs)
             # The client's package stays cached (a re-run uploads nothing) until the cap.
@@ -426,9 +423,7 @@ class Worker:
             executor.cancel()
             raise
         finally:
-            controller.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await controller
+            await cancel_and_wait([controller], HELPER_CLOSE_TIMEOUT_S)
             with contextlib.suppress(OSError):
                 package.unlink()
 

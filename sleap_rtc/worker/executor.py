@@ -46,6 +46,7 @@ import zmq.asyncio
 
 from sleap_rtc.children import die_with_parent
 from sleap_rtc.core import jobs_wire
+from sleap_rtc.core.tasks import cancel_and_wait
 from sleap_rtc.worker.logstream import LineSplitter
 from sleap_rtc.core.package import FILE_MODE
 from sleap_rtc.worker.package import (
@@ -77,6 +78,7 @@ ENV_ALLOWED = frozenset({
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "SLEAP_SKIP_QT_FIX", "QT_QPA_PLATFORM",
 })
 """Variables of the worker's environment passed on to sleap-nn (plus ``LC_*``); nothing else."""
+FORWARD_CLOSE_TIMEOUT_S = 2.0  # the ZMQ event forwarder, once cancelled
 INSTALL_HINT = "Install it on the worker with: pip install 'sleap-rtc[worker]' (or pip install sleap-nn)."
 
 
@@ -277,9 +279,7 @@ class JobExecutor:
                 # Events still on their way when the process exits (train_end).
                 await asyncio.sleep(ZMQ_DRAIN_S)
             finally:
-                forward.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await forward
+                await cancel_and_wait([forward], FORWARD_CLOSE_TIMEOUT_S)
             if self._stopped_current:
                 self._stopped_any = True
             if rc != 0:

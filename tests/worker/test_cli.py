@@ -56,3 +56,30 @@ async def test_worker_process_creates_room_and_prints_banner(signaling_server, t
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0
+
+
+async def test_worker_sigint_right_after_banner_always_exits(signaling_server, tmp_path):
+    # SIGINT while the first status publish is in flight used to hang 1 run in 5: the
+    # publisher's cancellation was lost inside asyncio.wait_for (Python 3.11) and close()
+    # awaited it forever. Several tries, because the window is a single loop step.
+    for attempt in range(6):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sleap_rtc", "worker", "--server", signaling_server.url,
+            "--name", f"sigint-{attempt}", "--work-dir", str(tmp_path / f"w{attempt}"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            async def read_banner():
+                while True:
+                    line = await proc.stdout.readline()
+                    assert line, "worker exited before its banner"
+                    if b"Token:" in line:
+                        return
+            await asyncio.wait_for(read_banner(), 30)
+            proc.send_signal(signal.SIGINT)
+            await asyncio.wait_for(proc.wait(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 0, f"attempt {attempt}: exit {proc.returncode}"
