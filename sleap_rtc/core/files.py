@@ -165,6 +165,17 @@ def sanitize_name(name: Any, fallback: str = "file") -> str:
     return text
 
 
+PRIVATE_DIR_MODE = 0o700
+"""Mode of the transfer cache and receive folders this module creates (owner only)."""
+PRIVATE_FILE_MODE = 0o600
+"""Mode of every file received (partial, cached, placed)."""
+
+
+def _private_dir(path: Path) -> None:
+    # Parents the caller did not own keep their mode; the folders made here are owner-only.
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+
+
 NEW_NAME_TRIES = 1000
 """Most ``-2``, ``-3`` ... suffixes ``place_new`` tries before giving up."""
 
@@ -564,14 +575,14 @@ class FileTransfers:
                 os.utime(cached)  # a use: the LRU pruning goes by mtime
             else:
                 part = self.cache_dir / "partial" / f"{sha}.part"
-                part.parent.mkdir(parents=True, exist_ok=True)
+                _private_dir(part.parent)
                 have = part.stat().st_size if part.is_file() else 0
                 if have > size:
                     have = 0
                 # Resume: the running hash must cover the bytes already on disk.
                 have, hasher = await asyncio.to_thread(sha256_file, part, limit=have) if have else (0, hashlib.sha256())
                 self.partials.add(part)
-                fh = open(part, "r+b" if part.exists() else "wb")
+                fh = os.fdopen(os.open(part, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE_MODE), "r+b")
                 fh.truncate(have)
                 fh.seek(have)
                 st.part_path, st.fh, st.hasher, st.pos, st.start = part, fh, hasher, have, have
@@ -595,7 +606,7 @@ class FileTransfers:
                     self._refuse(st, SHA256_MISMATCH, f"{st.name!r} arrived corrupted: SHA-256 does not match.")
                     return
                 final = self._cached_path(st.sha256)
-                final.parent.mkdir(parents=True, exist_ok=True)
+                _private_dir(final.parent)
                 os.replace(st.part_path, final)
                 st.part_path = None
             dest = await asyncio.to_thread(self._place, st)
@@ -615,11 +626,12 @@ class FileTransfers:
     def _place(self, st: _Incoming) -> Path:
         """Copy the cached file to the destination atomically (a copy, not a link, so that
         editing the received file can never corrupt the cache)."""
-        self.receive_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.receive_dir)
         dest = self.receive_dir / st.name
         tmp = self.receive_dir / f".{st.name}.{st.transfer_id}.tmp"
         try:
             shutil.copyfile(self._cached_path(st.sha256), tmp)
+            os.chmod(tmp, PRIVATE_FILE_MODE)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
