@@ -15,6 +15,15 @@ Life of a connection:
 4. a client that vanishes (channel closed, or ``peer_left``) cancels its job and releases
    the worker.
 
+Limits against a hostile room member (every one a ``WorkerConfig`` field): the lease before
+the channel opens is short (``lease_timeout``); once open, ``job_submit`` must come within
+``submit_timeout`` and the client may not stay silent (no message, no file bytes) for more
+than ``submit_idle_timeout``; a reservation the client never used (no ICE, or never a
+message or a file byte) puts it in back-off
+(``core.status``). A file offer larger than ``max_package_bytes`` or than the free disk is
+refused, at most ``core.files.MAX_INCOMING`` files arrive at once, and the partial files of
+a session are removed when it ends. A job runs at most ``max_job_seconds``.
+
 Status changes are published with ``update_metadata``; the signaling client re-registers
 with the current metadata after a reconnect. ``error`` frames from the server are logged,
 never fatal.
@@ -27,6 +36,7 @@ import contextlib
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +44,7 @@ from typing import Any
 
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.credentials import client_token_for, encode_session_string
-from sleap_rtc.core.files import CACHE_MAX_BYTES, prune_transfer_cache, sha256_file
+from sleap_rtc.core.files import CACHE_MAX_BYTES, MAX_FILE_BYTES, prune_transfer_cache, sha256_file
 from sleap_rtc.core.identity import WorkerKey, load_or_create_key
 from sleap_rtc.core.protocol import (
     ChannelType,
@@ -51,8 +61,8 @@ from sleap_rtc.core.status import DEFAULT_LEASE_TIMEOUT, Reservation, StatusGuar
 from sleap_rtc.core.tasks import cancel_and_wait, spawn
 from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
 from sleap_rtc.worker.capabilities import Capabilities
-from sleap_rtc.worker.executor import COMPLETED, JobExecutor, JobOutcome
-from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, prune_job_dirs
+from sleap_rtc.worker.executor import COMPLETED, DEFAULT_MAX_JOB_SECONDS, JobExecutor, JobOutcome
+from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, private_dir, prune_job_dirs
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +88,9 @@ class WorkerConfig:
     name: str | None = None
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
     submit_timeout: float = 300.0  # channel open -> package + job_submit
+    submit_idle_timeout: float = 30.0  # ... but no silence (no message, no file bytes) longer than this
+    max_package_bytes: int = MAX_FILE_BYTES  # largest file a client may offer
+    max_job_seconds: float = DEFAULT_MAX_JOB_SECONDS  # wall-clock limit of one job
     linger_timeout: float = 10.0  # after the results: wait this long for the client to hang up
     keep_job_dirs: int = DEFAULT_KEEP
     cache_max_bytes: int = CACHE_MAX_BYTES  # transfer cache cap, applied after each job
@@ -161,7 +174,7 @@ class Worker:
         if not self.room_id:
             room = await create_room(self.config.server_url, secret=self.config.create_room_secret)
             self.room_id, self.worker_token, self.token = room.room_id, room.worker_token, room.token
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.work_dir)  # 0700: users' data is not for other local accounts
         self.key = load_or_create_key(self.work_dir)  # persistent: clients remember it
         self.capabilities = replace(self.capabilities, public_key=self.key.public_key)
         name = safe_worker_name(self.capabilities.worker_name)
@@ -228,8 +241,17 @@ class Worker:
         # The guard: check-and-reserve in one step, before any await.
         reservation = self.guard.try_reserve(sender)
         if reservation is None:
-            log.warning("refusing an offer from %s: worker is %s", sender, self.guard.status.value)
-            self._spawn(self._send_quietly(busy_error_frame(sender, self.guard.status.value)), "busy-reply")
+            wait = self.guard.backoff_remaining(sender)
+            status = self.guard.status.value
+            if wait > 0:
+                log.warning("refusing an offer from %s: back-off for %.0f s after a reservation it did not use", sender, wait)
+                text = (f"Worker refuses offers from this client for {wait:.0f} s more: its last reservation "
+                        "ended without a job. Choose another worker or retry later.")
+                frame = busy_error_frame(sender, status, text)
+            else:
+                log.warning("refusing an offer from %s: worker is %s", sender, status)
+                frame = busy_error_frame(sender, status)
+            self._spawn(self._send_quietly(frame), "busy-reply")
             return
         task = asyncio.get_running_loop().create_task(self._session(frame, reservation), name=f"session-{sender}")
         self._sessions[reservation.id] = task
@@ -259,6 +281,7 @@ class Worker:
         from sleap_rtc.core import transport  # aiortc is heavy: import on first offer
 
         channel = None
+        baseline = 0.0
         reason = "client session ended"
         incoming = self.work_dir / "incoming" / f"r{reservation.id}"
         try:
@@ -268,6 +291,9 @@ class Worker:
             )
             if self.key is not None:
                 channel.prove_identity(self.key)  # the client uploads nothing before checking it
+            # The package is the largest file a client sends: nothing larger is accepted.
+            channel.transfers.max_file_bytes = self.config.max_package_bytes
+            baseline = channel.transfers.last_activity
             if not self.guard.confirm(reservation):
                 reason = "lease expired before the channel opened"
                 return
@@ -288,9 +314,13 @@ class Worker:
             log.exception("session with %s failed", reservation.client_peer_id)
         finally:
             self._clients.pop(reservation.id, None)
+            if channel is not None and channel.transfers.last_activity > baseline:
+                self.guard.note_activity(reservation)  # it sent file bytes: not a wasted reservation
             if channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(channel.close(), 5)
+                # No resume across sessions on the worker: what a session left half-sent goes.
+                channel.transfers.discard_partials()
             shutil.rmtree(incoming, ignore_errors=True)
             self.guard.release(reservation, reason)
 
@@ -299,7 +329,7 @@ class Worker:
         arrived = asyncio.Event()
         collector = asyncio.create_task(self._collect_files(channel, files, arrived))
         try:
-            submit = await self._wait_submit(channel)
+            submit = await self._wait_submit(channel, reservation)
             if submit is None:
                 return
             job_id = submit["job_id"]
@@ -332,21 +362,34 @@ class Worker:
             files[received.sha256] = received
             arrived.set()
 
-    async def _wait_submit(self, channel: Any) -> dict[str, Any] | None:
+    async def _wait_submit(self, channel: Any, reservation: Reservation) -> dict[str, Any] | None:
         """The client's ``job_submit`` (others are ignored); None if it did not come in time.
 
         ``PeerClosedError`` once the channel closes (the client left)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.submit_timeout
+        idle = self.config.submit_idle_timeout
+        last_message = opened = time.monotonic()
         while True:
             remaining = deadline - loop.time()
+            # File bytes count as activity: a large package may take a while to arrive.
+            if channel.transfers.last_activity > opened:
+                self.guard.note_activity(reservation)  # file bytes: the client is uploading
+            quiet = time.monotonic() - max(last_message, channel.transfers.last_activity)
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                msg = await channel.receive(remaining)
+                if quiet >= idle:
+                    log.warning("%s sent nothing for %.0f s before job_submit", channel.remote_peer_id, quiet)
+                    return None
+                msg = await channel.receive(min(remaining, idle - quiet))
             except (asyncio.TimeoutError, TimeoutError):
+                if deadline - loop.time() > 0:
+                    continue  # an idle check, not the deadline
                 log.warning("no job_submit from %s within %.0f s", channel.remote_peer_id, self.config.submit_timeout)
                 return None
+            last_message = time.monotonic()
+            self.guard.note_activity(reservation)
             if msg.get("type") != ChannelType.JOB_SUBMIT:
                 continue
             try:
@@ -373,7 +416,7 @@ class Worker:
         return Path(files[sha].path)
 
     async def _run_job(self, channel: Any, job_id: str, package: Path) -> JobOutcome:
-        factory = self.config.executor_factory or (lambda jid: JobExecutor(jid))
+        factory = self.config.executor_factory or (lambda jid: JobExecutor(jid, max_seconds=self.config.max_job_seconds))
         executor = factory(job_id)
 
         async def emit(message: dict[str, Any]) -> None:

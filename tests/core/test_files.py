@@ -303,3 +303,37 @@ async def test_a_cache_hit_counts_as_a_use(signaling_server, room, tmp_path):
         receipt = await client.send_file(path)
         await worker.receive_file(10)
         assert receipt.cached and time.time() - cached.stat().st_mtime < 60
+
+
+async def test_m3_received_files_and_caches_are_private(signaling_server, room, tmp_path):
+    import stat
+
+    path = make_file(tmp_path / "x.bin", 200_000)
+    async with pair(signaling_server.url, room, tmp_path) as (client, worker):
+        await client.send_file(path)
+        received = await worker.receive_file(10)
+    assert stat.S_IMODE(received.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(received.path.parent.stat().st_mode) == 0o700
+    for sub in ("files", "partial"):
+        assert stat.S_IMODE((tmp_path / "worker-cache" / sub).stat().st_mode) == 0o700
+    cached = next((tmp_path / "worker-cache" / "files").iterdir())
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o600
+
+
+def test_place_new_never_replaces(tmp_path):
+    from sleap_rtc.core.files import place_new
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.predictions.slp").write_text("mine")
+    (tmp_path / "out" / "run").mkdir()
+    (tmp_path / "out" / "run" / "best.ckpt").write_text("mine")
+    new = tmp_path / "new.slp"
+    new.write_text("theirs")
+    assert place_new(new, tmp_path / "out" / "a.predictions.slp") == tmp_path / "out" / "a-2.predictions.slp"
+    folder = tmp_path / "staging"
+    folder.mkdir()
+    (folder / "best.ckpt").write_text("theirs")
+    assert place_new(folder, tmp_path / "out" / "run") == tmp_path / "out" / "run-2"
+    assert (tmp_path / "out" / "a.predictions.slp").read_text() == "mine"
+    assert (tmp_path / "out" / "run" / "best.ckpt").read_text() == "mine"
+    assert (tmp_path / "out" / "run-2" / "best.ckpt").read_text() == "theirs"
