@@ -24,8 +24,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from sleap_rtc.core.protocol import SIGNALING_VERSION, ErrorCode, MessageType, dumps, error_frame
 from sleap_rtc.core.tasks import spawn
-from sleap_rtc.server.hub import Close, Connection, Hub, Send
-from sleap_rtc.server.limits import FailureCounter, Limits
+from sleap_rtc.server.backend import Backend, Peer, SharedCounter
+from sleap_rtc.server.hub import EVENT_FLUSH_INTERVAL, Close, Connection, Forward, Hub, Send
+from sleap_rtc.server.limits import Limits
 from sleap_rtc.server.metrics import render
 from sleap_rtc.server.rooms import RoomStore
 
@@ -70,11 +71,11 @@ class _Writer:
 @dataclass
 class _ServerState:
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
-    room_creations: FailureCounter | None = None
-    ticker: asyncio.Task | None = None
+    room_creations: SharedCounter | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
 
 
-def _dispatch(actions: list) -> None:
+def _dispatch(hub: Hub, actions: list) -> None:
     for action in actions:
         if isinstance(action, Send):
             text = dumps(action.frame)
@@ -83,6 +84,24 @@ def _dispatch(actions: list) -> None:
                     conn.transport.enqueue(text)
         elif isinstance(action, Close) and action.conn.transport is not None:
             action.conn.transport.close_soon(action.reason)
+        elif isinstance(action, Forward):
+            hub.backend.forward(action.target, action.frame)
+
+
+class _HubListener:
+    """Feeds what other instances did (through the backend) into the hub, and its actions out."""
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+
+    def peer_changed(self, old: Peer | None, new: Peer | None) -> None:
+        _dispatch(self.hub, self.hub.peer_changed(old, new))
+
+    def relayed(self, room_id: str, peer_id: str, frame: dict[str, Any]) -> None:
+        _dispatch(self.hub, self.hub.relayed(room_id, peer_id, frame))
+
+    def lease_lost(self) -> None:
+        _dispatch(self.hub, self.hub.lease_lost())
 
 
 async def _websocket_or_info(request: web.Request) -> web.StreamResponse:
@@ -103,12 +122,12 @@ async def _websocket_or_info(request: web.Request) -> web.StreamResponse:
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                _dispatch(hub.handle(conn, msg.data))
+                _dispatch(hub, await hub.handle(conn, msg.data))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
         state.sockets.discard(ws)
-        _dispatch(hub.disconnect(conn))
+        _dispatch(hub, await hub.disconnect(conn))
         writer = conn.transport
         if writer.queue.full():
             writer.task.cancel()
@@ -138,7 +157,7 @@ async def _metrics(request: web.Request) -> web.Response:
         hub.metrics,
         connections=len(hub.connections),
         rooms_active=len(hub.live),
-        rooms_stored=hub.rooms.count(),
+        rooms_stored=await hub.backend.count_rooms(),
         peers_by_role=hub.peers_by_role(),
     )
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Prometheus-Format": "0.0.4"})
@@ -148,13 +167,12 @@ async def _create_room(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     state: _ServerState = request.app[STATE_KEY]
     address = request.remote or "?"
-    now = hub.clock()
-    wait = state.room_creations.retry_after(address, now)
+    wait = await state.room_creations.retry_after(address)
     if wait:
         body = error_frame(ErrorCode.RATE_LIMITED, f"Too many rooms created: retry in {wait:.0f} s.", retry_after=round(wait, 3))
         return web.json_response(body, status=429, headers={"Retry-After": str(int(wait) + 1)})
-    state.room_creations.add(address, now)
-    room_id, token = hub.rooms.create()
+    await state.room_creations.add(address)
+    room_id, token = await hub.backend.create_room()
     hub.metrics.rooms_created += 1
     log.info("created room %s for %s", room_id, address)
     return web.json_response({"room_id": room_id, "token": token})
@@ -170,14 +188,24 @@ async def _ping_ticker(hub: Hub) -> None:
                 conn.transport.enqueue(_PING_TEXT)
 
 
+async def _event_flusher(hub: Hub) -> None:
+    # Batched room events leave at most once per interval per watcher (bounded bursts).
+    while True:
+        await asyncio.sleep(EVENT_FLUSH_INTERVAL)
+        _dispatch(hub, hub.flush_events())
+
+
 async def _on_startup(app: web.Application) -> None:
-    app[STATE_KEY].ticker = asyncio.get_running_loop().create_task(_ping_ticker(app[HUB_KEY]))
+    hub = app[HUB_KEY]
+    state: _ServerState = app[STATE_KEY]
+    loop = asyncio.get_running_loop()
+    state.tasks += [loop.create_task(_ping_ticker(hub)), loop.create_task(_event_flusher(hub))]
 
 
 async def _on_shutdown(app: web.Application) -> None:
     state: _ServerState = app[STATE_KEY]
-    if state.ticker:
-        state.ticker.cancel()
+    for task in state.tasks:
+        task.cancel()
     sockets = list(state.sockets)
     if sockets:
         await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets), return_exceptions=True)
@@ -187,7 +215,7 @@ def build_app(hub: Hub) -> web.Application:
     """The aiohttp application serving ``hub`` (WebSocket + HTTP routes)."""
     app = web.Application(client_max_size=64 * 1024)
     app[HUB_KEY] = hub
-    app[STATE_KEY] = _ServerState(room_creations=FailureCounter(hub.limits.max_rooms_per_minute, 60.0))
+    app[STATE_KEY] = _ServerState(room_creations=hub.backend.counter("room-creations", hub.limits.max_rooms_per_minute, 60.0, hub.clock))
     app.router.add_get("/", _websocket_or_info)
     app.router.add_get("/ws", _websocket_or_info)
     app.router.add_get("/health", _health)
@@ -221,14 +249,14 @@ class RunningServer:
         return f"{'https' if self.tls else 'http'}://{_url_host(self.host)}:{self.port}"
 
     @property
-    def state_path(self) -> str:
-        """The SQLite file holding the rooms."""
-        return self.hub.rooms.path
+    def state_path(self) -> str | None:
+        """The SQLite file holding the rooms (``None`` when they are kept in Redis)."""
+        return self.hub.rooms.path if self.hub.rooms is not None else None
 
     async def create_room(self) -> tuple[str, str]:
         """Create a room directly in the store; returns ``(room_id, token)``."""
         self.hub.metrics.rooms_created += 1
-        return self.hub.rooms.create()
+        return await self.hub.backend.create_room()
 
     async def stop(self) -> None:
         """Close every connection, stop listening and close the state file."""
@@ -237,7 +265,9 @@ class RunningServer:
         self._stopped = True
         self.hub.closing = True
         await self.runner.cleanup()
-        self.hub.rooms.close()
+        await self.hub.backend.stop()
+        if self.hub.rooms is not None:
+            self.hub.rooms.close()
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 
@@ -265,27 +295,35 @@ async def start_server(
     ice_servers: list[dict[str, Any]] | None = None,
     room_ttl: float | None = None,
     backlog: int = 4096,
+    backend: Backend | None = None,
     **limits: Any,
 ) -> RunningServer:
     """Start a signaling server in the running loop; ``port=0`` picks a free port.
 
     ``state_path=None`` keeps rooms in a fresh temporary SQLite file removed on ``stop()``;
-    pass a path to keep rooms across restarts. ``limits`` are ``Limits`` fields
-    (``max_frame_bytes``, ``max_peers_per_room``, ``messages_per_second``, ...).
+    pass a path to keep rooms across restarts. ``backend`` replaces the SQLite store with
+    a shared one (``server/backend_redis.py``) for several instances. ``limits`` are
+    ``Limits`` fields (``max_frame_bytes``, ``max_peers_per_room``, ...).
     """
     tmpdir = None
-    if state_path is None:
-        tmpdir = tempfile.mkdtemp(prefix="sleap-rtc-server-")
-        state_path = Path(tmpdir) / "server.sqlite3"
-    hub = Hub(RoomStore(state_path, room_ttl=room_ttl), limits=Limits(**limits), ping_interval=ping_interval, ice_servers=ice_servers)
+    if backend is None:
+        if state_path is None:
+            tmpdir = tempfile.mkdtemp(prefix="sleap-rtc-server-")
+            state_path = Path(tmpdir) / "server.sqlite3"
+        hub = Hub(RoomStore(state_path, room_ttl=room_ttl), limits=Limits(**limits), ping_interval=ping_interval, ice_servers=ice_servers)
+    else:
+        hub = Hub(backend, limits=Limits(**limits), ping_interval=ping_interval, ice_servers=ice_servers)
     runner = web.AppRunner(build_app(hub), access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=backlog, reuse_address=True)
     try:
+        await hub.backend.start(_HubListener(hub))
         await site.start()
     except BaseException:
         await runner.cleanup()
-        hub.rooms.close()
+        await hub.backend.stop()
+        if hub.rooms is not None:
+            hub.rooms.close()
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -20,14 +21,26 @@ def default_state_path() -> Path:
     return user_data_dir() / "server.sqlite3"
 
 
-async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None, tls_key: str | None, ping_interval: float, room_ttl: float | None, limits: dict) -> None:
+ENV_REDIS = "SLEAP_RTC_REDIS"
+"""Environment variable naming the Redis URL of a multi-instance deployment."""
+
+
+async def serve(
+    host: str, port: int, *, state_path: Path, tls_cert: str | None, tls_key: str | None, ping_interval: float,
+    room_ttl: float | None, limits: dict, redis_url: str | None = None, lease_ttl: float | None = None, peer_grace: float | None = None,
+) -> None:
     """Run a server until SIGINT/SIGTERM, then close every connection and exit."""
     from sleap_rtc.server.app import start_server, tls_context
 
     ssl_context = tls_context(tls_cert, tls_key) if tls_cert else None
+    backend = None
+    if redis_url:
+        from sleap_rtc.server.backend_redis import LEASE_TTL, PEER_GRACE, RedisBackend
+
+        backend = RedisBackend(redis_url, room_ttl=room_ttl, lease_ttl=lease_ttl or LEASE_TTL, peer_grace=peer_grace or PEER_GRACE)
     server = await start_server(
         host, port, state_path=state_path, ping_interval=ping_interval, ssl_context=ssl_context,
-        ice_servers=ice_servers_from_config(), room_ttl=room_ttl, **limits,
+        ice_servers=ice_servers_from_config(), room_ttl=room_ttl, backend=backend, **limits,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -36,7 +49,8 @@ async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C still raises KeyboardInterrupt
             pass
-    click.echo(f"sleap-rtc signaling server listening on {server.url} (HTTP: {server.http_url}); rooms in {state_path}", err=False)
+    where = f"shared state in Redis (instance {backend.instance_id})" if backend else f"rooms in {state_path}"
+    click.echo(f"sleap-rtc signaling server listening on {server.url} (HTTP: {server.http_url}); {where}", err=False)
     try:
         await stop.wait()
     finally:
@@ -57,8 +71,12 @@ async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None,
 @click.option("--messages-per-second", default=Limits.messages_per_second, show_default=True, type=click.FloatRange(min=0.1), help="Sustained frames per second per connection.")
 @click.option("--message-burst", default=Limits.message_burst, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-rooms-per-minute", default=Limits.max_rooms_per_minute, show_default=True, type=click.IntRange(min=1), help="Rooms one address may create per minute.")
-def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl, max_peers_per_room, max_frame_bytes, messages_per_second, message_burst, max_rooms_per_minute) -> None:
-    """Run the signaling server (WebSocket + HTTP on one port, rooms kept in SQLite)."""
+@click.option("--max-watchers-per-room", default=Limits.max_watchers_per_room, show_default=True, type=click.IntRange(min=1), help="Peers of one room that may take room events.")
+@click.option("--redis", "redis_url", default=None, metavar="URL", help=f"Share rooms and peers with other instances through Redis (redis://host:6379/0) [env {ENV_REDIS}, config 'redis'].")
+@click.option("--lease-ttl", default=None, type=click.FloatRange(min=0.5), help="With --redis: seconds this instance's presence lease lasts unrenewed [default: 10].")
+@click.option("--peer-grace", default=None, type=click.FloatRange(min=0), help="With --redis: seconds after a dead instance's lease lapsed before its peers count as gone [default: 10].")
+def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl, max_peers_per_room, max_frame_bytes, messages_per_second, message_burst, max_rooms_per_minute, max_watchers_per_room, redis_url, lease_ttl, peer_grace) -> None:
+    """Run the signaling server (WebSocket + HTTP on one port, rooms kept in SQLite, or in Redis with --redis)."""
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
     if state is None:
@@ -72,9 +90,16 @@ def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl
         "messages_per_second": messages_per_second,
         "message_burst": message_burst,
         "max_rooms_per_minute": max_rooms_per_minute,
+        "max_watchers_per_room": max_watchers_per_room,
     }
+    redis_url = redis_url or os.environ.get(ENV_REDIS) or load_config().get("redis") or None
     try:
-        asyncio.run(serve(host, port, state_path=state, tls_cert=tls_cert, tls_key=tls_key, ping_interval=ping_interval, room_ttl=room_ttl, limits=limits))
+        asyncio.run(serve(
+            host, port, state_path=state, tls_cert=tls_cert, tls_key=tls_key, ping_interval=ping_interval, room_ttl=room_ttl,
+            limits=limits, redis_url=redis_url, lease_ttl=lease_ttl, peer_grace=peer_grace,
+        ))
+    except ConnectionError as exc:  # Redis unreachable (an OSError too, so first)
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"Cannot start the server on {host}:{port}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:

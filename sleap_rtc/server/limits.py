@@ -20,6 +20,8 @@ class Limits:
     """Largest frame answered normally; bigger ones get ``FRAME_TOO_LARGE``."""
     max_peers_per_room: int = 5000
     """Registrations beyond this many live peers in one room get ``ROOM_FULL``."""
+    max_watchers_per_room: int = 1000
+    """Peers of one room that may take room events; one more gets ``TOO_MANY_WATCHERS``."""
     messages_per_second: float = 50.0
     """Sustained frames per second per connection."""
     message_burst: int = 200

@@ -33,7 +33,8 @@ TOKEN_BYTES = 16
 """Room tokens carry 128 bits of randomness."""
 
 
-def _hash(salt: bytes, token: str) -> bytes:
+def hash_token(salt: bytes, token: str) -> bytes:
+    """What a room keeps of its token: ``sha256(salt + token)`` (the token is never stored)."""
     return hashlib.sha256(salt + token.encode("utf-8", "surrogatepass")).digest()
 
 
@@ -65,7 +66,7 @@ class RoomStore:
             try:
                 self._db.execute(
                     "INSERT INTO rooms (room_id, salt, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-                    (room_id, salt, _hash(salt, token), now, now + ttl if ttl else None),
+                    (room_id, salt, hash_token(salt, token), now, now + ttl if ttl else None),
                 )
                 return room_id, token
             except sqlite3.IntegrityError:  # a 48-bit id collided: draw another
@@ -79,7 +80,7 @@ class RoomStore:
         if row is None:
             return ErrorCode.ROOM_NOT_FOUND
         salt, token_hash, expires_at = row
-        if not hmac.compare_digest(_hash(salt, token), token_hash):
+        if not hmac.compare_digest(hash_token(salt, token), token_hash):
             return ErrorCode.INVALID_TOKEN
         if expires_at is not None and time.time() > expires_at:
             return ErrorCode.ROOM_EXPIRED

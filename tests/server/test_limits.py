@@ -138,10 +138,10 @@ async def test_failed_registrations_are_rate_limited_per_room():
     codes = []
     for i in range(5):  # five different addresses, each failing once against one room
         conn = hub.connect(f"10.0.0.{i}")
-        [action] = hub.handle(conn, json.dumps({"type": "register", "peer_id": "w", "room_id": room_id, "token": "bad", "role": "worker"}))
+        [action] = await hub.handle(conn, json.dumps({"type": "register", "peer_id": "w", "room_id": room_id, "token": "bad", "role": "worker"}))
         codes.append(action.frame["code"])
     assert codes == ["INVALID_TOKEN"] * 4 + ["RATE_LIMITED"]
     now[0] += 61  # the window passes
     conn = hub.connect("10.0.0.99")
-    [action] = hub.handle(conn, json.dumps({"type": "register", "peer_id": "w", "room_id": room_id, "token": token, "role": "worker"}))
+    [action] = await hub.handle(conn, json.dumps({"type": "register", "peer_id": "w", "room_id": room_id, "token": token, "role": "worker"}))
     assert action.frame["type"] == "registered_auth"
