@@ -168,7 +168,12 @@ class Backend(ABC):
 
     @abstractmethod
     async def follow(self, room_id: str) -> dict[str, Peer]:
-        """Start (or keep) following ``room_id``; returns its current view."""
+        """Start (or keep) following ``room_id``; returns its view, ``settle``d."""
+
+    async def settle(self, room_id: str) -> None:  # noqa: B027 - a single process is always settled
+        """Wait (briefly) until the view of ``room_id`` holds every change committed before
+        this call, on any instance: what a peer reads here is never older than what it
+        (or anyone) wrote elsewhere before asking."""
 
     @abstractmethod
     async def claim(self, peer: Peer, expected_resume_hash: str | None, caps: Caps) -> ErrorCode | None:

@@ -83,6 +83,9 @@ UNFOLLOW_AFTER = 30.0
 ROOM_EXPIRED_KEEP = 7 * 24 * 3600.0
 """Seconds an expired room is kept so that peers get ``ROOM_EXPIRED`` rather than ``ROOM_NOT_FOUND``."""
 
+SETTLE_TIMEOUT = 1.0
+"""Seconds ``settle`` waits for changes still on their way before it re-reads the room."""
+
 _BACKOFF_MAX = 2.0
 
 # Appends one change to the inbox of every follower of a room but ``skip``.
@@ -297,6 +300,11 @@ class RedisBackend(Backend):
         """Room -> the seq its view was built at: older changes are already in it."""
         self._gone: dict[str, dict[str, int]] = {}
         """Room -> peer -> seq of its removal (so a late, older 'put' cannot revive it)."""
+        self._watermark: dict[str, int] = {}
+        """Room -> the seq up to which every change is in the view (no gap below it)."""
+        self._ahead: dict[str, set[int]] = {}
+        """Room -> seqs applied above the watermark (waiting for the gap to close)."""
+        self._settling: dict[str, list[tuple[int, asyncio.Future]]] = {}
         self._busy: dict[str, asyncio.Future] = {}
         """Rooms being followed or unfollowed right now (the next caller waits)."""
         self._buffered: dict[str, list[dict[str, str]]] = {}
@@ -406,7 +414,8 @@ class RedisBackend(Backend):
         view = self._views.get(room_id)
         if view is not None:
             self._idle_since.pop(room_id, None)
-            return view
+            await self.settle(room_id)
+            return self._views.get(room_id, view)
         done = self._busy[room_id] = asyncio.get_running_loop().create_future()
         self._buffered[room_id] = []
         try:
@@ -418,7 +427,8 @@ class RedisBackend(Backend):
                 peer = Peer.from_record(json.loads(raw))
                 view[peer.peer_id] = peer
             self._views[room_id] = view
-            self._floors[room_id] = int(seq)
+            self._floors[room_id] = self._watermark[room_id] = int(seq)
+            self._ahead[room_id] = set()
             self._gone[room_id] = {}
             for fields in self._buffered.pop(room_id, []):
                 self._apply(fields)
@@ -447,6 +457,8 @@ class RedisBackend(Backend):
         view[peer.peer_id] = peer
         self._gone.get(room_id, {}).pop(peer.peer_id, None)
         self._idle_since.pop(room_id, None)
+        self._mark(room_id, peer.seq)
+        await self._settle_to(room_id, peer.seq)  # the peer_list sent next is complete
         return None
 
     async def update(self, peer: Peer) -> None:
@@ -459,6 +471,7 @@ class RedisBackend(Backend):
             raise _unavailable(exc) from None
         if seq:
             peer.seq = int(seq)
+            self._mark(peer.room_id, peer.seq)
 
     async def release(self, peer: Peer) -> bool:
         view = self._views.get(peer.room_id, {})
@@ -477,9 +490,88 @@ class RedisBackend(Backend):
         if view.get(peer.peer_id) is peer:
             del view[peer.peer_id]
             self._gone.setdefault(peer.room_id, {})[peer.peer_id] = int(seq or 0)
+        if seq:
+            self._mark(peer.room_id, int(seq))
         if not any(p.instance == self.instance_id for p in view.values()):
             self._idle_since.setdefault(peer.room_id, time.monotonic())
         return bool(seq)
+
+    async def settle(self, room_id: str) -> None:
+        if room_id not in self._views:
+            return
+        try:
+            seq = int(await self.redis.hget(self.key(f"meta:{room_id}"), "seq") or 0)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        await self._settle_to(room_id, seq)
+
+    async def _settle_to(self, room_id: str, seq: int) -> None:
+        if self._watermark.get(room_id, seq) >= seq:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._settling.setdefault(room_id, []).append((seq, fut))
+        try:
+            await asyncio.wait_for(fut, SETTLE_TIMEOUT)
+        except asyncio.TimeoutError:
+            # A change never arrived (an inbox trimmed while this instance lagged): re-read the room.
+            log.warning("room %s: changes up to %d did not arrive within %.1f s; re-reading it", room_id[:16], seq, SETTLE_TIMEOUT)
+            await self._resync(room_id)
+        finally:
+            waiting = self._settling.get(room_id, [])
+            if (seq, fut) in waiting:
+                waiting.remove((seq, fut))
+
+    def _mark(self, room_id: str, seq: int) -> None:
+        """Record that change ``seq`` of ``room_id`` is in the view; advance the watermark."""
+        mark = self._watermark.get(room_id)
+        if mark is None or seq <= mark:
+            return
+        self._ahead[room_id].add(seq)
+        self._advance(room_id, mark)
+
+    def _advance(self, room_id: str, mark: int) -> None:
+        ahead = self._ahead[room_id]
+        while mark + 1 in ahead:
+            mark += 1
+            ahead.discard(mark)
+        self._watermark[room_id] = mark
+        for wanted, fut in self._settling.get(room_id, []):
+            if wanted <= mark and not fut.done():
+                fut.set_result(None)
+
+    async def _resync(self, room_id: str) -> None:
+        try:
+            seq, records = await self.scripts["follow"](
+                keys=[*self._room_keys(room_id), self.key(f"irooms:{self.instance_id}")], args=[self.instance_id, room_id]
+            )
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        view = self._views.get(room_id)
+        if view is None:
+            return
+        fresh = {p.peer_id: p for p in (Peer.from_record(json.loads(raw)) for raw in records)}
+        for peer_id, peer in fresh.items():
+            old = view.get(peer_id)
+            if old is None or old.seq < peer.seq:
+                if old is not None and old.conn is not None and peer.instance == self.instance_id:
+                    continue  # our own live record: ours is the truth
+                view[peer_id] = peer
+                if self._listener is not None:
+                    self._listener.peer_changed(old, peer)
+        for peer_id, old in list(view.items()):
+            if peer_id not in fresh and old.seq <= int(seq):
+                del view[peer_id]
+                if self._listener is not None:
+                    self._listener.peer_changed(old, None)
+        self._floors[room_id] = max(self._floors.get(room_id, 0), int(seq))
+        self._mark_through(room_id, int(seq))
+
+    def _mark_through(self, room_id: str, seq: int) -> None:
+        """Everything up to ``seq`` is in the view (it was just re-read)."""
+        if self._watermark.get(room_id, 0) >= seq:
+            return
+        self._ahead[room_id] = {s for s in self._ahead.get(room_id, set()) if s > seq}
+        self._advance(room_id, seq)
 
     def forward(self, peer: Peer, frame: dict[str, Any]) -> None:
         try:
@@ -511,6 +603,7 @@ class RedisBackend(Backend):
         if view is None:
             return
         seq = int(fields.get("s") or 0)
+        self._mark(room, seq)
         old = view.get(peer_id)
         if seq <= self._floors.get(room, 0) or (old is not None and old.seq >= seq) or self._gone[room].get(peer_id, 0) >= seq:
             return  # already known: an echo, a duplicate, or older than the snapshot
@@ -597,9 +690,8 @@ class RedisBackend(Backend):
         if renewed:
             return
         log.error("instance %s lost its lease (fenced by another instance); closing its peers and starting over", self.instance_id)
-        self._views.clear()
-        self._floors.clear()
-        self._gone.clear()
+        for mapping in (self._views, self._floors, self._gone, self._watermark, self._ahead):
+            mapping.clear()
         self._idle_since.clear()
         self._unreleased.clear()
         self.instance_id = _new_instance_id()
@@ -669,7 +761,7 @@ class RedisBackend(Backend):
                     args=[self.instance_id, room],
                 )
                 if dropped:
-                    for mapping in (self._views, self._floors, self._gone):
+                    for mapping in (self._views, self._floors, self._gone, self._watermark, self._ahead):
                         mapping.pop(room, None)
                 self._idle_since.pop(room, None)
             finally:

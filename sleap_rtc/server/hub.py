@@ -300,6 +300,7 @@ class Hub:
 
     async def _discover(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
         me = conn.peer
+        await self.backend.settle(me.room_id)
         filters = frame.get("filters")
         peers = [p.info() for p in self.backend.view(me.room_id).values() if p is not me and matches_filters(p.role, p.metadata, filters)]
         reply: dict[str, Any] = {"type": MessageType.PEER_LIST.value, "to_peer_id": me.peer_id, "peers": peers, "count": len(peers)}
@@ -321,19 +322,23 @@ class Hub:
         return [Send([conn], reply), *self._event(me, MessageType.PEER_UPDATED)]
 
     async def _peer_message(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
-        target = self._find_target(conn, frame["to_peer_id"])
+        target = await self._find_target(conn, frame["to_peer_id"])
         return [self._deliver(target, {**frame, "from_peer_id": conn.peer.peer_id})]
 
     async def _relay(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
-        target = self._find_target(conn, frame["target"])
+        target = await self._find_target(conn, frame["target"])
         log.debug("relay %s %s -> %s", frame["type"], conn.peer.peer_id, target.peer_id)
         return [self._deliver(target, {**frame, "sender": conn.peer.peer_id})]
 
     def _deliver(self, target: Peer, frame: dict[str, Any]) -> Action:
         return Send([target.conn], frame) if target.conn is not None else Forward(target, frame)
 
-    def _find_target(self, conn: Connection, peer_id: str) -> Peer:
-        target = self.backend.view(conn.peer.room_id).get(peer_id)
+    async def _find_target(self, conn: Connection, peer_id: str) -> Peer:
+        room_id = conn.peer.room_id
+        target = self.backend.view(room_id).get(peer_id)
+        if target is None:  # perhaps it registered on another instance a moment ago
+            await self.backend.settle(room_id)
+            target = self.backend.view(room_id).get(peer_id)
         if target is None:
             raise ProtocolError(ErrorCode.PEER_NOT_FOUND, f"No peer {peer_id[:128]!r} in this room.")
         return target
