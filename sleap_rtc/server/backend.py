@@ -25,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sleap_rtc.core.protocol import ErrorCode, peer_info
+from sleap_rtc.core.credentials import NewRoom
+from sleap_rtc.core.protocol import ErrorCode, dumps, peer_info
 from sleap_rtc.server.limits import FailureCounter
-from sleap_rtc.server.rooms import RoomStore
+from sleap_rtc.server.rooms import Access, RoomStore
 
 
 def resume_hash(secret: str) -> str:
@@ -56,10 +57,16 @@ class Peer:
     seq: int = 0
     """Position of this record's last change in its room's change order (newer wins)."""
     conn: Any = field(default=None, repr=False)
+    info_bytes: int = 0
+    """Encoded size of ``info()``, kept current with the metadata (for the byte budgets)."""
 
     def info(self) -> dict[str, Any]:
         """How this peer appears in ``peer_list`` and room events."""
         return peer_info(self.peer_id, self.role, self.metadata, self.connected_at)
+
+    def measure(self) -> None:
+        """Refresh ``info_bytes`` after a metadata change."""
+        self.info_bytes = len(dumps(self.info()))
 
     def record(self) -> dict[str, Any]:
         """The fields another instance needs (everything but the connection)."""
@@ -78,7 +85,7 @@ class Peer:
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> Peer:
         """Rebuild a remote peer from ``record()`` (plus the ``seq`` a backend adds)."""
-        return cls(
+        peer = cls(
             peer_id=str(data["peer_id"]),
             room_id=str(data["room_id"]),
             role=str(data["role"]),
@@ -90,6 +97,8 @@ class Peer:
             batch=data.get("batch") is True,
             seq=int(data.get("seq") or 0),
         )
+        peer.measure()
+        return peer
 
 
 @dataclass(frozen=True)
@@ -139,12 +148,20 @@ class Backend(ABC):
     # -- rooms
 
     @abstractmethod
-    async def create_room(self) -> tuple[str, str]:
-        """Create a room; returns ``(room_id, token)``."""
+    async def create_room(self) -> NewRoom:
+        """Create a room (``RoomStore.create`` semantics; may raise ``RoomLimitError``)."""
 
     @abstractmethod
-    async def check_room(self, room_id: str, token: str) -> ErrorCode | None:
-        """``None`` when ``token`` opens ``room_id``, else the error code to refuse with."""
+    async def check_room(self, room_id: str, token: str) -> tuple[ErrorCode | None, Access | None]:
+        """``(None, access)`` when ``token`` opens ``room_id``, else ``(code, None)``."""
+
+    @abstractmethod
+    async def mark_used(self, room_id: str) -> None:
+        """A peer registered in ``room_id``: it no longer expires as unused."""
+
+    @abstractmethod
+    async def expire_unused(self) -> int:
+        """Forget rooms that expired unused; returns how many."""
 
     @abstractmethod
     async def count_rooms(self) -> int:
@@ -219,11 +236,17 @@ class LocalBackend(Backend):
         self._views: dict[str, dict[str, Peer]] = {}
         self._seq = 0
 
-    async def create_room(self) -> tuple[str, str]:
+    async def create_room(self) -> NewRoom:
         return self.rooms.create()
 
-    async def check_room(self, room_id: str, token: str) -> ErrorCode | None:
+    async def check_room(self, room_id: str, token: str) -> tuple[ErrorCode | None, Access | None]:
         return self.rooms.check(room_id, token)
+
+    async def mark_used(self, room_id: str) -> None:
+        self.rooms.mark_used(room_id)
+
+    async def expire_unused(self) -> int:
+        return self.rooms.expire_unused()
 
     async def count_rooms(self) -> int:
         return self.rooms.count()

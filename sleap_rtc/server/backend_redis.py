@@ -24,7 +24,7 @@ a new instance id.
 
 Keys (``prefix`` first, default ``sleap-rtc:``)::
 
-    room:<room>        hash: salt, token_hash, created_at, expires_at
+    room:<room>        hash: salt, token_hash (client), worker_hash, created_at, expires_at, used_at
     rooms              set of room ids (for /metrics)
     peers:<room>       hash: peer_id -> record JSON (with its seq)
     meta:<room>        hash: seq (the room's change counter), watchers
@@ -58,9 +58,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from sleap_rtc.core.credentials import NewRoom, client_token_for
 from sleap_rtc.core.protocol import ErrorCode, ProtocolError, dumps
 from sleap_rtc.server.backend import Backend, BackendListener, Caps, Peer, SharedCounter
-from sleap_rtc.server.rooms import ROOM_ID_BYTES, TOKEN_BYTES, hash_token
+from sleap_rtc.server.rooms import MAX_ROOMS, ROOM_ID_BYTES, TOKEN_BYTES, UNUSED_ROOM_TTL, Access, RoomLimitError, hash_token
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +224,23 @@ local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
 return tostring(math.max(0.001, oldest + window - now))
 """
 
-# KEYS: room, rooms. ARGV: room id, salt hex, hash hex, created, expires|'', expire-at|''
+# KEYS: room, rooms. ARGV: room id, salt hex, client hash hex, worker hash hex, created,
+# expires|'', unused ttl s, max rooms. -1: too many rooms; 0: the id is taken.
+# A new room's key expires after the unused TTL; the first registration (MARK_USED) keeps it.
 _CREATE_ROOM = """
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[8]) then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'salt', ARGV[2], 'token_hash', ARGV[3], 'created_at', ARGV[4], 'expires_at', ARGV[5])
-if ARGV[6] ~= '' then redis.call('EXPIREAT', KEYS[1], ARGV[6]) end
+redis.call('HSET', KEYS[1], 'salt', ARGV[2], 'token_hash', ARGV[3], 'worker_hash', ARGV[4], 'created_at', ARGV[5], 'expires_at', ARGV[6])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[7])))
 redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: room. ARGV: now, expire-at|'' (the room's own expiry, plus the time it is kept).
+_MARK_USED = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'used_at') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'used_at', ARGV[1])
+if ARGV[2] == '' then redis.call('PERSIST', KEYS[1]) else redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
 return 1
 """
 
@@ -275,6 +287,8 @@ class RedisBackend(Backend):
         *,
         prefix: str = "sleap-rtc:",
         room_ttl: float | None = None,
+        unused_room_ttl: float = UNUSED_ROOM_TTL,
+        max_rooms: int = MAX_ROOMS,
         lease_ttl: float = LEASE_TTL,
         peer_grace: float = PEER_GRACE,
         inbox_maxlen: int = INBOX_MAXLEN,
@@ -282,6 +296,9 @@ class RedisBackend(Backend):
         self.url = url
         self.prefix = prefix
         self.room_ttl = room_ttl
+        self.unused_room_ttl = unused_room_ttl
+        self.max_rooms = max_rooms
+        self._dummy_salt = secrets.token_bytes(16)
         self.lease_ttl = lease_ttl
         self.peer_grace = peer_grace
         self.inbox_maxlen = inbox_maxlen
@@ -291,6 +308,7 @@ class RedisBackend(Backend):
             for name, text in {
                 "claim": _CLAIM, "update": _UPDATE, "release": _RELEASE, "reap": _REAP, "follow": _FOLLOW,
                 "unfollow": _UNFOLLOW, "renew": _RENEW, "fence": _FENCE, "counter": _COUNTER, "create_room": _CREATE_ROOM,
+                "mark_used": _MARK_USED,
             }.items()
         }
         self.instance_id = _new_instance_id()
@@ -359,36 +377,65 @@ class RedisBackend(Backend):
 
     # ------------------------------------------------------------------ rooms
 
-    async def create_room(self) -> tuple[str, str]:
-        token = secrets.token_urlsafe(TOKEN_BYTES)
+    async def create_room(self) -> NewRoom:
+        worker_token = secrets.token_urlsafe(TOKEN_BYTES)
         salt = secrets.token_bytes(16)
         now = time.time()
         expires = now + self.room_ttl if self.room_ttl else None
+        unused = self.unused_room_ttl if expires is None else min(self.unused_room_ttl, self.room_ttl + ROOM_EXPIRED_KEEP)
         try:
             while True:
                 room_id = secrets.token_hex(ROOM_ID_BYTES)
                 created = await self.scripts["create_room"](
                     keys=[self.key(f"room:{room_id}"), self.key("rooms")],
-                    args=[room_id, salt.hex(), hash_token(salt, token).hex(), now, "" if expires is None else expires,
-                          "" if expires is None else int(expires + ROOM_EXPIRED_KEEP)],
+                    args=[room_id, salt.hex(), hash_token(salt, client_token_for(worker_token)).hex(), hash_token(salt, worker_token).hex(),
+                          now, "" if expires is None else expires, max(1.0, unused), self.max_rooms],
                 )
-                if created:
-                    return room_id, token
+                if created == -1 and await self.expire_unused() == 0:
+                    raise RoomLimitError(f"This server already holds {self.max_rooms} rooms.")
+                if created == 1:
+                    return NewRoom(room_id, worker_token)
         except RedisError as exc:
             raise _unavailable(exc) from None
 
-    async def check_room(self, room_id: str, token: str) -> ErrorCode | None:
+    async def check_room(self, room_id: str, token: str) -> tuple[ErrorCode | None, Access | None]:
         try:
             row = await self.redis.hgetall(self.key(f"room:{room_id}"))
         except RedisError as exc:
             raise _unavailable(exc) from None
         if not row:
-            return ErrorCode.ROOM_NOT_FOUND
-        if not hmac.compare_digest(hash_token(bytes.fromhex(row["salt"]), token), bytes.fromhex(row["token_hash"])):
-            return ErrorCode.INVALID_TOKEN
+            # Same hashing work as a known room, so a refusal does not tell whether it exists.
+            hmac.compare_digest(hash_token(self._dummy_salt, token), hash_token(self._dummy_salt, ""))
+            return ErrorCode.INVALID_TOKEN, None
+        given = hash_token(bytes.fromhex(row["salt"]), token)
+        if row.get("worker_hash") and hmac.compare_digest(given, bytes.fromhex(row["worker_hash"])):
+            access = Access.WORKER
+        elif hmac.compare_digest(given, bytes.fromhex(row["token_hash"])):
+            access = Access.CLIENT
+        else:
+            return ErrorCode.INVALID_TOKEN, None
         if row.get("expires_at") and time.time() > float(row["expires_at"]):
-            return ErrorCode.ROOM_EXPIRED
-        return None
+            return ErrorCode.ROOM_EXPIRED, None
+        return None, access
+
+    async def mark_used(self, room_id: str) -> None:
+        expires = await self.redis.hget(self.key(f"room:{room_id}"), "expires_at")
+        keep_until = int(float(expires) + ROOM_EXPIRED_KEEP) if expires else ""
+        try:
+            await self.scripts["mark_used"](keys=[self.key(f"room:{room_id}")], args=[time.time(), keep_until])
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+
+    async def expire_unused(self) -> int:
+        # Room keys expire by themselves (Redis TTL); this drops their ids from the count.
+        removed = 0
+        try:
+            async for room_id in self.redis.sscan_iter(self.key("rooms"), count=1000):
+                if not await self.redis.exists(self.key(f"room:{room_id}")):
+                    removed += await self.redis.srem(self.key("rooms"), room_id)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return removed
 
     async def count_rooms(self) -> int:
         try:
