@@ -84,6 +84,12 @@ UNFOLLOW_AFTER = 30.0
 ROOM_EXPIRED_KEEP = 7 * 24 * 3600.0
 """Seconds an expired room is kept so that peers get ``ROOM_EXPIRED`` rather than ``ROOM_NOT_FOUND``."""
 
+REDIS_CONNECTIONS = 32
+"""Connections one instance opens to Redis at most; more concurrent commands wait for one."""
+
+REDIS_WAIT = 5.0
+"""Seconds a command waits for a free Redis connection before the request fails as unavailable."""
+
 SETTLE_TIMEOUT = 1.0
 """Seconds ``settle`` waits for changes still on their way before it re-reads the room."""
 
@@ -302,7 +308,11 @@ class RedisBackend(Backend):
         self.lease_ttl = lease_ttl
         self.peer_grace = peer_grace
         self.inbox_maxlen = inbox_maxlen
-        self.redis = aioredis.from_url(url, decode_responses=True, socket_connect_timeout=5.0, health_check_interval=30)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_WAIT, decode_responses=True,
+            socket_connect_timeout=5.0, health_check_interval=30,
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.scripts = {
             name: self.redis.register_script(text)
             for name, text in {

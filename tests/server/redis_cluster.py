@@ -89,16 +89,18 @@ class RedisServer:
 
 
 class Instance:
-    """One ``python -m sleap_rtc server --redis URL`` process."""
+    """One ``python -m sleap_rtc server --redis URL`` process (``redis_url=None``: the
+    single-process server, rooms in a temporary SQLite file)."""
 
-    def __init__(self, redis_url: str, *extra: str, log_dir: Path | None = None):
+    def __init__(self, redis_url: str | None, *extra: str, log_dir: Path | None = None):
         self.port = free_port()
         log_dir = log_dir or Path(tempfile.mkdtemp(prefix="sleap-rtc-instance-"))
         self.log_path = log_dir / f"instance-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        shared = ["--redis", redis_url] if redis_url else ["--state", str(log_dir / f"state-{self.port}.sqlite3")]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sleap_rtc", "server", "--port", str(self.port), "--redis", redis_url, *extra],
+            [sys.executable, "-m", "sleap_rtc", "server", "--port", str(self.port), *shared, *extra],
             stdout=subprocess.PIPE, stderr=self._log, env=env, preexec_fn=die_with_parent,
         )
 
@@ -205,6 +207,8 @@ class Balancer:
 
     def __init__(self, upstreams: list[int]):
         self.upstreams = upstreams
+        self.routes: list[int] = []
+        """The upstream port of each connection accepted so far, in order."""
         self._turn = itertools.count()
         self._server: asyncio.base_events.Server | None = None
         self._pipes: set[asyncio.Task] = set()
@@ -228,10 +232,13 @@ class Balancer:
                 up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
             except (OSError, asyncio.TimeoutError):
                 continue
+            self.routes.append(port)
             task = asyncio.current_task()
             self._pipes.add(task)
             try:
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            except asyncio.CancelledError:  # stop(): the connection just ends
+                pass
             finally:
                 self._pipes.discard(task)
             return
