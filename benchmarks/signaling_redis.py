@@ -38,7 +38,7 @@ from sleap_rtc.core.signaling import ConnectionState, SignalingClient  # noqa: E
 
 # Limits raised so that the benchmark measures speed, not refusals (one address, many peers).
 OPEN_LIMITS = (
-    "--max-peers-per-room", "1000", "--max-metadata-bytes", "4096", "--max-watchers-per-room", "1000",
+    "--max-peers-per-room", "1100", "--max-metadata-bytes", "4096", "--max-watchers-per-room", "1100",
     "--messages-per-second", "100000", "--message-burst", "100000", "--address-messages-per-second", "1000000",
     "--address-bytes-per-second", "1000000000000", "--max-rooms-per-minute", "100000",
     "--max-sockets-per-address", "100000", "--register-timeout", "120",

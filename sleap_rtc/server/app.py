@@ -112,6 +112,7 @@ class _ServerState:
     tasks: list[asyncio.Task] = field(default_factory=list)
     room_creation: str = RoomCreation.AUTO
     create_room_secret: str | None = None
+    trusted_proxies: frozenset[str] = frozenset()
     encode_failures: int = 0
 
 
@@ -171,7 +172,7 @@ async def _websocket_or_info(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         return web.json_response({"name": "sleap-rtc signaling server", "protocol": SIGNALING_VERSION, "websocket": "/ws"})
     await ws.prepare(request)
-    conn = hub.connect(request.remote or "?")
+    conn = hub.connect(client_address(request, state.trusted_proxies))
     conn.transport = _Writer(ws, hub.limits.send_queue_frames, hub.limits.send_queue_bytes)
     state.sockets.add(ws)
     try:
@@ -245,7 +246,7 @@ async def _creation_allowed(request: web.Request, state: _ServerState, hub: Hub)
 async def _create_room(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     state: _ServerState = request.app[STATE_KEY]
-    address = request.remote or "?"
+    address = client_address(request, state.trusted_proxies)
     key = address_key(address)
     wait = await state.room_creations.retry_after(key)
     if wait:
@@ -315,13 +316,28 @@ async def _on_shutdown(app: web.Application) -> None:
         await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets), return_exceptions=True)
 
 
-def build_app(hub: Hub, *, room_creation: str = RoomCreation.OPEN, create_room_secret: str | None = None) -> web.Application:
+def client_address(request: web.Request, trusted_proxies: frozenset[str]) -> str:
+    """The peer's address: the TCP peer, or, when that is a trusted proxy (a load balancer
+    in front of several instances), the last untrusted address of ``X-Forwarded-For``."""
+    address = request.remote or "?"
+    if address not in trusted_proxies:
+        return address
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    while hops and hops[-1] in trusted_proxies:
+        hops.pop()
+    return hops[-1][:64] if hops else address
+
+
+def build_app(
+    hub: Hub, *, room_creation: str = RoomCreation.OPEN, create_room_secret: str | None = None, trusted_proxies: frozenset[str] = frozenset(),
+) -> web.Application:
     """The aiohttp application serving ``hub`` (WebSocket + HTTP routes)."""
     app = web.Application(client_max_size=64 * 1024)
     app[HUB_KEY] = hub
     app[STATE_KEY] = _ServerState(
         room_creations=hub.backend.counter("room-creations", hub.limits.max_rooms_per_minute, 60.0, hub.clock),
         room_creation=room_creation,
+        trusted_proxies=frozenset(trusted_proxies),
         create_room_secret=create_room_secret or None,
     )
     app.router.add_get("/", _websocket_or_info)
@@ -448,6 +464,7 @@ async def start_server(
     create_room_secret: str | None = None,
     backlog: int = 4096,
     backend: Backend | None = None,
+    trusted_proxies: frozenset[str] | list[str] = frozenset(),
     **limits: Any,
 ) -> RunningServer:
     """Start a signaling server in the running loop; ``port=0`` picks a free port.
@@ -457,7 +474,8 @@ async def start_server(
     (``max_frame_bytes``, ``max_peers_per_room``, ``messages_per_second``, ...).
     ``room_creation`` is a ``RoomCreation`` policy; ``create_room_secret`` defaults to
     ``$SLEAP_RTC_CREATE_ROOM_SECRET``. ``backend`` replaces the SQLite store with a
-    shared one (``server/backend_redis.py``) for several instances.
+    shared one (``server/backend_redis.py``) for several instances. Connections from
+    ``trusted_proxies`` are counted under their ``X-Forwarded-For`` client address.
     """
     limits_obj = Limits(**limits)
     secret = create_room_secret if create_room_secret is not None else os.environ.get(ENV_CREATE_ROOM_SECRET) or None
@@ -483,7 +501,7 @@ async def start_server(
         hub = Hub(store, limits=limits_obj, ping_interval=ping_interval, ice_servers=ice_servers)
     else:
         hub = Hub(backend, limits=limits_obj, ping_interval=ping_interval, ice_servers=ice_servers)
-    app = build_app(hub, room_creation=room_creation, create_room_secret=secret)
+    app = build_app(hub, room_creation=room_creation, create_room_secret=secret, trusted_proxies=frozenset(trusted_proxies))
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=5.0, keepalive_timeout=limits_obj.http_idle_timeout,
     )

@@ -92,6 +92,7 @@ async def serve(
 @click.option("--max-watchers-per-room", default=Limits.max_watchers_per_room, show_default=True, type=click.IntRange(min=1), help="Peers of one room that may take room events.")
 @click.option("--redis", "redis_url", default=None, metavar="URL", help=f"Share rooms and peers with other instances through Redis (redis://host:6379/0) [env {ENV_REDIS}, config 'redis'].")
 @click.option("--lease-ttl", default=None, type=click.FloatRange(min=0.5), help="With --redis: seconds this instance's presence lease lasts unrenewed [default: 10].")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS", help="A load balancer's address: its connections count under the client address of X-Forwarded-For (repeatable).")
 @click.option("--peer-grace", default=None, type=click.FloatRange(min=0), help="With --redis: seconds after a dead instance's lease lapsed before its peers count as gone [default: 10].")
 @click.option("--max-sockets-per-address", default=Limits.max_sockets_per_address, show_default=True, type=click.IntRange(min=1), help="Open TCP connections from one address (IPv6: per /64).")
 @click.option("--max-sockets", default=None, type=click.IntRange(min=16), help="Open TCP connections in all [default: 80% of the file-descriptor limit, raised at start-up].")
@@ -100,7 +101,7 @@ async def serve(
 def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl, room_creation, create_room_secret, unused_room_ttl, max_rooms,
                    max_peers_per_room, max_metadata_bytes, max_frame_bytes, messages_per_second, message_burst,
                    address_messages_per_second, address_bytes_per_second, max_rooms_per_minute, max_sockets_per_address, max_sockets,
-                   register_timeout, http_idle_timeout, max_watchers_per_room, redis_url, lease_ttl, peer_grace) -> None:
+                   register_timeout, http_idle_timeout, max_watchers_per_room, redis_url, lease_ttl, trusted_proxies, peer_grace) -> None:
     """Run the signaling server (WebSocket + HTTP on one port, rooms kept in SQLite).
 
     Every limit against hostile peers is an option below; docs/security.md explains each.
@@ -136,7 +137,7 @@ def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl
         raise click.UsageError(str(exc)) from None
     if create_room_secret is None:
         create_room_secret = load_config().get("create_room_secret") or None
-    rooms = {"room_creation": room_creation, "create_room_secret": create_room_secret or "", "unused_room_ttl": unused_room_ttl, "max_rooms": max_rooms}
+    rooms = {"trusted_proxies": frozenset(trusted_proxies), "room_creation": room_creation, "create_room_secret": create_room_secret or "", "unused_room_ttl": unused_room_ttl, "max_rooms": max_rooms}
     redis_url = redis_url or os.environ.get(ENV_REDIS) or load_config().get("redis") or None
     try:
         asyncio.run(serve(
