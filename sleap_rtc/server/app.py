@@ -113,6 +113,7 @@ class _ServerState:
     room_creation: str = RoomCreation.AUTO
     create_room_secret: str | None = None
     trusted_proxies: frozenset[str] = frozenset()
+    backend: Backend | None = None
     encode_failures: int = 0
 
 
@@ -126,7 +127,7 @@ def _encode(frame: dict[str, Any]) -> str | None:
         return None
 
 
-def _dispatch(hub: Hub, actions: list, state: _ServerState | None = None) -> None:
+def _dispatch(actions: list, state: _ServerState | None = None) -> None:
     for action in actions:
         if isinstance(action, Send):
             text = _encode(action.frame)
@@ -139,8 +140,8 @@ def _dispatch(hub: Hub, actions: list, state: _ServerState | None = None) -> Non
                     conn.transport.enqueue(text)
         elif isinstance(action, Close) and action.conn.transport is not None:
             action.conn.transport.close_soon(action.reason)
-        elif isinstance(action, Forward):
-            hub.backend.forward(action.target, action.frame)
+        elif isinstance(action, Forward) and state is not None and state.backend is not None:
+            state.backend.forward(action.target, action.frame)
 
 
 class _HubListener:
@@ -151,13 +152,13 @@ class _HubListener:
         self.state = state
 
     def peer_changed(self, old: Peer | None, new: Peer | None) -> None:
-        _dispatch(self.hub, self.hub.peer_changed(old, new), self.state)
+        _dispatch(self.hub.peer_changed(old, new), self.state)
 
     def relayed(self, room_id: str, peer_id: str, frame: dict[str, Any]) -> None:
-        _dispatch(self.hub, self.hub.relayed(room_id, peer_id, frame), self.state)
+        _dispatch(self.hub.relayed(room_id, peer_id, frame), self.state)
 
     def lease_lost(self) -> None:
-        _dispatch(self.hub, self.hub.lease_lost(), self.state)
+        _dispatch(self.hub.lease_lost(), self.state)
 
 
 async def _websocket_or_info(request: web.Request) -> web.StreamResponse:
@@ -178,12 +179,12 @@ async def _websocket_or_info(request: web.Request) -> web.StreamResponse:
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                _dispatch(hub, await hub.handle(conn, msg.data), state)
+                _dispatch(await hub.handle(conn, msg.data), state)
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
         state.sockets.discard(ws)
-        _dispatch(hub, await hub.disconnect(conn), state)
+        _dispatch(await hub.disconnect(conn), state)
         writer = conn.transport
         if writer.queue.full():
             writer.task.cancel()
@@ -271,7 +272,7 @@ async def _create_room(request: web.Request) -> web.Response:
     return web.json_response({"room_id": room.room_id, "token": room.token, "worker_token": room.worker_token})
 
 
-async def _ping_ticker(hub: Hub) -> None:
+async def _ping_ticker(hub: Hub, state: _ServerState) -> None:
     # One timer for all sockets: pings go out between one interval and one tick after it.
     tick = min(1.0, hub.ping_interval / 4, hub.limits.register_timeout / 4)
     next_sweep = hub.clock() + SWEEP_INTERVAL
@@ -281,7 +282,7 @@ async def _ping_ticker(hub: Hub) -> None:
         for conn in hub.due_pings(now):
             if conn.transport is not None:
                 conn.transport.enqueue(_PING_TEXT)
-        _dispatch(hub, hub.overdue(now))
+        _dispatch(hub.overdue(now), state)
         if now >= next_sweep:
             next_sweep = now + SWEEP_INTERVAL
             try:
@@ -293,18 +294,18 @@ async def _ping_ticker(hub: Hub) -> None:
                     log.info("removed %d rooms that expired unused", removed)
 
 
-async def _event_flusher(hub: Hub) -> None:
+async def _event_flusher(hub: Hub, state: _ServerState) -> None:
     # Batched room events leave at most once per interval per watcher (bounded bursts).
     while True:
         await asyncio.sleep(EVENT_FLUSH_INTERVAL)
-        _dispatch(hub, hub.flush_events())
+        _dispatch(hub.flush_events(), state)
 
 
 async def _on_startup(app: web.Application) -> None:
     hub = app[HUB_KEY]
     state: _ServerState = app[STATE_KEY]
     loop = asyncio.get_running_loop()
-    state.tasks += [loop.create_task(_ping_ticker(hub)), loop.create_task(_event_flusher(hub))]
+    state.tasks += [loop.create_task(_ping_ticker(hub, state)), loop.create_task(_event_flusher(hub, state))]
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -338,6 +339,7 @@ def build_app(
         room_creations=hub.backend.counter("room-creations", hub.limits.max_rooms_per_minute, 60.0, hub.clock),
         room_creation=room_creation,
         trusted_proxies=frozenset(trusted_proxies),
+        backend=hub.backend,
         create_room_secret=create_room_secret or None,
     )
     app.router.add_get("/", _websocket_or_info)

@@ -87,6 +87,7 @@ async def serve(
 @click.option("--messages-per-second", default=Limits.messages_per_second, show_default=True, type=click.FloatRange(min=0.1), help="Sustained frames per second per connection.")
 @click.option("--message-burst", default=Limits.message_burst, show_default=True, type=click.IntRange(min=1))
 @click.option("--address-messages-per-second", default=Limits.address_messages_per_second, show_default=True, type=click.FloatRange(min=0.1), help="Sustained frames per second from one address, all its connections together.")
+@click.option("--address-message-burst", default=Limits.address_message_burst, show_default=True, type=click.IntRange(min=1), help="Frames one address may send at once.")
 @click.option("--address-bytes-per-second", default=Limits.address_bytes_per_second, show_default=True, type=click.FloatRange(min=1024), help="Bytes per second of peer lists and room events one address's requests may cause.")
 @click.option("--max-rooms-per-minute", default=Limits.max_rooms_per_minute, show_default=True, type=click.IntRange(min=1), help="Rooms one address may create per minute.")
 @click.option("--max-watchers-per-room", default=Limits.max_watchers_per_room, show_default=True, type=click.IntRange(min=1), help="Peers of one room that may take room events.")
@@ -100,7 +101,7 @@ async def serve(
 @click.option("--http-idle-timeout", default=Limits.http_idle_timeout, show_default=True, type=click.FloatRange(min=0.1), help="Seconds a TCP connection may go without a complete HTTP request (slow headers, idle keep-alive).")
 def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl, room_creation, create_room_secret, unused_room_ttl, max_rooms,
                    max_peers_per_room, max_metadata_bytes, max_frame_bytes, messages_per_second, message_burst,
-                   address_messages_per_second, address_bytes_per_second, max_rooms_per_minute, max_sockets_per_address, max_sockets,
+                   address_messages_per_second, address_message_burst, address_bytes_per_second, max_rooms_per_minute, max_sockets_per_address, max_sockets,
                    register_timeout, http_idle_timeout, max_watchers_per_room, redis_url, lease_ttl, trusted_proxies, peer_grace) -> None:
     """Run the signaling server (WebSocket + HTTP on one port, rooms kept in SQLite).
 
@@ -123,6 +124,7 @@ def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl
         "messages_per_second": messages_per_second,
         "message_burst": message_burst,
         "address_messages_per_second": address_messages_per_second,
+        "address_message_burst": address_message_burst,
         "address_bytes_per_second": address_bytes_per_second,
         "max_rooms_per_minute": max_rooms_per_minute,
         "max_sockets_per_address": max_sockets_per_address,
