@@ -367,7 +367,7 @@ if __name__ == "__main__":
     parser.add_argument("--watchers", type=int, default=1000, help="batched watchers filling one room")
     parser.add_argument("--fan-baseline", type=int, default=500, help="watchers of the v2.0-vs-batched comparison")
     parser.add_argument("--samples", type=int, default=200, help="round trips per latency figure")
-    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--recovery-peers", type=int, default=150)
     parser.add_argument("--lease", type=float, default=3.0)
     parser.add_argument("--grace", type=float, default=3.0)

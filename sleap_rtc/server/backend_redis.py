@@ -84,11 +84,17 @@ UNFOLLOW_AFTER = 30.0
 ROOM_EXPIRED_KEEP = 7 * 24 * 3600.0
 """Seconds an expired room is kept so that peers get ``ROOM_EXPIRED`` rather than ``ROOM_NOT_FOUND``."""
 
-REDIS_CONNECTIONS = 32
+REDIS_CONNECTIONS = 64
 """Connections one instance opens to Redis at most; more concurrent commands wait for one."""
 
-REDIS_WAIT = 5.0
+REDIS_WAIT = 10.0
 """Seconds a command waits for a free Redis connection before the request fails as unavailable."""
+
+MAX_ROOM_ID_LENGTH = 64
+"""Longest room id looked up in Redis (ours are 12 characters)."""
+
+MAX_TRACKED_ROOMS = 100_000
+"""Rooms remembered as already marked used (forgotten all at once past this)."""
 
 SETTLE_TIMEOUT = 1.0
 """Seconds ``settle`` waits for changes still on their way before it re-reads the room."""
@@ -305,6 +311,8 @@ class RedisBackend(Backend):
         self.unused_room_ttl = unused_room_ttl
         self.max_rooms = max_rooms
         self._dummy_salt = secrets.token_bytes(16)
+        self._used: set[str] = set()
+        """Rooms this instance already marked used."""
         self.lease_ttl = lease_ttl
         self.peer_grace = peer_grace
         self.inbox_maxlen = inbox_maxlen
@@ -409,6 +417,9 @@ class RedisBackend(Backend):
             raise _unavailable(exc) from None
 
     async def check_room(self, room_id: str, token: str) -> tuple[ErrorCode | None, Access | None]:
+        if len(room_id) > MAX_ROOM_ID_LENGTH:  # never a real room: no key that long is looked up
+            hmac.compare_digest(hash_token(self._dummy_salt, token), hash_token(self._dummy_salt, ""))
+            return ErrorCode.INVALID_TOKEN, None
         try:
             row = await self.redis.hgetall(self.key(f"room:{room_id}"))
         except RedisError as exc:
@@ -429,12 +440,17 @@ class RedisBackend(Backend):
         return None, access
 
     async def mark_used(self, room_id: str) -> None:
+        if room_id in self._used:
+            return  # once per room and instance: later registrations cost no round trip
         expires = await self.redis.hget(self.key(f"room:{room_id}"), "expires_at")
         keep_until = int(float(expires) + ROOM_EXPIRED_KEEP) if expires else ""
         try:
             await self.scripts["mark_used"](keys=[self.key(f"room:{room_id}")], args=[time.time(), keep_until])
         except RedisError as exc:
             raise _unavailable(exc) from None
+        if len(self._used) >= MAX_TRACKED_ROOMS:
+            self._used.clear()
+        self._used.add(room_id)
 
     async def expire_unused(self) -> int:
         # Room keys expire by themselves (Redis TTL); this drops their ids from the count.

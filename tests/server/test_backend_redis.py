@@ -364,3 +364,26 @@ async def test_direct_backend_round_trip(redis_server):
     finally:
         await one.stop()
         await two.stop()
+
+
+async def test_an_unreachable_redis_is_a_clear_start_up_error():
+    from redis_cluster import free_port
+
+    backend = RedisBackend(f"redis://:secret@127.0.0.1:{free_port()}/0")
+
+    class Nobody:
+        def peer_changed(self, old, new): ...
+        def relayed(self, room_id, peer_id, frame): ...
+        def lease_lost(self): ...
+
+    with pytest.raises(ConnectionError) as info:
+        await backend.start(Nobody())
+    assert "Cannot reach Redis" in str(info.value) and "secret" not in str(info.value)
+    await backend.stop()
+
+
+async def test_hostile_room_ids_cost_no_big_lookup(redis_cluster):
+    async with websockets.connect(redis_cluster.url, open_timeout=5, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "register", "peer_id": "w", "room_id": "r" * 200_000, "token": "t", "role": "worker"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["code"] == "INVALID_TOKEN"
+    redis_cluster.reset_limits()
