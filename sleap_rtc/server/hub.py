@@ -357,14 +357,14 @@ class Hub:
         if conn not in self.connections:  # the socket closed while the backend answered
             await self.backend.release(peer)
             return []
+        conn.peer = peer  # before any further await: a close from now on releases the peer
+        conn.next_ping = self.clock() + self.ping_interval
         actions: list[Action] = []
         if existing is not None and existing.conn is not None and existing.conn is not conn:
             existing.conn.peer = None  # its socket closing later must not evict the new owner
             actions.append(Close(existing.conn, "peer resumed on another connection"))
         if existing is None:
             await self.backend.mark_used(room_id)
-        conn.peer = peer
-        conn.next_ping = self.clock() + self.ping_interval
         reply: dict[str, Any] = {
             "type": MessageType.REGISTERED_AUTH.value,
             "room_id": room_id,
