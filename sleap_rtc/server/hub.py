@@ -445,12 +445,13 @@ class Hub:
         """``kind`` about ``peer`` to this instance's watchers of its room (not to itself)."""
         now_watchers: list[Connection] = []
         frame: dict[str, Any] | None = None
+        merged: dict[int, tuple[dict[str, Any], dict[str, Any] | None]] = {}  # watchers in one state share one result
         for p in self.backend.view(peer.room_id).values():
             if not p.events or p is peer or p.conn is None or p.peer_id == peer.peer_id:
                 continue
             if p.batch:
                 frame = frame or {"type": kind.value, **peer.info()}
-                _coalesce(p.conn.outbox, peer.peer_id, frame)
+                _coalesce(p.conn.outbox, peer.peer_id, frame, merged)
                 self._batched.add(p.conn)
             else:
                 now_watchers.append(p.conn)
@@ -459,8 +460,11 @@ class Hub:
         return [Send(now_watchers, {"type": kind.value, **peer.info()})]
 
     def flush_events(self) -> list[Action]:
-        """One ``room_events`` frame per watcher with batched events (call every ``EVENT_FLUSH_INTERVAL``)."""
-        actions: list[Action] = []
+        """One ``room_events`` frame per watcher with batched events (call every ``EVENT_FLUSH_INTERVAL``).
+
+        Watchers waiting for the very same events share one ``Send`` (encoded once).
+        """
+        groups: dict[tuple[int, ...], tuple[list[Connection], list[dict[str, Any]]]] = {}
         for conn in list(self._batched):
             outbox = conn.outbox
             if len(outbox) <= MAX_EVENTS_PER_FRAME:
@@ -471,8 +475,8 @@ class Hub:
                 keys = list(itertools.islice(outbox, MAX_EVENTS_PER_FRAME))
                 events = [outbox.pop(k) for k in keys]
             if events and conn.peer is not None:
-                actions.append(Send([conn], {"type": MessageType.ROOM_EVENTS.value, "events": events}))
-        return actions
+                groups.setdefault(tuple(map(id, events)), ([], events))[0].append(conn)
+        return [Send(targets, {"type": MessageType.ROOM_EVENTS.value, "events": events}) for targets, events in groups.values()]
 
     # ------------------------------------------------------------------ other instances
 
@@ -550,16 +554,19 @@ _COALESCE: dict[tuple[str, str], str | None] = {
 }
 
 
-def _coalesce(outbox: dict[str, dict[str, Any]], peer_id: str, frame: dict[str, Any]) -> None:
+def _coalesce(outbox: dict[str, dict[str, Any]], peer_id: str, frame: dict[str, Any], merged: dict[int, tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
     waiting = outbox.get(peer_id)
     if waiting is None:
         outbox[peer_id] = frame
         return
-    kind = _COALESCE.get((waiting["type"], frame["type"]), frame["type"])
-    if kind is None:
+    if id(waiting) not in merged:  # (the waiting event is kept in the memo, so its id stays unique)
+        kind = _COALESCE.get((waiting["type"], frame["type"]), frame["type"])
+        merged[id(waiting)] = (waiting, None if kind is None else {**frame, "type": str(kind)})
+    result = merged[id(waiting)][1]
+    if result is None:
         del outbox[peer_id]
     else:
-        outbox[peer_id] = {**frame, "type": str(kind)}
+        outbox[peer_id] = result
 
 
 def _without_id(frame: dict[str, Any]) -> dict[str, Any]:
