@@ -24,6 +24,7 @@ OUT = ROOT / "docs" / "benchmarks.md"
 # name -> extra arguments; order = order in the report
 BENCHMARKS: dict[str, list[str] | None] = {
     "signaling": [],
+    "room_fill": [],
     "transfer": [],
     "transfer_notes": None,  # hand-written analysis, kept next to the transfer figures
     "connect": [],

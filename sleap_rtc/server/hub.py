@@ -79,6 +79,7 @@ class Connection:
     conn_id: int = field(default_factory=lambda: next(_conn_ids))
     peer: Peer | None = None
     opened_at: float = 0.0
+    refused_in_row: int = 0
     next_ping: float = 0.0
     transport: Any = None
     """Whatever the I/O layer needs to reach the socket (the app's writer)."""
@@ -238,7 +239,11 @@ class Hub:
         if not retry_after and conn.budget is not None:
             retry_after = conn.budget.messages.take(now)
         if retry_after:
+            conn.refused_in_row += 1
+            if conn.refused_in_row > self.limits.max_refused_in_row:
+                return [Close(conn, "rate limit ignored")]
             return self._error(conn, None, ErrorCode.RATE_LIMITED, "Too many messages: slow down.", retry_after=round(retry_after, 3))
+        conn.refused_in_row = 0
         try:
             frame = parse_frame(text, max_bytes=self.limits.max_frame_bytes)
         except ProtocolError as exc:

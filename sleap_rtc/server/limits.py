@@ -44,6 +44,9 @@ class Limits:
     """Sustained frames per second per connection."""
     message_burst: int = 200
     """Frames a connection may send at once before the per-second rate applies."""
+    max_refused_in_row: int = 200
+    """Frames refused in a row for the rate limit before the connection is closed (a peer
+    that ignores ``retry_after`` only costs the server error replies until then)."""
     address_messages_per_second: float = 100.0
     """Sustained frames per second from one address, all its connections together."""
     address_message_burst: int = 400

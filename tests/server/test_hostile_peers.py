@@ -282,6 +282,20 @@ async def test_s5_frames_far_over_the_cap_close_the_socket_before_decoding(serve
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
+async def test_s5_a_peer_that_ignores_the_rate_limit_is_disconnected(server_factory):
+    server = await server_factory(messages_per_second=5, message_burst=5, max_refused_in_row=20)
+    room = await server.create_room()
+    peer = await _peer(server)
+    await peer.register(room, "w")
+    for i in range(60):
+        await peer.send({"type": "discover_peers", "id": i})
+    codes = []
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            codes.append((await peer.recv())["type"])
+    assert codes.count("error") == 20 and len(codes) < 60  # then closed: no more error replies
+
+
 # ---------------------------------------------------------------------- S8, S19, S20: metadata
 
 

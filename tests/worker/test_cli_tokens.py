@@ -27,7 +27,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.send_signal(signal.SIGINT)
         try:
-            await asyncio.wait_for(proc.wait(), 45)
+            await asyncio.wait_for(proc.wait(), 15)
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
