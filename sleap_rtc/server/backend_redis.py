@@ -349,6 +349,7 @@ class RedisBackend(Backend):
         self._unreleased: list[Peer] = []
         self._forwards: asyncio.Queue[tuple[str, str, str, str]] = asyncio.Queue(FORWARD_QUEUE)
         self._tasks: list[asyncio.Task] = []
+        self._inbox_read: tuple[str, str] | None = None
 
     def key(self, name: str) -> str:
         """The Redis key ``name`` under this deployment's prefix."""
@@ -721,8 +722,7 @@ class RedisBackend(Backend):
                     except Exception:  # one bad entry must not stop the reader
                         log.exception("inbox entry failed")
                 if entries:
-                    with contextlib.suppress(RedisError):
-                        await self.redis.xtrim(inbox, minid=last, approximate=False)
+                    self._inbox_read = (inbox, last)  # trimmed by the keeper, off the read path
 
     async def _write_forwards(self) -> None:
         while True:
@@ -748,6 +748,7 @@ class RedisBackend(Backend):
             await asyncio.sleep(interval)
             try:
                 await self._renew()
+                await self._trim_inbox()
                 await self._reap_dead()
                 await self._retry_releases()
                 await self._unfollow_idle()
@@ -771,6 +772,11 @@ class RedisBackend(Backend):
         await self._join()
         if self._listener is not None:
             self._listener.lease_lost()
+
+    async def _trim_inbox(self) -> None:
+        read, self._inbox_read = self._inbox_read, None
+        if read is not None:
+            await self.redis.xtrim(read[0], minid=read[1], approximate=False)
 
     async def _reap_dead(self) -> None:
         now = time.monotonic()
