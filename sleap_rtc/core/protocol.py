@@ -59,6 +59,9 @@ class MessageType(StrEnum):
     PEER_JOINED = "peer_joined"
     PEER_LEFT = "peer_left"
     PEER_UPDATED = "peer_updated"
+    # Several room events in one frame ``{events: [...]}``, only for peers that registered
+    # with ``"batch_events": true`` (v2.0 peers never get it).
+    ROOM_EVENTS = "room_events"
 
 
 RELAYED_TYPES = frozenset({MessageType.OFFER, MessageType.ANSWER, MessageType.CANDIDATE})
@@ -134,6 +137,8 @@ class ErrorCode(StrEnum):
     CREATE_ROOM_FORBIDDEN = "CREATE_ROOM_FORBIDDEN"
     TOO_MANY_ROOMS = "TOO_MANY_ROOMS"
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
+    TOO_MANY_WATCHERS = "TOO_MANY_WATCHERS"
+    SERVER_UNAVAILABLE = "SERVER_UNAVAILABLE"
 
 
 WORKER_BUSY = "worker_busy"
@@ -203,7 +208,7 @@ PEER_FRAME_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 # Optional fields with a fixed type: a wrong type is an INVALID_MESSAGE, never a crash.
 _OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    MessageType.REGISTER: {"metadata": _OBJ, "events": bool, "resume": _STR},
+    MessageType.REGISTER: {"metadata": _OBJ, "events": bool, "resume": _STR, "batch_events": bool},
     MessageType.DISCOVER_PEERS: {"filters": _OBJ},
     MessageType.OFFER: {"sdp": _STR},
     MessageType.ANSWER: {"sdp": _STR},

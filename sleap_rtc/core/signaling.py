@@ -29,7 +29,7 @@ import aiohttp
 from sleap_rtc.core.config import http_base
 from sleap_rtc.core.credentials import NewRoom
 from sleap_rtc.core.metadata import merge_metadata
-from sleap_rtc.core.protocol import DEFAULT_PING_INTERVAL, FINAL_REGISTRATION_ERRORS, MAX_RECEIVE_BYTES, MessageType, dumps
+from sleap_rtc.core.protocol import DEFAULT_PING_INTERVAL, EVENT_TYPES, FINAL_REGISTRATION_ERRORS, MAX_RECEIVE_BYTES, MessageType, dumps
 from sleap_rtc.core.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger(__name__)
@@ -328,6 +328,8 @@ class SignalingClient:
             "metadata": self.metadata,
             "events": self.events,
         }
+        if self.events:
+            frame["batch_events"] = True  # room events come coalesced in room_events frames
         if self.registration and self.registration.resume:
             frame["resume"] = self.registration.resume
         try:
@@ -394,6 +396,16 @@ class SignalingClient:
             return
         if frame.get("type") == MessageType.PING:
             return
+        if frame.get("type") == MessageType.ROOM_EVENTS:
+            # Listeners see each event as if it had come alone (in order).
+            events = frame.get("events")
+            for event in events if isinstance(events, list) else []:
+                if isinstance(event, dict) and event.get("type") in EVENT_TYPES:
+                    await self._notify(event)
+            return
+        await self._notify(frame)
+
+    async def _notify(self, frame: dict[str, Any]) -> None:
         for listener in list(self._listeners):
             try:
                 result = listener(frame)

@@ -34,8 +34,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from sleap_rtc.core.credentials import NewRoom
 from sleap_rtc.core.protocol import SIGNALING_VERSION, ErrorCode, MessageType, dumps, error_frame
 from sleap_rtc.core.tasks import spawn
-from sleap_rtc.server.hub import Close, Connection, Hub, Send
-from sleap_rtc.server.limits import FailureCounter, Limits, address_key
+from sleap_rtc.server.hub import EVENT_FLUSH_INTERVAL, Forward, Close, Connection, Hub, Send
+from sleap_rtc.server.backend import Backend, Peer, SharedCounter
+from sleap_rtc.server.limits import Limits, address_key
 from sleap_rtc.server.metrics import render
 from sleap_rtc.server.rooms import MAX_ROOMS, UNUSED_ROOM_TTL, Access, RoomLimitError, RoomStore
 from sleap_rtc.server.sockets import GuardedProtocol, SocketGuard, default_max_sockets, raise_fd_limit
@@ -107,10 +108,12 @@ class _Writer:
 @dataclass
 class _ServerState:
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
-    room_creations: FailureCounter | None = None
-    ticker: asyncio.Task | None = None
+    room_creations: SharedCounter | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
     room_creation: str = RoomCreation.AUTO
     create_room_secret: str | None = None
+    trusted_proxies: frozenset[str] = frozenset()
+    backend: Backend | None = None
     encode_failures: int = 0
 
 
@@ -137,6 +140,25 @@ def _dispatch(actions: list, state: _ServerState | None = None) -> None:
                     conn.transport.enqueue(text)
         elif isinstance(action, Close) and action.conn.transport is not None:
             action.conn.transport.close_soon(action.reason)
+        elif isinstance(action, Forward) and state is not None and state.backend is not None:
+            state.backend.forward(action.target, action.frame)
+
+
+class _HubListener:
+    """Feeds what other instances did (through the backend) into the hub, and its actions out."""
+
+    def __init__(self, hub: Hub, state: _ServerState):
+        self.hub = hub
+        self.state = state
+
+    def peer_changed(self, old: Peer | None, new: Peer | None) -> None:
+        _dispatch(self.hub.peer_changed(old, new), self.state)
+
+    def relayed(self, room_id: str, peer_id: str, frame: dict[str, Any]) -> None:
+        _dispatch(self.hub.relayed(room_id, peer_id, frame), self.state)
+
+    def lease_lost(self) -> None:
+        _dispatch(self.hub.lease_lost(), self.state)
 
 
 async def _websocket_or_info(request: web.Request) -> web.StreamResponse:
@@ -151,18 +173,18 @@ async def _websocket_or_info(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         return web.json_response({"name": "sleap-rtc signaling server", "protocol": SIGNALING_VERSION, "websocket": "/ws"})
     await ws.prepare(request)
-    conn = hub.connect(request.remote or "?")
+    conn = hub.connect(client_address(request, state.trusted_proxies))
     conn.transport = _Writer(ws, hub.limits.send_queue_frames, hub.limits.send_queue_bytes)
     state.sockets.add(ws)
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                _dispatch(hub.handle(conn, msg.data), state)
+                _dispatch(await hub.handle(conn, msg.data), state)
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
         state.sockets.discard(ws)
-        _dispatch(hub.disconnect(conn), state)
+        _dispatch(await hub.disconnect(conn), state)
         writer = conn.transport
         if writer.queue.full():
             writer.task.cancel()
@@ -192,7 +214,7 @@ async def _metrics(request: web.Request) -> web.Response:
         hub.metrics,
         connections=len(hub.connections),
         rooms_active=len(hub.live),
-        rooms_stored=hub.rooms.count(),
+        rooms_stored=await hub.backend.count_rooms(),
         peers_by_role=hub.peers_by_role(),
     )
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Prometheus-Format": "0.0.4"})
@@ -217,7 +239,7 @@ async def _creation_allowed(request: web.Request, state: _ServerState, hub: Hub)
         return True
     room_id, worker_token = body.get("room_id"), body.get("worker_token")
     if isinstance(room_id, str) and isinstance(worker_token, str):
-        problem, access = hub.rooms.check(room_id, worker_token)
+        problem, access = await hub.backend.check_room(room_id, worker_token)
         return problem is None and access == Access.WORKER
     return False
 
@@ -225,14 +247,13 @@ async def _creation_allowed(request: web.Request, state: _ServerState, hub: Hub)
 async def _create_room(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     state: _ServerState = request.app[STATE_KEY]
-    address = request.remote or "?"
-    now = hub.clock()
+    address = client_address(request, state.trusted_proxies)
     key = address_key(address)
-    wait = state.room_creations.retry_after(key, now)
+    wait = await state.room_creations.retry_after(key)
     if wait:
         body = error_frame(ErrorCode.RATE_LIMITED, f"Too many rooms created: retry in {wait:.0f} s.", retry_after=round(wait, 3))
         return web.json_response(body, status=429, headers={"Retry-After": str(int(wait) + 1)})
-    state.room_creations.add(key, now)
+    await state.room_creations.add(key)
     if not await _creation_allowed(request, state, hub):
         hub.metrics.errors_sent[ErrorCode.CREATE_ROOM_FORBIDDEN.value] += 1
         body = error_frame(
@@ -242,7 +263,7 @@ async def _create_room(request: web.Request) -> web.Response:
         )
         return web.json_response(body, status=403)
     try:
-        room = hub.rooms.create()
+        room = await hub.backend.create_room()
     except RoomLimitError as exc:
         return web.json_response(error_frame(ErrorCode.TOO_MANY_ROOMS, str(exc)), status=503)
     hub.metrics.rooms_created += 1
@@ -251,7 +272,7 @@ async def _create_room(request: web.Request) -> web.Response:
     return web.json_response({"room_id": room.room_id, "token": room.token, "worker_token": room.worker_token})
 
 
-async def _ping_ticker(hub: Hub) -> None:
+async def _ping_ticker(hub: Hub, state: _ServerState) -> None:
     # One timer for all sockets: pings go out between one interval and one tick after it.
     tick = min(1.0, hub.ping_interval / 4, hub.limits.register_timeout / 4)
     next_sweep = hub.clock() + SWEEP_INTERVAL
@@ -261,11 +282,11 @@ async def _ping_ticker(hub: Hub) -> None:
         for conn in hub.due_pings(now):
             if conn.transport is not None:
                 conn.transport.enqueue(_PING_TEXT)
-        _dispatch(hub.overdue(now))
+        _dispatch(hub.overdue(now), state)
         if now >= next_sweep:
             next_sweep = now + SWEEP_INTERVAL
             try:
-                removed = hub.rooms.expire_unused()
+                removed = await hub.backend.expire_unused()
             except Exception:  # the state file is shared with nothing else; keep serving
                 log.exception("sweeping unused rooms failed")
             else:
@@ -273,26 +294,52 @@ async def _ping_ticker(hub: Hub) -> None:
                     log.info("removed %d rooms that expired unused", removed)
 
 
+async def _event_flusher(hub: Hub, state: _ServerState) -> None:
+    # Batched room events leave at most once per interval per watcher (bounded bursts).
+    while True:
+        await asyncio.sleep(EVENT_FLUSH_INTERVAL)
+        _dispatch(hub.flush_events(), state)
+
+
 async def _on_startup(app: web.Application) -> None:
-    app[STATE_KEY].ticker = asyncio.get_running_loop().create_task(_ping_ticker(app[HUB_KEY]))
+    hub = app[HUB_KEY]
+    state: _ServerState = app[STATE_KEY]
+    loop = asyncio.get_running_loop()
+    state.tasks += [loop.create_task(_ping_ticker(hub, state)), loop.create_task(_event_flusher(hub, state))]
 
 
 async def _on_shutdown(app: web.Application) -> None:
     state: _ServerState = app[STATE_KEY]
-    if state.ticker:
-        state.ticker.cancel()
+    for task in state.tasks:
+        task.cancel()
     sockets = list(state.sockets)
     if sockets:
         await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets), return_exceptions=True)
 
 
-def build_app(hub: Hub, *, room_creation: str = RoomCreation.OPEN, create_room_secret: str | None = None) -> web.Application:
+def client_address(request: web.Request, trusted_proxies: frozenset[str]) -> str:
+    """The peer's address: the TCP peer, or, when that is a trusted proxy (a load balancer
+    in front of several instances), the last untrusted address of ``X-Forwarded-For``."""
+    address = request.remote or "?"
+    if address not in trusted_proxies:
+        return address
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    while hops and hops[-1] in trusted_proxies:
+        hops.pop()
+    return hops[-1][:64] if hops else address
+
+
+def build_app(
+    hub: Hub, *, room_creation: str = RoomCreation.OPEN, create_room_secret: str | None = None, trusted_proxies: frozenset[str] = frozenset(),
+) -> web.Application:
     """The aiohttp application serving ``hub`` (WebSocket + HTTP routes)."""
     app = web.Application(client_max_size=64 * 1024)
     app[HUB_KEY] = hub
     app[STATE_KEY] = _ServerState(
-        room_creations=FailureCounter(hub.limits.max_rooms_per_minute, 60.0),
+        room_creations=hub.backend.counter("room-creations", hub.limits.max_rooms_per_minute, 60.0, hub.clock),
         room_creation=room_creation,
+        trusted_proxies=frozenset(trusted_proxies),
+        backend=hub.backend,
         create_room_secret=create_room_secret or None,
     )
     app.router.add_get("/", _websocket_or_info)
@@ -329,15 +376,15 @@ class RunningServer:
         return f"{'https' if self.tls else 'http'}://{_url_host(self.host)}:{self.port}"
 
     @property
-    def state_path(self) -> str:
-        """The SQLite file holding the rooms."""
-        return self.hub.rooms.path
+    def state_path(self) -> str | None:
+        """The SQLite file holding the rooms (``None`` when they are kept in Redis)."""
+        return self.hub.rooms.path if self.hub.rooms is not None else None
 
     async def create_room(self) -> NewRoom:
         """Create a room directly in the store; returns ``(room_id, worker_token)``
         (``.token`` is the client token)."""
         self.hub.metrics.rooms_created += 1
-        return self.hub.rooms.create()
+        return await self.hub.backend.create_room()
 
     @property
     def sockets_refused(self) -> int:
@@ -356,7 +403,9 @@ class RunningServer:
         self._stopped = True
         self.hub.closing = True
         await self.runner.cleanup()
-        self.hub.rooms.close()
+        await self.hub.backend.stop()
+        if self.hub.rooms is not None:
+            self.hub.rooms.close()
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 
@@ -416,6 +465,8 @@ async def start_server(
     room_creation: str = RoomCreation.AUTO,
     create_room_secret: str | None = None,
     backlog: int = 4096,
+    backend: Backend | None = None,
+    trusted_proxies: frozenset[str] | list[str] = frozenset(),
     **limits: Any,
 ) -> RunningServer:
     """Start a signaling server in the running loop; ``port=0`` picks a free port.
@@ -424,7 +475,9 @@ async def start_server(
     pass a path to keep rooms across restarts. ``limits`` are ``Limits`` fields
     (``max_frame_bytes``, ``max_peers_per_room``, ``messages_per_second``, ...).
     ``room_creation`` is a ``RoomCreation`` policy; ``create_room_secret`` defaults to
-    ``$SLEAP_RTC_CREATE_ROOM_SECRET``.
+    ``$SLEAP_RTC_CREATE_ROOM_SECRET``. ``backend`` replaces the SQLite store with a
+    shared one (``server/backend_redis.py``) for several instances. Connections from
+    ``trusted_proxies`` are counted under their ``X-Forwarded-For`` client address.
     """
     limits_obj = Limits(**limits)
     secret = create_room_secret if create_room_secret is not None else os.environ.get(ENV_CREATE_ROOM_SECRET) or None
@@ -442,22 +495,28 @@ async def start_server(
     fd_limit = raise_fd_limit()
     guard = SocketGuard(limits_obj.max_sockets_per_address, limits_obj.max_sockets or default_max_sockets(fd_limit))
     tmpdir = None
-    if state_path is None:
-        tmpdir = tempfile.mkdtemp(prefix="sleap-rtc-server-")
-        state_path = Path(tmpdir) / "server.sqlite3"
-    store = RoomStore(state_path, room_ttl=room_ttl, unused_ttl=unused_room_ttl, max_rooms=max_rooms)
-    hub = Hub(store, limits=limits_obj, ping_interval=ping_interval, ice_servers=ice_servers)
-    app = build_app(hub, room_creation=room_creation, create_room_secret=secret)
+    if backend is None:
+        if state_path is None:
+            tmpdir = tempfile.mkdtemp(prefix="sleap-rtc-server-")
+            state_path = Path(tmpdir) / "server.sqlite3"
+        store = RoomStore(state_path, room_ttl=room_ttl, unused_ttl=unused_room_ttl, max_rooms=max_rooms)
+        hub = Hub(store, limits=limits_obj, ping_interval=ping_interval, ice_servers=ice_servers)
+    else:
+        hub = Hub(backend, limits=limits_obj, ping_interval=ping_interval, ice_servers=ice_servers)
+    app = build_app(hub, room_creation=room_creation, create_room_secret=secret, trusted_proxies=frozenset(trusted_proxies))
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=5.0, keepalive_timeout=limits_obj.http_idle_timeout,
     )
     await runner.setup()
     site = _GuardedSite(runner, host, port, guard=guard, ssl_context=ssl_context, backlog=backlog, reuse_address=True)
     try:
+        await hub.backend.start(_HubListener(hub, app[STATE_KEY]))
         await site.start()
     except BaseException:
         await runner.cleanup()
-        hub.rooms.close()
+        await hub.backend.stop()
+        if hub.rooms is not None:
+            hub.rooms.close()
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise

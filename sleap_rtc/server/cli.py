@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -21,15 +22,32 @@ def default_state_path() -> Path:
     return user_data_dir() / "server.sqlite3"
 
 
-async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None, tls_key: str | None, ping_interval: float, room_ttl: float | None, limits: dict, rooms: dict | None = None) -> None:
+ENV_REDIS = "SLEAP_RTC_REDIS"
+"""Environment variable naming the Redis URL of a multi-instance deployment."""
+
+
+async def serve(
+    host: str, port: int, *, state_path: Path, tls_cert: str | None, tls_key: str | None, ping_interval: float,
+    room_ttl: float | None, limits: dict, rooms: dict | None = None,
+    redis_url: str | None = None, lease_ttl: float | None = None, peer_grace: float | None = None,
+) -> None:
     """Run a server until SIGINT/SIGTERM, then close every connection and exit."""
     from sleap_rtc.server.app import start_server, tls_context
 
     # start_server logs a warning when listening beyond loopback without TLS (M6).
     ssl_context = tls_context(tls_cert, tls_key) if tls_cert else None
+    rooms = dict(rooms or {})
+    backend = None
+    if redis_url:
+        from sleap_rtc.server.backend_redis import LEASE_TTL, PEER_GRACE, RedisBackend
+
+        backend = RedisBackend(
+            redis_url, room_ttl=room_ttl, lease_ttl=lease_ttl or LEASE_TTL, peer_grace=PEER_GRACE if peer_grace is None else peer_grace,
+            **{k: rooms.pop(k) for k in ("unused_room_ttl", "max_rooms") if k in rooms},
+        )
     server = await start_server(
         host, port, state_path=state_path, ping_interval=ping_interval, ssl_context=ssl_context,
-        ice_servers=ice_servers_from_config(), room_ttl=room_ttl, **(rooms or {}), **limits,
+        ice_servers=ice_servers_from_config(), room_ttl=room_ttl, backend=backend, **rooms, **limits,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -38,7 +56,8 @@ async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C still raises KeyboardInterrupt
             pass
-    click.echo(f"sleap-rtc signaling server listening on {server.url} (HTTP: {server.http_url}); rooms in {state_path}", err=False)
+    where = f"shared state in Redis (instance {backend.instance_id})" if backend else f"rooms in {state_path}"
+    click.echo(f"sleap-rtc signaling server listening on {server.url} (HTTP: {server.http_url}); {where}", err=False)
     try:
         await stop.wait()
     finally:
@@ -71,6 +90,11 @@ async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None,
 @click.option("--address-message-burst", default=Limits.address_message_burst, show_default=True, type=click.IntRange(min=1), help="Frames one address may send at once.")
 @click.option("--address-bytes-per-second", default=Limits.address_bytes_per_second, show_default=True, type=click.FloatRange(min=1024), help="Bytes per second of peer lists and room events one address's requests may cause.")
 @click.option("--max-rooms-per-minute", default=Limits.max_rooms_per_minute, show_default=True, type=click.IntRange(min=1), help="Rooms one address may create per minute.")
+@click.option("--max-watchers-per-room", default=Limits.max_watchers_per_room, show_default=True, type=click.IntRange(min=1), help="Peers of one room that may take room events.")
+@click.option("--redis", "redis_url", default=None, metavar="URL", help=f"Share rooms and peers with other instances through Redis (redis://host:6379/0) [env {ENV_REDIS}, config 'redis'].")
+@click.option("--lease-ttl", default=None, type=click.FloatRange(min=0.5), help="With --redis: seconds this instance's presence lease lasts unrenewed [default: 10].")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS", help="A load balancer's address: its connections count under the client address of X-Forwarded-For (repeatable).")
+@click.option("--peer-grace", default=None, type=click.FloatRange(min=0), help="With --redis: seconds after a dead instance's lease lapsed before its peers count as gone [default: 10].")
 @click.option("--max-sockets-per-address", default=Limits.max_sockets_per_address, show_default=True, type=click.IntRange(min=1), help="Open TCP connections from one address (IPv6: per /64).")
 @click.option("--max-sockets", default=None, type=click.IntRange(min=16), help="Open TCP connections in all [default: 80% of the file-descriptor limit, raised at start-up].")
 @click.option("--register-timeout", default=Limits.register_timeout, show_default=True, type=click.FloatRange(min=0.1), help="Seconds a WebSocket may stay open without registering.")
@@ -78,7 +102,7 @@ async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None,
 def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl, room_creation, create_room_secret, unused_room_ttl, max_rooms,
                    max_peers_per_room, max_metadata_bytes, max_frame_bytes, messages_per_second, message_burst,
                    address_messages_per_second, address_message_burst, address_bytes_per_second, max_rooms_per_minute, max_sockets_per_address, max_sockets,
-                   register_timeout, http_idle_timeout) -> None:
+                   register_timeout, http_idle_timeout, max_watchers_per_room, redis_url, lease_ttl, trusted_proxies, peer_grace) -> None:
     """Run the signaling server (WebSocket + HTTP on one port, rooms kept in SQLite).
 
     Every limit against hostile peers is an option below; docs/security.md explains each.
@@ -107,6 +131,7 @@ def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl
         "max_sockets": max_sockets,
         "register_timeout": register_timeout,
         "http_idle_timeout": http_idle_timeout,
+        "max_watchers_per_room": max_watchers_per_room,
     }
     try:
         Limits(**limits)
@@ -114,9 +139,15 @@ def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl
         raise click.UsageError(str(exc)) from None
     if create_room_secret is None:
         create_room_secret = load_config().get("create_room_secret") or None
-    rooms = {"room_creation": room_creation, "create_room_secret": create_room_secret or "", "unused_room_ttl": unused_room_ttl, "max_rooms": max_rooms}
+    rooms = {"trusted_proxies": frozenset(trusted_proxies), "room_creation": room_creation, "create_room_secret": create_room_secret or "", "unused_room_ttl": unused_room_ttl, "max_rooms": max_rooms}
+    redis_url = redis_url or os.environ.get(ENV_REDIS) or load_config().get("redis") or None
     try:
-        asyncio.run(serve(host, port, state_path=state, tls_cert=tls_cert, tls_key=tls_key, ping_interval=ping_interval, room_ttl=room_ttl, limits=limits, rooms=rooms))
+        asyncio.run(serve(
+            host, port, state_path=state, tls_cert=tls_cert, tls_key=tls_key, ping_interval=ping_interval, room_ttl=room_ttl,
+            limits=limits, rooms=rooms, redis_url=redis_url, lease_ttl=lease_ttl, peer_grace=peer_grace,
+        ))
+    except ConnectionError as exc:  # Redis unreachable (an OSError too, so first)
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"Cannot start the server on {host}:{port}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:

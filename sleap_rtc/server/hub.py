@@ -12,6 +12,12 @@ the server sends because of one address's requests (peer lists, room events) com
 that address's byte budget; metadata is checked for shape and size at register and after
 every update; a correct token is never refused because others failed; relayed frames
 lose their ``id`` so that nobody can answer another peer's request.
+
+What several server instances must share (rooms, who is registered where, shared limits,
+relays to a peer on another instance) is reached through a ``Backend``
+(``server/backend.py``): the hub awaits it, but never touches a socket or Redis itself.
+Changes made by other instances come back through ``peer_changed`` / ``relayed`` and
+produce actions like any frame.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +39,11 @@ from sleap_rtc.core.protocol import (
     MessageType,
     ProtocolError,
     Role,
-    dumps,
     error_frame,
     parse_frame,
-    peer_info,
 )
-from sleap_rtc.server.limits import FailureCounter, Limits, TokenBucket, address_key
+from sleap_rtc.server.backend import Backend, Caps, LocalBackend, Peer, resume_hash
+from sleap_rtc.server.limits import Limits, TokenBucket, address_key
 from sleap_rtc.server.metrics import Metrics
 from sleap_rtc.server.rooms import Access, RoomStore
 
@@ -46,6 +51,13 @@ log = logging.getLogger(__name__)
 
 _ROLES = frozenset(r.value for r in Role)
 _conn_ids = itertools.count(1)
+
+EVENT_FLUSH_INTERVAL = 0.05
+"""Seconds between flushes of batched room events: a watcher that opted into
+``batch_events`` gets at most one ``room_events`` frame per interval, however busy the room."""
+
+MAX_EVENTS_PER_FRAME = 256
+"""Most events in one ``room_events`` frame; the rest go out at the next flush."""
 
 MAX_TRACKED_ADDRESSES = 100_000
 """Addresses whose rate budgets are remembered (least recently seen forgotten first)."""
@@ -71,30 +83,8 @@ class Connection:
     next_ping: float = 0.0
     transport: Any = None
     """Whatever the I/O layer needs to reach the socket (the app's writer)."""
-
-
-@dataclass(eq=False)
-class Peer:
-    """A registered peer: its identity, metadata and the one connection that owns it."""
-
-    peer_id: str
-    room_id: str
-    role: str
-    metadata: dict[str, Any]
-    connected_at: float
-    events: bool
-    resume: str
-    conn: Connection
-    info_bytes: int = 0
-    """Encoded size of ``info()``, kept current with the metadata (for the byte budgets)."""
-
-    def info(self) -> dict[str, Any]:
-        """How this peer appears in ``peer_list`` and room events."""
-        return peer_info(self.peer_id, self.role, self.metadata, self.connected_at)
-
-    def measure(self) -> None:
-        """Refresh ``info_bytes`` after a metadata change."""
-        self.info_bytes = len(dumps(self.info()))
+    outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Batched room events not sent yet, one per subject peer (coalesced)."""
 
 
 @dataclass(eq=False)
@@ -121,7 +111,15 @@ class Close:
     reason: str
 
 
-Action = Send | Close
+@dataclass
+class Forward:
+    """Relay ``frame`` to ``target``, a peer registered on another instance."""
+
+    target: Peer
+    frame: dict[str, Any]
+
+
+Action = Send | Close | Forward
 
 
 class Hub:
@@ -129,7 +127,7 @@ class Hub:
 
     def __init__(
         self,
-        rooms: RoomStore,
+        rooms: RoomStore | Backend,
         *,
         limits: Limits | None = None,
         ping_interval: float = 30.0,
@@ -137,7 +135,9 @@ class Hub:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.rooms = rooms
+        self.backend: Backend = LocalBackend(rooms) if isinstance(rooms, RoomStore) else rooms
+        self.rooms = rooms if isinstance(rooms, RoomStore) else None
+        """The SQLite room store of a single-process hub (``None`` on a shared backend)."""
         # Set while the server shuts down: sockets closing then are the server going away,
         # not peers leaving, so no peer_left is sent (a peer would abandon healthy jobs).
         self.closing = False
@@ -146,12 +146,15 @@ class Hub:
         self.ice_servers = list(ice_servers or [])
         self.metrics = metrics or Metrics()
         self.clock = clock
-        self.live: dict[str, dict[str, Peer]] = {}
-        """room_id -> peer_id -> Peer, only rooms with at least one peer."""
         self.connections: set[Connection] = set()
-        self._failed_by_address = FailureCounter(self.limits.max_failed_registrations, self.limits.failed_registration_window)
+        self._batched: set[Connection] = set()
+        """Connections with batched events waiting for ``flush_events``."""
+        # Shared by every instance on a shared backend: more instances, same budget.
+        self._failed_by_address = self.backend.counter(
+            "failed-register-address", self.limits.max_failed_registrations, self.limits.failed_registration_window, clock
+        )
         self._budgets: OrderedDict[str, AddressBudget] = OrderedDict()
-        self._handlers: dict[str, Callable[[Connection, dict[str, Any]], list[Action]]] = {
+        self._handlers: dict[str, Callable[[Connection, dict[str, Any]], Awaitable[list[Action]]]] = {
             MessageType.REGISTER: self._register,
             MessageType.DISCOVER_PEERS: self._discover,
             MessageType.UPDATE_METADATA: self._update_metadata,
@@ -161,6 +164,11 @@ class Hub:
             MessageType.CANDIDATE: self._relay,
             MessageType.ERROR: self._relay,
         }
+
+    @property
+    def live(self) -> dict[str, dict[str, Peer]]:
+        """room_id -> peer_id -> Peer of every followed room (peers on any instance)."""
+        return self.backend.views()
 
     # ------------------------------------------------------------------ connections
 
@@ -175,20 +183,19 @@ class Hub:
         self.metrics.connections_total += 1
         return conn
 
-    def disconnect(self, conn: Connection) -> list[Action]:
+    async def disconnect(self, conn: Connection) -> list[Action]:
         """The socket closed: remove its peer, unless another socket has taken the peer over."""
         self.connections.discard(conn)
+        self._batched.discard(conn)
         peer, conn.peer = conn.peer, None
-        if peer is None:
+        if peer is None or self.closing:
+            # Closing: the server is going away, not the peer. Its record stays for the
+            # grace period so that it can resume on another instance without a peer_left.
             return []
-        room = self.live.get(peer.room_id)
-        if room is None or room.get(peer.peer_id) is not peer:
+        if not await self.backend.release(peer):
             return []
-        del room[peer.peer_id]
-        if not room:
-            del self.live[peer.room_id]
         log.info("peer %s left room %s", peer.peer_id, peer.room_id)
-        return [] if self.closing else self._event(peer, MessageType.PEER_LEFT)
+        return self._event(peer, MessageType.PEER_LEFT)
 
     def _budget_of(self, address: str, now: float) -> AddressBudget:
         # Kept after the address's sockets close, so reconnecting does not refill it.
@@ -225,7 +232,7 @@ class Hub:
 
     # ------------------------------------------------------------------ frames
 
-    def handle(self, conn: Connection, text: str | bytes) -> list[Action]:
+    async def handle(self, conn: Connection, text: str | bytes) -> list[Action]:
         """Everything that follows from ``conn`` sending ``text``."""
         now = self.clock()
         retry_after = conn.bucket.take(now)
@@ -250,7 +257,7 @@ class Hub:
         if msg_type != MessageType.REGISTER and conn.peer is None:
             return self._error(conn, req_id, ErrorCode.NOT_IN_ROOM, "Register in a room first.")
         try:
-            return self._handlers[msg_type](conn, frame)
+            return await self._handlers[msg_type](conn, frame)
         except ProtocolError as exc:
             return self._error(conn, req_id, exc.code, exc.message)
 
@@ -273,64 +280,69 @@ class Hub:
             f"Too much data requested from this address: retry in {wait:.1f} s.", retry_after=round(wait, 3),
         )
 
-    def _refuse_registration(self, conn: Connection, frame: dict[str, Any], code: ErrorCode, message: str, *, failed: bool, **extra: Any) -> list[Action]:
+    async def _refuse_registration(self, conn: Connection, frame: dict[str, Any], code: ErrorCode, message: str, *, failed: bool, **extra: Any) -> list[Action]:
         self.metrics.rejected_registrations[str(code)] += 1
         if failed:
-            self._failed_by_address.add(address_key(conn.address), self.clock())
+            await self._failed_by_address.add(address_key(conn.address))
         log.info("refused register of %s in room %s from %s: %s", _short(frame["peer_id"]), _short(frame["room_id"]), conn.address, code)
         return self._error(conn, frame.get("id"), code, message, **extra)
 
-    def _register(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
+    async def _register(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
         peer_id, room_id, role = frame["peer_id"], frame["room_id"], frame["role"]
         req_id = frame.get("id")
         if conn.peer is not None:
             return self._error(conn, req_id, ErrorCode.ALREADY_REGISTERED, f"This connection is already registered as {conn.peer.peer_id!r}.")
         if role not in _ROLES:
-            return self._refuse_registration(conn, frame, ErrorCode.INVALID_MESSAGE, f"Role must be one of {sorted(_ROLES)}.", failed=False)
+            return await self._refuse_registration(conn, frame, ErrorCode.INVALID_MESSAGE, f"Role must be one of {sorted(_ROLES)}.", failed=False)
         if not peer_id or len(peer_id) > self.limits.max_peer_id_length:
-            return self._refuse_registration(conn, frame, ErrorCode.INVALID_MESSAGE, f"peer_id must be 1 to {self.limits.max_peer_id_length} characters.", failed=False)
-        now = self.clock()
+            return await self._refuse_registration(conn, frame, ErrorCode.INVALID_MESSAGE, f"peer_id must be 1 to {self.limits.max_peer_id_length} characters.", failed=False)
         # The token first: a correct one is admitted whatever others did (a lockout keyed
         # by room would let anyone who knows the room id lock its own peers out).
-        problem, access = self.rooms.check(room_id, frame["token"])
+        problem, access = await self.backend.check_room(room_id, frame["token"])
         if problem is not None:
-            wait = self._failed_by_address.retry_after(address_key(conn.address), now)
+            wait = await self._failed_by_address.retry_after(address_key(conn.address))
             if wait:
-                return self._refuse_registration(
+                return await self._refuse_registration(
                     conn, frame, ErrorCode.RATE_LIMITED,
                     f"Too many failed registrations from your address: retry in {wait:.0f} s.",
                     failed=False, retry_after=round(wait, 3),
                 )
             text = {ErrorCode.INVALID_TOKEN: "Unknown room or invalid token.", ErrorCode.ROOM_EXPIRED: "Room expired."}[problem]
-            return self._refuse_registration(conn, frame, problem, text, failed=problem == ErrorCode.INVALID_TOKEN)
+            return await self._refuse_registration(conn, frame, problem, text, failed=problem == ErrorCode.INVALID_TOKEN)
         if role == Role.WORKER and access != Access.WORKER:
-            return self._refuse_registration(conn, frame, ErrorCode.WORKER_TOKEN_REQUIRED, WORKER_TOKEN_MESSAGE, failed=False)
+            return await self._refuse_registration(conn, frame, ErrorCode.WORKER_TOKEN_REQUIRED, WORKER_TOKEN_MESSAGE, failed=False)
         metadata = normalize_metadata(frame.get("metadata"))
         try:
             check_metadata(metadata, max_bytes=self.limits.max_metadata_bytes)
         except ProtocolError as exc:
-            return self._refuse_registration(conn, frame, exc.code, exc.message, failed=False)
-        room = self.live.get(room_id, {})
+            return await self._refuse_registration(conn, frame, exc.code, exc.message, failed=False)
+        room = await self.backend.follow(room_id)
         existing = room.get(peer_id)
         resume = frame.get("resume")
+        events = frame.get("events") is True
         if existing is not None:
-            if not (isinstance(resume, str) and hmac.compare_digest(resume.encode(), existing.resume.encode())):
-                return self._refuse_registration(
+            if not (isinstance(resume, str) and hmac.compare_digest(resume_hash(resume), existing.resume_hash)):
+                return await self._refuse_registration(
                     conn, frame, ErrorCode.PEER_ID_TAKEN,
                     f"Peer id {peer_id!r} is registered on another live connection.",
                     failed=isinstance(resume, str),
                 )
         elif len(room) >= self.limits.max_peers_per_room:
-            return self._refuse_registration(conn, frame, ErrorCode.ROOM_FULL, f"Room is full ({self.limits.max_peers_per_room} peers).", failed=False)
+            return await self._refuse_registration(conn, frame, ErrorCode.ROOM_FULL, _REFUSALS[ErrorCode.ROOM_FULL](self.limits), failed=False)
+        if events and not (existing is not None and existing.events) and _watchers(room) >= self.limits.max_watchers_per_room:
+            return await self._refuse_registration(conn, frame, ErrorCode.TOO_MANY_WATCHERS, _REFUSALS[ErrorCode.TOO_MANY_WATCHERS](self.limits), failed=False)
 
+        secret = secrets.token_urlsafe(16)
         peer = Peer(
             peer_id=peer_id,
             room_id=room_id,
             role=role,
             metadata=metadata,
             connected_at=existing.connected_at if existing is not None else time.time(),
-            events=frame.get("events") is True,
-            resume=secrets.token_urlsafe(16),
+            events=events,
+            resume_hash=resume_hash(secret),
+            instance=self.backend.instance_id,
+            batch=events and frame.get("batch_events") is True,
             conn=conn,
         )
         peer.measure()
@@ -338,28 +350,35 @@ class Hub:
         fan_out = peer.info_bytes * sum(1 for p in others if p.events)
         wait = self._charge_bytes(conn, sum(p.info_bytes for p in others) + fan_out)
         if wait:
-            return self._refuse_registration(
+            return await self._refuse_registration(
                 conn, frame, ErrorCode.RATE_LIMITED,
                 f"Too much data requested from this address: retry in {wait:.1f} s.", failed=False, retry_after=round(wait, 3),
             )
+        caps = Caps(self.limits.max_peers_per_room, self.limits.max_watchers_per_room)
+        refused = await self.backend.claim(peer, existing.resume_hash if existing is not None else None, caps)
+        if refused is not None:  # another instance changed the room since we looked
+            message = _REFUSALS[refused](self.limits) if refused in _REFUSALS else f"Peer id {peer_id!r} is registered on another live connection."
+            return await self._refuse_registration(conn, frame, refused, message, failed=False)
+        if conn not in self.connections:  # the socket closed while the backend answered
+            await self.backend.release(peer)
+            return []
+        conn.peer = peer  # before any further await: a close from now on releases the peer
+        conn.next_ping = self.clock() + self.ping_interval
         actions: list[Action] = []
-        if existing is not None:
+        if existing is not None and existing.conn is not None and existing.conn is not conn:
             existing.conn.peer = None  # its socket closing later must not evict the new owner
             actions.append(Close(existing.conn, "peer resumed on another connection"))
-        else:
-            self.rooms.mark_used(room_id)
-        self.live.setdefault(room_id, {})[peer_id] = peer
-        conn.peer = peer
-        conn.next_ping = now + self.ping_interval
+        if existing is None:
+            await self.backend.mark_used(room_id)
         reply: dict[str, Any] = {
             "type": MessageType.REGISTERED_AUTH.value,
             "room_id": room_id,
             "token": frame["token"],  # v2.0 clients read it back; never logged
             "peer_id": peer_id,
-            "resume": peer.resume,
+            "resume": secret,
             "ping_interval": self.ping_interval,
             "ice_servers": self.ice_servers,
-            "peer_list": [p.info() for p in self.live[room_id].values() if p is not peer],
+            "peer_list": [p.info() for p in self.backend.view(room_id).values() if p is not peer],
             "peer_metadata": peer.metadata,
         }
         if _echoable(req_id):
@@ -369,10 +388,11 @@ class Hub:
         actions += self._event(peer, MessageType.PEER_UPDATED if existing else MessageType.PEER_JOINED)
         return actions
 
-    def _discover(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
+    async def _discover(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
         me = conn.peer
+        await self.backend.settle(me.room_id)
         filters = frame.get("filters")
-        found = [p for p in self.live.get(me.room_id, {}).values() if p is not me and matches_filters(p.role, p.metadata, filters)]
+        found = [p for p in self.backend.view(me.room_id).values() if p is not me and matches_filters(p.role, p.metadata, filters)]
         wait = self._charge_bytes(conn, sum(p.info_bytes for p in found))
         if wait:
             return self._busy(conn, frame.get("id"), wait)
@@ -382,7 +402,7 @@ class Hub:
             reply["id"] = frame["id"]
         return [Send([conn], reply)]
 
-    def _update_metadata(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
+    async def _update_metadata(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
         me = conn.peer
         claimed = frame.get("peer_id")
         if claimed is not None and claimed != me.peer_id:
@@ -391,48 +411,167 @@ class Hub:
         check_metadata(merged, max_bytes=self.limits.max_metadata_bytes)  # refused: the old copy stays
         before, me.metadata = me.metadata, merged
         me.measure()
-        watchers = sum(1 for p in self.live.get(me.room_id, {}).values() if p.events and p is not me)
+        watchers = sum(1 for p in self.backend.view(me.room_id).values() if p.events and p is not me)
         wait = self._charge_bytes(conn, me.info_bytes * watchers)
         if wait:
             me.metadata = before
             me.measure()
             return self._busy(conn, frame.get("id"), wait)
+        await self.backend.update(me)
         reply: dict[str, Any] = {"type": MessageType.METADATA_UPDATED.value, "peer_id": me.peer_id, "metadata": me.metadata}
         if _echoable(frame.get("id")):
             reply["id"] = frame["id"]
         log.debug("peer %s updated its metadata", me.peer_id)
         return [Send([conn], reply), *self._event(me, MessageType.PEER_UPDATED)]
 
-    def _peer_message(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
-        target = self._find_target(conn, frame["to_peer_id"])
-        return [Send([target.conn], {**_without_id(frame), "from_peer_id": conn.peer.peer_id})]
+    async def _peer_message(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
+        target = await self._find_target(conn, frame["to_peer_id"])
+        return [self._deliver(target, {**_without_id(frame), "from_peer_id": conn.peer.peer_id})]
 
-    def _relay(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
-        target = self._find_target(conn, frame["target"])
+    async def _relay(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
+        target = await self._find_target(conn, frame["target"])
         log.debug("relay %s %s -> %s", frame["type"], conn.peer.peer_id, target.peer_id)
-        return [Send([target.conn], {**_without_id(frame), "sender": conn.peer.peer_id})]
+        return [self._deliver(target, {**_without_id(frame), "sender": conn.peer.peer_id})]
 
-    def _find_target(self, conn: Connection, peer_id: str) -> Peer:
-        target = self.live.get(conn.peer.room_id, {}).get(peer_id)
+    def _deliver(self, target: Peer, frame: dict[str, Any]) -> Action:
+        return Send([target.conn], frame) if target.conn is not None else Forward(target, frame)
+
+    async def _find_target(self, conn: Connection, peer_id: str) -> Peer:
+        room_id = conn.peer.room_id
+        target = self.backend.view(room_id).get(peer_id)
+        if target is None:  # perhaps it registered on another instance a moment ago
+            await self.backend.settle(room_id)
+            target = self.backend.view(room_id).get(peer_id)
         if target is None:
             raise ProtocolError(ErrorCode.PEER_NOT_FOUND, f"No peer {peer_id[:128]!r} in this room.")
         return target
 
     def _event(self, peer: Peer, kind: MessageType) -> list[Action]:
-        watchers = [p.conn for p in self.live.get(peer.room_id, {}).values() if p.events and p is not peer]
-        if not watchers:
+        """``kind`` about ``peer`` to this instance's watchers of its room (not to itself)."""
+        now_watchers: list[Connection] = []
+        frame: dict[str, Any] | None = None
+        merged: dict[int, tuple[dict[str, Any], dict[str, Any] | None]] = {}  # watchers in one state share one result
+        for p in self.backend.view(peer.room_id).values():
+            if not p.events or p is peer or p.conn is None or p.peer_id == peer.peer_id:
+                continue
+            if p.batch:
+                frame = frame or {"type": kind.value, **peer.info()}
+                _coalesce(p.conn.outbox, peer.peer_id, frame, merged)
+                self._batched.add(p.conn)
+            else:
+                now_watchers.append(p.conn)
+        if not now_watchers:
             return []
-        return [Send(watchers, {"type": kind.value, **peer.info()})]
+        return [Send(now_watchers, {"type": kind.value, **peer.info()})]
+
+    def flush_events(self) -> list[Action]:
+        """One ``room_events`` frame per watcher with batched events (call every ``EVENT_FLUSH_INTERVAL``).
+
+        Watchers waiting for the very same events share one ``Send`` (encoded once).
+        """
+        groups: dict[tuple[int, ...], tuple[list[Connection], list[dict[str, Any]]]] = {}
+        for conn in list(self._batched):
+            outbox = conn.outbox
+            if len(outbox) <= MAX_EVENTS_PER_FRAME:
+                events = list(outbox.values())
+                outbox.clear()
+                self._batched.discard(conn)
+            else:
+                keys = list(itertools.islice(outbox, MAX_EVENTS_PER_FRAME))
+                events = [outbox.pop(k) for k in keys]
+            if events and conn.peer is not None:
+                groups.setdefault(tuple(map(id, events)), ([], events))[0].append(conn)
+        return [Send(targets, {"type": MessageType.ROOM_EVENTS.value, "events": events}) for targets, events in groups.values()]
+
+    # ------------------------------------------------------------------ other instances
+
+    def peer_changed(self, old: Peer | None, new: Peer | None) -> list[Action]:
+        """Another instance changed a peer of a room this instance follows."""
+        actions: list[Action] = []
+        subject = new or old
+        if subject is None:
+            return []
+        if old is not None and old.conn is not None and (new is None or new.conn is None):
+            # Our peer resumed on another instance, or was removed while this instance had
+            # lost its lease: this socket no longer owns the id.
+            stale, old.conn.peer = old.conn, None
+            actions.append(Close(stale, "peer resumed on another connection" if new else "registration expired"))
+        if self.closing:
+            return actions
+        if new is None:
+            kind = MessageType.PEER_LEFT
+        elif old is None:
+            kind = MessageType.PEER_JOINED
+        else:
+            kind = MessageType.PEER_UPDATED
+        return actions + self._event(subject, kind)
+
+    def relayed(self, room_id: str, peer_id: str, frame: dict[str, Any]) -> list[Action]:
+        """Another instance relays ``frame`` to ``peer_id``; delivered if it is still here."""
+        target = self.backend.view(room_id).get(peer_id)
+        if target is None or target.conn is None:
+            log.debug("dropped a relay to %s: no longer registered here", _short(peer_id))
+            return []
+        return [Send([target.conn], frame)]
+
+    def lease_lost(self) -> list[Action]:
+        """This instance lost its presence lease: close every registered socket so that its
+        peers reconnect and register again (on any instance) instead of being ghosts."""
+        actions: list[Action] = []
+        for conn in list(self.connections):
+            if conn.peer is not None:
+                conn.peer = None
+                actions.append(Close(conn, "server instance lost its lease"))
+        return actions
 
     # ------------------------------------------------------------------ gauges
 
     def peers_by_role(self) -> dict[str, int]:
-        """Registered peers per role, for ``/metrics`` and ``/health``."""
+        """Peers registered on this instance per role, for ``/metrics`` and ``/health``."""
         counts = dict.fromkeys(sorted(_ROLES), 0)
-        for room in self.live.values():
-            for peer in room.values():
-                counts[peer.role] = counts.get(peer.role, 0) + 1
+        for conn in self.connections:
+            if conn.peer is not None:
+                counts[conn.peer.role] = counts.get(conn.peer.role, 0) + 1
         return counts
+
+
+_REFUSALS: dict[str, Callable[[Limits], str]] = {
+    ErrorCode.ROOM_FULL: lambda limits: f"Room is full ({limits.max_peers_per_room} peers).",
+    ErrorCode.TOO_MANY_WATCHERS: lambda limits: (
+        f"Room already has {limits.max_watchers_per_room} peers watching its events (the limit): "
+        "register without events and poll discover_peers, or ask the server admin to raise "
+        "--max-watchers-per-room."
+    ),
+}
+
+
+def _watchers(room: dict[str, Peer]) -> int:
+    return sum(1 for p in room.values() if p.events)
+
+
+# What a batched watcher needs to know when several events about one peer wait in its
+# outbox: (event waiting, new event) -> the one event to keep (None: nothing to send).
+_COALESCE: dict[tuple[str, str], str | None] = {
+    (MessageType.PEER_JOINED, MessageType.PEER_UPDATED): MessageType.PEER_JOINED,
+    (MessageType.PEER_JOINED, MessageType.PEER_LEFT): None,  # never saw it: no news
+    (MessageType.PEER_UPDATED, MessageType.PEER_LEFT): MessageType.PEER_LEFT,
+    (MessageType.PEER_LEFT, MessageType.PEER_JOINED): MessageType.PEER_UPDATED,  # knew it, still here
+}
+
+
+def _coalesce(outbox: dict[str, dict[str, Any]], peer_id: str, frame: dict[str, Any], merged: dict[int, tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
+    waiting = outbox.get(peer_id)
+    if waiting is None:
+        outbox[peer_id] = frame
+        return
+    if id(waiting) not in merged:  # (the waiting event is kept in the memo, so its id stays unique)
+        kind = _COALESCE.get((waiting["type"], frame["type"]), frame["type"])
+        merged[id(waiting)] = (waiting, None if kind is None else {**frame, "type": str(kind)})
+    result = merged[id(waiting)][1]
+    if result is None:
+        del outbox[peer_id]
+    else:
+        outbox[peer_id] = result
 
 
 def _without_id(frame: dict[str, Any]) -> dict[str, Any]:

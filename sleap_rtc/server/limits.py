@@ -38,6 +38,8 @@ class Limits:
     """Registrations beyond this many live peers in one room get ``ROOM_FULL``."""
     max_metadata_bytes: int = MAX_METADATA_BYTES
     """Largest encoded metadata of one peer, at register and after every update."""
+    max_watchers_per_room: int = 500
+    """Peers of one room that may take room events; one more gets ``TOO_MANY_WATCHERS``."""
     messages_per_second: float = 50.0
     """Sustained frames per second per connection."""
     message_burst: int = 200

@@ -59,7 +59,8 @@ class RoomLimitError(Exception):
     """The store already holds ``max_rooms`` rooms (after removing unused ones)."""
 
 
-def _hash(salt: bytes, token: str) -> bytes:
+def hash_token(salt: bytes, token: str) -> bytes:
+    """What a room keeps of a token: ``sha256(salt + token)`` (the token is never stored)."""
     return hashlib.sha256(salt + token.encode("utf-8", "surrogatepass")).digest()
 
 
@@ -116,7 +117,7 @@ class RoomStore:
                 self._db.execute(
                     "INSERT INTO rooms (room_id, salt, token_hash, worker_hash, created_at, expires_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (room_id, salt, _hash(salt, client_token_for(worker_token)), _hash(salt, worker_token),
+                    (room_id, salt, hash_token(salt, client_token_for(worker_token)), hash_token(salt, worker_token),
                      now, now + ttl if ttl else None),
                 )
                 return NewRoom(room_id, worker_token)
@@ -133,10 +134,10 @@ class RoomStore:
             "SELECT salt, token_hash, worker_hash, expires_at FROM rooms WHERE room_id = ?", (room_id,)
         ).fetchone()
         if row is None:
-            hmac.compare_digest(_hash(self._dummy_salt, token), _hash(self._dummy_salt, ""))
+            hmac.compare_digest(hash_token(self._dummy_salt, token), hash_token(self._dummy_salt, ""))
             return ErrorCode.INVALID_TOKEN, None
         salt, token_hash, worker_hash, expires_at = row
-        given = _hash(salt, token)
+        given = hash_token(salt, token)
         if worker_hash is not None and hmac.compare_digest(given, worker_hash):
             access = Access.WORKER
         elif hmac.compare_digest(given, token_hash):

@@ -1,4 +1,11 @@
-"""Raw WebSocket peers for server tests (plain ``websockets`` client, no sleap_rtc client code)."""
+"""Raw WebSocket peers for server tests (plain ``websockets`` client, no sleap_rtc client code).
+
+Every test that takes ``signaling_server`` (directly, or through ``room`` / ``connect`` /
+``peer_in_room``) runs twice: against one in-process server, and (marker ``redis``, run by
+``make test-redis``) against three ``sleap-rtc server --redis`` processes sharing a real
+Redis, with consecutive peers on different instances. Tests that read the in-process
+server's own state carry ``@pytest.mark.in_process`` and skip the second run.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,10 @@ from typing import Any
 
 import pytest
 import websockets
+from redis_cluster import Cluster, RedisServer, find_redis_server
 from websockets.asyncio.client import ClientConnection
+
+from sleap_rtc.server.app import start_server
 
 WAIT = 5.0
 """Upper bound of any single wait for a frame (generous: the machine is shared)."""
@@ -55,6 +65,42 @@ class RawPeer:
     async def close(self) -> None:
         """Close the socket."""
         await self.ws.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real ``redis-server`` for the session (installed with apt as root when missing)."""
+    path, why = find_redis_server()
+    if path is None:
+        pytest.skip(why)
+    server = RedisServer(path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_server):
+    """Three ``sleap-rtc server --redis`` processes on ``redis_server`` for the session."""
+    cluster = Cluster(redis_server, 3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", pytest.param("redis", marks=pytest.mark.redis)])
+async def signaling_server(request):
+    """One in-process server, or (``redis``) the three-instance cluster, fresh limits."""
+    if request.param == "single":
+        server = await start_server("127.0.0.1", 0)
+        try:
+            yield server
+        finally:
+            await server.stop()
+        return
+    if request.node.get_closest_marker("in_process"):
+        pytest.skip("reads the in-process server's own state")
+    cluster = request.getfixturevalue("redis_cluster")
+    cluster.reset_limits()
+    yield cluster
 
 
 @pytest.fixture

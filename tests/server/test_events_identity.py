@@ -135,6 +135,7 @@ async def test_app_ping_after_one_interval_only(connect, tmp_path):
         await server.stop()
 
 
+@pytest.mark.in_process
 async def test_no_peer_left_while_the_server_shuts_down(peer_in_room, signaling_server):
     """Sockets closing because the server goes away are not peers leaving: a peer told
     "your client left" would abandon a job whose data channel is healthy."""

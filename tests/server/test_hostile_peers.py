@@ -332,6 +332,7 @@ async def test_c6_non_finite_numbers_are_refused_by_the_server(connect, room, ra
     assert reply["code"] == "INVALID_JSON"
 
 
+@pytest.mark.in_process
 async def test_s19_metadata_cannot_grow_without_bound(signaling_server, connect, room):
     peer = await connect()
     await peer.register(room, "w")
@@ -419,7 +420,7 @@ def test_s12_failure_counter_stays_o1_when_full_and_ipv6_counts_per_64():
     assert address_key("::ffff:10.0.0.1") == address_key("10.0.0.1") == "10.0.0.1"
 
 
-def test_s12_ipv6_hosts_in_one_64_share_one_failure_budget():
+async def test_s12_ipv6_hosts_in_one_64_share_one_failure_budget():
     from sleap_rtc.server.hub import Hub
     from sleap_rtc.server.rooms import RoomStore
 
@@ -428,7 +429,7 @@ def test_s12_ipv6_hosts_in_one_64_share_one_failure_budget():
     codes = []
     for i in range(6):  # six "different" addresses, one /64
         conn = hub.connect(f"2001:db8::{i + 1:x}")
-        [action] = hub.handle(conn, json.dumps(_register(room[0], "bad", "w")))
+        [action] = await hub.handle(conn, json.dumps(_register(room[0], "bad", "w")))
         codes.append(action.frame["code"])
     assert codes == ["INVALID_TOKEN"] * 3 + ["RATE_LIMITED"] * 3
 

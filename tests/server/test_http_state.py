@@ -19,6 +19,7 @@ from sleap_rtc.server.app import start_server, tls_context
 from sleap_rtc.server.rooms import RoomStore
 
 
+@pytest.mark.in_process
 async def test_http_routes(signaling_server, peer_in_room):
     await peer_in_room("w")
     await peer_in_room("c", "client")
@@ -43,6 +44,7 @@ async def test_http_routes(signaling_server, peer_in_room):
             assert resp.status == 404
 
 
+@pytest.mark.in_process
 async def test_rejections_show_in_metrics(signaling_server, connect, room):
     peer = await connect()
     await peer.request({"type": "register", "peer_id": "w", "room_id": room[0], "token": "bad", "role": "worker"})

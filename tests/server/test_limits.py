@@ -142,9 +142,9 @@ async def test_failures_against_one_room_lock_out_only_the_failing_addresses():
     for i in range(50):  # fifty addresses, each failing three times against one room
         conn = hub.connect(f"10.0.0.{i}")
         for _ in range(3):
-            [action] = hub.handle(conn, json.dumps({"type": "register", "peer_id": "w", "room_id": room_id, "token": "bad", "role": "worker"}))
+            [action] = await hub.handle(conn, json.dumps({"type": "register", "peer_id": "w", "room_id": room_id, "token": "bad", "role": "worker"}))
             codes.append(action.frame["code"])
     assert codes == ["INVALID_TOKEN", "INVALID_TOKEN", "RATE_LIMITED"] * 50
     conn = hub.connect("10.0.0.99")  # a fresh address with the right token: admitted at once
-    [action, *_] = hub.handle(conn, json.dumps({"type": "register", "peer_id": "w", "room_id": room_id, "token": token, "role": "worker"}))
+    [action, *_] = await hub.handle(conn, json.dumps({"type": "register", "peer_id": "w", "room_id": room_id, "token": token, "role": "worker"}))
     assert action.frame["type"] == "registered_auth"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from sleap_rtc.core.protocol import busy_error_frame
 
 GPU = {"tags": ["sleap-rtc", "training-worker"], "properties": {"gpu_memory_mb": 24000, "gpu_model": "A5000", "status": "available"}}
@@ -22,6 +24,7 @@ async def test_register_reply_has_v2_fields_and_ours(peer_in_room, connect, room
     assert first.peer_id == "w-1"
 
 
+@pytest.mark.in_process
 async def test_token_never_logged(connect, room, caplog):
     caplog.set_level(logging.DEBUG)
     peer = await connect()
