@@ -27,6 +27,7 @@ from rich.text import Text
 
 from sleap_rtc.client.options import NO_TTY_MESSAGE
 from sleap_rtc.core.room import RoomView, WorkerInfo
+from sleap_rtc.core.job_policy import SelectionCancelled as JobSelectionCancelled
 from sleap_rtc.core.selection import SelectionError, SelectionTimeout, rank_key
 
 WARN_BEFORE_S = 30.0
@@ -34,7 +35,7 @@ WARN_BEFORE_S = 30.0
 
 
 
-class SelectionCancelled(SelectionError):
+class SelectionCancelled(JobSelectionCancelled):
     """The user quit the selection (``q``)."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,8 @@ class RoomView:
         self.signaling = signaling
         self.filters = filters if filters is not None else worker_filters()
         self._workers: dict[str, WorkerInfo] = {}
+        # peer id -> (status, wall-clock time we saw it take that status; None: unknown)
+        self._since: dict[str, tuple[str, float | None]] = {}
         self._listeners: list[RoomListener] = []
         self._removers: list[Callable[[], None]] = []
         self._changed = asyncio.Event()
@@ -132,6 +135,18 @@ class RoomView:
     def get(self, peer_id: str) -> WorkerInfo | None:
         """The worker with that peer id, if it is in the room."""
         return self._workers.get(peer_id)
+
+    def status_since(self, peer_id: str) -> float | None:
+        """Wall-clock time the worker took its current status, as seen from here.
+
+        Taken from the room event that changed the status (or the worker's arrival);
+        ``None`` when it already had that status at the first discovery (unknown since when).
+        """
+        seen = self._since.get(peer_id)
+        worker = self._workers.get(peer_id)
+        if seen is None or worker is None or seen[0] != worker.status:
+            return None
+        return seen[1]
 
     def subscribe(self, listener: RoomListener) -> Callable[[], None]:
         """Call ``listener(change)`` after every change; returns a remover."""
@@ -156,11 +171,13 @@ class RoomView:
     async def refresh(self) -> list[WorkerInfo]:
         """Discover again (e.g. the user pressed ``r``) and replace the whole list."""
         peers = await self.signaling.discover(self.filters)
+        first = not self._since and not self._workers
         self._workers = {}
         for peer in peers:
             info = WorkerInfo.from_peer(peer)
             if info.peer_id:
                 self._workers[info.peer_id] = info
+                self._note_status(info, None if first else time.time())
         self._emit(RoomChange("reset"))
         return self.workers
 
@@ -193,12 +210,19 @@ class RoomView:
         # A worker whose update makes it fail a filter leaves this view like one that left.
         if kind == MessageType.PEER_LEFT or not matches_filters(info.role, info.metadata, self.filters):
             gone = self._workers.pop(info.peer_id, None)
+            self._since.pop(info.peer_id, None)
             if gone is not None:
                 self._emit(RoomChange("left", gone))
             return
         known = info.peer_id in self._workers
         self._workers[info.peer_id] = info
+        self._note_status(info, time.time())
         self._emit(RoomChange("updated" if known else "joined", info))
+
+    def _note_status(self, info: WorkerInfo, now: float | None) -> None:
+        seen = self._since.get(info.peer_id)
+        if seen is None or seen[0] != info.status:
+            self._since[info.peer_id] = (info.status, now)
 
     def _on_state(self, state: ConnectionState) -> None:
         if state == ConnectionState.REGISTERED and self._removers:
