@@ -83,6 +83,10 @@ class RemoteGui(QtCore.QObject):
         """Join a room in the background (errors shown over the window); returns the task."""
 
         async def go():
+            running = [ctl for ctl in self.jobs if not ctl.phases.finished]
+            if running and (self.session.credentials is None or self.session.credentials.room_id != room_id):
+                raise RuntimeError("A remote job is running in this room: let it finish, or cancel it, "
+                                   "before switching to another room.")
             room = await self.session.join(room_id, token, target_worker=target_worker)
             if target_worker:
                 # A session string names one worker: preselect it if it is there and free.
