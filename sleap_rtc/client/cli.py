@@ -404,7 +404,8 @@ async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind
         console.print(f"[yellow]Cancelled[/yellow] after {time.monotonic() - started:.1f} s; nothing was kept.")
         return EXIT_INTERRUPTED
     except (SelectionError, JobError, TransportError, SignalingError) as exc:
-        console.print(f"[red]Error:[/red] {escape(str(exc))}{escape(hint_for(exc, plan))}", highlight=False)
+        console.print(f"[red]Error:[/red] {escape(str(exc))}{escape(hint_for(exc, plan))}", highlight=False,
+                      soft_wrap=True)
         return EXIT_FAILED
     finally:
         with contextlib.suppress(NotImplementedError):
