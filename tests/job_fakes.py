@@ -28,6 +28,7 @@ from typing import Any
 
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.files import ReceivedFile
+from sleap_rtc.core.identity import fingerprint_of
 from sleap_rtc.core.protocol import ChannelType
 from sleap_rtc.core.transport_errors import AnswerTimeoutError, PeerClosedError, PeerNotFoundError, WorkerBusyError
 
@@ -92,6 +93,10 @@ class ScriptedChannel:
 
     async def receive_file(self, timeout: float | None = None) -> ReceivedFile:
         return await self.files.get()
+
+    async def verify_identity(self, timeout: float | None = None) -> str:
+        """The worker's identity proof: a key of its own, the same on every connection."""
+        return fingerprint_of(hashlib.sha256(self.remote_peer_id.encode()).digest())
 
     def suspect(self) -> None:
         """The worker left the room (``_watch_departure``): the channel dies at once."""

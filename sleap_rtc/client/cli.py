@@ -49,7 +49,7 @@ from sleap_rtc.core.selection import (
 )
 from sleap_rtc.core.signaling import SignalingError
 from sleap_rtc.core.tasks import spawn
-from sleap_rtc.core.transport_errors import TransportError
+from sleap_rtc.core.transport_errors import TransportError, WorkerIdentityError
 
 # A tqdm/Lightning progress-bar frame ("Epoch 0:  20%|██   | 1/5 [00:00<00:03, 1.19it/s]").
 # sleap-nn prints one per step when its output is not a terminal; the per-epoch loss line
@@ -318,7 +318,7 @@ async def _ask_stop_or_cancel(console: Console) -> str:
 def policy_for(plan: ConnectionPlan, console: Console) -> SelectionPolicy:
     """The core selection policy of the validated options."""
     if plan.mode == SelectionMode.SESSION:
-        return SessionWorker(str(plan.worker_id))
+        return SessionWorker(str(plan.worker_id), fingerprint=plan.worker_fingerprint)
     if plan.mode == SelectionMode.DIRECT:
         return DirectWorker(str(plan.worker_id), wait=plan.wait)
     if plan.mode == SelectionMode.INTERACTIVE:
@@ -346,7 +346,11 @@ def hint_for(exc: BaseException, plan: ConnectionPlan) -> str:
             return f"{hint} a longer --wait to wait more."
         return f"{hint} --wait SECONDS to wait for a worker to become available."
     if isinstance(exc, AllWorkersBusyError):
+        if "identity" in str(exc):
+            return " To accept a worker's new key, choose it yourself with --worker-id ID."
         return " Pass --wait SECONDS to wait for a free worker."
+    if isinstance(exc, WorkerIdentityError) and "Choose it yourself" in str(exc):
+        return " (--worker-id ID chooses it.)"
     if isinstance(exc, UnknownWorkerError):
         return " Check --worker-id, or leave it out to choose from the list."
     if isinstance(exc, WorkerUnavailableError) and plan.mode == SelectionMode.DIRECT:

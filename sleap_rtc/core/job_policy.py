@@ -105,9 +105,14 @@ class DirectWorker:
 
 @dataclass(frozen=True)
 class SessionWorker:
-    """The worker a session string names: connect straight to it, no room discovery."""
+    """The worker a session string names: connect straight to it, no room discovery.
+
+    ``fingerprint``: the worker's identity key when the session string carries one (the
+    worker must prove exactly that key).
+    """
 
     peer_id: str
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,15 @@ the GUI share (they only present it: the CLI prints, the GUI's panel shows and c
   events for a free worker, or fail with an error whose type says which (the CLI adds its
   flag hints by type, the GUI its own words).
 
+Before anything is uploaded, each reserved worker's identity is checked (``_verify``): the
+worker proves over the data channel that it holds the key it advertises
+(``PeerChannel.verify_identity``), the key must be the one the room advertised for it and
+the one in the session string when that carries one, and it is compared with the key this
+client remembered for the worker's name (``core.known_workers``). A failure is a
+``WorkerIdentityError`` (the table's ``UNTRUSTED``: next best under auto-select, the chooser
+asked, or the job fails). A changed key of a worker the user chose is a warning (a
+decision line), after which the new key is remembered.
+
 One ``JobPhases`` covers the whole job, retries included (it is never recreated).
 Every wait is bounded: the wait budget, ``connect_timeout``, the chooser's own timeout,
 and ``MAX_MOVES`` moves in all.
@@ -36,6 +45,7 @@ from typing import Any
 from sleap_rtc.core.channel import default_cache_dir
 from sleap_rtc.core.credentials import RoomCredentials
 from sleap_rtc.core.files import prune_transfer_cache
+from sleap_rtc.core.identity import short_fingerprint
 from sleap_rtc.core.job_events import BusyWorker, JobCallbacks, Restarted, TrainingEvents, Waiting, call
 from sleap_rtc.core.job_policy import (
     Auto,
@@ -49,6 +59,7 @@ from sleap_rtc.core.job_policy import (
     SessionWorker,
     WaitForFree,
 )
+from sleap_rtc.core.known_workers import KnownWorkers, Trust
 from sleap_rtc.core.phases import JobPhases, Phase
 from sleap_rtc.core.protocol import MessageType, Role
 from sleap_rtc.core.remote_job import (
@@ -69,7 +80,7 @@ from sleap_rtc.core.selection import (
     wait_for_free,
 )
 from sleap_rtc.core.signaling import SignalingClient
-from sleap_rtc.core.transport_errors import TransportError, WorkerBusyError
+from sleap_rtc.core.transport_errors import TransportError, WorkerBusyError, WorkerIdentityError
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +158,7 @@ class RemoteJob:
         phases: JobPhases | None = None,
         connect: ConnectFn | None = None,
         reconnect: ReconnectFn | None = None,
+        known_workers: KnownWorkers | None = None,
     ):
         if signaling is None and not server_url:
             raise ValueError("RemoteJob needs a live signaling connection or a server URL.")
@@ -164,6 +176,7 @@ class RemoteJob:
         self._given_signaling, self._given_room = signaling, room
         self._connect = connect or _transport_connect
         self._reconnect = reconnect
+        self.known = known_workers if known_workers is not None else KnownWorkers()
         self._training = TrainingEvents(self.callbacks)
         self.session: JobSession | None = None
         self.worker: WorkerInfo | None = None
@@ -228,7 +241,8 @@ class RemoteJob:
                 self.phases.advance(Phase.DISCOVERING)
                 room = self._given_room
                 if room is None or getattr(self.policy, "min_gpu_memory_mb", None):
-                    room = RoomView(signaling, worker_filters(getattr(self.policy, "min_gpu_memory_mb", None)))
+                    room = RoomView(signaling, worker_filters(getattr(self.policy, "min_gpu_memory_mb", None)),
+                                    known=self.known)
                     own_room = True
                     await room.start()
                 self.phases.advance(Phase.SELECTING)
@@ -428,8 +442,58 @@ class RemoteJob:
         except (SelectionError, TransportError):
             self.phases.advance(Phase.SELECTING, f"{worker.name} is not available")
             raise
+        try:
+            if self._origin == Origin.SESSION:
+                # The session string names the worker the user means: its key is the expectation.
+                await self._verify(channel, name=name_from_peer_id(worker.peer_id),
+                                   advertised=getattr(self.policy, "fingerprint", None), chosen=True)
+            else:
+                await self._verify(channel, name=worker.name, advertised=worker.fingerprint,
+                                   chosen=self._origin != Origin.AUTO)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), 5.0)
+            if not self.phases.finished:
+                self.phases.advance(Phase.SELECTING, f"{worker.name} failed the identity check")
+            raise
         self.phases.advance(Phase.CONNECTING, f"connected to {worker.name}")
         return channel
+
+    async def _verify(self, channel: Any, *, name: str, advertised: str | None, chosen: bool) -> str:
+        """Check the worker's identity before anything is uploaded (see the module docstring).
+
+        ``advertised`` is the key the room (or the session string) says this worker has;
+        ``chosen`` says the user picked this very worker (a changed key then warns instead
+        of refusing). Returns the verified fingerprint; raises ``WorkerIdentityError``.
+        """
+        room_id = self.credentials.room_id
+        proved = await channel.verify_identity()
+        if advertised is not None and proved != advertised:
+            raise WorkerIdentityError(
+                f"Worker {name} proved key {short_fingerprint(proved)}, not the key {short_fingerprint(advertised)} "
+                "it is known by here: it is posing as another worker.",
+                fingerprint=proved, expected=advertised,
+            )
+        trust = self.known.check(room_id, name, proved)
+        before = self.known.fingerprint(room_id, name)
+        if trust == Trust.CHANGED and not chosen:
+            raise WorkerIdentityError(
+                f"Worker {name} now has identity key {short_fingerprint(proved)}, not {short_fingerprint(before)} "
+                "as when this computer last used it. Choose it yourself to accept the new key.",
+                fingerprint=proved, expected=before,
+            )
+        if trust == Trust.CHANGED:
+            self._decide(
+                f"WARNING: worker {name}'s identity key changed from {before} to {proved}. If nobody "
+                "reinstalled that worker, someone may be posing as it. Continuing because you chose it; "
+                "the new key is remembered."
+            )
+        elif trust == Trust.NEW:
+            self._decide(f"First job on worker {name}: remembering its identity key {proved}.")
+        else:
+            self._decide(f"Worker {name} proved its identity key {short_fingerprint(proved)} (the one used before).")
+        self.known.remember(room_id, name, proved)
+        return proved
 
     async def _run_on(self, signaling: SignalingClient, worker: WorkerInfo, channel: Any) -> JobSummary:
         """Run the job once on ``worker`` over ``channel`` (closed afterwards)."""
@@ -477,6 +541,8 @@ class RemoteJob:
             return f"{name} is busy" if worker is not None else str(error).rstrip(".")
         if outcome == Outcome.VANISHED:
             return f"{name} did not answer (it may have left the room)"
+        if outcome == Outcome.UNTRUSTED:
+            return f"Refused {name}: {str(error).rstrip('.')}"
         if outcome == Outcome.NONE_FREE:
             return str(error).rstrip(".")
         if isinstance(error, WorkerLostError):
@@ -510,7 +576,20 @@ def _short(outcome: Outcome, worker: WorkerInfo | None) -> str:
         Outcome.NONE_FREE: "no worker is free",
         Outcome.LOST: f"{name} stopped responding",
         Outcome.LINK_LOST: f"lost the connection to {name}",
+        Outcome.UNTRUSTED: f"{name} failed the identity check",
     }[outcome]
+
+
+def name_from_peer_id(peer_id: str) -> str:
+    """The worker name inside a ``worker-<name>-<12 hex>`` peer id (the peer id otherwise).
+
+    With a session string there is no room metadata; the trust-on-first-use store still
+    needs the worker's name, and a worker's peer id carries it.
+    """
+    parts = peer_id.split("-")
+    if len(parts) >= 3 and parts[0] == Role.WORKER.value and len(parts[-1]) == 12:
+        return "-".join(parts[1:-1])
+    return peer_id
 
 
 def _watch_departure(peer_id: str, channel: Any) -> Callable[[dict[str, Any]], None]:
@@ -537,6 +616,10 @@ class _Excluding:
     def workers(self) -> list[WorkerInfo]:
         """The room's workers minus the excluded ones."""
         return [w for w in self._room.workers if w.peer_id not in self._exclude]
+
+    def trust(self, worker: WorkerInfo) -> Trust:
+        """``RoomView.trust`` of the underlying room."""
+        return self._room.trust(worker)
 
     async def wait_for(self, predicate: Callable[[Any], Any], timeout: float) -> Any:
         """``RoomView.wait_for`` evaluated on this filtered view."""

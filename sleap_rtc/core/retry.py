@@ -33,7 +33,7 @@ from sleap_rtc.core.selection import (
     UnknownWorkerError,
     WorkerUnavailableError,
 )
-from sleap_rtc.core.transport_errors import AnswerTimeoutError, PeerNotFoundError, WorkerBusyError
+from sleap_rtc.core.transport_errors import AnswerTimeoutError, PeerNotFoundError, WorkerBusyError, WorkerIdentityError
 
 
 class Outcome(StrEnum):
@@ -49,6 +49,8 @@ class Outcome(StrEnum):
     """The worker stopped responding mid-job and left the room (killed, crashed)."""
     LINK_LOST = "link lost"
     """The data channel dropped mid-job but the worker is still in the room."""
+    UNTRUSTED = "untrusted"
+    """The worker failed the identity check (nothing was uploaded to it)."""
 
 
 class Origin(StrEnum):
@@ -86,24 +88,28 @@ RETRY_TABLE: dict[tuple[Origin, Outcome], tuple[Move, ...]] = {
     (Origin.AUTO, Outcome.NONE_FREE): (Move.WAIT, Move.ASK, Move.FAIL),
     (Origin.AUTO, Outcome.LOST): (Move.NEXT_BEST, Move.ASK, Move.FAIL),
     (Origin.AUTO, Outcome.LINK_LOST): (Move.RECONNECT, Move.NEXT_BEST, Move.ASK, Move.FAIL),
+    (Origin.AUTO, Outcome.UNTRUSTED): (Move.NEXT_BEST, Move.ASK, Move.FAIL),
     # the user picked it: ask them again, never swap behind their back
     (Origin.PICKED, Outcome.BUSY): (Move.ASK, Move.FAIL),
     (Origin.PICKED, Outcome.VANISHED): (Move.ASK, Move.FAIL),
     (Origin.PICKED, Outcome.NONE_FREE): (Move.ASK, Move.FAIL),
     (Origin.PICKED, Outcome.LOST): (Move.ASK, Move.FAIL),
     (Origin.PICKED, Outcome.LINK_LOST): (Move.RECONNECT, Move.ASK, Move.FAIL),
+    (Origin.PICKED, Outcome.UNTRUSTED): (Move.ASK, Move.FAIL),
     # named up front with nobody to ask: wait for that very worker, or fail clearly
     (Origin.DIRECT, Outcome.BUSY): (Move.WAIT, Move.FAIL),
     (Origin.DIRECT, Outcome.VANISHED): (Move.FAIL,),
     (Origin.DIRECT, Outcome.NONE_FREE): (Move.WAIT, Move.FAIL),
     (Origin.DIRECT, Outcome.LOST): (Move.FAIL,),
     (Origin.DIRECT, Outcome.LINK_LOST): (Move.RECONNECT, Move.FAIL),
+    (Origin.DIRECT, Outcome.UNTRUSTED): (Move.FAIL,),
     # a session string names one worker and no discovery is done
     (Origin.SESSION, Outcome.BUSY): (Move.FAIL,),
     (Origin.SESSION, Outcome.VANISHED): (Move.FAIL,),
     (Origin.SESSION, Outcome.NONE_FREE): (Move.FAIL,),
     (Origin.SESSION, Outcome.LOST): (Move.FAIL,),
     (Origin.SESSION, Outcome.LINK_LOST): (Move.RECONNECT, Move.FAIL),
+    (Origin.SESSION, Outcome.UNTRUSTED): (Move.FAIL,),
 }
 """``(origin, outcome) -> moves in order of preference``; every entry ends with ``FAIL``."""
 
@@ -146,6 +152,8 @@ def classify(exc: BaseException) -> Outcome | None:
     A lost worker (``WorkerLostError``) is classified by the caller, which knows whether
     the worker is still in the room (``LINK_LOST``) or not (``LOST``).
     """
+    if isinstance(exc, WorkerIdentityError):
+        return Outcome.UNTRUSTED
     if isinstance(exc, (NoWorkersError, AllWorkersBusyError)):
         return Outcome.NONE_FREE
     if isinstance(exc, (WorkerBusyError, WorkerUnavailableError)):
