@@ -52,6 +52,9 @@ class MessageType(StrEnum):
     PEER_JOINED = "peer_joined"
     PEER_LEFT = "peer_left"
     PEER_UPDATED = "peer_updated"
+    # ICE servers again (fresh TURN credentials) for a long-lived peer; reply: ICE_SERVERS.
+    GET_ICE_SERVERS = "get_ice_servers"
+    ICE_SERVERS = "ice_servers"
 
 
 RELAYED_TYPES = frozenset({MessageType.OFFER, MessageType.ANSWER, MessageType.CANDIDATE})
@@ -173,6 +176,7 @@ PEER_FRAME_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     MessageType.ERROR: {"target": _STR},
     MessageType.PING: {},
     MessageType.PONG: {},
+    MessageType.GET_ICE_SERVERS: {},
 }
 
 # Optional fields with a fixed type: a wrong type is an INVALID_MESSAGE, never a crash.
