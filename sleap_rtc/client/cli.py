@@ -38,7 +38,7 @@ from sleap_rtc.core.remote_job import TRACK, TRAIN, JobError, JobSummary, Remote
 from sleap_rtc.core.selection import SelectionError
 from sleap_rtc.core.signaling import SignalingError
 from sleap_rtc.core.tasks import spawn
-from sleap_rtc.core.transport_errors import TransportError
+from sleap_rtc.core.transport_errors import IceFailedError, TransportError
 
 # A tqdm/Lightning progress-bar frame ("Epoch 0:  20%|██   | 1/5 [00:00<00:03, 1.19it/s]").
 # sleap-nn prints one per step when its output is not a terminal; the per-epoch loss line
@@ -375,6 +375,11 @@ async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind
             " to another worker by itself when one stops responding."
         )
         console.print(f"[red]Error:[/red] {escape(str(exc))}{hint}", highlight=False)
+        return EXIT_FAILED
+    except IceFailedError as exc:
+        hint = ("" if exc.report is None or exc.report.relay_offered else
+                " (The lab admin hands out STUN/TURN with `sleap-rtc server --turn URL --turn-secret-file FILE`.)")
+        console.print(f"[red]Error:[/red] {escape(str(exc))}{escape(hint)}", highlight=False)
         return EXIT_FAILED
     except (SelectionError, JobError, TransportError, SignalingError) as exc:
         console.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)
