@@ -74,7 +74,7 @@ CHANNEL_LABEL = "sleap-rtc"
 """Label of the one data channel the client creates."""
 PROBE_TIMEOUT = 0.8
 """Cap (seconds) on probing all ICE servers for reachability before gathering."""
-ICE_CHECK_TIMEOUT = 8.0
+ICE_CHECK_TIMEOUT = 6.0
 """Seconds the ICE connectivity checks may take once both SDPs are set, before the attempt
 is declared dead (aioice alone would take ~31 s)."""
 CREDENTIAL_REFRESH_MARGIN = 120.0
