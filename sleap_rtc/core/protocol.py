@@ -287,6 +287,7 @@ class ChannelType(StrEnum):
     JOB_FAILED = "job_failed"  # {job_id, reason}
     JOB_STOP = "job_stop"  # {job_id}: finish the current epoch, save, send results
     JOB_CANCEL = "job_cancel"  # {job_id}: kill now
+    JOB_ATTACH = "job_attach"  # {job_id}: on a new channel after an outage, follow the running job again
 
 
 CHUNK_HEADER = struct.Struct("!IQ")

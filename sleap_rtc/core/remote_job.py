@@ -62,6 +62,8 @@ RECONNECT_GRACE = 60.0
 on either network), before that worker counts as gone and the next best is tried."""
 RECONNECT_PAUSE = 2.0
 """Seconds between two reconnect attempts to the same worker."""
+ATTACH_TIMEOUT = 15.0
+"""Seconds to wait for the worker's answer to ``job_attach`` after a reconnect."""
 MAX_RECONNECTS = 3
 """Same-worker reconnects per job (a link that keeps flapping then counts as a lost worker)."""
 MIB = 1024 * 1024
@@ -157,9 +159,11 @@ class JobSession:
         result_timeout: float = 600.0,
         models_subdir: str = "models",
         on_decision: LogCallback | None = None,
+        attach_job_id: str | None = None,
     ):
         self.channel = channel
         self.on_decision = on_decision
+        self.attach_job_id = attach_job_id
         self.package = Path(package)
         self.output_dir = Path(output_dir)
         self.kind = kind
@@ -171,7 +175,7 @@ class JobSession:
         self.on_file = on_file
         self.result_timeout = result_timeout
         self.models_subdir = models_subdir
-        self.job_id = f"job-{uuid.uuid4().hex[:12]}"
+        self.job_id = attach_job_id or f"job-{uuid.uuid4().hex[:12]}"
         self.stop_requested = False
         self.cancel_requested = False
         self._submitted = False
@@ -200,6 +204,8 @@ class JobSession:
         started = time.monotonic()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
+            if self.attach_job_id and await self._attach():
+                return await self._follow(started)
             receipt = await self._upload()
             await self.channel.send(
                 jobs_wire.job_submit(self.job_id, {"sha256": receipt.sha256, "name": receipt.name}, {"kind": self.kind})
@@ -221,6 +227,28 @@ class JobSession:
                 self.phases.advance(Phase.CANCELLED, "cancelled")
             raise
         return summary
+
+    async def _attach(self) -> bool:
+        """Follow the job again on a new channel after an outage: True when the worker still
+        runs it (it answers ``job_accepted``), False when it does not (then: run it anew)."""
+        self.phases.advance(Phase.UPLOADING, "nothing to send: the job is still running on the worker")
+        await self.channel.send(jobs_wire.job_attach(self.job_id))
+        while True:
+            try:
+                msg = await self.channel.receive(ATTACH_TIMEOUT)
+            except (TimeoutError, asyncio.TimeoutError):
+                msg = {"type": ChannelType.JOB_REJECTED, "job_id": self.job_id, "reason": "no answer to job_attach"}
+            if msg.get("job_id") != self.job_id:
+                continue
+            if msg.get("type") == ChannelType.JOB_ACCEPTED:
+                self._submitted = True
+                _call(self.on_decision, "The worker kept the job running; following it again.")
+                self.phases.advance(self.running_phase, "still running on " + (self.worker.name if self.worker else self.channel.remote_peer_id))
+                return True
+            if msg.get("type") == ChannelType.JOB_REJECTED:
+                _call(self.on_decision, f"The worker no longer runs the job ({msg.get('reason')}); running it again.")
+                self.job_id = f"job-{uuid.uuid4().hex[:12]}"
+                return False
 
     @property
     def stage(self) -> str:
@@ -450,6 +478,7 @@ class RemoteJob:
         self.reconnect_grace = reconnect_grace
         self.reconnects = 0
         self._resume_on: tuple[WorkerInfo, Any] | None = None  # (worker, channel) after a reconnect
+        self._attach_job: str | None = None  # the job to follow again after a reconnect
         self.phases = phases or JobPhases()
         self.on_decision = on_decision
         self.on_upload, self.on_log, self.on_progress, self.on_file = on_upload, on_log, on_progress, on_file
@@ -495,9 +524,12 @@ class RemoteJob:
                 except WorkerLostError as exc:
                     # A stop-early or cancel means "wrap up now": neither a reconnect nor a run elsewhere.
                     if not (self.cancel_requested or self._stop_early) and self.reconnects < MAX_RECONNECTS:
+                        lost_session = self.session
                         self._resume_on = await self._reconnect_same_worker(signaling, exc)
                         if self._resume_on is not None:
                             self.reconnects += 1
+                            # A job the worker accepted keeps running there: follow it again.
+                            self._attach_job = lost_session.job_id if lost_session and lost_session._submitted else None
                             continue
                     self.lost.append(exc)
                     if not self.retries_on_worker_loss or self.cancel_requested or self._stop_early:
@@ -548,8 +580,9 @@ class RemoteJob:
                 channel, self.package, output_dir=self.results_dir, kind=self.kind, worker=worker,
                 phases=self.phases, on_upload=self.on_upload, on_log=self.on_log,
                 on_progress=self.on_progress, on_file=self.on_file, models_subdir=self.models_subdir,
-                on_decision=self._decide,
+                on_decision=self._decide, attach_job_id=self._attach_job,
             )
+            self._attach_job = None
             if self._stop_early:
                 self.session.stop_requested = True
             remove = signaling.add_listener(_watch_departure(worker.peer_id, channel))
