@@ -49,7 +49,7 @@ from sleap_rtc.core.selection import (
 )
 from sleap_rtc.core.signaling import SignalingError
 from sleap_rtc.core.tasks import spawn
-from sleap_rtc.core.transport_errors import TransportError, WorkerIdentityError
+from sleap_rtc.core.transport_errors import IceFailedError, TransportError, WorkerIdentityError
 
 # A tqdm/Lightning progress-bar frame ("Epoch 0:  20%|██   | 1/5 [00:00<00:03, 1.19it/s]").
 # sleap-nn prints one per step when its output is not a terminal; the per-epoch loss line
@@ -333,6 +333,10 @@ def policy_for(plan: ConnectionPlan, console: Console) -> SelectionPolicy:
 
 def hint_for(exc: BaseException, plan: ConnectionPlan) -> str:
     """The command-line advice for an error, by its type (core's texts name no flags)."""
+    if isinstance(exc, IceFailedError):
+        if exc.report is None or exc.report.relay_offered:
+            return ""
+        return " (The lab admin hands out STUN/TURN with `sleap-rtc server --turn URL --turn-secret-file FILE`.)"
     if isinstance(exc, WorkerLostError):
         if plan.mode == SelectionMode.AUTO:
             return ""

@@ -42,6 +42,18 @@ TRAIN, TRACK = JobKind.TRAIN, JobKind.TRACK
 """Job kinds: train a package, or run inference (``client-track``)."""
 
 
+RECONNECT_GRACE = 60.0
+"""Seconds a client keeps trying to reach the same worker after its channel died (an outage
+on either network), before that worker counts as gone and the next best is tried."""
+RECONNECT_PAUSE = 2.0
+"""Seconds between two reconnect attempts to the same worker."""
+ATTACH_TIMEOUT = 15.0
+"""Seconds to wait for the worker's answer to ``job_attach`` after a reconnect."""
+MAX_RECONNECTS = 3
+"""Same-worker reconnects per job (a link that keeps flapping then counts as a lost worker)."""
+MIB = 1024 * 1024
+
+
 class JobError(Exception):
     """The job did not complete; ``str(exc)`` is the message for the user."""
 
@@ -130,8 +142,12 @@ class JobSession:
         on_file: Callable[[Path], Any] | None = None,
         result_timeout: float = 600.0,
         models_subdir: str = "models",
+        on_decision: LogCallback | None = None,
+        attach_job_id: str | None = None,
     ):
         self.channel = channel
+        self.on_decision = on_decision
+        self.attach_job_id = attach_job_id
         self.package = Path(package)
         self.output_dir = Path(output_dir)
         self.kind = kind
@@ -143,7 +159,7 @@ class JobSession:
         self.on_file = on_file
         self.result_timeout = result_timeout
         self.models_subdir = models_subdir
-        self.job_id = f"job-{uuid.uuid4().hex[:12]}"
+        self.job_id = attach_job_id or f"job-{uuid.uuid4().hex[:12]}"
         self.stop_requested = False
         self.cancel_requested = False
         self._submitted = False
@@ -172,6 +188,8 @@ class JobSession:
         started = time.monotonic()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
+            if self.attach_job_id and await self._attach():
+                return await self._follow(started)
             receipt = await self._upload()
             await self.channel.send(
                 jobs_wire.job_submit(self.job_id, {"sha256": receipt.sha256, "name": receipt.name}, {"kind": self.kind})
@@ -193,6 +211,28 @@ class JobSession:
                 self.phases.advance(Phase.CANCELLED, "cancelled")
             raise
         return summary
+
+    async def _attach(self) -> bool:
+        """Follow the job again on a new channel after an outage: True when the worker still
+        runs it (it answers ``job_accepted``), False when it does not (then: run it anew)."""
+        self.phases.advance(Phase.UPLOADING, "nothing to send: the job is still running on the worker")
+        await self.channel.send(jobs_wire.job_attach(self.job_id))
+        while True:
+            try:
+                msg = await self.channel.receive(ATTACH_TIMEOUT)
+            except (TimeoutError, asyncio.TimeoutError):
+                msg = {"type": ChannelType.JOB_REJECTED, "job_id": self.job_id, "reason": "no answer to job_attach"}
+            if msg.get("job_id") != self.job_id:
+                continue
+            if msg.get("type") == ChannelType.JOB_ACCEPTED:
+                self._submitted = True
+                _call(self.on_decision, "The worker kept the job running; following it again.")
+                self.phases.advance(self.running_phase, "still running on " + (self.worker.name if self.worker else self.channel.remote_peer_id))
+                return True
+            if msg.get("type") == ChannelType.JOB_REJECTED:
+                _call(self.on_decision, f"The worker no longer runs the job ({msg.get('reason')}); running it again.")
+                self.job_id = f"job-{uuid.uuid4().hex[:12]}"
+                return False
 
     @property
     def stage(self) -> str:
@@ -221,7 +261,11 @@ class JobSession:
 
     async def _upload(self) -> Any:
         total = self.package.stat().st_size
-        self.phases.advance(Phase.UPLOADING, f"{self.package.name} ({total:,} bytes)")
+        detail = f"{self.package.name} ({total:,} bytes)"
+        if self.phases.phase == Phase.UPLOADING:  # after a refused job_attach: already there
+            self.phases.update(detail)
+        else:
+            self.phases.advance(Phase.UPLOADING, detail)
         t0 = time.monotonic()
 
         def progress(done: int, size: int) -> None:
@@ -232,6 +276,9 @@ class JobSession:
             self.phases.update(f"{100 * done // max(size, 1)}%")
 
         receipt = await self.channel.send_file(self.package, progress=progress)
+        offset = receipt.size - receipt.bytes_sent
+        if 0 < offset < receipt.size and not receipt.cached:
+            _call(self.on_decision, describe_resume(offset, receipt.size))
         _call(self.on_upload, UploadProgress(total, total, total / max(time.monotonic() - t0, 1e-6), 0.0))
         return receipt
 
@@ -344,6 +391,13 @@ def _place_result(received: Path, output_dir: Path, kind: str, name: str, models
     if received.resolve() != target.resolve():
         shutil.move(received, target)
     return target
+
+
+def describe_resume(offset: int, size: int) -> str:
+    """"Upload resumed at 61 of 64 MiB ..." for an upload that reused the worker's partial file."""
+    if size >= 10 * MIB:
+        return f"Upload resumed at {offset / MIB:.0f} of {size / MIB:.0f} MiB (the worker kept what had arrived)."
+    return f"Upload resumed at {offset / MIB:.1f} of {size / MIB:.1f} MiB (the worker kept what had arrived)."
 
 
 __all__ = [
