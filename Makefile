@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 HEADLESS ?=
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-faults test-redis bench screenshots clean
+.PHONY: env demo test test-faults test-redis test-lab bench screenshots clean
 
 env:
 	@scripts/ensure-env.sh >/dev/null
@@ -17,10 +17,10 @@ demo:
 	@py=$$(scripts/ensure-env.sh) && $$py -m sleap_rtc demo $(if $(HEADLESS),--headless,)
 
 # Tests and screenshots draw offscreen; `make demo` opens a real window where there is a screen.
-test test-faults test-redis bench screenshots: export QT_QPA_PLATFORM ?= offscreen
+test test-faults test-redis test-lab bench screenshots: export QT_QPA_PLATFORM ?= offscreen
 
 test:
-	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not redis" $(PYTEST_ARGS)
+	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not redis and not netlab" $(PYTEST_ARGS)
 
 test-faults:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m faults $(PYTEST_ARGS)
@@ -28,6 +28,10 @@ test-faults:
 # Three server instances on a real Redis (installs redis-server with apt when root).
 test-redis:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m redis $(or $(PYTEST_ARGS),tests/server)
+
+# The network lab (tests/netlab): namespaces, NAT routers, coturn; root only (skips otherwise).
+test-lab:
+	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -s -m netlab tests/netlab $(PYTEST_ARGS)
 
 bench:
 	@py=$$(scripts/ensure-env.sh) && $$py benchmarks/run_all.py

@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sleap_rtc.client.options import NO_TTY_MESSAGE
+from sleap_rtc.core.job_policy import SelectionCancelled as JobSelectionCancelled
 from sleap_rtc.core.known_workers import Trust
 from sleap_rtc.core.room import RoomView, WorkerInfo
 from sleap_rtc.core.selection import SelectionError, SelectionTimeout, rank_key, room_trust
@@ -40,7 +41,7 @@ WARN_BEFORE_S = 30.0
 
 
 
-class SelectionCancelled(SelectionError):
+class SelectionCancelled(JobSelectionCancelled):
     """The user quit the selection (``q``)."""
 
 

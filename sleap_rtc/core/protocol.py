@@ -62,6 +62,9 @@ class MessageType(StrEnum):
     # Several room events in one frame ``{events: [...]}``, only for peers that registered
     # with ``"batch_events": true`` (v2.0 peers never get it).
     ROOM_EVENTS = "room_events"
+    # ICE servers again (fresh TURN credentials) for a long-lived peer; reply: ICE_SERVERS.
+    GET_ICE_SERVERS = "get_ice_servers"
+    ICE_SERVERS = "ice_servers"
 
 
 RELAYED_TYPES = frozenset({MessageType.OFFER, MessageType.ANSWER, MessageType.CANDIDATE})
@@ -204,6 +207,7 @@ PEER_FRAME_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     MessageType.ERROR: {"target": _STR},
     MessageType.PING: {},
     MessageType.PONG: {},
+    MessageType.GET_ICE_SERVERS: {},
 }
 
 # Optional fields with a fixed type: a wrong type is an INVALID_MESSAGE, never a crash.
@@ -327,6 +331,7 @@ class ChannelType(StrEnum):
     JOB_FAILED = "job_failed"  # {job_id, reason}
     JOB_STOP = "job_stop"  # {job_id}: finish the current epoch, save, send results
     JOB_CANCEL = "job_cancel"  # {job_id}: kill now
+    JOB_ATTACH = "job_attach"  # {job_id}: on a new channel after an outage, follow the running job again
 
 
 CHUNK_HEADER = struct.Struct("!IQ")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -215,6 +216,8 @@ class RoomView:
         self.filters = filters if filters is not None else worker_filters()
         self.known = known if known is not None else KnownWorkers()
         self._workers: dict[str, WorkerInfo] = {}
+        # peer id -> (status, wall-clock time we saw it take that status; None: unknown)
+        self._since: dict[str, tuple[str, float | None]] = {}
         self._listeners: list[RoomListener] = []
         self._removers: list[Callable[[], None]] = []
         self._changed = asyncio.Event()
@@ -234,6 +237,17 @@ class RoomView:
         """The worker with that peer id, if it is in the room."""
         return self._workers.get(peer_id)
 
+    def status_since(self, peer_id: str) -> float | None:
+        """Wall-clock time the worker took its current status, as seen from here.
+
+        Taken from the room event that changed the status (or the worker's arrival);
+        ``None`` when it already had that status at the first discovery (unknown since when).
+        """
+        seen = self._since.get(peer_id)
+        worker = self._workers.get(peer_id)
+        if seen is None or worker is None or seen[0] != worker.status:
+            return None
+        return seen[1]
     def trust(self, worker: WorkerInfo) -> Trust:
         """How the worker's advertised key compares with the key remembered for its name."""
         return self.known.check(str(self.signaling.room_id), worker.name, worker.fingerprint)
@@ -261,11 +275,13 @@ class RoomView:
     async def refresh(self) -> list[WorkerInfo]:
         """Discover again (e.g. the user pressed ``r``) and replace the whole list."""
         peers = await self.signaling.discover(self.filters)
+        first = not self._since and not self._workers
         self._workers = {}
         for peer in peers:
             info = WorkerInfo.from_peer(peer)
             if info.peer_id:
                 self._workers[info.peer_id] = info
+                self._note_status(info, None if first else time.time())
         self._emit(RoomChange("reset"))
         return self.workers
 
@@ -298,12 +314,19 @@ class RoomView:
         # A worker whose update makes it fail a filter leaves this view like one that left.
         if kind == MessageType.PEER_LEFT or not matches_filters(info.role, info.metadata, self.filters):
             gone = self._workers.pop(info.peer_id, None)
+            self._since.pop(info.peer_id, None)
             if gone is not None:
                 self._emit(RoomChange("left", gone))
             return
         known = info.peer_id in self._workers
         self._workers[info.peer_id] = info
+        self._note_status(info, time.time())
         self._emit(RoomChange("updated" if known else "joined", info))
+
+    def _note_status(self, info: WorkerInfo, now: float | None) -> None:
+        seen = self._since.get(info.peer_id)
+        if seen is None or seen[0] != info.status:
+            self._since[info.peer_id] = (info.status, now)
 
     def _on_state(self, state: ConnectionState) -> None:
         if state == ConnectionState.REGISTERED and self._removers:

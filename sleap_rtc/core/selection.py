@@ -57,19 +57,32 @@ class SelectionError(Exception):
 
 
 class NoWorkersError(SelectionError):
-    """The room has no available worker (matching the filters)."""
+    """The room has no available worker (matching the filters).
+
+    ``waited``: seconds already waited (0: no wait was asked); ``busy``: peer ids of the
+    workers present but not available; ``min_gpu_memory_mb``: the memory filter, if any.
+    """
+
+    def __init__(self, message: str, *, waited: float = 0.0, min_gpu_memory_mb: int | None = None,
+                 busy: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.waited, self.min_gpu_memory_mb, self.busy = waited, min_gpu_memory_mb, busy
 
 
 class SelectionTimeout(SelectionError):
-    """The user (or ``--wait``) did not get a worker in time."""
+    """The user did not choose a worker in time."""
 
 
 class UnknownWorkerError(SelectionError):
-    """``--worker-id`` names a peer that is not a worker of this room."""
+    """A direct worker id names a peer that is not a worker of this room."""
 
 
 class WorkerUnavailableError(SelectionError):
     """The chosen worker is busy, reserved or in maintenance, or refused the connection."""
+
+
+class SessionWorkerBusyError(WorkerUnavailableError):
+    """The worker a session string names is busy (room discovery would find another)."""
 
 
 class AllWorkersBusyError(SelectionError):
@@ -126,7 +139,11 @@ def min_memory_hint(min_gpu_memory_mb: int | None) -> str:
 
 
 def no_workers_message(room: RoomView, *, min_gpu_memory_mb: int | None = None, waited: float = 0) -> str:
-    """The message for an empty room: what is there, what to check, how to wait."""
+    """The message for a room without an available worker: what is there, what to check.
+
+    No command-line flags here: the CLI adds its own hints by error type (``waited``,
+    ``min_gpu_memory_mb`` and ``busy`` are on the ``NoWorkersError``).
+    """
     where = f"in room {room.signaling.room_id}"
     text = f"No available workers{min_memory_hint(min_gpu_memory_mb)} {where}"
     text += f" after waiting {waited:g} s." if waited else "."
@@ -137,10 +154,18 @@ def no_workers_message(room: RoomView, *, min_gpu_memory_mb: int | None = None, 
     invalid = [w for w in room.workers if w.available and not w.valid]
     if invalid:
         text += " Ignored as invalid: " + ", ".join(f"{w.name} ({'; '.join(w.problems)})" for w in invalid) + "."
-    hint = " Check that your workers are running and connected to the same room"
-    hint += ", or lower --min-gpu-memory" if min_gpu_memory_mb else ""
-    hint += "; or pass --wait SECONDS to wait for one." if not waited else "."
-    return text + hint
+    if others:
+        return text + " Wait for one of them to finish, or start another worker in this room."
+    return text + " Check that your workers are running and connected to the same room."
+
+
+def no_workers_error(room: RoomView, *, min_gpu_memory_mb: int | None = None, waited: float = 0) -> NoWorkersError:
+    """A ``NoWorkersError`` with its message and facts (what waited, who is busy)."""
+    return NoWorkersError(
+        no_workers_message(room, min_gpu_memory_mb=min_gpu_memory_mb, waited=waited),
+        waited=waited, min_gpu_memory_mb=min_gpu_memory_mb,
+        busy=tuple(w.peer_id for w in room.workers if not w.available),
+    )
 
 
 BUSY_ERRORS: tuple[type[BaseException], ...] = (WorkerBusyError,)
@@ -181,8 +206,55 @@ async def wait_for_available(
         try:
             return await room.wait_for(lambda r: rank_workers(r.workers, trust), wait)
         except asyncio.TimeoutError:
-            raise NoWorkersError(no_workers_message(room, min_gpu_memory_mb=min_gpu_memory_mb, waited=wait)) from None
-    raise NoWorkersError(no_workers_message(room, min_gpu_memory_mb=min_gpu_memory_mb))
+            raise no_workers_error(room, min_gpu_memory_mb=min_gpu_memory_mb, waited=wait) from None
+    raise no_workers_error(room, min_gpu_memory_mb=min_gpu_memory_mb)
+
+
+async def wait_for_free(
+    room: RoomView,
+    *,
+    timeout: float,
+    peer_id: str | None = None,
+    exclude: frozenset[str] = frozenset(),
+    eligible: Callable[[WorkerInfo], bool] | None = None,
+    min_gpu_memory_mb: int | None = None,
+    on_change: Callable[[RoomView], object] | None = None,
+) -> WorkerInfo:
+    """Wait on room events, at most ``timeout`` s, for the first worker to be available.
+
+    ``peer_id`` set: wait for that worker only; ``exclude``: never those; ``eligible``: only
+    workers it accepts (re-checked on every change). ``on_change(room)``
+    is called at the start and after every room change while waiting (to show who is busy
+    and since when). Raises ``NoWorkersError`` (with ``waited``) on timeout.
+    """
+
+    def free(view: RoomView) -> WorkerInfo | None:
+        trust = room_trust(view) or _no_trust
+        ranked = [w for w in rank_workers(view.workers, trust)
+                  if w.peer_id not in exclude and (eligible is None or eligible(w))]
+        if peer_id is None:  # a changed key is never taken unasked (as in auto_select)
+            ranked = [w for w in ranked if trust(w) != Trust.CHANGED]
+        if peer_id is not None:
+            ranked = [w for w in ranked if w.peer_id == peer_id]
+        return ranked[0] if ranked else None
+
+    remove = room.subscribe(lambda _change: on_change(room)) if on_change else (lambda: None)
+    try:
+        if on_change and free(room) is None:
+            on_change(room)
+        return await room.wait_for(free, timeout)
+    except asyncio.TimeoutError:
+        if peer_id is not None:
+            worker = room.get(peer_id)
+            state = f"still {worker.status}" if worker else "not in the room"
+            raise NoWorkersError(
+                f"Worker {worker.name if worker else peer_id} did not become available within {timeout:g} s ({state}).",
+                waited=timeout, min_gpu_memory_mb=min_gpu_memory_mb,
+                busy=(peer_id,) if worker else (),
+            ) from None
+        raise no_workers_error(room, min_gpu_memory_mb=min_gpu_memory_mb, waited=timeout) from None
+    finally:
+        remove()
 
 
 # --------------------------------------------------------------------------- auto-select
@@ -237,7 +309,7 @@ async def auto_select(
             failures.append(f"{worker.name}: its identity key changed")
             decide(
                 f"Skipping {describe(worker)}: its identity key is not the one this computer used before "
-                "(reinstalled, or someone posing as it). Choose it yourself with --worker-id to accept the new key."
+                "(reinstalled, or someone posing as it). Choose it yourself to accept the new key."
             )
             continue
         attempt += 1
@@ -264,8 +336,8 @@ async def auto_select(
         decide(f"Connected to {describe(worker)}.")
         return Selection(worker, connection, decisions)
     if not failures:
-        raise NoWorkersError(no_workers_message(room, min_gpu_memory_mb=min_gpu_memory_mb))
-    hint = "Try again in a moment, or pass --wait SECONDS to wait for a free worker."
+        raise no_workers_error(room, min_gpu_memory_mb=min_gpu_memory_mb)
+    hint = "Try again in a moment, or wait for a free worker."
     if all("identity" in failure for failure in failures):
         hint = "No worker could prove the identity this computer expects; check the workers' fingerprints."
     raise AllWorkersBusyError(f"Could not start the job on any worker ({'; '.join(failures)}). {hint}")
@@ -275,7 +347,7 @@ async def auto_select(
 
 
 def check_direct(room: RoomView, worker_id: str) -> WorkerInfo:
-    """The worker named by ``--worker-id`` if it is in the room and available.
+    """The worker named by its peer id if it is in the room and available.
 
     Raises ``UnknownWorkerError`` (listing the ids there are) or ``WorkerUnavailableError``.
     """
@@ -290,10 +362,7 @@ def check_direct(room: RoomView, worker_id: str) -> WorkerInfo:
 
 def unavailable_message(worker: WorkerInfo) -> str:
     """Why a chosen worker cannot take the job, and what to do instead."""
-    return (
-        f"Worker {worker.name} ({worker.peer_id}) is {worker.status}. "
-        "Wait until it is free, choose another one, or use --auto-select."
-    )
+    return f"Worker {worker.name} ({worker.peer_id}) is {worker.status}. Wait until it is free, or choose another one."
 
 
 async def connect_direct(
@@ -310,8 +379,7 @@ async def connect_direct(
         connection = await connect(worker)
     except busy_errors:  # type: ignore[misc]
         raise WorkerUnavailableError(
-            f"Worker {worker.name} ({worker.peer_id}) is busy. "
-            "Wait until it is free, choose another one, or use --auto-select."
+            f"Worker {worker.name} ({worker.peer_id}) is busy. Wait until it is free, or choose another one."
         ) from None
     except gone_errors:  # type: ignore[misc]
         raise WorkerUnavailableError(

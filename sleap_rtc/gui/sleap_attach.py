@@ -28,7 +28,9 @@ from qtpy import QtCore, QtWidgets
 from sleap_rtc.gui.bridge import show_error
 from sleap_rtc.gui.controller import RemoteGui
 from sleap_rtc.gui.loss_feed import LossFeed
-from sleap_rtc.gui.remote_run import JobOutcome, JobRunner, RemoteJobController
+from sleap_rtc.core.job_runner import ConnectFn
+from sleap_rtc.core.remote_job import JobSummary
+from sleap_rtc.gui.remote_run import RemoteJobController
 from sleap_rtc.gui.session import SessionState
 from sleap_rtc.gui.training_package import HeadConfig, InferenceRequest, PackageInfo, build_training_package
 from sleap_rtc.gui.training_panel import PANEL_OBJECT_NAME, RemoteTrainingPanel
@@ -146,10 +148,10 @@ def window_class() -> type:
     class RemoteMainWindow(MainWindow):
         """SLEAP's main window plus sleap-rtc (dock, Remote menu, remote Run)."""
 
-        def __init__(self, *args: Any, server_url: str | None = None, runner: JobRunner | None = None, **kwargs: Any):
+        def __init__(self, *args: Any, server_url: str | None = None, connect: ConnectFn | None = None, **kwargs: Any):
             kwargs.setdefault("no_usage_data", True)
             super().__init__(*args, **kwargs)
-            self.remote = RemoteGui(self, server_url, runner)
+            self.remote = RemoteGui(self, server_url, connect)
             attach_dock(self, self.remote.dock)
             self.remote.build_menu(self.menuBar())
             self.remote_jobs: list[RemoteTraining] = []
@@ -164,9 +166,9 @@ def window_class() -> type:
     return RemoteMainWindow
 
 
-def create_window(labels_path: str | None = None, *, server_url: str | None = None, runner: JobRunner | None = None, **kwargs: Any) -> QtWidgets.QMainWindow:
+def create_window(labels_path: str | None = None, *, server_url: str | None = None, connect: ConnectFn | None = None, **kwargs: Any) -> QtWidgets.QMainWindow:
     """SLEAP's main window with sleap-rtc attached (usage data off)."""
-    return window_class()(labels_path=labels_path, server_url=server_url, runner=runner, **kwargs)
+    return window_class()(labels_path=labels_path, server_url=server_url, connect=connect, **kwargs)
 
 
 # ---------------------------------------------------------------------------------- dialog
@@ -343,7 +345,7 @@ class RemoteTraining(QtCore.QObject):
 
     # ------------------------------------------------------------------ results
 
-    def _on_success(self, outcome: JobOutcome) -> None:
+    def _on_success(self, outcome: JobSummary) -> None:
         try:
             self.install_models(outcome)
             self.new_frames = self.merge_predictions(outcome)
@@ -366,7 +368,7 @@ class RemoteTraining(QtCore.QObject):
         self.viewer.close()
         self.closed = True
 
-    def install_models(self, outcome: JobOutcome) -> list[Path]:
+    def install_models(self, outcome: JobSummary) -> list[Path]:
         """Copy each trained run folder into the project's ``models/`` folder.
 
         An existing ``models/<run>`` is never touched: the copy goes to ``<run>-2`` ... (it is
@@ -390,7 +392,7 @@ class RemoteTraining(QtCore.QObject):
                     shutil.rmtree(staging, ignore_errors=True)
         return installed
 
-    def merge_predictions(self, outcome: JobOutcome) -> int:
+    def merge_predictions(self, outcome: JobSummary) -> int:
         """Merge returned predictions into the open labels (videos matched by position)."""
         if outcome.predictions is None or not Path(outcome.predictions).is_file():
             return 0

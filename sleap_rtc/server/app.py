@@ -36,6 +36,7 @@ from sleap_rtc.core.protocol import SIGNALING_VERSION, ErrorCode, MessageType, d
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.server.hub import EVENT_FLUSH_INTERVAL, Forward, Close, Connection, Hub, Send
 from sleap_rtc.server.backend import Backend, Peer, SharedCounter
+from sleap_rtc.server.ice import IceSettings
 from sleap_rtc.server.limits import Limits, address_key
 from sleap_rtc.server.metrics import render
 from sleap_rtc.server.rooms import MAX_ROOMS, UNUSED_ROOM_TTL, Access, RoomLimitError, RoomStore
@@ -459,6 +460,7 @@ async def start_server(
     ping_interval: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
     ice_servers: list[dict[str, Any]] | None = None,
+    ice: IceSettings | None = None,
     room_ttl: float | None = None,
     unused_room_ttl: float = UNUSED_ROOM_TTL,
     max_rooms: int = MAX_ROOMS,
@@ -474,6 +476,8 @@ async def start_server(
     ``state_path=None`` keeps rooms in a fresh temporary SQLite file removed on ``stop()``;
     pass a path to keep rooms across restarts. ``limits`` are ``Limits`` fields
     (``max_frame_bytes``, ``max_peers_per_room``, ``messages_per_second``, ...).
+    ``ice`` (STUN/TURN settings, TURN credentials minted per peer) wins over the static
+    ``ice_servers`` list.
     ``room_creation`` is a ``RoomCreation`` policy; ``create_room_secret`` defaults to
     ``$SLEAP_RTC_CREATE_ROOM_SECRET``. ``backend`` replaces the SQLite store with a
     shared one (``server/backend_redis.py``) for several instances. Connections from
@@ -500,9 +504,9 @@ async def start_server(
             tmpdir = tempfile.mkdtemp(prefix="sleap-rtc-server-")
             state_path = Path(tmpdir) / "server.sqlite3"
         store = RoomStore(state_path, room_ttl=room_ttl, unused_ttl=unused_room_ttl, max_rooms=max_rooms)
-        hub = Hub(store, limits=limits_obj, ping_interval=ping_interval, ice_servers=ice_servers)
+        hub = Hub(store, limits=limits_obj, ping_interval=ping_interval, ice_servers=ice_servers, ice=ice)
     else:
-        hub = Hub(backend, limits=limits_obj, ping_interval=ping_interval, ice_servers=ice_servers)
+        hub = Hub(backend, limits=limits_obj, ping_interval=ping_interval, ice_servers=ice_servers, ice=ice)
     app = build_app(hub, room_creation=room_creation, create_room_secret=secret, trusted_proxies=frozenset(trusted_proxies))
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=5.0, keepalive_timeout=limits_obj.http_idle_timeout,

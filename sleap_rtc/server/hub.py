@@ -43,6 +43,7 @@ from sleap_rtc.core.protocol import (
     parse_frame,
 )
 from sleap_rtc.server.backend import Backend, Caps, LocalBackend, Peer, resume_hash
+from sleap_rtc.server.ice import IceSettings
 from sleap_rtc.server.limits import Limits, TokenBucket, address_key
 from sleap_rtc.server.metrics import Metrics
 from sleap_rtc.server.rooms import Access, RoomStore
@@ -132,6 +133,7 @@ class Hub:
         limits: Limits | None = None,
         ping_interval: float = 30.0,
         ice_servers: list[dict[str, Any]] | None = None,
+        ice: IceSettings | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -144,6 +146,8 @@ class Hub:
         self.limits = limits or Limits()
         self.ping_interval = ping_interval
         self.ice_servers = list(ice_servers or [])
+        self.ice = ice
+        """STUN/TURN settings: each peer gets its own list (TURN credentials minted for it)."""
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.connections: set[Connection] = set()
@@ -163,6 +167,7 @@ class Hub:
             MessageType.ANSWER: self._relay,
             MessageType.CANDIDATE: self._relay,
             MessageType.ERROR: self._relay,
+            MessageType.GET_ICE_SERVERS: self._get_ice_servers,
         }
 
     @property
@@ -377,7 +382,7 @@ class Hub:
             "peer_id": peer_id,
             "resume": secret,
             "ping_interval": self.ping_interval,
-            "ice_servers": self.ice_servers,
+            "ice_servers": self.ice_servers_for(peer_id),
             "peer_list": [p.info() for p in self.backend.view(room_id).values() if p is not peer],
             "peer_metadata": peer.metadata,
         }
@@ -387,6 +392,18 @@ class Hub:
         log.info("peer %s (%s) %s room %s", peer_id, role, "resumed in" if existing else "joined", room_id)
         actions += self._event(peer, MessageType.PEER_UPDATED if existing else MessageType.PEER_JOINED)
         return actions
+
+    def ice_servers_for(self, peer_id: str) -> list[dict[str, Any]]:
+        """The ICE servers for one registered peer (only registered peers ever get them)."""
+        if self.ice is None:
+            return self.ice_servers
+        return self.ice.for_peer(peer_id, time.time())
+
+    async def _get_ice_servers(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
+        reply: dict[str, Any] = {"type": MessageType.ICE_SERVERS.value, "ice_servers": self.ice_servers_for(conn.peer.peer_id)}
+        if _echoable(frame.get("id")):
+            reply["id"] = frame["id"]
+        return [Send([conn], reply)]
 
     async def _discover(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
         me = conn.peer

@@ -24,7 +24,11 @@ from sleap_rtc.core import jobs_wire, transport
 from sleap_rtc.core.channel import default_cache_dir
 from sleap_rtc.core.package import jobs_document, write_package
 from sleap_rtc.core.protocol import MessageType, pack_chunk
-from sleap_rtc.core.remote_job import JobFailedError, RemoteJob
+from sleap_rtc.core.credentials import RoomCredentials
+from sleap_rtc.core.identity import generate_key
+from sleap_rtc.core.job_policy import DirectWorker
+from sleap_rtc.core.job_runner import RemoteJob
+from sleap_rtc.core.remote_job import JobFailedError
 from sleap_rtc.core.signaling import SignalingClient
 from sleap_rtc.local_room import sleap_rtc_argv
 
@@ -57,6 +61,7 @@ class HostileWorker:
         self.declare, self.send_bytes, self.hang_up = declare, send_bytes, hang_up
         self.task: asyncio.Task | None = None
         self.refusals: list[dict] = []
+        self.key = generate_key()  # it proves a key of its own: the attack is on the files
 
     async def __aenter__(self):
         await self.sig.connect()
@@ -76,6 +81,7 @@ class HostileWorker:
 
     async def _serve(self, frame):
         ch = await transport.accept(self.sig, frame, receive_dir=self.tmp / "hostile-in", cache_dir=self.tmp / "hostile-cache")
+        ch.prove_identity(self.key)
         original = ch.transfers.on_control
         ch.transfers.on_control = lambda m: (self.refusals.append(m) if m.get("type") == "file_error" else None, original(m))
         try:
@@ -126,9 +132,9 @@ def tree(root: Path) -> dict[str, bytes]:
 
 async def run_against(signaling_server, room, tmp_path, worker_kw, *, results_dir, package=None, kind="train"):
     async with HostileWorker(signaling_server.url, room, tmp_path, **worker_kw) as hostile:
-        job = RemoteJob(package or training_package(tmp_path), server_url=signaling_server.url, room_id=room[0],
-                        token=room[1], results_dir=results_dir, worker_id=hostile.sig.peer_id, kind=kind,
-                        models_subdir="")
+        job = RemoteJob(package or training_package(tmp_path), server_url=signaling_server.url,
+                        credentials=RoomCredentials(*room), results_dir=results_dir,
+                        policy=DirectWorker(hostile.sig.peer_id), kind=kind, models_subdir="")
         try:
             return await asyncio.wait_for(job.run(), 60), hostile
         except JobFailedError as exc:
@@ -253,7 +259,7 @@ async def test_c7_existing_run_folder_is_never_replaced(signaling_server, room, 
 def test_c7_gui_install_never_replaces_a_projects_model(tmp_path):
     from types import SimpleNamespace
 
-    from sleap_rtc.gui.remote_run import JobOutcome
+    from sleap_rtc.core.remote_job import JobSummary
     from sleap_rtc.gui.sleap_attach import RemoteTraining
 
     project_dir = tmp_path / "project"
@@ -262,7 +268,7 @@ def test_c7_gui_install_never_replaces_a_projects_model(tmp_path):
     results = tmp_path / "results" / "models"
     (results / RUN).mkdir(parents=True)
     (results / RUN / "best.ckpt").write_text("remote model")
-    installed = RemoteTraining.install_models(SimpleNamespace(project_dir=project_dir), JobOutcome(models_dir=results))
+    installed = RemoteTraining.install_models(SimpleNamespace(project_dir=project_dir), JobSummary(worker="w", peer_id="w", duration_s=0.0, models_dir=results))
     assert installed == [project_dir / "models" / f"{RUN}-2"]
     assert (project_dir / "models" / RUN / "best.ckpt").read_text() == "my model"
     assert (project_dir / "models" / f"{RUN}-2" / "best.ckpt").read_text() == "remote model"

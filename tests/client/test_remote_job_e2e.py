@@ -17,8 +17,11 @@ from sleap_rtc.core.credentials import encode_session_string
 from sleap_rtc.core.identity import generate_key
 from sleap_rtc.core.phases import JobPhases, Phase
 from sleap_rtc.core.protocol import MessageType, busy_error_frame
-from sleap_rtc.core.remote_job import RemoteJob
-from sleap_rtc.core.selection import WorkerUnavailableError
+from sleap_rtc.core.credentials import RoomCredentials
+from sleap_rtc.core.job_events import JobCallbacks
+from sleap_rtc.core.job_policy import SessionWorker
+from sleap_rtc.core.job_runner import RemoteJob
+from sleap_rtc.core.selection import SessionWorkerBusyError
 from sleap_rtc.core.signaling import SignalingClient
 
 import pytest
@@ -108,9 +111,12 @@ async def test_auto_select_skips_busy_and_falls_back_when_best_turns_busy(three_
     pkg.write_bytes(b"package bytes" * 1000)
     phases, seen, decisions, logs, events, uploads = JobPhases(), [], [], [], [], []
     phases.subscribe(lambda ch: seen.append(ch.new) if ch.old != ch.new else None)
+    class Record(JobCallbacks):
+        decision, log, progress, upload = decisions.append, logs.append, events.append, uploads.append
+
     job = RemoteJob(
-        pkg, server_url=url, room_id=room_id, token=token, results_dir=tmp_path / "out", phases=phases,
-        on_decision=decisions.append, on_log=logs.append, on_progress=events.append, on_upload=uploads.append,
+        pkg, server_url=url, credentials=RoomCredentials(room_id, token), results_dir=tmp_path / "out", phases=phases,
+        callbacks=Record(),
     )
     try:
         summary = await asyncio.wait_for(job.run(), 60)
@@ -139,12 +145,13 @@ async def test_session_string_to_busy_worker_shows_the_seed_message(three_worker
     from sleap_rtc.core.credentials import decode_session_string
 
     target = decode_session_string(session)
-    job = RemoteJob(pkg, server_url=url, room_id=target.room_id, token=target.token,
-                    session_worker=target.peer_id, results_dir=tmp_path / "out")
-    with pytest.raises(WorkerUnavailableError) as err:
+    job = RemoteJob(pkg, server_url=url, credentials=target.room, policy=SessionWorker(target.peer_id),
+                    results_dir=tmp_path / "out")
+    with pytest.raises(SessionWorkerBusyError) as err:
         await asyncio.wait_for(job.run(), 30)
+    # The worker's own words (a v2.0 worker says the same); the CLI adds where the flags are.
     assert str(err.value) == (
         "Worker worker-big-busy is busy: Worker is currently busy. Use --room-id and --token for worker "
-        "discovery to pick an available worker. (--room-id and --token are in the worker's banner.)"
+        "discovery to pick an available worker."
     )
     assert job.phases.phase == Phase.FAILED

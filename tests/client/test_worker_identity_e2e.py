@@ -13,10 +13,12 @@ import asyncio
 import pytest
 
 from hostile_workers import TINY_PACKAGE, HostileWorker, raw_worker, real_worker
-from sleap_rtc.core.credentials import decode_session_string
+from sleap_rtc.core.credentials import RoomCredentials, decode_session_string
 from sleap_rtc.core.identity import generate_key
 from sleap_rtc.core.known_workers import KnownWorkers, Trust
-from sleap_rtc.core.remote_job import RemoteJob
+from sleap_rtc.core.job_events import JobCallbacks
+from sleap_rtc.core.job_policy import Auto, DirectWorker, SessionWorker
+from sleap_rtc.core.job_runner import RemoteJob
 from sleap_rtc.core.room import RoomView
 from sleap_rtc.core.selection import AllWorkersBusyError
 from sleap_rtc.core.signaling import SignalingClient
@@ -27,10 +29,19 @@ from sleap_rtc.worker.app import format_banner
 pytestmark = pytest.mark.timeout(120)
 
 
-def job(url, room, tmp_path, tag, **kwargs) -> tuple[RemoteJob, list[str]]:
+def job(url, room, tmp_path, tag, *, worker_id=None, session_worker=None, session_fingerprint=None,
+        **kwargs) -> tuple[RemoteJob, list[str]]:
     decisions: list[str] = []
-    remote = RemoteJob(TINY_PACKAGE, server_url=url, room_id=room[0], token=room[1],
-                       results_dir=tmp_path / f"out-{tag}", on_decision=decisions.append, **kwargs)
+
+    class Record(JobCallbacks):
+        decision = decisions.append
+
+    if session_worker:
+        policy = SessionWorker(session_worker, fingerprint=session_fingerprint)
+    else:
+        policy = DirectWorker(worker_id) if worker_id else Auto()
+    remote = RemoteJob(TINY_PACKAGE, server_url=url, credentials=RoomCredentials(*room), policy=policy,
+                       results_dir=tmp_path / f"out-{tag}", callbacks=Record(), **kwargs)
     return remote, decisions
 
 
@@ -97,7 +108,7 @@ async def test_c8_worker_whose_key_changed_is_flagged_skipped_by_auto_select_and
         remote, decisions = job(url, room, tmp_path, "auto", known_workers=known)
         with pytest.raises(AllWorkersBusyError, match="identity key changed"):
             await asyncio.wait_for(remote.run(), 60)
-        assert any(d.startswith("Skipping gpu") and "--worker-id" in d for d in decisions)
+        assert any(d.startswith("Skipping gpu") and "Choose it yourself" in d for d in decisions)
         assert second.jobs_done == 0
         remote, decisions = job(url, room, tmp_path, "chosen", known_workers=known, worker_id=second.peer_id)
         summary = await asyncio.wait_for(remote.run(), 90)

@@ -155,7 +155,7 @@ async def test_auto_select_is_bounded_and_says_why():
     assert seen == ["w5", "w4", "w3"]
     assert str(err.value) == (
         "Could not start the job on any worker (w5: busy; w4: busy; w3: busy). "
-        "Try again in a moment, or pass --wait SECONDS to wait for a free worker."
+        "Try again in a moment, or wait for a free worker."
     )
 
 
@@ -169,15 +169,16 @@ async def test_other_errors_propagate():
         await auto_select(room, connect, busy_errors=(Busy,), gone_errors=(Gone,))
 
 
-async def test_no_workers_message_mentions_filter_and_wait():
+async def test_no_workers_message_mentions_filter_and_who_is_busy_but_no_cli_flag():
     room = await make_room([peer("x", 9000, status="busy")], min_mem=8000)
     with pytest.raises(NoWorkersError) as err:
         await wait_for_available(room, min_gpu_memory_mb=8000)
     assert str(err.value) == (
         "No available workers with at least 8000 MB of GPU memory in room room-test. "
-        "Workers present but not available: x: busy. Check that your workers are running and "
-        "connected to the same room, or lower --min-gpu-memory; or pass --wait SECONDS to wait for one."
+        "Workers present but not available: x: busy. Wait for one of them to finish, or start another "
+        "worker in this room."
     )
+    assert err.value.min_gpu_memory_mb == 8000 and err.value.busy == ("x",) and err.value.waited == 0
 
 
 async def test_wait_for_worker_to_appear_and_timeout():
@@ -210,7 +211,7 @@ async def test_direct_worker_id_checks():
     assert str(err.value) == "No worker 'zz' in room room-test. Workers in this room: a, b."
     with pytest.raises(WorkerUnavailableError) as err:
         check_direct(room, "b")
-    assert str(err.value) == "Worker gpu-b (b) is busy. Wait until it is free, choose another one, or use --auto-select."
+    assert str(err.value) == "Worker gpu-b (b) is busy. Wait until it is free, or choose another one."
 
 
 async def test_direct_connect_busy_at_last_moment_is_clear():
@@ -221,7 +222,7 @@ async def test_direct_connect_busy_at_last_moment_is_clear():
 
     with pytest.raises(WorkerUnavailableError) as err:
         await connect_direct(room, "a", connect, busy_errors=(Busy,), gone_errors=(Gone,))
-    assert str(err.value) == "Worker a (a) is busy. Wait until it is free, choose another one, or use --auto-select."
+    assert str(err.value) == "Worker a (a) is busy. Wait until it is free, or choose another one."
 
 
 async def test_default_errors_are_the_transport_ones_and_vanished_worker_is_skipped():
