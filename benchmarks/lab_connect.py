@@ -29,8 +29,7 @@ SECTION = ROOT / "docs" / "bench" / "netlab.md"
 COMMAND = "sudo make test-lab  # or: python benchmarks/lab_connect.py --write"
 WHAT = {
     "cone-stun": "both behind cone NAT, STUN only (direct path)",
-    "symmetric-turn-udp": "home behind symmetric NAT, TURN/UDP",
-    "udp-turn-only": "lab symmetric NAT, UDP only to TURN:3478",
+    "symmetric-udp-turn-only": "home symmetric NAT, UDP only to TURN:3478: TURN/UDP",
     "no-udp-turn-tcp": "lab symmetric NAT, no UDP at all: TURN/TCP",
     "no-udp-turns": "lab symmetric NAT, no UDP at all: TURN over TLS",
 }

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -49,8 +50,12 @@ def lab(tmp_path_factory):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    lab = Lab(f"srtc{os.getpid() % 100000}")
+    remove_stale_labs()
+    lab = Lab(f"{PREFIX}{os.getpid()}")
     work = tmp_path_factory.mktemp("netlab")
+    # A CI timeout or Ctrl-C sends SIGTERM/SIGINT: turn it into KeyboardInterrupt so that the
+    # finally below still deletes the namespaces.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         lab.up()
         lab.work = work
@@ -75,6 +80,24 @@ def lab(tmp_path_factory):
         yield lab
     finally:
         lab.down()
+        signal.signal(signal.SIGTERM, previous)
+
+
+PREFIX = "srtc"
+"""Namespaces of this suite are ``srtc<pid>-<role>``: a leftover of a dead run is recognisable."""
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def remove_stale_labs() -> None:
+    """Delete namespaces left by an earlier run of this suite whose process is gone."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20).stdout
+    for name in (line.split()[0] for line in listing.splitlines() if line.strip()):
+        m = re.fullmatch(rf"{PREFIX}(\d+)-(pub|rlab|rhome|lab|home)", name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
