@@ -31,6 +31,13 @@ MAX_FRAME_BYTES = 1024 * 1024
 DEFAULT_PING_INTERVAL = 30.0
 """Seconds between application pings sent by the server."""
 
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+"""Largest signaling frame a peer accepts from the server (its WebSocket ``max_msg_size``);
+the server's limits are sized so that every frame it sends fits (see ``server/limits.py``)."""
+
+MAX_METADATA_BYTES = 16 * 1024
+"""Cap on one peer's metadata, encoded as compact JSON, at register and after each update."""
+
 
 class MessageType(StrEnum):
     """Signaling frame types, peer to server and server to peer."""
@@ -122,6 +129,12 @@ class ErrorCode(StrEnum):
     FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
     RATE_LIMITED = "RATE_LIMITED"
     FORBIDDEN = "FORBIDDEN"
+    WORKER_TOKEN_REQUIRED = "WORKER_TOKEN_REQUIRED"
+    INVALID_METADATA = "INVALID_METADATA"
+    METADATA_TOO_LARGE = "METADATA_TOO_LARGE"
+    CREATE_ROOM_FORBIDDEN = "CREATE_ROOM_FORBIDDEN"
+    TOO_MANY_ROOMS = "TOO_MANY_ROOMS"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
 
 
 WORKER_BUSY = "worker_busy"
@@ -133,7 +146,9 @@ VERSION_MISMATCH = "version_mismatch"
 SHA256_MISMATCH = "sha256_mismatch"
 """``reason`` of a ``file_error`` when the received bytes do not hash to the offered SHA-256."""
 
-FINAL_REGISTRATION_ERRORS = frozenset({ErrorCode.INVALID_TOKEN, ErrorCode.ROOM_NOT_FOUND, ErrorCode.ROOM_EXPIRED})
+FINAL_REGISTRATION_ERRORS = frozenset(
+    {ErrorCode.INVALID_TOKEN, ErrorCode.ROOM_NOT_FOUND, ErrorCode.ROOM_EXPIRED, ErrorCode.WORKER_TOKEN_REQUIRED}
+)
 """Registration refusals that retrying cannot fix (a rate limit, say, can be waited out)."""
 
 
@@ -200,10 +215,22 @@ def parse_frame(text: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> dict[
     if size > max_bytes:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"Frame larger than {max_bytes} bytes.")
     try:
-        frame = json.loads(text)
+        frame = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nesting
         raise ProtocolError(ErrorCode.INVALID_JSON, f"Frame is not valid JSON: {exc.__class__.__name__}.") from None
     return validate_frame(frame)
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python's decoder accepts them unless told otherwise.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # "1e400" decodes to inf
+        raise ValueError("number out of range")
+    return value
 
 
 def validate_frame(frame: Any) -> dict[str, Any]:

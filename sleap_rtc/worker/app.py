@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from sleap_rtc.core import jobs_wire
-from sleap_rtc.core.credentials import encode_session_string
+from sleap_rtc.core.credentials import client_token_for, encode_session_string
 from sleap_rtc.core.files import CACHE_MAX_BYTES, prune_transfer_cache, sha256_file
 from sleap_rtc.core.protocol import (
     ChannelType,
@@ -68,6 +68,9 @@ class WorkerConfig:
     work_dir: Path
     room_id: str | None = None
     token: str | None = None
+    """The room's worker token (the client token does not admit workers)."""
+    create_room_secret: str | None = None
+    """The server's room-creation secret, used only when no room is given."""
     name: str | None = None
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
     submit_timeout: float = 300.0  # channel open -> package + job_submit
@@ -84,9 +87,14 @@ def safe_worker_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", name).strip("-")[:40] or "worker"
 
 
-def format_banner(room_id: str, token: str, peer_id: str) -> str:
-    """The credentials banner (seed Decision 4 format)."""
-    return (
+def format_banner(room_id: str, token: str, peer_id: str, worker_token: str | None = None) -> str:
+    """The credentials banner (seed Decision 4 format, plus the worker token on its own line).
+
+    ``token`` is the client token: it is what the session string and the ``Token:`` line
+    carry, since users paste them. The worker token goes on a separate line for whoever
+    starts more workers in the room.
+    """
+    text = (
         "[INFO] Worker authenticated. Session string for direct connection:\n"
         f"{encode_session_string(room_id, token, peer_id)}\n"
         "\n"
@@ -94,6 +102,9 @@ def format_banner(room_id: str, token: str, peer_id: str) -> str:
         f"[INFO]   Room ID: {room_id}\n"
         f"[INFO]   Token: {token}"
     )
+    if worker_token:
+        text += f"\n[INFO]   Worker token (for other workers only): {worker_token}"
+    return text
 
 
 ATTACH_TIMEOUT = 10.0
@@ -162,7 +173,9 @@ class Worker:
         self.guard = StatusGuard(lease_timeout=config.lease_timeout)
         self.signaling: SignalingClient | None = None
         self.room_id: str | None = config.room_id
-        self.token: str | None = config.token
+        self.worker_token: str | None = config.token
+        self.token: str | None = client_token_for(config.token) if config.token else None
+        """The room's client token (derived from the worker token), for the banner."""
         self.jobs_done = 0
         self._sessions: dict[int, asyncio.Task] = {}
         self._clients: dict[int, tuple[str, Callable[[], None]]] = {}  # reservation id -> (peer, on_left_room)
@@ -188,21 +201,22 @@ class Worker:
 
     async def start(self) -> str:
         """Create the room if needed, register, and return the banner text."""
-        if bool(self.room_id) != bool(self.token):
+        if bool(self.room_id) != bool(self.worker_token):
             raise ValueError("Both --room-id and --token must be provided together")
         if not self.room_id:
-            self.room_id, self.token = await create_room(self.config.server_url)
+            room = await create_room(self.config.server_url, secret=self.config.create_room_secret)
+            self.room_id, self.worker_token, self.token = room.room_id, room.worker_token, room.token
         self.work_dir.mkdir(parents=True, exist_ok=True)
         name = safe_worker_name(self.capabilities.worker_name)
         self.signaling = SignalingClient(
-            self.config.server_url, room_id=self.room_id, token=self.token, role=Role.WORKER.value,
+            self.config.server_url, room_id=self.room_id, token=self.worker_token, role=Role.WORKER.value,
             peer_id=new_peer_id(Role.WORKER.value, name), metadata=self.capabilities.metadata(self.guard.status),
         )
         self.signaling.add_listener(self._on_frame)
         self.signaling.add_state_listener(self._on_state)
         await self.signaling.connect()
         self._publisher = asyncio.create_task(self._publish_status(), name="worker-status-publisher")
-        return format_banner(self.room_id, self.token, self.peer_id)
+        return format_banner(self.room_id, self.token, self.peer_id, self.worker_token)
 
     async def serve_forever(self) -> None:
         """Run until ``close()`` (or the room is gone for good)."""

@@ -32,6 +32,8 @@ START_TIMEOUT = 60.0
 """Seconds for the server, coturn or a worker to come up."""
 JOB_TIMEOUT = 240.0
 """Seconds for one client-train run (upload, 2 epochs of sleap-nn on the CPU, download)."""
+ROOM_SECRET = secrets.token_urlsafe(24)
+"""The lab server's room-creation secret (a server on a public address requires one)."""
 RESULTS_ENV = "SLEAP_RTC_LAB_RESULTS"
 """When set: a JSON-lines file each case appends its measured times to (benchmarks/lab_connect.py)."""
 
@@ -134,11 +136,12 @@ class Case:
         py = sys.executable
         self.server = lab.spawn(lab.pub, f"{name}/server", [
             py, "-m", "sleap_rtc", "server", "--host", "0.0.0.0", "--port", str(SIGNALING_PORT),
-            "--state", str(self.dir / "server.sqlite3"), *server_args,
+            "--state", str(self.dir / "server.sqlite3"), "--create-room-secret", ROOM_SECRET, *server_args,
         ], _env(self.dir / "server", lab.cert), self.dir)
         self.server.wait_for_line(lambda l: "listening on" in l, START_TIMEOUT)
         self.worker = lab.spawn(lab.lab, f"{name}/worker", [
             py, "-m", "sleap_rtc", "-v", "worker", "--server", SERVER_URL, "--name", "gpu-lab", "--work-dir", str(self.dir / "work"),
+            "--create-room-secret", ROOM_SECRET,
         ], _env(self.dir / "worker", lab.cert), self.dir)
         self.worker.wait_for_line(lambda l: "Token:" in l, START_TIMEOUT)
         text = "\n".join(self.worker.lines)
