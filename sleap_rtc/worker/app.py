@@ -219,9 +219,9 @@ class Worker:
         self.signaling.add_state_listener(self._on_state)
         await self.signaling.connect()
         self._publisher = asyncio.create_task(self._publish_status(), name="worker-status-publisher")
-        # aiortc takes seconds to import on a busy machine: load it now, off the loop, so the
+        # aiortc takes seconds to import on a busy machine: load it before the banner, so the
         # first offer is not slower than the others (a failing one must fail within 10 s).
-        self._spawn(asyncio.to_thread(importlib.import_module, "sleap_rtc.core.transport"), "preload-transport")
+        importlib.import_module("sleap_rtc.core.transport")
         return format_banner(self.room_id, self.token, self.peer_id, self.worker_token)
 
     async def serve_forever(self) -> None:
