@@ -121,7 +121,7 @@ def table(results: dict[str, list[dict]], rounds: int) -> str:
                   "with: \"" + fail[0]["error"].split(" (ICE")[0] + " ... " + fail[0]["error"].split(". ")[-1] + "\""]
     lines += [
         "",
-        "Through the real CLI (`make test-lab`, under load 8-9 on this shared VM): failing took 6.8-8.1 s from",
+        "Through the real CLI (`make test-lab`, under load 8-9 on this shared VM): failing took 6.3-8.9 s from",
         "\"Reserving worker\" to the error, the worker was available again at once, and a 15 s outage",
         "mid-upload ended in \"Upload resumed at 16 of 64 MiB\" on the same worker, then training completed.",
         "",
