@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ START_TIMEOUT = 60.0
 """Seconds for the server, coturn or a worker to come up."""
 JOB_TIMEOUT = 240.0
 """Seconds for one client-train run (upload, 2 epochs of sleap-nn on the CPU, download)."""
+ROOM_SECRET = secrets.token_urlsafe(24)
+"""The lab server's room-creation secret (a server on a public address requires one)."""
 RESULTS_ENV = "SLEAP_RTC_LAB_RESULTS"
 """When set: a JSON-lines file each case appends its measured times to (benchmarks/lab_connect.py)."""
 
@@ -49,8 +52,12 @@ def lab(tmp_path_factory):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    lab = Lab(f"srtc{os.getpid() % 100000}")
+    remove_stale_labs()
+    lab = Lab(f"{PREFIX}{os.getpid()}")
     work = tmp_path_factory.mktemp("netlab")
+    # A CI timeout or Ctrl-C sends SIGTERM/SIGINT: turn it into KeyboardInterrupt so that the
+    # finally below still deletes the namespaces.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         lab.up()
         lab.work = work
@@ -75,6 +82,24 @@ def lab(tmp_path_factory):
         yield lab
     finally:
         lab.down()
+        signal.signal(signal.SIGTERM, previous)
+
+
+PREFIX = "srtc"
+"""Namespaces of this suite are ``srtc<pid>-<role>``: a leftover of a dead run is recognisable."""
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def remove_stale_labs() -> None:
+    """Delete namespaces left by an earlier run of this suite whose process is gone."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20).stdout
+    for name in (line.split()[0] for line in listing.splitlines() if line.strip()):
+        m = re.fullmatch(rf"{PREFIX}(\d+)-(pub|rlab|rhome|lab|home)", name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -111,11 +136,12 @@ class Case:
         py = sys.executable
         self.server = lab.spawn(lab.pub, f"{name}/server", [
             py, "-m", "sleap_rtc", "server", "--host", "0.0.0.0", "--port", str(SIGNALING_PORT),
-            "--state", str(self.dir / "server.sqlite3"), *server_args,
+            "--state", str(self.dir / "server.sqlite3"), "--create-room-secret", ROOM_SECRET, *server_args,
         ], _env(self.dir / "server", lab.cert), self.dir)
         self.server.wait_for_line(lambda l: "listening on" in l, START_TIMEOUT)
         self.worker = lab.spawn(lab.lab, f"{name}/worker", [
             py, "-m", "sleap_rtc", "-v", "worker", "--server", SERVER_URL, "--name", "gpu-lab", "--work-dir", str(self.dir / "work"),
+            "--create-room-secret", ROOM_SECRET,
         ], _env(self.dir / "worker", lab.cert), self.dir)
         self.worker.wait_for_line(lambda l: "Token:" in l, START_TIMEOUT)
         text = "\n".join(self.worker.lines)
@@ -140,8 +166,12 @@ class Case:
             raise AssertionError(f"client-train did not finish within {timeout:.0f} s:\n{self.transcript()}") from None
 
     def transcript(self) -> str:
-        """The client's output."""
+        """The end of the client's output (for failure messages)."""
         return "\n".join(self.client.lines[-60:]) if self.client else ""
+
+    def text(self) -> str:
+        """The client's whole output (for what it said)."""
+        return "\n".join(self.client.lines) if self.client else ""
 
     def line_time(self, pattern: str) -> float | None:
         """When the client first printed a line matching ``pattern`` (monotonic), or None."""

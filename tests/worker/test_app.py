@@ -427,3 +427,36 @@ async def test_w13_concurrent_offers_are_capped(signaling_server, room, tmp_path
     finally:
         await c.close()
         await worker.close()
+
+
+async def test_same_client_offering_again_replaces_its_dead_session(signaling_server, room, tmp_path):
+    # After an outage the client may notice its channel is dead before the worker does and
+    # offer again: the worker must take the new offer (not answer "busy" to its own client).
+    # A session its client used (here one message; in an outage, upload bytes) is replaced;
+    # one it never used is not, or replaying offers would hold the worker reserved (W9).
+    from sleap_rtc.core import jobs_wire
+
+    worker = await start_worker(signaling_server.url, room, tmp_path)
+    c = await client(signaling_server.url, room)
+    try:
+        first = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in1")
+        assert worker.guard.status == "reserved"
+        await first.send(jobs_wire.job_attach("job-unknown"))
+        assert (await first.receive(10))["type"] == "job_rejected"
+        second = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in2")
+        assert not second.closed
+        await asyncio.wait_for(first.wait_closed(), 10)  # the worker ended the old session
+        assert worker.guard.status == "reserved" and worker.guard.reservation.client_peer_id == c.peer_id
+        await second.send(jobs_wire.job_attach("job-unknown"))
+        assert (await second.receive(10))["type"] == "job_rejected"
+        await second.close()
+        await wait_status(c, worker.peer_id, "available", timeout=15)
+        unused = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in3")
+        from sleap_rtc.core.transport_errors import WorkerBusyError
+
+        with pytest.raises(WorkerBusyError, match="refuses offers"):
+            await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in4")
+        await unused.close()
+    finally:
+        await c.close()
+        await worker.close()
