@@ -7,8 +7,6 @@ in background tasks, and submits a package through a ``RemoteJobController``.
 
 from __future__ import annotations
 
-import asyncio
-
 import logging
 import tempfile
 from collections.abc import Callable
@@ -114,37 +112,17 @@ class RemoteGui(QtCore.QObject):
             room=self.session.room,
             signaling=self.session.signaling,
         )
-        ctl = RemoteJobController(
-            request,
-            self.runner,
-            parent_widget=self.window,
-            choose_worker=self.pick_worker,
-        )
+        ctl = RemoteJobController(request, self.runner, parent_widget=self.window)
+        if worker is not None:
+            ctl.panel.set_worker(worker)
         if on_progress is not None:
             ctl.progress.connect(on_progress)
         self.jobs.append(ctl)
+        # The panel lives in the dock: nothing modal, SLEAP stays usable during the job.
+        self.dock.add_job_panel(ctl.panel)
         ctl.start()
         return ctl
 
-    async def pick_worker(self, exclude: frozenset[str] = frozenset()) -> str:
-        """Wait until the user selects, in the dock, an available worker not in ``exclude``."""
-        self._raise_dock()
-        current = self.dock.selected_worker()
-        if current is not None and current.peer_id not in exclude and current.available:
-            self.dock.select_worker(None)  # the old pick was refused: make the user pick again
-        picked: asyncio.Future = asyncio.get_running_loop().create_future()
-
-        def on_chosen(worker: object) -> None:
-            peer_id = getattr(worker, "peer_id", None)
-            if peer_id and peer_id not in exclude and not picked.done():
-                picked.set_result(peer_id)
-
-        self.dock.worker_chosen.connect(on_chosen)
-        try:
-            return await picked
-        finally:
-            self.dock.worker_chosen.disconnect(on_chosen)
-
-    def _raise_dock(self) -> None:
-        self.dock.show()
-        self.dock.raise_()
+    def running_jobs(self) -> list[RemoteJobController]:
+        """Jobs that have not ended."""
+        return [ctl for ctl in self.jobs if ctl.running]

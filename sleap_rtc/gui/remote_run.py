@@ -1,18 +1,19 @@
-"""Drive one remote job from the GUI: the connect/retry dialog, stop/cancel, busy recovery.
+"""Drive one remote job from the GUI: its job panel, stop/cancel, busy recovery.
 
 The job itself runs in a *runner*: ``async runner(request, events) -> JobOutcome``. The
 production runner (``core_runner``) hands the package to core's client flow
 (``sleap_rtc.core.remote_job.run_remote_job``); tests inject a fake one. Keeping the
 runner injected means the GUI never re-implements selection, upload or result download.
 
-``RemoteJobController`` starts the runner as a background task, shows a ``JobDialog`` over
-the job's ``JobPhases``, and:
+``RemoteJobController`` starts the runner as a background task, shows a ``JobPanel`` (in
+the dock, never modal) over the job's ``JobPhases``, and:
 
-* on a busy or vanished worker (``WorkerBusyError`` / ``WorkerUnavailableError`` /
-  ``PeerNotFoundError`` …) moves the phases back to *choosing a worker*, says why, and
-  waits for "Try next best" (auto-select without that worker) or "Choose another" (the
-  dock's selection); a 5-minute selection timeout then cancels;
-* maps Cancel (dialog, LossViewer) to cancelling the task: the runner's ``finally``
+* on a busy, vanished or lost worker, or no free worker (``WorkerBusyError`` /
+  ``WorkerUnavailableError`` / ``NoWorkersError`` / ``WorkerLostError`` …) says why in
+  the panel and waits for "Try next best" (auto-select without that worker), "Choose
+  another" (the panel's live list) or "Wait for a free worker" (room events); an
+  unanswered problem is cancelled after the panel's selection timeout;
+* maps Cancel (panel, LossViewer) to cancelling the task: the runner's ``finally``
   releases the reservation, so no worker stays reserved; Stop (LossViewer) to the
   runner's graceful stop (finish the epoch, save, send results).
 """
@@ -29,16 +30,18 @@ from typing import Any
 from qtpy import QtCore, QtWidgets
 
 from sleap_rtc.core.phases import JobPhases, Phase
+from sleap_rtc.core.remote_job import WorkerLostError
 from sleap_rtc.core.selection import (
     BUSY_ERRORS,
     GONE_ERRORS,
     AllWorkersBusyError,
+    NoWorkersError,
     UnknownWorkerError,
     WorkerUnavailableError,
 )
 from sleap_rtc.core.transport_errors import WorkerBusyError
 from sleap_rtc.gui.bridge import run_coro
-from sleap_rtc.gui.job_dialog import JobDialog
+from sleap_rtc.gui.job_dialog import JobPanel
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +86,41 @@ JobRunner = Callable[[JobRequest, JobEvents], Awaitable[JobOutcome]]
 
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     *BUSY_ERRORS, *GONE_ERRORS, WorkerUnavailableError, UnknownWorkerError, AllWorkersBusyError,
+    NoWorkersError, WorkerLostError,
 )
-"""Errors meaning "this worker cannot take the job": the dialog offers another one."""
+"""Errors meaning "no worker can take the job now": the panel offers next / choose / wait."""
 
 
-def explain_busy(exc: BaseException, worker_id: str | None) -> str:
-    """Why the worker could not be used, in the user's words."""
-    name = worker_id or "the selected worker"
+def _worker_name(room: Any, peer_id: str | None) -> str:
+    worker = room.get(peer_id) if room is not None and peer_id else None
+    return worker.name if worker is not None else (peer_id or "the selected worker")
+
+
+def explain_busy(exc: BaseException, worker_id: str | None, room: Any = None) -> str:
+    """Why no worker could be used, in the GUI's words (never a command-line flag)."""
+    name = _worker_name(room, worker_id)
+    workers = list(room.workers) if room is not None else []
+    busy = [w for w in workers if not w.available]
     if isinstance(exc, WorkerBusyError):
         status = exc.status or "busy"
         return f"Worker {name} is {status}: another job got it first."
-    if isinstance(exc, GONE_ERRORS):
+    if isinstance(exc, WorkerLostError):
+        return (f"Worker {exc.worker} stopped responding during {exc.stage}; the job did not finish there. "
+                "Run it again on another worker:")
+    if isinstance(exc, GONE_ERRORS) or isinstance(exc, UnknownWorkerError):
         return f"Worker {name} left the room or did not answer."
-    return str(exc) or f"Worker {name} cannot take the job."
+    if isinstance(exc, (AllWorkersBusyError, NoWorkersError)) or (isinstance(exc, WorkerUnavailableError) and not worker_id):
+        if not workers:
+            return "No worker is in this room now. Wait for one to join, or start a worker on a GPU machine."
+        if busy and len(busy) == len(workers):
+            names = ", ".join(f"{w.name} ({w.status})" for w in busy)
+            return f"Every worker of this room is busy: {names}. Wait for a free worker, or choose one to wait for."
+        return "No available worker accepted the job. Try again, choose a worker, or wait for a free one."
+    if isinstance(exc, WorkerUnavailableError):
+        worker = room.get(worker_id) if room is not None and worker_id else None
+        status = worker.status if worker is not None else "not available"
+        return f"Worker {name} is {status}. Wait for it to be free, or take another worker."
+    return f"Worker {name} cannot take the job."
 
 
 async def core_runner(request: JobRequest, events: JobEvents) -> JobOutcome:
@@ -131,11 +156,12 @@ async def core_runner(request: JobRequest, events: JobEvents) -> JobOutcome:
 
 
 class RemoteJobController(QtCore.QObject):
-    """Runs one remote job with its dialog; emits ``succeeded(JobOutcome)`` or ``ended(str)``.
+    """Runs one remote job with its panel; emits ``succeeded(JobOutcome)`` or ``ended(str)``.
 
     ``choose_worker(exclude)`` (optional) gives the worker the user picks for "Choose
-    another": a peer id, ``None`` for auto-select, or an awaitable of either (the GUI waits
-    for a pick in the dock that is not in ``exclude``).
+    another": a peer id, ``None`` for auto-select, or an awaitable of either. By default it
+    is the panel's own live list (``JobPanel.pick``). ``panel`` is the same object as
+    ``dialog`` (the name tests and older callers use).
     """
 
     succeeded = QtCore.Signal(object)
@@ -161,11 +187,16 @@ class RemoteJobController(QtCore.QObject):
         self.choose_worker = choose_worker
         self.events = JobEvents(on_progress=self._on_progress)
         kwargs = {} if selection_timeout_s is None else {"selection_timeout_s": selection_timeout_s}
-        self.dialog = JobDialog(self.phases, parent_widget, **kwargs)
-        self.dialog.cancel_requested.connect(self.cancel)
-        self.dialog.selection_timed_out.connect(self.cancel)
-        self.dialog.try_next.connect(lambda: self._decide("next"))
-        self.dialog.choose_another.connect(lambda: self._decide("choose"))
+        self.dialog = self.panel = JobPanel(self.phases, None, room=request.room, **kwargs)
+        self.panel.set_room(request.room)
+        self.choose_worker = choose_worker or self.panel.pick
+        self.panel.cancel_requested.connect(self.cancel)
+        self.panel.stop_requested.connect(self.stop)
+        self.panel.selection_timed_out.connect(self.cancel)
+        self.panel.try_next.connect(lambda: self._decide("next"))
+        self.panel.choose_another.connect(lambda: self._decide("choose"))
+        self.panel.wait_requested.connect(lambda: self._decide("wait"))
+        self.panel.phase_changed.connect(self._on_phase)
         self.task: asyncio.Task | None = None
         self.outcome: JobOutcome | None = None
         self.error: str = ""
@@ -174,10 +205,16 @@ class RemoteJobController(QtCore.QObject):
     # ------------------------------------------------------------------ control
 
     def start(self) -> asyncio.Task:
-        """Open the dialog (non-modal ``open()``) and start the job in the background."""
-        self.dialog.open()
+        """Start the job in the background (the owner shows ``panel``, e.g. in the dock)."""
+        if self.panel.parent() is None:
+            self.panel.show()  # not placed anywhere: an ordinary (non-modal) window
         self.task = run_coro(self._run(), on_error=self._on_error)
         return self.task
+
+    @property
+    def running(self) -> bool:
+        """Whether the job has not ended yet."""
+        return self.task is not None and not self.task.done()
 
     def cancel(self) -> None:
         """Cancel now at any phase; the runner releases any reservation as it unwinds."""
@@ -196,8 +233,16 @@ class RemoteJobController(QtCore.QObject):
 
     def _on_progress(self, event: dict[str, Any]) -> None:
         if event.get("event") == "epoch_end" and self.phases.phase == Phase.TRAINING:
-            self.phases.update(f"{int(event.get('epoch', 0)) + 1}")
+            self.phases.update(f"epoch {int(event.get('epoch', 0)) + 1}")
         self.progress.emit(event)
+
+    def _on_phase(self, change: Any) -> None:
+        if change.new == Phase.RESERVING and change.detail:
+            room = self.request.room
+            worker = None
+            if room is not None:
+                worker = next((w for w in room.workers if change.detail in (w.name, w.peer_id)), None)
+            self.panel.set_worker(worker or change.detail)
 
     def _decide(self, choice: str) -> None:
         if self._decision is not None and not self._decision.done():
@@ -212,24 +257,34 @@ class RemoteJobController(QtCore.QObject):
                     self.outcome = await self.runner(request, self.events)
                     break
                 except busy as exc:  # type: ignore[misc]
-                    if self.phases.phase in (Phase.TRAINING, Phase.PREDICTING, Phase.DOWNLOADING):
+                    if not isinstance(exc, WorkerLostError) and self.phases.phase in (
+                        Phase.TRAINING, Phase.PREDICTING, Phase.DOWNLOADING
+                    ):
                         raise  # the job had started: not a selection problem
                     # Core ends the attempt's phases (possibly in FAILED, which is final):
-                    # the retry gets fresh phases, shown by the same dialog.
+                    # the retry gets fresh phases, shown by the same panel.
                     tried = set(request.exclude) | ({request.worker_id} if request.worker_id else set())
+                    if isinstance(exc, WorkerLostError):
+                        tried.add(exc.peer_id)
+                    nobody = isinstance(exc, (NoWorkersError, AllWorkersBusyError))
                     self.phases = JobPhases()
-                    self.dialog.set_phases(self.phases)
-                    self.dialog.show_problem(explain_busy(exc, request.worker_id))
+                    self.panel.set_phases(self.phases)
+                    self.panel.show_problem(
+                        explain_busy(exc, request.worker_id, request.room),
+                        can_try_next=not nobody, exclude=frozenset(tried),
+                    )
                     self._decision = asyncio.get_running_loop().create_future()
                     choice = await self._decision
                     worker = None
                     if choice == "choose" and self.choose_worker is not None:
-                        self.dialog.show_problem(
-                            "Pick a worker in the Remote Training dock (Cancel to give up).", can_try_next=False
-                        )
+                        self.panel.status_label.setText("Pick a worker in the list (Cancel to give up).")
                         picked = self.choose_worker(frozenset(tried))
-                        worker = await picked if asyncio.iscoroutine(picked) else picked
-                        self.dialog.clear_problem()
+                        worker = await picked if asyncio.iscoroutine(picked) or isinstance(picked, asyncio.Future) else picked
+                        self.panel.clear_problem()
+                    elif choice == "wait":
+                        # The refused worker may free up too: wait for any worker.
+                        worker = await self.panel.wait_for_free(frozenset())
+                        self.panel.clear_problem()
                     request = JobRequest(
                         **{**request.__dict__, "worker_id": worker, "exclude": frozenset(tried), "phases": self.phases}
                     )

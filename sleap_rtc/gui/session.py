@@ -79,31 +79,40 @@ class RoomSession(QtCore.QObject):
     # ------------------------------------------------------------------ life cycle
 
     async def join(self, room_id: str, token: str, *, target_worker: str | None = None, timeout: float = 10.0) -> RoomView:
-        """Leave any current room, then join ``room_id`` and discover its workers.
+        """Join ``room_id`` and discover its workers; then leave the room joined before.
 
-        Raises ``SignalingError`` (shown by the caller) when the server refuses or is down.
+        Raises ``SignalingError`` (shown by the caller) when the server refuses or is down;
+        the room joined before (if any) is then kept, untouched: a mistyped token on
+        "Switch room…" does not throw the user out of the room that worked.
         """
-        await self.leave()
-        self.credentials = RoomCredentials(room_id, token)
-        self.target_worker = target_worker
-        self._set_state(SessionState.CONNECTING)
+        previous = (self.room, self.signaling, self.credentials, self.target_worker, self.state)
+        switching = previous[0] is not None
+        if not switching:
+            self.credentials = RoomCredentials(room_id, token)
+            self.target_worker = target_worker
+            self._set_state(SessionState.CONNECTING)
         client = SignalingClient(
             self.server_url, room_id=room_id, token=token, role=Role.CLIENT.value, request_timeout=timeout
         )
-        self.signaling = client
         try:
             await client.connect()
             room = RoomView(client, worker_filters())
             await room.start()
         except BaseException as exc:
-            self.signaling = None
             await client.close()
             self.last_error = _join_message(exc, self.server_url)
-            self._set_state(SessionState.FAILED)
+            if not switching:
+                self.signaling = None
+                self._set_state(SessionState.FAILED)
             if isinstance(exc, Exception):
                 self.error.emit(self.last_error)
                 raise SignalingError(self.last_error) from exc
             raise
+        if switching:
+            await self.leave()
+        self.credentials = RoomCredentials(room_id, token)
+        self.target_worker = target_worker
+        self.signaling = client
         client.add_state_listener(self._on_signaling_state)
         self.room = room
         self.room_changed.emit(room)

@@ -8,6 +8,7 @@ as busy: hidden unless ``show_busy`` is on, and then greyed and not selectable.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,7 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
         self._unsubscribe: Callable[[], None] | None = None
         self._rows: list[WorkerInfo] = []
         self._show_busy = False
+        self._since: dict[str, tuple[str, float]] = {}  # peer id -> (status, since when)
         self.set_room(room)
 
     # ------------------------------------------------------------------ configuration
@@ -108,6 +110,15 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
     def worker_at(self, row: int) -> WorkerInfo | None:
         """The worker shown on ``row``."""
         return self._rows[row] if 0 <= row < len(self._rows) else None
+
+    def status_since(self, peer_id: str) -> float | None:
+        """Wall-clock time since which the worker has its current status (as seen from here).
+
+        Workers do not advertise when their status changed: for one already busy when this
+        model started following the room, this is when it was first seen.
+        """
+        entry = self._since.get(peer_id)
+        return entry[1] if entry else None
 
     def row_of(self, peer_id: str) -> int:
         """Row of the worker with that peer id, or -1."""
@@ -174,7 +185,17 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
     def _on_change(self, change: RoomChange) -> None:
         self._reload(force_reset=change.kind == "reset")
 
+    def _track_statuses(self) -> None:
+        workers = self._room.workers if self._room is not None else []
+        now = time.time()
+        seen = {}
+        for w in workers:
+            old = self._since.get(w.peer_id)
+            seen[w.peer_id] = old if old is not None and old[0] == w.status else (w.status, now)
+        self._since = seen
+
     def _reload(self, force_reset: bool = False) -> None:
+        self._track_statuses()
         new = self._visible()
         old_ids = [w.peer_id for w in self._rows]
         new_ids = [w.peer_id for w in new]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from qtpy import QtCore
+
 from sleap_rtc.core.credentials import encode_session_string
 from sleap_rtc.core.phases import JobPhases, Phase
 from sleap_rtc.core.transport_errors import WorkerBusyError
 from sleap_rtc.gui.credentials_dialog import CredentialsDialog
-from sleap_rtc.gui.job_dialog import JobDialog
+from sleap_rtc.gui.job_dialog import JobPanel
 from sleap_rtc.gui.remote_run import JobOutcome, JobRequest, RemoteJobController
 
 from fakes import start_fake_worker
@@ -90,40 +92,64 @@ def test_malformed_session_string_is_rejected_clearly(qtbot):
     assert dlg.session_status.text() == ""
 
 
-def test_job_dialog_shows_each_phase(qtbot):
+def test_job_panel_shows_each_phase(qtbot):
     phases = JobPhases()
-    dlg = JobDialog(phases)
+    dlg = JobPanel(phases)
     qtbot.addWidget(dlg)
-    phases.advance(Phase.JOINING)
+    dlg.show()
+    assert dlg.windowModality() == QtCore.Qt.NonModal
+    phases.advance(Phase.JOINING, "room abc")
+    assert dlg.step_text(Phase.JOINING) == "▶  Joining the room"  # no "room: room X"
     phases.advance(Phase.DISCOVERING)
-    assert dlg.selection_timer.isActive()
     phases.advance(Phase.SELECTING)
     phases.advance(Phase.RESERVING, "gpu-a")
-    assert "Reserving worker gpu-a" in dlg.step_text(Phase.RESERVING)
-    assert not dlg.selection_timer.isActive()
+    assert "Reserving gpu-a" in dlg.step_text(Phase.RESERVING)
+    assert dlg.worker_label.text() == "Worker: gpu-a"
     phases.advance(Phase.CONNECTING)
     phases.advance(Phase.UPLOADING, "42%")
     assert "Uploading 42%" in dlg.step_text(Phase.UPLOADING)
     assert dlg.progress.value() == 42
     assert dlg.step_text(Phase.CONNECTING).startswith("✔")
-    phases.advance(Phase.TRAINING, "3/10")
-    assert "Training epoch 3/10" in dlg.step_text(Phase.TRAINING)
-    phases.advance(Phase.DOWNLOADING, "100%")
+    assert not dlg.stop_button.isEnabled()
+    phases.advance(Phase.TRAINING, "epoch 3")
+    assert "Training: epoch 3" in dlg.step_text(Phase.TRAINING)
+    assert dlg.stop_button.isEnabled()
+    phases.advance(Phase.PREDICTING)
+    phases.advance(Phase.DOWNLOADING, "model.zip")
+    assert dlg.step_text(Phase.DOWNLOADING) == "▶  Downloading results"  # no file name overflow
     phases.advance(Phase.DONE)
-    assert dlg.close_button.isVisible() or not dlg.isVisible()
+    assert dlg.close_button.isVisibleTo(dlg) and not dlg.cancel_button.isVisibleTo(dlg)
     assert dlg.status_label.text() == "Finished."
+    # consistent end state: every step reached is ticked, none keeps the arrow
+    texts = [dlg.steps.item(i).text() for i in range(dlg.steps.count())]
+    assert not any(t.startswith("▶") for t in texts), texts
+    assert dlg.step_text(Phase.PREDICTING).startswith("✔")
+    assert dlg.step_text(Phase.DOWNLOADING).startswith("✔")
+
+
+def test_cancelled_job_marks_the_step_it_stopped_at(qtbot):
+    phases = JobPhases()
+    dlg = JobPanel(phases)
+    qtbot.addWidget(dlg)
+    for phase in (Phase.JOINING, Phase.DISCOVERING, Phase.SELECTING, Phase.RESERVING, Phase.CONNECTING, Phase.UPLOADING):
+        phases.advance(phase)
+    phases.advance(Phase.TRAINING, "epoch 3")
+    phases.advance(Phase.CANCELLED)
+    assert dlg.step_text(Phase.TRAINING).startswith("✖")
+    assert not any(dlg.steps.item(i).text().startswith("▶") for i in range(dlg.steps.count()))
 
 
 def test_selection_timeout_warns(qtbot):
     phases = JobPhases()
-    dlg = JobDialog(phases, selection_timeout_s=0.05)
+    dlg = JobPanel(phases, selection_timeout_s=0.05)
     qtbot.addWidget(dlg)
     timed_out = []
     dlg.selection_timed_out.connect(lambda: timed_out.append(True))
     phases.advance(Phase.JOINING)
     phases.advance(Phase.DISCOVERING)
+    dlg.show_problem("Worker gpu-a is busy.")
     qtbot.waitUntil(lambda: bool(timed_out), timeout=2000)
-    assert "No worker could be reserved within" in dlg.timeout_label.text()
+    assert "No worker was chosen within" in dlg.timeout_label.text()
 
 
 def _request(server, room, phases, worker_id=None):
@@ -174,7 +200,7 @@ async def test_busy_worker_offers_next_best_and_retries(qtbot, signaling_server,
     await wait_until(lambda: done, 3)
     assert attempts == [("worker-gpu-a", set()), (None, {"worker-gpu-a"})]
     assert ctl.phases.phase == Phase.DONE
-    assert "Training epoch 1" in ctl.dialog.step_text(Phase.TRAINING)
+    assert "Training: epoch 1" in ctl.dialog.step_text(Phase.TRAINING)
 
 
 async def test_choose_another_waits_for_the_users_pick(qtbot, signaling_server, room, wait_until):
@@ -198,7 +224,7 @@ async def test_choose_another_waits_for_the_users_pick(qtbot, signaling_server, 
     await wait_until(lambda: asked, 3)
     await asyncio.sleep(0.3)
     assert attempts == [("worker-gpu-a", set())], "retried before the user picked a worker"
-    assert "Pick a worker" in ctl.dialog.problem_label.text()
+    assert "Pick a worker" in ctl.dialog.status_label.text()
     assert asked == [{"worker-gpu-a"}]
     picks.put_nowait("worker-gpu-b")
     await wait_until(lambda: done, 3)
@@ -244,3 +270,101 @@ async def test_cancel_releases_the_worker(qtbot, signaling_server, room, wait_un
         view.close()
         await watcher.close()
         await worker.close()
+
+
+async def _watched_room(server, room):
+    from sleap_rtc.core.room import RoomView
+    from sleap_rtc.core.signaling import SignalingClient
+
+    watcher = SignalingClient(server.url, room_id=room[0], token=room[1], role="client")
+    await watcher.connect()
+    view = RoomView(watcher)
+    await view.start()
+    return watcher, view
+
+
+def _refused_first(attempts: list, error: BaseException):
+    """A runner whose first attempt raises ``error`` and whose next one finishes."""
+    inner = _busy_once(attempts)
+
+    async def runner(request, events):
+        if not attempts:
+            attempts.append((request.worker_id, set(request.exclude)))
+            request.phases.advance(Phase.JOINING)
+            request.phases.advance(Phase.FAILED, str(error))
+            raise error
+        return await inner(request, events)
+
+    return runner
+
+
+async def test_choose_another_is_a_live_list_in_the_panel(qtbot, signaling_server, room, wait_until):
+    """"Choose another…" opens the room's workers in the panel; the pick is the next attempt's worker."""
+    a = await start_fake_worker(signaling_server.url, room, "gpu-a")
+    b = await start_fake_worker(signaling_server.url, room, "gpu-b", gpu="NVIDIA A100")
+    watcher, view = await _watched_room(signaling_server, room)
+    attempts = []
+    request = _request(signaling_server, room, JobPhases(), "worker-gpu-a")
+    request.room = view
+    ctl = RemoteJobController(request, _refused_first(attempts, WorkerBusyError("busy", status="busy")))
+    qtbot.addWidget(ctl.panel)
+    done = []
+    ctl.succeeded.connect(done.append)
+    try:
+        ctl.start()
+        await wait_until(lambda: ctl.panel.problem_box.isVisible(), 3)
+        assert "gpu-a is busy" in ctl.panel.problem_label.text()
+        ctl.panel.choose_button.click()
+        await wait_until(lambda: ctl.panel.chooser_box.isVisibleTo(ctl.panel), 3)
+        model = ctl.panel.chooser_model
+        assert [w.name for w in model.workers] == ["gpu-a", "gpu-b"]
+        # the list is live: a third worker shows up while the user looks
+        c = await start_fake_worker(signaling_server.url, room, "gpu-c")
+        await wait_until(lambda: model.rowCount() == 3, 3)
+        ctl.panel.chooser_table.selectRow(model.row_of("worker-gpu-a"))
+        assert not ctl.panel.use_button.isEnabled()  # it already refused this job
+        ctl.panel.chooser_table.selectRow(model.row_of("worker-gpu-b"))
+        assert ctl.panel.use_button.isEnabled()
+        ctl.panel.use_button.click()
+        await wait_until(lambda: done, 3)
+        assert attempts[1][0] == "worker-gpu-b"
+        await c.close()
+    finally:
+        view.close()
+        await watcher.close()
+        await a.close()
+        await b.close()
+
+
+async def test_wait_for_a_free_worker_takes_the_first_that_frees_up(qtbot, signaling_server, room, wait_until):
+    """All busy: "Wait for a free worker" says who is busy since when, then takes the one that frees up."""
+    from sleap_rtc.core.selection import AllWorkersBusyError
+
+    a = await start_fake_worker(signaling_server.url, room, "gpu-a", status="busy")
+    watcher, view = await _watched_room(signaling_server, room)
+    attempts = []
+    request = _request(signaling_server, room, JobPhases())
+    request.room = view
+    ctl = RemoteJobController(request, _refused_first(attempts, AllWorkersBusyError("all busy; pass --wait SECONDS")))
+    qtbot.addWidget(ctl.panel)
+    done = []
+    ctl.succeeded.connect(done.append)
+    try:
+        ctl.start()
+        await wait_until(lambda: ctl.panel.problem_box.isVisible(), 3)
+        text = ctl.panel.problem_label.text()
+        assert "busy" in text and "gpu-a" in text
+        assert "--" not in text  # no command-line flag in the GUI
+        assert not ctl.panel.try_next_button.isEnabled()  # nobody to try
+        ctl.panel.wait_button.click()
+        await wait_until(lambda: "gpu-a: busy since" in ctl.panel.waiting_text(), 3)
+        await asyncio.sleep(0.3)
+        assert len(attempts) == 1, "retried before a worker was free"
+        await a.update_metadata({"properties": {"status": "available"}})
+        await wait_until(lambda: done, 3)
+        assert attempts[1][0] == "worker-gpu-a"
+        assert not ctl.panel.waiting_label.isVisibleTo(ctl.panel)
+    finally:
+        view.close()
+        await watcher.close()
+        await a.close()
