@@ -33,12 +33,23 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from sleap_rtc.client.options import ConnectionPlan, OptionsError, SelectionMode, plan_connection
 from sleap_rtc.client.track_package import TrackPackageError, build_track_package
 from sleap_rtc.core.config import ConfigError, resolve_server
-from sleap_rtc.core.phases import JobPhases, Phase, PhaseChange
-from sleap_rtc.core.remote_job import TRACK, TRAIN, JobError, JobSummary, RemoteJob, UploadProgress, WorkerLostError
-from sleap_rtc.core.selection import SelectionError
+from sleap_rtc.core.credentials import RoomCredentials
+from sleap_rtc.core.job_events import Epoch, JobCallbacks, Restarted, Waiting
+from sleap_rtc.core.job_policy import Auto, DirectWorker, Interactive, SelectionPolicy, SessionWorker, asked_by_worker_choice
+from sleap_rtc.core.job_runner import RemoteJob
+from sleap_rtc.core.phases import Phase, PhaseChange
+from sleap_rtc.core.remote_job import TRACK, TRAIN, JobError, JobSummary, UploadProgress, WorkerLostError
+from sleap_rtc.core.selection import (
+    AllWorkersBusyError,
+    NoWorkersError,
+    SelectionError,
+    SessionWorkerBusyError,
+    UnknownWorkerError,
+    WorkerUnavailableError,
+)
 from sleap_rtc.core.signaling import SignalingError
 from sleap_rtc.core.tasks import spawn
-from sleap_rtc.core.transport_errors import TransportError
+from sleap_rtc.core.transport_errors import TransportError, WorkerIdentityError
 
 # A tqdm/Lightning progress-bar frame ("Epoch 0:  20%|██   | 1/5 [00:00<00:03, 1.19it/s]").
 # sleap-nn prints one per step when its output is not a terminal; the per-epoch loss line
@@ -59,7 +70,8 @@ def connection_options(func: Any) -> Any:
         click.option("--auto-select", is_flag=True, help="Pick the available worker with the most GPU memory."),
         click.option("--worker-id", metavar="ID", help="Use this worker (its peer id) of the room."),
         click.option("--min-gpu-memory", type=int, metavar="MB", help="Only consider workers with at least this much GPU memory."),
-        click.option("--wait", type=float, metavar="SECONDS", help="Wait this long for an available worker instead of failing."),
+        click.option("--wait", type=float, metavar="SECONDS",
+                     help="Wait this long for a worker to become available (none there, or all busy) instead of failing."),
         click.option("--show-busy", is_flag=True, help="List busy/reserved workers too (not selectable)."),
         click.option("--selection-timeout", type=float, default=300.0, show_default=True, metavar="SECONDS",
                      help="Give up interactive selection after this long (warning 30 s before)."),
@@ -159,8 +171,8 @@ def track_command(data: Path, models: tuple[Path, ...], output: Path | None, ser
 # ------------------------------------------------------------------------ running
 
 
-class Display:
-    """Renders one job on the console: phases, decisions, upload bar, logs, epochs, summary."""
+class Display(JobCallbacks):
+    """Renders one job on the console: phases, decisions, waits, upload bar, logs, epochs, summary."""
 
     def __init__(self, console: Console, *, quiet_logs: bool = False):
         self.console = console
@@ -169,6 +181,7 @@ class Display:
         self._task: Any = None
         self._uploaded = False
         self.epochs = 0
+        self._waiting_for: tuple[str, ...] | None = None
 
     def _print(self, text: str, **kw: Any) -> None:
         # soft_wrap: a long log line stays one line (a pipe or log file is not 80 columns).
@@ -219,30 +232,34 @@ class Display:
             self._print(f"  [dim]{escape(line)}[/dim]", highlight=False)
 
     def progress(self, event: dict[str, Any]) -> None:
-        """A training event from sleap-nn: one line per finished epoch with its losses.
-
-        sleap-nn sends ``{"event": "epoch_end", "epoch": k (0-based), "logs": {...}}`` where
-        ``logs`` has ``train/loss`` (or only the last step's ``loss`` on the first epoch) and
-        ``val/loss``; the line shows epoch k + 1, as a person counts.
-        """
-        kind = event.get("event")
-        if kind == "train_end":
+        """sleap-nn's raw events: only the end of training is shown (epochs come via ``epoch``)."""
+        if event.get("event") == "train_end":
             self._print("  training finished", highlight=False)
-            return
-        if kind != "epoch_end":
-            return
-        logs = event.get("logs") if isinstance(event.get("logs"), dict) else {}
-        train = _number(logs.get("train/loss", logs.get("loss")))
-        val = _number(logs.get("val/loss"))
-        epoch = event.get("epoch")
-        label = epoch + 1 if isinstance(epoch, int) else "?"
+
+    def epoch(self, epoch: Epoch) -> None:
+        """One line per finished epoch with its losses (epochs counted from 1)."""
         self.epochs += 1
         parts = []
-        if train is not None:
-            parts.append(f"train loss {train:.4g}")
-        if val is not None:
-            parts.append(f"val loss {val:.4g}")
-        self._print(f"[bold]  epoch {label}[/bold]: {', '.join(parts) or 'done'}", highlight=False)
+        if epoch.train_loss is not None:
+            parts.append(f"train loss {epoch.train_loss:.4g}")
+        if epoch.val_loss is not None:
+            parts.append(f"val loss {epoch.val_loss:.4g}")
+        self._print(f"[bold]  epoch {epoch.epoch or '?'}[/bold]: {', '.join(parts) or 'done'}", highlight=False)
+
+    def waiting(self, state: Waiting) -> None:
+        """Who is busy and since when, once per change of that list."""
+        seen = tuple(f"{w.peer_id}:{w.status}" for w in state.busy)
+        if seen == self._waiting_for:
+            return
+        self._waiting_for = seen
+        left = max(0.0, state.deadline - time.time())
+        busy = ", ".join(f"{w.name} ({w.for_how_long()})" for w in state.busy) or "no worker in the room"
+        self._print(f"  waiting up to {left:.0f} s more for a free worker; now: {escape(busy)}", highlight=False)
+
+    def restarted(self, note: Restarted) -> None:
+        """The job starts again on another worker."""
+        self._print(f"  [yellow]restarting on {escape(note.worker)}[/yellow] "
+                    f"(attempt {note.attempt}; {escape(note.reason)})", highlight=False)
 
     def summary(self, s: JobSummary, *, lost: list[str] | None = None) -> None:
         """The final summary: worker, duration, files."""
@@ -259,10 +276,6 @@ class Display:
         self._print(f"  files      {len(s.files)}", highlight=False)
         for path in s.files:
             self._print(f"    {path} ({_size(path)})", highlight=False)
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _size(path: Path) -> str:
@@ -302,37 +315,62 @@ async def _ask_stop_or_cancel(console: Console) -> str:
         loop.remove_reader(sys.stdin.fileno())
 
 
+def policy_for(plan: ConnectionPlan, console: Console) -> SelectionPolicy:
+    """The core selection policy of the validated options."""
+    if plan.mode == SelectionMode.SESSION:
+        return SessionWorker(str(plan.worker_id), fingerprint=plan.worker_fingerprint)
+    if plan.mode == SelectionMode.DIRECT:
+        return DirectWorker(str(plan.worker_id), wait=plan.wait)
+    if plan.mode == SelectionMode.INTERACTIVE:
+        from sleap_rtc.client.picker import pick_worker
+
+        async def pick(room: Any, notice: str) -> Any:
+            return await pick_worker(room, show_busy=plan.show_busy, timeout=plan.selection_timeout, notice=notice, console=console)
+
+        return Interactive(asked_by_worker_choice(pick), min_gpu_memory_mb=plan.min_gpu_memory_mb, wait=plan.wait)
+    return Auto(min_gpu_memory_mb=plan.min_gpu_memory_mb, wait=plan.wait)
+
+
+def hint_for(exc: BaseException, plan: ConnectionPlan) -> str:
+    """The command-line advice for an error, by its type (core's texts name no flags)."""
+    if isinstance(exc, WorkerLostError):
+        if plan.mode == SelectionMode.AUTO:
+            return ""
+        return (" Run the command again; with --room-id/--token and --auto-select, sleap-rtc moves the job"
+                " to another worker by itself when one stops responding.")
+    if isinstance(exc, SessionWorkerBusyError):
+        return " (--room-id and --token are in the worker's banner.)"
+    if isinstance(exc, NoWorkersError):
+        hint = " Lower --min-gpu-memory, or pass" if exc.min_gpu_memory_mb else " Pass"
+        if exc.waited:
+            return f"{hint} a longer --wait to wait more."
+        return f"{hint} --wait SECONDS to wait for a worker to become available."
+    if isinstance(exc, AllWorkersBusyError):
+        if "identity" in str(exc):
+            return " To accept a worker's new key, choose it yourself with --worker-id ID."
+        return " Pass --wait SECONDS to wait for a free worker."
+    if isinstance(exc, WorkerIdentityError) and "Choose it yourself" in str(exc):
+        return " (--worker-id ID chooses it.)"
+    if isinstance(exc, UnknownWorkerError):
+        return " Check --worker-id, or leave it out to choose from the list."
+    if isinstance(exc, WorkerUnavailableError) and plan.mode == SelectionMode.DIRECT:
+        return " Pass --wait SECONDS to wait for it, or use --auto-select to take another one."
+    return ""
+
+
 async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind: str,
                *, predictions_path: Path | None = None) -> int:
     console = Console()
     display = Display(console)
-    phases = JobPhases()
-    phases.subscribe(display.phase)
-    choose = None
-    if plan.mode == SelectionMode.INTERACTIVE:
-        from sleap_rtc.client.picker import pick_worker
-
-        async def choose(room: Any, notice: str) -> Any:
-            return await pick_worker(room, show_busy=plan.show_busy, timeout=plan.selection_timeout, notice=notice, console=console)
-
     job = RemoteJob(
         package,
+        credentials=RoomCredentials(plan.room_id, plan.token),
         server_url=url,
-        room_id=plan.room_id,
-        token=plan.token,
         results_dir=output,
-        worker_id=plan.worker_id if plan.mode == SelectionMode.DIRECT else None,
-        session_worker=plan.worker_id if plan.mode == SelectionMode.SESSION else None,
+        policy=policy_for(plan, console),
+        callbacks=display,
         kind=kind,
-        choose=choose,
-        min_gpu_memory_mb=plan.min_gpu_memory_mb,
-        wait=plan.wait,
-        phases=phases,
         models_subdir="",  # --output DIR holds the run folders themselves
-        on_decision=display.decision,
-        on_upload=display.upload,
-        on_log=display.log,
-        on_progress=display.progress,
     )
     started = time.monotonic()
     task = asyncio.ensure_future(job.run())
@@ -369,15 +407,9 @@ async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind
     except asyncio.CancelledError:
         console.print(f"[yellow]Cancelled[/yellow] after {time.monotonic() - started:.1f} s; nothing was kept.")
         return EXIT_INTERRUPTED
-    except WorkerLostError as exc:
-        hint = "" if plan.mode == SelectionMode.AUTO else (
-            " Run the command again; with --room-id/--token and --auto-select, sleap-rtc moves the job"
-            " to another worker by itself when one stops responding."
-        )
-        console.print(f"[red]Error:[/red] {escape(str(exc))}{hint}", highlight=False)
-        return EXIT_FAILED
     except (SelectionError, JobError, TransportError, SignalingError) as exc:
-        console.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)
+        console.print(f"[red]Error:[/red] {escape(str(exc))}{escape(hint_for(exc, plan))}", highlight=False,
+                      soft_wrap=True)
         return EXIT_FAILED
     finally:
         with contextlib.suppress(NotImplementedError):

@@ -2,7 +2,9 @@
 
 A session string is ``sleap-session:`` + URL-safe base64 (with ``=`` padding) of
 ``{"r": room_id, "t": token, "p": worker_peer_id}`` encoded with ``json.dumps``' default
-separators, byte-compatible with the public sleap-rtc v2.0 peers.
+separators, byte-compatible with the public sleap-rtc v2.0 peers. A worker that has an
+identity key adds ``"f": "SHA256:..."`` (its key fingerprint, ``core.identity``) after
+``p``; old strings without it keep working, and old peers ignore the extra field.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
+
+from sleap_rtc.core.identity import is_fingerprint
 
 SESSION_PREFIX = "sleap-session:"
 
@@ -35,6 +39,7 @@ class SessionTarget:
     room_id: str
     token: str
     peer_id: str
+    fingerprint: str | None = None  # the worker's identity key, when the string carries it
 
     @property
     def room(self) -> RoomCredentials:
@@ -42,9 +47,12 @@ class SessionTarget:
         return RoomCredentials(self.room_id, self.token)
 
 
-def encode_session_string(room_id: str, token: str, peer_id: str) -> str:
-    """Encode a session string exactly as the v2.0 worker printed it."""
-    payload = json.dumps({"r": room_id, "t": token, "p": peer_id}).encode()
+def encode_session_string(room_id: str, token: str, peer_id: str, fingerprint: str | None = None) -> str:
+    """Encode a session string exactly as the v2.0 worker printed it (plus ``f`` when given)."""
+    data = {"r": room_id, "t": token, "p": peer_id}
+    if fingerprint is not None:
+        data["f"] = fingerprint
+    payload = json.dumps(data).encode()
     return SESSION_PREFIX + base64.urlsafe_b64encode(payload).decode()
 
 
@@ -74,7 +82,10 @@ def decode_session_string(text: str) -> SessionTarget:
     missing = [k for k in ("r", "t", "p") if not isinstance(data.get(k), str) or not data.get(k)]
     if missing:
         raise CredentialsError(f"Invalid session string: missing or empty field(s) {', '.join(missing)}.")
-    return SessionTarget(room_id=data["r"], token=data["t"], peer_id=data["p"])
+    fingerprint = data.get("f")
+    if fingerprint is not None and not is_fingerprint(fingerprint):
+        raise CredentialsError("Invalid session string: its worker fingerprint (f) is not a 'SHA256:...' fingerprint.")
+    return SessionTarget(room_id=data["r"], token=data["t"], peer_id=data["p"], fingerprint=fingerprint)
 
 
 _ROOM_RE = re.compile(r"room[\s_-]*id\s*[:=]\s*[\"']?([A-Za-z0-9_\-]+)", re.IGNORECASE)

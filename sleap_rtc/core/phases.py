@@ -22,6 +22,7 @@ class Phase(StrEnum):
     JOINING = "joining room"
     DISCOVERING = "discovering workers"
     SELECTING = "choosing a worker"
+    WAITING = "waiting for a free worker"
     RESERVING = "reserving worker"
     CONNECTING = "connecting"
     UPLOADING = "uploading"
@@ -39,12 +40,14 @@ TERMINAL = frozenset({Phase.DONE, Phase.FAILED, Phase.CANCELLED})
 # Allowed moves. RESERVING/CONNECTING may go back to SELECTING: the chosen worker was busy
 # or vanished and another one is tried. UPLOADING..DOWNLOADING may go back to SELECTING too:
 # the worker died mid-job and auto-select runs the job again on the next best worker.
+# SELECTING and WAITING alternate while the job waits on room events for a free worker.
 # Any non-terminal phase may fail or be cancelled.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.IDLE: frozenset({Phase.JOINING, Phase.CONNECTING, Phase.RESERVING}),
     Phase.JOINING: frozenset({Phase.DISCOVERING, Phase.RESERVING}),
     Phase.DISCOVERING: frozenset({Phase.SELECTING}),
-    Phase.SELECTING: frozenset({Phase.RESERVING, Phase.DISCOVERING}),
+    Phase.SELECTING: frozenset({Phase.RESERVING, Phase.DISCOVERING, Phase.WAITING}),
+    Phase.WAITING: frozenset({Phase.SELECTING, Phase.RESERVING}),
     Phase.RESERVING: frozenset({Phase.CONNECTING, Phase.SELECTING}),
     Phase.CONNECTING: frozenset({Phase.UPLOADING, Phase.SELECTING}),
     Phase.UPLOADING: frozenset({Phase.TRAINING, Phase.PREDICTING, Phase.SELECTING}),

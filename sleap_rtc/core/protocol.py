@@ -90,6 +90,8 @@ class Prop(StrEnum):
     STATUS = "status"
     MAX_CONCURRENT_JOBS = "max_concurrent_jobs"
     SUPPORTED_JOB_TYPES = "supported_job_types"
+    PUBLIC_KEY = "public_key"  # the worker's Ed25519 identity key, base64 (core.identity)
+    FINGERPRINT = "fingerprint"  # SHA256:... of that key
 
 
 class Tag(StrEnum):
@@ -261,7 +263,8 @@ def peer_info(peer_id: str, role: str, metadata: dict[str, Any], connected_at: f
 class ChannelType(StrEnum):
     """``type`` of JSON control messages on the data channel."""
 
-    HELLO = "hello"  # {version, role, peer_id}; a version mismatch closes the channel
+    HELLO = "hello"  # {version, role, peer_id, nonce?}; a version mismatch closes the channel
+    IDENTITY_PROOF = "identity_proof"  # {public_key, signature}: worker -> client, see core.identity
     HEARTBEAT = "heartbeat"  # {t}; either side, every few seconds
     ERROR = "error"  # {reason, message}
     BYE = "bye"  # orderly hang-up

@@ -7,12 +7,12 @@ Two layers:
   events passed on unchanged) to callbacks, receive each announced result file into the
   output directory, and finish on ``job_complete`` / ``job_failed``. ``stop()`` asks the
   worker to finish the current epoch and keep the model; ``cancel()`` kills the job.
-* ``RemoteJob`` / ``run_remote_job`` do the whole two-phase flow (seed Decision 1): join the
-  room, discover, select (auto / direct / interactive via an injected chooser), connect
-  (falling back on a busy worker), then the job; or, with a session string, connect
-  straight to the encoded worker and, if it is busy, say so and suggest room discovery.
+* the job's errors (``JobError`` and its kinds, ``WorkerLostError``) and its
+  ``JobSummary``, and the placement of result files in the output directory.
 
-Both drive a ``JobPhases`` so the CLI's lines and the GUI's dialog show the same phases.
+The whole flow (join, select, retry, this session) is ``RemoteJob`` in
+``core/job_runner.py``. ``JobSession`` drives the job's ``JobPhases``, so the CLI's lines
+and the GUI's panel show the same phases.
 """
 
 from __future__ import annotations
@@ -24,32 +24,17 @@ import shutil
 import time
 import uuid
 import zipfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sleap_rtc.core import jobs_wire
-from sleap_rtc.core.channel import default_cache_dir
-from sleap_rtc.core.files import prune_transfer_cache
 from sleap_rtc.core.files import sanitize_name
 from sleap_rtc.core.phases import JobPhases, Phase
-from sleap_rtc.core.protocol import ChannelType, JobKind, MessageType, ResultKind, Role
-from sleap_rtc.core.room import RoomView, WorkerInfo, worker_filters
-from sleap_rtc.core.selection import (
-    BUSY_ERRORS,
-    GONE_ERRORS,
-    AllWorkersBusyError,
-    SelectionError,
-    WorkerUnavailableError,
-    auto_select,
-    connect_direct,
-    describe,
-    rank_workers,
-    wait_for_available,
-)
-from sleap_rtc.core.signaling import SignalingClient
-from sleap_rtc.core.transport_errors import PeerClosedError, TransportError, WorkerBusyError
+from sleap_rtc.core.protocol import ChannelType, JobKind, ResultKind
+from sleap_rtc.core.room import WorkerInfo
+from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +62,9 @@ class WorkerLostError(JobFailedError):
     """The worker stopped responding (died, or its connection closed) before the job finished.
 
     ``stage`` says when: ``"upload"``, ``"training"``, ``"inference"`` or ``"download"``;
-    ``worker`` is its name and ``peer_id`` its id. In auto-select mode ``RemoteJob`` runs
-    the job again on the next best worker; otherwise this is the user's error message.
+    ``worker`` is its name and ``peer_id`` its id. What follows is the retry table's
+    (``core/retry.py``): next best under auto-select, the chooser asked when the user
+    picked the worker, otherwise this is the user's error message.
     """
 
     def __init__(self, message: str, *, worker: str, peer_id: str, stage: str, reason: str):
@@ -112,8 +98,6 @@ class JobSummary:
 LogCallback = Callable[[str], Any]
 ProgressCallback = Callable[[dict[str, Any]], Any]
 UploadCallback = Callable[[UploadProgress], Any]
-Chooser = Callable[[RoomView, str], Awaitable[WorkerInfo]]
-"""Interactive selection: ``await choose(room, notice) -> worker`` (CLI picker, GUI dialog)."""
 
 
 def _call(callback: Callable[..., Any] | None, *args: Any) -> None:
@@ -362,285 +346,7 @@ def _place_result(received: Path, output_dir: Path, kind: str, name: str, models
     return target
 
 
-# ------------------------------------------------------------------------ whole flow
-
-
-async def _transport_connect(signaling: SignalingClient, peer_id: str, receive_dir: Path, timeout: float) -> Any:
-    from sleap_rtc.core import transport  # aiortc is heavy: import when connecting
-
-    return await transport.connect(signaling, peer_id, timeout=timeout, receive_dir=receive_dir)
-
-
-class RemoteJob:
-    """One remote job from room credentials to results on disk (what the CLI and GUI run).
-
-    Selection: ``worker_id`` set -> that worker (no fallback); ``choose`` set -> interactive
-    (the chooser is asked again, with a notice, when the chosen worker turns out busy);
-    otherwise auto-select (skipping ``exclude``), trying the next best on a busy worker.
-    ``session_worker`` set -> session-string mode: connect straight to it, no discovery.
-
-    A worker that dies mid-job (its channel closes, or its heartbeat stops: noticed within
-    ``channel.DEAD_AFTER`` + one heartbeat, ~12 s) raises ``WorkerLostError``. In auto-select
-    mode the death is reported through ``on_decision`` and the whole job runs again on the
-    next best worker, the dead ones excluded, at most ``max_job_attempts`` times in all. With
-    a direct worker id, a session string or interactive selection the user chose that
-    worker, so the error is raised as is (a clear message, no silent switch).
-    """
-
-    def __init__(
-        self,
-        package: Path,
-        *,
-        server_url: str,
-        room_id: str,
-        token: str,
-        results_dir: Path,
-        worker_id: str | None = None,
-        session_worker: str | None = None,
-        kind: str = TRAIN,
-        choose: Chooser | None = None,
-        exclude: frozenset[str] = frozenset(),
-        min_gpu_memory_mb: int | None = None,
-        wait: float = 0.0,
-        max_attempts: int = 3,
-        max_job_attempts: int = 3,
-        connect_timeout: float = 30.0,
-        models_subdir: str = "models",
-        phases: JobPhases | None = None,
-        on_decision: LogCallback | None = None,
-        on_upload: UploadCallback | None = None,
-        on_log: LogCallback | None = None,
-        on_progress: ProgressCallback | None = None,
-        on_file: Callable[[Path], Any] | None = None,
-        signaling: SignalingClient | None = None,
-        connect: Callable[[SignalingClient, str, Path, float], Awaitable[Any]] | None = None,
-    ):
-        self.package = Path(package)
-        self.server_url = server_url
-        self.room_id, self.token = room_id, token
-        self.results_dir = Path(results_dir)
-        self.worker_id = worker_id
-        self.session_worker = session_worker
-        self.kind = kind
-        self.choose = choose
-        self.exclude = frozenset(exclude)
-        self.min_gpu_memory_mb = min_gpu_memory_mb
-        self.wait = wait
-        self.max_attempts = max_attempts
-        self.max_job_attempts = max(1, max_job_attempts)
-        self.models_subdir = models_subdir
-        self.lost: list[WorkerLostError] = []  # workers that died under this job, in order
-        self.connect_timeout = connect_timeout
-        self.phases = phases or JobPhases()
-        self.on_decision = on_decision
-        self.on_upload, self.on_log, self.on_progress, self.on_file = on_upload, on_log, on_progress, on_file
-        self._given_signaling = signaling
-        self._connect = connect or _transport_connect
-        self.session: JobSession | None = None
-        self._stop_early = False
-
-    async def stop(self) -> None:
-        """Finish the current epoch and keep the model (no-op before the job started)."""
-        self._stop_early = True
-        if self.session:
-            await self.session.stop()
-
-    async def cancel(self) -> None:
-        """Kill the job on the worker (cancelling ``run()``'s task does this too)."""
-        if self.session:
-            await self.session.cancel()
-
-    def _decide(self, text: str) -> None:
-        log.info("%s", text)
-        _call(self.on_decision, text)
-
-    @property
-    def retries_on_worker_loss(self) -> bool:
-        """Whether a worker dying mid-job makes the job run again elsewhere (auto-select only)."""
-        return not (self.worker_id or self.session_worker or self.choose is not None)
-
-    async def run(self) -> JobSummary:
-        """Join, select, connect, run the job; raises ``SelectionError`` or ``JobError``."""
-        signaling = self._given_signaling or SignalingClient(
-            self.server_url, room_id=self.room_id, token=self.token, role=Role.CLIENT.value
-        )
-        own_signaling = self._given_signaling is None
-        try:
-            self.phases.advance(Phase.JOINING, f"room {self.room_id}")
-            if own_signaling:
-                await signaling.connect()
-            attempt = 1
-            while True:
-                try:
-                    return await self._run_once(signaling)
-                except WorkerLostError as exc:
-                    self.lost.append(exc)
-                    # A stop-early or cancel means "wrap up now": a fresh run elsewhere is not that.
-                    if not self.retries_on_worker_loss or self.cancel_requested or self._stop_early:
-                        raise
-                    if attempt >= self.max_job_attempts:
-                        raise WorkerLostError(
-                            f"{exc} Gave up after {attempt} worker(s) stopped responding: "
-                            + ", ".join(lost.worker for lost in self.lost) + ".",
-                            worker=exc.worker, peer_id=exc.peer_id, stage=exc.stage, reason=exc.reason,
-                        ) from None
-                    attempt += 1
-                    self.exclude = self.exclude | {exc.peer_id}
-                    self._decide(
-                        f"Worker {exc.worker} stopped responding during {exc.stage} ({exc.reason}); "
-                        f"trying the next best worker (job attempt {attempt}/{self.max_job_attempts})."
-                    )
-                    self.phases.advance(Phase.SELECTING, f"{exc.worker} stopped responding")
-        except (SelectionError, TransportError, JobError) as exc:
-            if not self.phases.finished:
-                cancelled = isinstance(exc, JobCancelledError)
-                self.phases.advance(Phase.CANCELLED if cancelled else Phase.FAILED, str(exc))
-            raise
-        finally:
-            if own_signaling:
-                await signaling.close()
-            with contextlib.suppress(OSError):
-                (self.results_dir / ".incoming").rmdir()  # only when empty
-            # The client's cache holds every model it downloaded: same policy as the worker's.
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(prune_transfer_cache, default_cache_dir())
-
-    @property
-    def cancel_requested(self) -> bool:
-        """Whether the user cancelled the job (then nothing is retried)."""
-        return bool(self.session and self.session.cancel_requested)
-
-    async def _run_once(self, signaling: SignalingClient) -> JobSummary:
-        """Select (or reconnect), then run the job on that worker once."""
-        channel = None
-        try:
-            if self.session_worker:
-                worker, channel = await self._connect_session(signaling)
-            else:
-                worker, channel = await self._select(signaling, again=bool(self.lost))
-            self.session = JobSession(
-                channel, self.package, output_dir=self.results_dir, kind=self.kind, worker=worker,
-                phases=self.phases, on_upload=self.on_upload, on_log=self.on_log,
-                on_progress=self.on_progress, on_file=self.on_file, models_subdir=self.models_subdir,
-            )
-            if self._stop_early:
-                self.session.stop_requested = True
-            remove = signaling.add_listener(_watch_departure(worker.peer_id, channel))
-            try:
-                return await self.session.run()
-            finally:
-                remove()
-        finally:
-            if channel is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(channel.close(), 5.0)
-
-    async def _attempt(self, signaling: SignalingClient, worker: WorkerInfo) -> Any:
-        self.phases.advance(Phase.RESERVING, worker.name)
-        try:
-            channel = await self._connect(signaling, worker.peer_id, self.results_dir / ".incoming", self.connect_timeout)
-        except (*BUSY_ERRORS, *GONE_ERRORS):
-            self.phases.advance(Phase.SELECTING, f"{worker.name} is not available")
-            raise
-        self.phases.advance(Phase.CONNECTING, f"connected to {worker.name}")
-        return channel
-
-    async def _connect_session(self, signaling: SignalingClient) -> tuple[WorkerInfo, Any]:
-        peer_id = str(self.session_worker)
-        worker = WorkerInfo(peer_id=peer_id, role=Role.WORKER.value, metadata={})
-        self.phases.advance(Phase.RESERVING, peer_id)
-        try:
-            channel = await self._connect(signaling, peer_id, self.results_dir / ".incoming", self.connect_timeout)
-        except WorkerBusyError as exc:
-            # Seed Decision 6: the worker's own words, which point to room discovery.
-            raise WorkerUnavailableError(
-                f"Worker {peer_id} is busy: {exc.message} (--room-id and --token are in the worker's banner.)"
-            ) from None
-        self.phases.advance(Phase.CONNECTING, f"connected to {peer_id}")
-        return worker, channel
-
-    async def _select(self, signaling: SignalingClient, again: bool = False) -> tuple[WorkerInfo, Any]:
-        room = RoomView(signaling, worker_filters(self.min_gpu_memory_mb))
-        try:
-            if not again:  # a retry after a lost worker is already SELECTING
-                self.phases.advance(Phase.DISCOVERING)
-            await room.start()
-            if not again:
-                self.phases.advance(Phase.SELECTING)
-
-            async def attempt(worker: WorkerInfo) -> Any:
-                return await self._attempt(signaling, worker)
-
-            if self.worker_id:
-                sel = await connect_direct(room, self.worker_id, attempt)
-                return sel.worker, sel.connection
-            if self.choose is not None:
-                return await self._interactive(room, attempt)
-            view: Any = room
-            if self.exclude:
-                view = _Excluding(room, self.exclude)
-            sel = await auto_select(
-                view, attempt, max_attempts=self.max_attempts, wait=self.wait,
-                min_gpu_memory_mb=self.min_gpu_memory_mb, on_decision=self._decide,
-            )
-            return sel.worker, sel.connection
-        finally:
-            room.close()
-
-    async def _interactive(self, room: RoomView, attempt: Callable[[WorkerInfo], Awaitable[Any]]) -> tuple[WorkerInfo, Any]:
-        assert self.choose is not None
-        notice = ""
-        if self.wait:
-            with contextlib.suppress(SelectionError):
-                await wait_for_available(room, wait=self.wait, min_gpu_memory_mb=self.min_gpu_memory_mb)
-        while True:
-            worker = await self.choose(room, notice)
-            try:
-                return worker, await attempt(worker)
-            except BUSY_ERRORS:
-                notice = f"{worker.name} just became busy; choose another worker."
-            except GONE_ERRORS:
-                notice = f"{worker.name} did not answer (it may have left); choose another worker."
-            self._decide(notice)
-
-
-def _watch_departure(peer_id: str, channel: Any) -> Callable[[dict[str, Any]], None]:
-    """A signaling listener that tells the channel when its worker leaves the room, so a
-    killed worker is noticed in seconds rather than after the heartbeat's dead-after."""
-
-    def on_frame(frame: dict[str, Any]) -> None:
-        if frame.get("type") == MessageType.PEER_LEFT and frame.get("peer_id") == peer_id:
-            suspect = getattr(channel, "suspect", None)
-            if suspect is not None:
-                suspect()
-
-    return on_frame
-
-
-class _Excluding:
-    """A RoomView seen without some workers (the GUI's "try next best" after a refusal)."""
-
-    def __init__(self, room: RoomView, exclude: frozenset[str]):
-        self._room, self._exclude = room, exclude
-        self.signaling = room.signaling
-
-    @property
-    def workers(self) -> list[WorkerInfo]:
-        """The room's workers minus the excluded ones."""
-        return [w for w in self._room.workers if w.peer_id not in self._exclude]
-
-    async def wait_for(self, predicate: Callable[[Any], Any], timeout: float) -> Any:
-        """``RoomView.wait_for`` evaluated on this filtered view."""
-        return await self._room.wait_for(lambda _room: predicate(self), timeout)
-
-
-async def run_remote_job(package: Path, **kwargs: Any) -> JobSummary:
-    """``RemoteJob(package, **kwargs).run()``: the whole flow in one call."""
-    return await RemoteJob(package, **kwargs).run()
-
-
 __all__ = [
-    "AllWorkersBusyError", "JobCancelledError", "JobError", "JobFailedError", "JobRejectedError",
-    "JobSession", "JobSummary", "RemoteJob", "TRACK", "TRAIN", "UploadProgress", "WorkerLostError",
-    "describe", "rank_workers", "run_remote_job",
+    "JobCancelledError", "JobError", "JobFailedError", "JobRejectedError", "JobSession", "JobSummary",
+    "TRACK", "TRAIN", "UploadProgress", "WorkerLostError",
 ]

@@ -7,6 +7,7 @@ in background tasks, and submits a package through a ``RemoteJobController``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from collections.abc import Callable
@@ -14,11 +15,11 @@ from pathlib import Path
 
 from qtpy import QtCore, QtWidgets
 
-from sleap_rtc.core.phases import JobPhases
+from sleap_rtc.core.job_runner import ConnectFn
 from sleap_rtc.gui.bridge import run_coro, show_error
 from sleap_rtc.gui.credentials_dialog import CredentialsDialog
 from sleap_rtc.gui.dock import RemoteTrainingDock
-from sleap_rtc.gui.remote_run import JobRequest, JobRunner, RemoteJobController
+from sleap_rtc.gui.remote_run import RemoteJobController
 from sleap_rtc.gui.session import RoomSession, SessionState
 
 log = logging.getLogger(__name__)
@@ -27,16 +28,18 @@ log = logging.getLogger(__name__)
 class RemoteGui(QtCore.QObject):
     """The sleap-rtc part of a window: session + dock + Remote menu + job submission.
 
-    ``runner`` is the job runner (``remote_run.core_runner`` by default; tests inject one).
+    ``connect`` is core's connect attempt for jobs (WebRTC by default; tests inject one).
+    A click on a worker in the dock answers any job that is asking for a worker.
     """
 
-    def __init__(self, window: QtWidgets.QMainWindow, server_url: str | None = None, runner: JobRunner | None = None):
+    def __init__(self, window: QtWidgets.QMainWindow, server_url: str | None = None, connect: ConnectFn | None = None):
         super().__init__(window)
         self.window = window
         self.session = RoomSession(server_url, self)
         self.dock = RemoteTrainingDock(self.session, window)
-        self.runner = runner
+        self.connect = connect
         self.jobs: list[RemoteJobController] = []
+        self.dock.worker_chosen.connect(self._on_worker_chosen)
         self.dock.join_requested.connect(self.open_join_dialog)
         self.dock.disconnect_requested.connect(self.disconnect)
         self.session.error.connect(lambda msg: log.warning("join failed: %s", msg))
@@ -80,6 +83,10 @@ class RemoteGui(QtCore.QObject):
         """Join a room in the background (errors shown over the window); returns the task."""
 
         async def go():
+            running = [ctl for ctl in self.jobs if not ctl.phases.finished]
+            if running and (self.session.credentials is None or self.session.credentials.room_id != room_id):
+                raise RuntimeError("A remote job is running in this room: let it finish, or cancel it, "
+                                   "before switching to another room.")
             room = await self.session.join(room_id, token, target_worker=target_worker)
             if target_worker:
                 # A session string names one worker: preselect it if it is there and free.
@@ -95,34 +102,53 @@ class RemoteGui(QtCore.QObject):
 
     # ------------------------------------------------------------------ jobs
 
-    def submit(self, package: str | Path, results_dir: str | Path | None = None, *, on_progress: Callable | None = None) -> RemoteJobController:
-        """Run a training package on a worker of the current room, with the job dialog."""
+    def submit(self, package: str | Path, results_dir: str | Path | None = None, *, on_progress: Callable | None = None,
+               show_dialog: bool = True) -> RemoteJobController:
+        """Run a package on a worker of the current room (the dock's selection, else the best).
+
+        The job runs on the session's live connection; the returned controller presents it.
+        """
         creds = self.session.credentials
-        if creds is None or self.session.state != SessionState.CONNECTED:
+        if creds is None or self.session.state != SessionState.CONNECTED or self.session.signaling is None:
             raise RuntimeError("Join a room first (Remote ▸ Join room…).")
         worker = self.dock.selected_worker()
-        request = JobRequest(
-            package=Path(package),
-            server_url=self.session.server_url,
-            room_id=creds.room_id,
-            token=creds.token,
-            worker_id=worker.peer_id if worker else None,
-            results_dir=Path(results_dir) if results_dir else Path(tempfile.mkdtemp(prefix="sleap-rtc-results-")),
-            phases=JobPhases(),
-            room=self.session.room,
+        ctl = RemoteJobController(
+            Path(package),
+            Path(results_dir) if results_dir else Path(tempfile.mkdtemp(prefix="sleap-rtc-results-")),
+            credentials=creds,
             signaling=self.session.signaling,
+            room=self.session.room,
+            server_url=self.session.server_url,
+            worker_id=worker.peer_id if worker else None,
+            connect=self.connect,
+            parent_widget=self.window,
+            show_dialog=show_dialog,
         )
-        ctl = RemoteJobController(request, self.runner, parent_widget=self.window)
-        if worker is not None:
-            ctl.panel.set_worker(worker)
         if on_progress is not None:
             ctl.progress.connect(on_progress)
+        ctl.choice_needed.connect(lambda _request: self._raise_dock())
+        if ctl.panel is not None:
+            if worker is not None:
+                ctl.panel.set_worker(worker)
+            # The panel lives in the dock: nothing modal, SLEAP stays usable during the job.
+            self.dock.add_job_panel(ctl.panel)
         self.jobs.append(ctl)
-        # The panel lives in the dock: nothing modal, SLEAP stays usable during the job.
-        self.dock.add_job_panel(ctl.panel)
         ctl.start()
         return ctl
 
     def running_jobs(self) -> list[RemoteJobController]:
         """Jobs that have not ended."""
         return [ctl for ctl in self.jobs if ctl.running]
+
+    def _on_worker_chosen(self, worker: object) -> None:
+        """A click in the dock answers the job that is asking for a worker (newest first)."""
+        peer_id = getattr(worker, "peer_id", None)
+        if not peer_id:
+            return
+        for ctl in reversed(self.jobs):
+            if ctl.pending is not None and ctl.choose_worker(peer_id):
+                return
+
+    def _raise_dock(self) -> None:
+        self.dock.show()
+        self.dock.raise_()

@@ -5,22 +5,22 @@ advances it): the steps, the worker, the elapsed time, the current model, epoch 
 and Stop early / Cancel. SLEAP's main window and the dock stay usable the whole time: the
 panel is an ordinary child widget of the dock, so there is no modal window to block them.
 
-When the chosen worker refuses (busy), vanishes, or no worker is free, ``show_problem``
-says why and offers three ways on, all inside the panel:
+The panel presents a ``RemoteJobController`` (``present``): core's ``RemoteJob`` decides
+what happens after a busy, vanished or lost worker (its one retry table); when the table
+asks, the panel says why (``show_problem``) and offers three ways on, all inside it:
 
-* **Try next best**: auto-select without the refused worker(s);
-* **Choose another…**: a live list of the room's workers right there (``pick``);
-* **Wait for a free worker**: lists who is busy and since when, and takes the first
-  worker that becomes available (``wait_for_free``), through room events, no polling.
+* **Try next best**: auto-select without the worker(s) that failed;
+* **Choose another…**: a live list of the room's workers right there;
+* **Wait for a free worker**: core waits on room events; the panel lists who is busy and
+  since when (core's ``Waiting``), and the first worker that frees up takes the job.
 
 An unanswered problem times out after ``SELECTION_TIMEOUT_S`` (``selection_timed_out``),
-which the driver treats as Cancel. Cancel emits ``cancel_requested``, Stop early
+which the controller treats as Cancel. Cancel emits ``cancel_requested``, Stop early
 ``stop_requested``; Dismiss (once finished) removes the panel.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -34,7 +34,8 @@ SELECTION_TIMEOUT_S = 300.0
 """How long a problem (busy/vanished worker) may stay unanswered before the job is cancelled."""
 
 WAIT_FOR_FREE_WORKER_S = 4 * 3600.0
-"""How long "Wait for a free worker" waits at most (a GPU job elsewhere can take hours)."""
+"""How long "Wait for a free worker" waits at most (a GPU job elsewhere can take hours);
+then the panel asks again."""
 
 # Phases listed in the panel, in order, with their base label.
 STEPS: list[tuple[Phase, str]] = [
@@ -49,6 +50,8 @@ STEPS: list[tuple[Phase, str]] = [
     (Phase.DOWNLOADING, "Downloading results"),
 ]
 _ORDER = {phase: i for i, (phase, _) in enumerate(STEPS)}
+_ROW = {Phase.WAITING: Phase.SELECTING}
+"""Phases shown on another phase's row (waiting for a free worker is part of choosing one)."""
 _SELECTION_PHASES = frozenset({Phase.DISCOVERING, Phase.SELECTING})
 _RUNNING = frozenset({Phase.UPLOADING, Phase.TRAINING, Phase.PREDICTING, Phase.DOWNLOADING})
 
@@ -75,25 +78,26 @@ def format_elapsed(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def format_since(since: float, now: float | None = None) -> str:
-    """``since 11:42 (12 min)`` for a wall-clock time."""
+def format_since(since: float | None, now: float | None = None) -> str:
+    """``since 11:42 (12 min)`` for a wall-clock time; ``""`` when unknown."""
+    if since is None:
+        return ""
     now = time.time() if now is None else now
     minutes = int(max(0, now - since) // 60)
     ago = f"{minutes} min" if minutes else "under a minute"
     return f"since {time.strftime('%H:%M', time.localtime(since))} ({ago})"
 
 
-def training_line(event: dict[str, Any], model: str, index: int, total: int, max_epochs: int | None) -> str:
-    """``centroid (model 1 of 2) · epoch 3 of 10 · loss 0.0123 · val 0.0150`` from an ``epoch_end``."""
+def training_line(model: str, index: int, total: int, epoch: int, max_epochs: int | None,
+                  train_loss: float | None, val_loss: float | None) -> str:
+    """``centroid (model 1 of 2) · epoch 3 of 10 · loss 0.0123 · val 0.015`` (epoch from 1)."""
     parts = [model + (f" (model {index} of {total})" if total > 1 else "")] if model else []
-    epoch = event.get("epoch")
-    if isinstance(epoch, int):
-        parts.append(f"epoch {epoch + 1}" + (f" of {max_epochs}" if max_epochs else ""))
-    logs = event.get("logs") if isinstance(event.get("logs"), dict) else {}
-    for key, label in (("train/loss", "loss"), ("train_loss", "loss"), ("val/loss", "val"), ("val_loss", "val")):
-        value = logs.get(key)
-        if isinstance(value, (int, float)) and not any(p.startswith(label + " ") for p in parts):
-            parts.append(f"{label} {value:.4g}")
+    if epoch:
+        parts.append(f"epoch {epoch}" + (f" of {max_epochs}" if max_epochs else ""))
+    if train_loss is not None:
+        parts.append(f"loss {train_loss:.4g}")
+    if val_loss is not None:
+        parts.append(f"val {val_loss:.4g}")
     return " · ".join(parts)
 
 
@@ -140,6 +144,11 @@ class JobPanel(QtWidgets.QFrame):
         self._details: dict[Phase, str] = {}
         self._reached: set[Phase] = set()
         self._exclude: frozenset[str] = frozenset()
+        self.model_names: list[str] = []  # the run's models in order (names for the epoch line)
+        self.max_epochs: dict[str, int | None] = {}
+        self._model_index = 0
+        self._model_name = ""
+        self.ctl: Any = None
 
         self.title_label = QtWidgets.QLabel(f"<b>{title}</b>")
         self.title_label.setObjectName("job_title")
@@ -287,10 +296,8 @@ class JobPanel(QtWidgets.QFrame):
         self.clock.timeout.connect(self._tick)
         self.clock.start()
 
-        self._pick: asyncio.Future | None = None
         self._unsubscribe = lambda: None
-        self._unwatch_room = lambda: None
-        self.destroyed.connect(lambda *_: self._unsubscribe())
+        self.set_room(room)
         self.set_phases(phases)
 
     # ------------------------------------------------------------------ API for the driver
@@ -354,8 +361,8 @@ class JobPanel(QtWidgets.QFrame):
         self.problem_box.setVisible(False)
         self.chooser_box.setVisible(False)
         self.waiting_label.setVisible(False)
-        self._unwatch_room()
-        self._unwatch_room = lambda: None
+        if self.status_label.text().startswith("Pick a worker"):
+            self.status_label.setText("")
 
     def step_text(self, phase: Phase) -> str:
         """The text currently shown for ``phase`` (tests and screenshots read it)."""
@@ -366,75 +373,105 @@ class JobPanel(QtWidgets.QFrame):
         """Whether the job shown reached an end state."""
         return self.phases.finished
 
-    # ------------------------------------------------------------------ choose / wait
+    # ------------------------------------------------------------------ presenting a job
 
-    async def pick(self, exclude: frozenset[str] = frozenset()) -> str:
-        """Open the live list and wait until the user picks an available worker (its peer id)."""
-        self._exclude = frozenset(exclude)
-        self.selection_timer.stop()
+    def present(self, ctl: Any) -> None:
+        """Show ``ctl`` (a ``RemoteJobController``) and send the user's answers back to it."""
+        self.ctl = ctl
+        self.cancel_requested.connect(ctl.cancel)
+        self.selection_timed_out.connect(ctl.cancel)
+        self.stop_requested.connect(ctl.stop)
+        self.try_next.connect(ctl.try_next_best)
+        self.worker_picked.connect(ctl.choose_worker)
+        self.wait_requested.connect(lambda: ctl.wait_for_free(WAIT_FOR_FREE_WORKER_S))
+        ctl.choice_needed.connect(self._on_choice_needed)
+        ctl.choice_made.connect(self.clear_problem)
+        ctl.waiting.connect(self.show_waiting)
+        ctl.model_started.connect(self._on_model_started)
+        ctl.epoch.connect(self._on_epoch)
+        ctl.restarted.connect(self._on_restarted)
+
+    def set_models(self, names: list[str], max_epochs: dict[str, int | None] | None = None) -> None:
+        """The run's models in training order, and each one's Max Epochs (for the epoch line)."""
+        self.model_names = list(names)
+        self.max_epochs = dict(max_epochs or {})
+
+    def _on_choice_needed(self, request: Any) -> None:
+        from sleap_rtc.gui.remote_run import explain
+
+        self.set_room(request.room)
+        nobody = not [w for w in request.room.workers if w.available and w.peer_id not in request.tried]
+        self.show_problem(explain(request), can_try_next=not nobody, exclude=frozenset(request.tried))
+
+    def _on_model_started(self, model: Any) -> None:
+        self._model_index = model.index
+        names = self.model_names
+        self._model_name = names[model.index - 1] if 0 < model.index <= len(names) else model.name
+        self.set_training(training_line(self._model_name, model.index, len(names), 0, None, None, None) + " · starting")
+        self.reset_stop()
+        if getattr(model, "worker", ""):
+            self.set_worker(self._worker_info(model.worker))
+
+    def _on_epoch(self, epoch: Any) -> None:
+        total = len(self.model_names)
+        name = self._model_name or epoch.model
+        self.set_training(training_line(name, self._model_index or 1, total, epoch.epoch, self.max_epochs.get(name),
+                                        epoch.train_loss, epoch.val_loss))
+
+    def _on_restarted(self, note: Any) -> None:
+        self.set_worker(self._worker_info(note.worker))
+        self.status_label.setText(f"Restarted on {note.worker}: {note.previous} {note.reason}.")
+
+    def _worker_info(self, name: str) -> WorkerInfo | str:
+        room = self.room
+        if room is not None:
+            for w in room.workers:
+                if name in (w.name, w.peer_id):
+                    return w
+        return name
+
+    def open_chooser(self) -> None:
+        """Show the live list of the room's workers (Choose another…)."""
+        self.selection_timer.start()
         self.problem_box.setVisible(False)
         self.chooser_model.set_room(self.room)
         self.chooser_table.clearSelection()
+        self.use_button.setEnabled(False)
         self.chooser_box.setVisible(True)
-        self.status_label.setText("Pick a worker in the list above, then press Use this worker (or Cancel).")
-        self._pick = asyncio.get_running_loop().create_future()
-        try:
-            return await self._pick
-        finally:
-            self._pick = None
-            self.chooser_box.setVisible(False)
-            self.status_label.setText("")
+        self.status_label.setText("Pick a worker in the list, then press Use this worker (or Cancel).")
 
-    async def wait_for_free(self, exclude: frozenset[str] = frozenset(), timeout: float = WAIT_FOR_FREE_WORKER_S) -> str:
-        """Show who is busy (and since when) and wait for the first available worker; its peer id.
-
-        Raises ``asyncio.TimeoutError`` after ``timeout`` seconds.
-        """
-        if self.room is None:
-            raise RuntimeError("Not in a room: there is no worker to wait for.")
+    def show_waiting(self, state: Any) -> None:
+        """Core is waiting for a free worker: who is busy, since when (a core ``Waiting``)."""
         self.selection_timer.stop()
         self.problem_box.setVisible(False)
-        self.waiting_label.setVisible(True)
+        self.chooser_box.setVisible(False)
+        self._waiting = state
         self._refresh_waiting()
-        self._unwatch_room()
-        self._unwatch_room = self.room.subscribe(lambda _change: self._refresh_waiting())
-
-        def free(room: RoomView) -> WorkerInfo | None:
-            from sleap_rtc.core.selection import rank_workers
-
-            ranked = [w for w in rank_workers(room.workers) if w.peer_id not in exclude]
-            return ranked[0] if ranked else None
-
-        try:
-            worker = await self.room.wait_for(free, timeout)
-        finally:
-            self._unwatch_room()
-            self._unwatch_room = lambda: None
-            self.waiting_label.setVisible(False)
-        return worker.peer_id
+        self.waiting_label.setVisible(True)
 
     def waiting_text(self) -> str:
         """What the waiting list says now (tests read it)."""
         return self.waiting_label.text()
 
     def _refresh_waiting(self) -> None:
-        room = self.room
-        workers = room.workers if room is not None else []
-        if not workers:
-            body = "No worker is in the room yet; the first one that joins takes the job."
+        state = getattr(self, "_waiting", None)
+        busy = list(getattr(state, "busy", []) or [])
+        if not busy:
+            body = "No worker is in the room now; the first one that joins and is free takes the job."
         else:
-            lines = []
-            for w in workers:
-                since = self.chooser_model.status_since(w.peer_id)
-                when = f" {format_since(since)}" if since else ""
-                lines.append(f"• {w.name}: {w.status}{when}")
-            body = "<br>".join(lines)
-        self.waiting_label.setText(f"<b>Waiting for a free worker…</b> The first one that becomes available takes the job.<br>{body}")
+            body = "<br>".join(f"• {w.name}: {w.status} {format_since(w.since)}".rstrip() for w in busy)
+        until = getattr(state, "deadline", 0) or 0
+        tail = f"<br>Waiting until {time.strftime('%H:%M', time.localtime(until))} at most." if until else ""
+        self.waiting_label.setText(
+            f"<b>Waiting for a free worker…</b> The first one that becomes available takes the job.<br>{body}{tail}"
+        )
 
     # ------------------------------------------------------------------ updates
 
     def _on_change(self, change: PhaseChange) -> None:
-        phase = change.new
+        phase = _ROW.get(change.new, change.new)
+        if change.new in _ROW:
+            change = PhaseChange(change.old, phase, change.detail or change.new.value)
         if phase in _ORDER:
             self._details[phase] = change.detail
             self._reached.add(phase)
@@ -512,11 +549,12 @@ class JobPanel(QtWidgets.QFrame):
         self.try_next.emit()
 
     def _on_choose(self) -> None:
-        self.problem_box.setVisible(False)
+        self.open_chooser()
         self.choose_another.emit()
 
     def _on_wait(self) -> None:
         self.problem_box.setVisible(False)
+        self.selection_timer.stop()
         self.wait_requested.emit()
 
     def _picked_worker(self) -> WorkerInfo | None:
@@ -535,9 +573,9 @@ class JobPanel(QtWidgets.QFrame):
         worker = self._picked_worker()
         if worker is None or not worker.available or worker.peer_id in self._exclude:
             return
+        self.chooser_box.setVisible(False)
+        self.status_label.setText("")
         self.worker_picked.emit(worker.peer_id)
-        if self._pick is not None and not self._pick.done():
-            self._pick.set_result(worker.peer_id)
 
     def _on_stop(self) -> None:
         self.stop_button.setEnabled(False)
@@ -553,8 +591,6 @@ class JobPanel(QtWidgets.QFrame):
         self.selection_timer.stop()
         self.cancel_button.setEnabled(False)
         self.cancel_button.setText("Cancelling…")
-        if self._pick is not None and not self._pick.done():
-            self._pick.cancel()
         self.cancel_requested.emit()
 
     def _on_dismiss(self) -> None:

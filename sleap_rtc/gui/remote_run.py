@@ -1,213 +1,212 @@
-"""Drive one remote job from the GUI: its job panel, stop/cancel, busy recovery.
+"""Present one remote job in the GUI: core's ``RemoteJob`` with Qt signals and a chooser.
 
-The job itself runs in a *runner*: ``async runner(request, events) -> JobOutcome``. The
-production runner (``core_runner``) hands the package to core's client flow
-(``sleap_rtc.core.remote_job.run_remote_job``); tests inject a fake one. Keeping the
-runner injected means the GUI never re-implements selection, upload or result download.
+The GUI does not orchestrate: ``RemoteJobController`` builds a core ``RemoteJob`` (on the
+session's live signaling connection and ``RoomView``, so no second connection per job),
+with an ``Interactive`` policy whose first move is the worker selected in the dock (or
+auto-select), and re-emits the job's ``JobCallbacks`` as Qt signals. What happens after a
+busy, vanished or lost worker is core's retry table; when the table says *ask*, the
+controller's chooser emits ``choice_needed`` and waits until the user answers through one
+of ``try_next_best()``, ``choose_worker(peer_id)``, ``wait_for_free(timeout_s)`` or
+``cancel()`` (a panel's buttons and live list, or a click in the dock, call them).
 
-``RemoteJobController`` starts the runner as a background task, shows a ``JobPanel`` (in
-the dock, never modal) over the job's ``JobPhases``, and:
+Hooks for a job panel (everything a view needs, nothing it must compute):
 
-* on a busy, vanished or lost worker, or no free worker (``WorkerBusyError`` /
-  ``WorkerUnavailableError`` / ``NoWorkersError`` / ``WorkerLostError`` …) says why in
-  the panel and waits for "Try next best" (auto-select without that worker), "Choose
-  another" (the panel's live list) or "Wait for a free worker" (room events); an
-  unanswered problem is cancelled after the panel's selection timeout;
-* maps Cancel (panel, LossViewer) to cancelling the task: the runner's ``finally``
-  releases the reservation, so no worker stays reserved; Stop (LossViewer) to the
-  runner's graceful stop (finish the epoch, save, send results).
+* ``phases`` (a core ``JobPhases``: subscribe) and the signals below;
+* ``stop()`` (finish the epoch, keep the model), ``cancel()`` (kill the job; the worker is
+  released as the job unwinds);
+* ``handle()``: the job's identity once a worker took it (``JobHandle``: save it to fetch
+  results later), ``worker``: the worker of the current attempt;
+* ``explain(request)``: the words for a ``ChoiceRequest`` (no command-line flags).
+
+A ``JobPanel`` (``panel``, also ``dialog``) presents the job by default: the GUI puts it in
+the Remote Training dock, never modal (``show_dialog=False`` leaves presenting to others).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qtpy import QtCore, QtWidgets
 
-from sleap_rtc.core.phases import JobPhases, Phase
-from sleap_rtc.core.remote_job import WorkerLostError
-from sleap_rtc.core.selection import (
-    BUSY_ERRORS,
-    GONE_ERRORS,
-    AllWorkersBusyError,
-    NoWorkersError,
-    UnknownWorkerError,
-    WorkerUnavailableError,
+from sleap_rtc.core.credentials import RoomCredentials
+from sleap_rtc.core.job_events import Epoch, JobCallbacks, ModelStarted, Restarted, Waiting
+from sleap_rtc.core.job_policy import (
+    Choice,
+    ChoiceRequest,
+    Interactive,
+    NextBest,
+    Pick,
+    SelectionCancelled,
+    WaitForFree,
 )
-from sleap_rtc.core.transport_errors import WorkerBusyError
+from sleap_rtc.core.job_runner import ConnectFn, JobHandle, RemoteJob
+from sleap_rtc.core.phases import JobPhases, Phase
+from sleap_rtc.core.remote_job import JobSummary, UploadProgress
+from sleap_rtc.core.retry import Outcome
+from sleap_rtc.core.room import RoomView
+from sleap_rtc.core.selection import NoWorkersError
 from sleap_rtc.gui.bridge import run_coro
 from sleap_rtc.gui.job_dialog import JobPanel
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class JobRequest:
-    """What to run: the package, where, on which worker (``None``: auto-select), results dir."""
-
-    package: Path
-    server_url: str
-    room_id: str
-    token: str
-    worker_id: str | None
-    results_dir: Path
-    phases: JobPhases
-    exclude: frozenset[str] = frozenset()
-    room: Any = None  # the live RoomView, when the GUI already follows the room
-    signaling: Any = None  # its SignalingClient
+DEFAULT_WAIT_S = 1800.0
+"""How long "Wait for a free worker" waits by default (30 min), before asking again."""
 
 
-@dataclass
-class JobEvents:
-    """Callbacks the runner calls: training events, log lines, and its stop/cancel hooks."""
-
-    on_progress: Callable[[dict[str, Any]], Any] = lambda event: None
-    on_log: Callable[[str], Any] = lambda line: None
-    stop_hook: Callable[[], Awaitable[Any]] | None = None  # set by the runner once connected
-
-
-@dataclass
-class JobOutcome:
-    """What came back: the result files, the models folder and the predictions, if any."""
-
-    files: list[Path] = field(default_factory=list)
-    models_dir: Path | None = None
-    predictions: Path | None = None
-    stopped_early: bool = False
+def explain(request: ChoiceRequest) -> str:
+    """Why the user is asked to choose, in the GUI's words (never a command-line flag)."""
+    worker = request.worker.name if request.worker is not None else "The selected worker"
+    if request.outcome == Outcome.BUSY:
+        return f"{worker} is busy: another job got it first."
+    if request.outcome == Outcome.VANISHED:
+        return f"{worker} left the room or did not answer."
+    if request.outcome in (Outcome.LOST, Outcome.LINK_LOST):
+        return f"{worker} stopped responding; the job did not finish there. Choose where to run it again."
+    if request.outcome == Outcome.NONE_FREE:
+        busy = [w for w in request.room.workers if not w.available]
+        if busy:
+            return f"No worker is free right now ({len(busy)} busy). Wait for one, or choose a worker."
+        return "No worker is in this room right now. Start a worker, then wait for it or choose it."
+    return request.notice or "Choose a worker for this job."
 
 
-JobRunner = Callable[[JobRequest, JobEvents], Awaitable[JobOutcome]]
+class _Signals(JobCallbacks):
+    """Core's callbacks, re-emitted as the controller's Qt signals."""
 
+    def __init__(self, ctl: RemoteJobController):
+        self.ctl = ctl
 
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    *BUSY_ERRORS, *GONE_ERRORS, WorkerUnavailableError, UnknownWorkerError, AllWorkersBusyError,
-    NoWorkersError, WorkerLostError,
-)
-"""Errors meaning "no worker can take the job now": the panel offers next / choose / wait."""
+    def decision(self, text: str) -> None:
+        self.ctl.decision.emit(text)
 
+    def waiting(self, state: Waiting) -> None:
+        self.ctl.waiting.emit(state)
 
-def _worker_name(room: Any, peer_id: str | None) -> str:
-    worker = room.get(peer_id) if room is not None and peer_id else None
-    return worker.name if worker is not None else (peer_id or "the selected worker")
+    def upload(self, progress: UploadProgress) -> None:
+        self.ctl.uploaded.emit(progress)
 
+    def model_started(self, model: ModelStarted) -> None:
+        self.ctl.model_started.emit(model)
 
-def explain_busy(exc: BaseException, worker_id: str | None, room: Any = None) -> str:
-    """Why no worker could be used, in the GUI's words (never a command-line flag)."""
-    name = _worker_name(room, worker_id)
-    workers = list(room.workers) if room is not None else []
-    busy = [w for w in workers if not w.available]
-    if isinstance(exc, WorkerBusyError):
-        status = exc.status or "busy"
-        return f"Worker {name} is {status}: another job got it first."
-    if isinstance(exc, WorkerLostError):
-        return (f"Worker {exc.worker} stopped responding during {exc.stage}; the job did not finish there. "
-                "Run it again on another worker:")
-    if isinstance(exc, GONE_ERRORS) or isinstance(exc, UnknownWorkerError):
-        return f"Worker {name} left the room or did not answer."
-    if isinstance(exc, (AllWorkersBusyError, NoWorkersError)) or (isinstance(exc, WorkerUnavailableError) and not worker_id):
-        if not workers:
-            return "No worker is in this room now. Wait for one to join, or start a worker on a GPU machine."
-        if busy and len(busy) == len(workers):
-            names = ", ".join(f"{w.name} ({w.status})" for w in busy)
-            return f"Every worker of this room is busy: {names}. Wait for a free worker, or choose one to wait for."
-        return "No available worker accepted the job. Try again, choose a worker, or wait for a free one."
-    if isinstance(exc, WorkerUnavailableError):
-        worker = room.get(worker_id) if room is not None and worker_id else None
-        status = worker.status if worker is not None else "not available"
-        return f"Worker {name} is {status}. Wait for it to be free, or take another worker."
-    return f"Worker {name} cannot take the job."
+    def epoch(self, epoch: Epoch) -> None:
+        if self.ctl.phases.phase == Phase.TRAINING:
+            self.ctl.phases.update(f"{epoch.model} epoch {epoch.epoch}" if epoch.model else str(epoch.epoch))
+        self.ctl.epoch.emit(epoch)
 
+    def progress(self, event: dict[str, Any]) -> None:
+        self.ctl.progress.emit(event)
 
-async def core_runner(request: JobRequest, events: JobEvents) -> JobOutcome:
-    """The production runner: core's client flow (``sleap_rtc.core.remote_job.RemoteJob``).
+    def log(self, line: str) -> None:
+        self.ctl.log_line.emit(line)
 
-    Selection, reservation, upload, streaming and result download all happen in core;
-    ``events.stop_hook`` is set to the job's graceful stop; cancelling the task cancels it.
-    """
-    try:
-        from sleap_rtc.core.remote_job import RemoteJob
-    except ImportError as exc:
-        raise RuntimeError("Remote jobs need sleap_rtc.core.remote_job, which is not importable here.") from exc
-    job = RemoteJob(
-        request.package,
-        server_url=request.server_url,
-        room_id=request.room_id,
-        token=request.token,
-        results_dir=request.results_dir,
-        worker_id=request.worker_id,
-        exclude=request.exclude,
-        phases=request.phases,
-        on_log=events.on_log,
-        on_progress=events.on_progress,
-    )
-    events.stop_hook = job.stop
-    summary = await job.run()
-    return JobOutcome(
-        files=list(summary.files),
-        models_dir=summary.models_dir,
-        predictions=summary.predictions,
-        stopped_early=summary.stopped_early,
-    )
+    def restarted(self, note: Restarted) -> None:
+        self.ctl.restarted.emit(note)
+
+    def file(self, path: Path) -> None:
+        self.ctl.file_received.emit(path)
 
 
 class RemoteJobController(QtCore.QObject):
-    """Runs one remote job with its panel; emits ``succeeded(JobOutcome)`` or ``ended(str)``.
+    """Runs one remote job (core's ``RemoteJob``) and presents it; see the module docstring.
 
-    ``choose_worker(exclude)`` (optional) gives the worker the user picks for "Choose
-    another": a peer id, ``None`` for auto-select, or an awaitable of either. By default it
-    is the panel's own live list (``JobPanel.pick``). ``panel`` is the same object as
-    ``dialog`` (the name tests and older callers use).
+    ``worker_id``: the dock's selection (``None``: auto-select). ``connect``: core's connect
+    attempt (tests inject one). ``signaling`` / ``room``: the session's live ones.
     """
 
     succeeded = QtCore.Signal(object)
-    """The job finished; carries the ``JobOutcome``."""
+    """The job finished; carries core's ``JobSummary`` (models_dir, predictions, files …)."""
     ended = QtCore.Signal(str)
     """The job failed or was cancelled; carries the phase value (``failed``/``cancelled``)."""
     progress = QtCore.Signal(dict)
-    """Each training event from the worker (``job_progress``), unchanged."""
+    """Each raw training event from the worker (``job_progress``), unchanged."""
+    epoch = QtCore.Signal(object)
+    """A finished epoch (core ``Epoch``: model, epoch from 1, train/val loss)."""
+    model_started = QtCore.Signal(object)
+    """A model of the run started (core ``ModelStarted``): reset the loss plot."""
+    restarted = QtCore.Signal(object)
+    """The job started again on another worker (core ``Restarted``): show a note."""
+    waiting = QtCore.Signal(object)
+    """Waiting for a free worker (core ``Waiting``: who is busy since when, deadline)."""
+    choice_needed = QtCore.Signal(object)
+    """The retry table asks the user (core ``ChoiceRequest``); answer with a method below."""
+    choice_made = QtCore.Signal()
+    """The pending choice was answered (hide the choosing UI)."""
+    decision = QtCore.Signal(str)
+    """A selection decision line ("Trying gpu-a: best of 2 …")."""
+    log_line = QtCore.Signal(str)
+    """A worker log line."""
+    uploaded = QtCore.Signal(object)
+    """Upload progress (core ``UploadProgress``)."""
+    file_received = QtCore.Signal(object)
+    """A result file or model folder landed (its ``Path``)."""
 
     def __init__(
         self,
-        request: JobRequest,
-        runner: JobRunner | None = None,
+        package: Path,
+        results_dir: Path,
         *,
+        credentials: RoomCredentials,
+        signaling: Any,
+        room: RoomView | None = None,
+        server_url: str | None = None,
+        worker_id: str | None = None,
+        connect: ConnectFn | None = None,
         parent_widget: QtWidgets.QWidget | None = None,
-        choose_worker: Callable[[frozenset[str]], Any] | None = None,
         selection_timeout_s: float | None = None,
+        show_dialog: bool = True,
     ):
         super().__init__(parent_widget)
-        self.request = request
-        self.runner = runner or core_runner
-        self.phases = request.phases
-        self.choose_worker = choose_worker
-        self.events = JobEvents(on_progress=self._on_progress)
-        kwargs = {} if selection_timeout_s is None else {"selection_timeout_s": selection_timeout_s}
-        self.dialog = self.panel = JobPanel(self.phases, None, room=request.room, **kwargs)
-        self.panel.set_room(request.room)
-        self.choose_worker = choose_worker or self.panel.pick
-        self.panel.cancel_requested.connect(self.cancel)
-        self.panel.stop_requested.connect(self.stop)
-        self.panel.selection_timed_out.connect(self.cancel)
-        self.panel.try_next.connect(lambda: self._decide("next"))
-        self.panel.choose_another.connect(lambda: self._decide("choose"))
-        self.panel.wait_requested.connect(lambda: self._decide("wait"))
-        self.panel.phase_changed.connect(self._on_phase)
+        first: Pick | NextBest = NextBest()
+        if worker_id and room is not None and room.get(worker_id) is not None:
+            first = Pick(room.get(worker_id))  # type: ignore[arg-type]
+        elif worker_id:
+            from sleap_rtc.core.room import WorkerInfo
+
+            first = Pick(WorkerInfo(worker_id, "worker", {}))
+        self.job = RemoteJob(
+            Path(package),
+            credentials=credentials,
+            results_dir=Path(results_dir),
+            policy=Interactive(self._choose, first=first),
+            callbacks=_Signals(self),
+            server_url=server_url,
+            signaling=signaling,
+            room=room,
+            connect=connect,
+        )
+        self.phases: JobPhases = self.job.phases
         self.task: asyncio.Task | None = None
-        self.outcome: JobOutcome | None = None
-        self.error: str = ""
-        self._decision: asyncio.Future | None = None
+        self.outcome: JobSummary | None = None
+        self.error = ""
+        self.pending: ChoiceRequest | None = None
+        """The question the retry table is asking now (``None``: nothing to answer)."""
+        self._answer: asyncio.Future | None = None
+        self.dialog: JobPanel | None = None
+        if show_dialog:
+            kwargs = {} if selection_timeout_s is None else {"selection_timeout_s": selection_timeout_s}
+            self.dialog = JobPanel(self.phases, None, room=room, **kwargs)
+            self.dialog.present(self)
+        self.panel = self.dialog
 
     # ------------------------------------------------------------------ control
 
+    @property
+    def worker(self) -> Any:
+        """The worker of the current (or last) attempt (core ``WorkerInfo``), if any."""
+        return self.job.worker
+
+    def handle(self) -> JobHandle | None:
+        """The job's identity once a worker took it (save it to fetch results later)."""
+        return self.job.handle
+
     def start(self) -> asyncio.Task:
-        """Start the job in the background (the owner shows ``panel``, e.g. in the dock)."""
-        if self.panel.parent() is None:
-            self.panel.show()  # not placed anywhere: an ordinary (non-modal) window
+        """Start the job in the background; a panel placed nowhere shows as its own window."""
+        if self.dialog is not None and self.dialog.parent() is None:
+            self.dialog.show()
         self.task = run_coro(self._run(), on_error=self._on_error)
         return self.task
 
@@ -217,89 +216,79 @@ class RemoteJobController(QtCore.QObject):
         return self.task is not None and not self.task.done()
 
     def cancel(self) -> None:
-        """Cancel now at any phase; the runner releases any reservation as it unwinds."""
-        if self._decision is not None and not self._decision.done():
-            self._decision.cancel()
+        """Cancel now at any phase (also while choosing); the worker is released."""
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(SelectionCancelled("Cancelled while choosing a worker."))
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
     def stop(self) -> None:
         """Ask the worker to finish the current epoch, save and send results."""
-        hook = self.events.stop_hook
-        if hook is not None:
-            run_coro(hook(), title="Stop remote training")
+        run_coro(self.job.stop(), title="Stop remote training")
+
+    def try_next_best(self) -> None:
+        """Answer the pending choice: auto-select the best worker not tried yet."""
+        self._answer_with(NextBest())
+
+    def choose_worker(self, peer_id: str) -> bool:
+        """Answer the pending choice with this worker; False if nothing is pending or the
+        worker is not in the room."""
+        if self.pending is None:
+            return False
+        worker = self.pending.room.get(peer_id)
+        if worker is None:
+            return False
+        return self._answer_with(Pick(worker))
+
+    def wait_for_free(self, timeout_s: float = DEFAULT_WAIT_S, peer_id: str | None = None) -> None:
+        """Answer the pending choice: wait (on room events) for the first worker that frees up."""
+        self._answer_with(WaitForFree(timeout_s, peer_id))
 
     # ------------------------------------------------------------------ internals
 
-    def _on_progress(self, event: dict[str, Any]) -> None:
-        if event.get("event") == "epoch_end" and self.phases.phase == Phase.TRAINING:
-            self.phases.update(f"epoch {int(event.get('epoch', 0)) + 1}")
-        self.progress.emit(event)
+    def _answer_with(self, choice: Choice) -> bool:
+        if self._answer is None or self._answer.done():
+            return False
+        self._answer.set_result(choice)
+        return True
 
-    def _on_phase(self, change: Any) -> None:
-        if change.new == Phase.RESERVING and change.detail:
-            room = self.request.room
-            worker = None
-            if room is not None:
-                worker = next((w for w in room.workers if change.detail in (w.name, w.peer_id)), None)
-            self.panel.set_worker(worker or change.detail)
-
-    def _decide(self, choice: str) -> None:
-        if self._decision is not None and not self._decision.done():
-            self._decision.set_result(choice)
+    async def _choose(self, request: ChoiceRequest) -> Choice:
+        """The chooser core's retry table asks: show the problem, wait for the user."""
+        self.pending = request
+        self._answer = asyncio.get_running_loop().create_future()
+        self.choice_needed.emit(request)  # the panel shows the problem and the ways on
+        try:
+            return await self._answer
+        finally:
+            self.pending, self._answer = None, None
+            self.choice_made.emit()
 
     async def _run(self) -> None:
-        busy = UNAVAILABLE_ERRORS
-        request = self.request
         try:
-            while True:
-                try:
-                    self.outcome = await self.runner(request, self.events)
-                    break
-                except busy as exc:  # type: ignore[misc]
-                    if not isinstance(exc, WorkerLostError) and self.phases.phase in (
-                        Phase.TRAINING, Phase.PREDICTING, Phase.DOWNLOADING
-                    ):
-                        raise  # the job had started: not a selection problem
-                    # Core ends the attempt's phases (possibly in FAILED, which is final):
-                    # the retry gets fresh phases, shown by the same panel.
-                    tried = set(request.exclude) | ({request.worker_id} if request.worker_id else set())
-                    if isinstance(exc, WorkerLostError):
-                        tried.add(exc.peer_id)
-                    nobody = isinstance(exc, (NoWorkersError, AllWorkersBusyError))
-                    self.phases = JobPhases()
-                    self.panel.set_phases(self.phases)
-                    self.panel.show_problem(
-                        explain_busy(exc, request.worker_id, request.room),
-                        can_try_next=not nobody, exclude=frozenset(tried),
-                    )
-                    self._decision = asyncio.get_running_loop().create_future()
-                    choice = await self._decision
-                    worker = None
-                    if choice == "choose" and self.choose_worker is not None:
-                        self.panel.status_label.setText("Pick a worker in the list (Cancel to give up).")
-                        picked = self.choose_worker(frozenset(tried))
-                        worker = await picked if asyncio.iscoroutine(picked) or isinstance(picked, asyncio.Future) else picked
-                        self.panel.clear_problem()
-                    elif choice == "wait":
-                        # The refused worker may free up too: wait for any worker.
-                        worker = await self.panel.wait_for_free(frozenset())
-                        self.panel.clear_problem()
-                    request = JobRequest(
-                        **{**request.__dict__, "worker_id": worker, "exclude": frozenset(tried), "phases": self.phases}
-                    )
+            self.outcome = await self.job.run()
         except asyncio.CancelledError:
             if not self.phases.finished:
                 self.phases.advance(Phase.CANCELLED)
             self.ended.emit(Phase.CANCELLED.value)
             raise
-        if not self.phases.finished:
-            self.phases.advance(Phase.DONE) if self.phases.phase == Phase.DOWNLOADING else None
+        except SelectionCancelled:
+            self.ended.emit(Phase.CANCELLED.value)
+            return
         self.succeeded.emit(self.outcome)
 
     def _on_error(self, exc: BaseException) -> None:
-        self.error = str(exc) or exc.__class__.__name__
+        self.error = gui_message(exc)
         log.error("remote job failed: %s", self.error, exc_info=exc)
         if not self.phases.finished:
             self.phases.advance(Phase.FAILED, self.error)
         self.ended.emit(Phase.FAILED.value)
+
+
+def gui_message(exc: BaseException) -> str:
+    """An error's text for the GUI (core's texts carry no command-line flags already)."""
+    if isinstance(exc, NoWorkersError) and not exc.waited:
+        return f"{exc} You can wait for a free worker from the job panel."
+    return str(exc) or exc.__class__.__name__
+
+
+__all__ = ["DEFAULT_WAIT_S", "RemoteJobController", "explain", "gui_message"]

@@ -79,17 +79,15 @@ class RoomSession(QtCore.QObject):
     # ------------------------------------------------------------------ life cycle
 
     async def join(self, room_id: str, token: str, *, target_worker: str | None = None, timeout: float = 10.0) -> RoomView:
-        """Join ``room_id`` and discover its workers; then leave the room joined before.
+        """Join ``room_id`` and discover its workers, then leave the previous room.
 
-        Raises ``SignalingError`` (shown by the caller) when the server refuses or is down;
-        the room joined before (if any) is then kept, untouched: a mistyped token on
-        "Switch room…" does not throw the user out of the room that worked.
+        The new room is joined first: when that fails (wrong token, no such room, server
+        down) the room we were in is kept as it was, and ``SignalingError`` is raised (the
+        caller shows it). Only without a previous room does the state become FAILED.
         """
-        previous = (self.room, self.signaling, self.credentials, self.target_worker, self.state)
-        switching = previous[0] is not None
-        if not switching:
+        previous = self.room is not None
+        if not previous:
             self.credentials = RoomCredentials(room_id, token)
-            self.target_worker = target_worker
             self._set_state(SessionState.CONNECTING)
         client = SignalingClient(
             self.server_url, room_id=room_id, token=token, role=Role.CLIENT.value, request_timeout=timeout
@@ -101,15 +99,14 @@ class RoomSession(QtCore.QObject):
         except BaseException as exc:
             await client.close()
             self.last_error = _join_message(exc, self.server_url)
-            if not switching:
+            if not previous:
                 self.signaling = None
                 self._set_state(SessionState.FAILED)
             if isinstance(exc, Exception):
                 self.error.emit(self.last_error)
                 raise SignalingError(self.last_error) from exc
             raise
-        if switching:
-            await self.leave()
+        await self.leave()
         self.credentials = RoomCredentials(room_id, token)
         self.target_worker = target_worker
         self.signaling = client

@@ -32,12 +32,12 @@ from typing import Any
 
 from qtpy import QtCore, QtWidgets
 
-from sleap_rtc.core.phases import Phase
+from sleap_rtc.core.job_runner import ConnectFn
+from sleap_rtc.core.remote_job import JobSummary
 from sleap_rtc.gui.bridge import show_error
 from sleap_rtc.gui.controller import RemoteGui
-from sleap_rtc.gui.job_dialog import training_line
 from sleap_rtc.gui.loss_feed import LossFeed
-from sleap_rtc.gui.remote_run import JobOutcome, JobRunner, RemoteJobController
+from sleap_rtc.gui.remote_run import RemoteJobController
 from sleap_rtc.gui.session import SessionState
 from sleap_rtc.gui.training_package import HeadConfig, InferenceRequest, PackageInfo, build_training_package
 from sleap_rtc.gui.training_panel import PANEL_OBJECT_NAME, RemoteTrainingPanel
@@ -155,10 +155,10 @@ def window_class() -> type:
     class RemoteMainWindow(MainWindow):
         """SLEAP's main window plus sleap-rtc (dock, Remote menu, remote Run)."""
 
-        def __init__(self, *args: Any, server_url: str | None = None, runner: JobRunner | None = None, **kwargs: Any):
+        def __init__(self, *args: Any, server_url: str | None = None, connect: ConnectFn | None = None, **kwargs: Any):
             kwargs.setdefault("no_usage_data", True)
             super().__init__(*args, **kwargs)
-            self.remote = RemoteGui(self, server_url, runner)
+            self.remote = RemoteGui(self, server_url, connect)
             attach_dock(self, self.remote.dock)
             place_menu_before_help(self.menuBar(), self.remote.build_menu(self.menuBar()))
             self.remote_jobs: list[RemoteTraining] = []
@@ -249,9 +249,9 @@ def ask_about_running_jobs(window: Any, running: list) -> QtWidgets.QMessageBox:
     return box
 
 
-def create_window(labels_path: str | None = None, *, server_url: str | None = None, runner: JobRunner | None = None, **kwargs: Any) -> QtWidgets.QMainWindow:
+def create_window(labels_path: str | None = None, *, server_url: str | None = None, connect: ConnectFn | None = None, **kwargs: Any) -> QtWidgets.QMainWindow:
     """SLEAP's main window with sleap-rtc attached (usage data off)."""
-    return window_class()(labels_path=labels_path, server_url=server_url, runner=runner, **kwargs)
+    return window_class()(labels_path=labels_path, server_url=server_url, connect=connect, **kwargs)
 
 
 # ---------------------------------------------------------------------------------- dialog
@@ -531,8 +531,11 @@ class RemoteTraining(QtCore.QObject):
             raise
         job.ctl.succeeded.connect(job._on_success)
         job.ctl.ended.connect(job._on_ended)
-        job.ctl.panel.phase_changed.connect(job._on_phase)
-        job.ctl.panel.title_label.setText(f"<b>Training {', '.join(job.heads)}</b>")
+        job.ctl.model_started.connect(job.on_model_started)
+        job.ctl.restarted.connect(job.on_restarted)
+        if job.ctl.panel is not None:
+            job.ctl.panel.set_models(job.heads, job.max_epochs)
+            job.ctl.panel.title_label.setText(f"<b>Training {', '.join(job.heads)}</b>")
         window.remote_jobs.append(job)
         return job
 
@@ -555,47 +558,39 @@ class RemoteTraining(QtCore.QObject):
         if self.viewer.cancel_button is not None:
             self.viewer.cancel_button.clicked.connect(self._cancel)
 
-    def _on_phase(self, change: Any) -> None:
-        if change.new == Phase.SELECTING and change.old in (Phase.UPLOADING, Phase.TRAINING, Phase.PREDICTING, Phase.DOWNLOADING):
-            # Auto-select runs the whole job again elsewhere: the next train_begin starts over.
-            self._restart_note = change.detail or "the worker stopped responding"
-            self._head_index = -1
+    def on_restarted(self, note: Any) -> None:
+        """The job started again on another worker (core ``Restarted``): the next model resets with a note."""
+        self._restart_note = f"Restarted on {note.worker}: {note.previous} {note.reason}"
+
+    def on_model_started(self, model: Any) -> None:
+        """A model of the run started (core ``ModelStarted``, index from 1): reset the viewer in order.
+
+        The reset waits until every event of the previous model was read by the viewer, so
+        the new model's plot and statistics are its own and Stop Early is live again.
+        """
+        self._head_index = model.index - 1
+        what = self.heads[min(self._head_index, len(self.heads) - 1)] if self.heads else model.name
+        note, self._restart_note = self._restart_note, ""
+        if self._head_index > 0 or note or self.epochs_forwarded:
+            self.feed.call_in_order(lambda: self._next_model(what, note))
 
     def on_event(self, event: dict[str, Any]) -> None:
-        """Forward one worker training event to the LossViewer (and the job panel).
+        """Forward one raw sleap-nn event to the LossViewer.
 
         sleap-nn 0.3.5 sends ``what: ""``; the viewer keys its plot on ``what``, so an empty
-        one is filled with the head being trained (the heads train in package order, one
-        ``train_begin`` each). Before each model after the first, and after a restart on
-        another worker, the viewer is reset in order: once every earlier event was read.
+        one is filled with the model being trained (the models train in package order).
         """
-        if event.get("event") == "train_begin":
-            self._head_index += 1
-            index = min(self._head_index, len(self.heads) - 1)
-            what = event.get("what") or self.heads[index]
-            note = ""
-            if self._restart_note:
-                worker = self.ctl.panel.worker_name if self.ctl is not None else "another worker"
-                note = f"Restarted on {worker} ({self._restart_note})"
-                self._restart_note = ""
-            if self._head_index > 0 or note or self.epochs_forwarded:
-                self.feed.call_in_order(lambda what=what, note=note: self._next_model(what, note))
         what = event.get("what")
         if not what and self.heads:
             what = self.heads[min(max(self._head_index, 0), len(self.heads) - 1)]
             event = {**event, "what": what}
         if event.get("event") == "epoch_end":
             self.epochs_forwarded += 1
-            if self.ctl is not None:
-                index = min(max(self._head_index, 0), len(self.heads) - 1)
-                self.ctl.panel.set_training(
-                    training_line(event, what or "", index + 1, len(self.heads), self.max_epochs.get(what or ""))
-                )
         self.feed.publish(event)
 
     def _next_model(self, what: str, note: str) -> None:
         self._reset_viewer(what, note)
-        if self.ctl is not None:
+        if self.ctl is not None and self.ctl.panel is not None:
             self.ctl.panel.reset_stop()
         self.raise_viewer()
 
@@ -609,12 +604,12 @@ class RemoteTraining(QtCore.QObject):
 
     # ------------------------------------------------------------------ results
 
-    def _on_success(self, outcome: JobOutcome) -> None:
+    def _on_success(self, outcome: JobSummary) -> None:
         try:
             self.installed = self.install_models(outcome)
             self.new_frames = self.merge_predictions(outcome)
             self.summary = self.summary_text(outcome)
-            if self.ctl is not None:
+            if self.ctl is not None and self.ctl.panel is not None:
                 self.ctl.panel.set_summary(self.summary)
             status_bar = getattr(self.window, "statusBar", None)
             if callable(status_bar):
@@ -626,7 +621,7 @@ class RemoteTraining(QtCore.QObject):
             self._finish()
         self.dlg._handle_learning_finished.emit(self.new_frames)
 
-    def summary_text(self, outcome: JobOutcome) -> str:
+    def summary_text(self, outcome: JobSummary) -> str:
         """One line: where the model(s) went and how many frames were predicted."""
         if self.installed:
             where = ", ".join(f"models/{p.name}" for p in self.installed)
@@ -654,7 +649,7 @@ class RemoteTraining(QtCore.QObject):
             # The package and a copy of the results: the models are in the project now.
             shutil.rmtree(self.out_dir, ignore_errors=True)
 
-    def install_models(self, outcome: JobOutcome) -> list[Path]:
+    def install_models(self, outcome: JobSummary) -> list[Path]:
         """Copy each trained run folder into the project's ``models/`` folder."""
         installed = []
         src = outcome.models_dir
@@ -669,7 +664,7 @@ class RemoteTraining(QtCore.QObject):
                 installed.append(dest)
         return installed
 
-    def merge_predictions(self, outcome: JobOutcome) -> int:
+    def merge_predictions(self, outcome: JobSummary) -> int:
         """Merge returned predictions into the open labels (videos matched by position)."""
         if outcome.predictions is None or not Path(outcome.predictions).is_file():
             return 0

@@ -13,17 +13,18 @@ from qtpy import QtCore, QtWidgets
 
 from sleap_rtc.gui.bridge import show_error
 from sleap_rtc.gui.controller import RemoteGui
-from sleap_rtc.gui.remote_run import JobRunner, RemoteJobController
+from sleap_rtc.core.job_runner import ConnectFn
+from sleap_rtc.gui.remote_run import RemoteJobController
 
 
 class StandaloneWindow(QtWidgets.QMainWindow):
     """A small main window around the Remote Training dock."""
 
-    def __init__(self, server_url: str | None = None, runner: JobRunner | None = None):
+    def __init__(self, server_url: str | None = None, connect: ConnectFn | None = None):
         super().__init__()
         self.setObjectName("sleap_rtc_standalone_window")
         self.setWindowTitle("sleap-rtc: Remote Training")
-        self.remote = RemoteGui(self, server_url, runner)
+        self.remote = RemoteGui(self, server_url, connect)
         self.addDockWidget(QtCore.Qt.LeftDockWidgetArea, self.remote.dock)
         self.remote.dock.setFeatures(QtWidgets.QDockWidget.NoDockWidgetFeatures)
         file_menu = self.menuBar().addMenu("File")

@@ -28,13 +28,14 @@ import logging
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.credentials import encode_session_string
 from sleap_rtc.core.files import CACHE_MAX_BYTES, prune_transfer_cache, sha256_file
+from sleap_rtc.core.identity import WorkerKey, load_or_create_key
 from sleap_rtc.core.protocol import (
     ChannelType,
     JobKind,
@@ -81,11 +82,13 @@ def safe_worker_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", name).strip("-")[:40] or "worker"
 
 
-def format_banner(room_id: str, token: str, peer_id: str) -> str:
-    """The credentials banner (seed Decision 4 format)."""
+def format_banner(room_id: str, token: str, peer_id: str, fingerprint: str | None = None) -> str:
+    """The credentials banner (seed Decision 4 format, plus the worker's key fingerprint)."""
+    identity = f"[INFO] Worker fingerprint: {fingerprint}\n" if fingerprint else ""
     return (
         "[INFO] Worker authenticated. Session string for direct connection:\n"
-        f"{encode_session_string(room_id, token, peer_id)}\n"
+        f"{encode_session_string(room_id, token, peer_id, fingerprint)}\n"
+        f"{identity}"
         "\n"
         "[INFO] Room credentials for other workers/clients to join:\n"
         f"[INFO]   Room ID: {room_id}\n"
@@ -109,6 +112,7 @@ class Worker:
         self.room_id: str | None = config.room_id
         self.token: str | None = config.token
         self.jobs_done = 0
+        self.key: WorkerKey | None = None  # the identity key, loaded (or made) by start()
         self._sessions: dict[int, asyncio.Task] = {}
         self._clients: dict[int, tuple[str, Callable[[], None]]] = {}  # reservation id -> (peer, on_left_room)
         self._tasks: set[asyncio.Task] = set()
@@ -137,6 +141,8 @@ class Worker:
         if not self.room_id:
             self.room_id, self.token = await create_room(self.config.server_url)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.key = load_or_create_key(self.work_dir)  # persistent: clients remember it
+        self.capabilities = replace(self.capabilities, public_key=self.key.public_key)
         name = safe_worker_name(self.capabilities.worker_name)
         self.signaling = SignalingClient(
             self.config.server_url, room_id=self.room_id, token=self.token, role=Role.WORKER.value,
@@ -146,7 +152,7 @@ class Worker:
         self.signaling.add_state_listener(self._on_state)
         await self.signaling.connect()
         self._publisher = asyncio.create_task(self._publish_status(), name="worker-status-publisher")
-        return format_banner(self.room_id, self.token, self.peer_id)
+        return format_banner(self.room_id, self.token, self.peer_id, self.key.fingerprint)
 
     async def serve_forever(self) -> None:
         """Run until ``close()`` (or the room is gone for good)."""
@@ -245,6 +251,8 @@ class Worker:
                 self.signaling, offer, ice_servers=self.config.ice_servers, timeout=self.config.lease_timeout,
                 receive_dir=incoming, cache_dir=self.cache_dir,
             )
+            if self.key is not None:
+                channel.prove_identity(self.key)  # the client uploads nothing before checking it
             if not self.guard.confirm(reservation):
                 reason = "lease expired before the channel opened"
                 return

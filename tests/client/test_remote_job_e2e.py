@@ -14,10 +14,14 @@ import zipfile
 
 from sleap_rtc.core import jobs_wire, transport
 from sleap_rtc.core.credentials import encode_session_string
+from sleap_rtc.core.identity import generate_key
 from sleap_rtc.core.phases import JobPhases, Phase
 from sleap_rtc.core.protocol import MessageType, busy_error_frame
-from sleap_rtc.core.remote_job import RemoteJob
-from sleap_rtc.core.selection import WorkerUnavailableError
+from sleap_rtc.core.credentials import RoomCredentials
+from sleap_rtc.core.job_events import JobCallbacks
+from sleap_rtc.core.job_policy import SessionWorker
+from sleap_rtc.core.job_runner import RemoteJob
+from sleap_rtc.core.selection import SessionWorkerBusyError
 from sleap_rtc.core.signaling import SignalingClient
 
 import pytest
@@ -27,7 +31,9 @@ class FakeWorker:
     """A worker peer with fixed capabilities; ``busy`` makes it refuse offers."""
 
     def __init__(self, url, room_id, token, name, mem, status="available", tmp=None, turn_busy_on_offer=False):
-        props = {"worker_name": name, "gpu_memory_mb": mem, "gpu_model": "FakeGPU", "status": status}
+        self.key = generate_key()  # every worker proves its identity key before the upload
+        props = {"worker_name": name, "gpu_memory_mb": mem, "gpu_model": "FakeGPU", "status": status,
+                 "public_key": self.key.public_key, "fingerprint": self.key.fingerprint}
         self.sig = SignalingClient(url, room_id=room_id, token=token, role="worker", peer_id=f"worker-{name}",
                                    metadata={"tags": ["sleap-rtc"], "properties": props})
         self.name, self.status, self.tmp = name, status, tmp
@@ -52,6 +58,7 @@ class FakeWorker:
             await self.sig.send(busy_error_frame(frame["sender"], self.status))
             return
         channel = await transport.accept(self.sig, frame, receive_dir=self.tmp / self.name)
+        channel.prove_identity(self.key)
         try:
             pkg = await channel.receive_file(timeout=10)
             submit = await channel.receive(timeout=10)
@@ -104,9 +111,12 @@ async def test_auto_select_skips_busy_and_falls_back_when_best_turns_busy(three_
     pkg.write_bytes(b"package bytes" * 1000)
     phases, seen, decisions, logs, events, uploads = JobPhases(), [], [], [], [], []
     phases.subscribe(lambda ch: seen.append(ch.new) if ch.old != ch.new else None)
+    class Record(JobCallbacks):
+        decision, log, progress, upload = decisions.append, logs.append, events.append, uploads.append
+
     job = RemoteJob(
-        pkg, server_url=url, room_id=room_id, token=token, results_dir=tmp_path / "out", phases=phases,
-        on_decision=decisions.append, on_log=logs.append, on_progress=events.append, on_upload=uploads.append,
+        pkg, server_url=url, credentials=RoomCredentials(room_id, token), results_dir=tmp_path / "out", phases=phases,
+        callbacks=Record(),
     )
     try:
         summary = await asyncio.wait_for(job.run(), 60)
@@ -115,9 +125,10 @@ async def test_auto_select_skips_busy_and_falls_back_when_best_turns_busy(three_
     assert not getattr(ok, "error", None), repr(getattr(ok, "error", None))
     assert busy.offers == 0 and best.offers == 1 and ok.offers == 1
     assert summary.worker == "ok" and summary.peer_id == "worker-ok"
-    assert decisions[0].startswith("Trying best (FakeGPU, 24000 MB)")
+    assert decisions[0].startswith(f"Trying best (FakeGPU, 24000 MB, key {best.key.fingerprint[7:17]}), never used from here")
     assert decisions[1].startswith("best is busy (Worker is currently busy.")
-    assert decisions[-1] == "Connected to ok (FakeGPU, 16000 MB)."
+    assert decisions[-2] == f"First job on worker ok: remembering its identity key {ok.key.fingerprint}."
+    assert decisions[-1] == f"Connected to ok (FakeGPU, 16000 MB, key {ok.key.fingerprint[7:17]})."
     assert logs == ["training on ok"] and events[0]["logs"] == {"train_loss": 0.5}
     assert uploads[-1].done == uploads[-1].total == pkg.stat().st_size
     model_dir = tmp_path / "out" / "models" / "centroid"
@@ -134,12 +145,13 @@ async def test_session_string_to_busy_worker_shows_the_seed_message(three_worker
     from sleap_rtc.core.credentials import decode_session_string
 
     target = decode_session_string(session)
-    job = RemoteJob(pkg, server_url=url, room_id=target.room_id, token=target.token,
-                    session_worker=target.peer_id, results_dir=tmp_path / "out")
-    with pytest.raises(WorkerUnavailableError) as err:
+    job = RemoteJob(pkg, server_url=url, credentials=target.room, policy=SessionWorker(target.peer_id),
+                    results_dir=tmp_path / "out")
+    with pytest.raises(SessionWorkerBusyError) as err:
         await asyncio.wait_for(job.run(), 30)
+    # The worker's own words (a v2.0 worker says the same); the CLI adds where the flags are.
     assert str(err.value) == (
         "Worker worker-big-busy is busy: Worker is currently busy. Use --room-id and --token for worker "
-        "discovery to pick an available worker. (--room-id and --token are in the worker's banner.)"
+        "discovery to pick an available worker."
     )
     assert job.phases.phase == Phase.FAILED

@@ -24,7 +24,10 @@ import aiohttp
 import pytest
 from fault_helpers import TINY_PACKAGE, Observer, checkpoints, tiny_package
 
-from sleap_rtc.core.remote_job import JobError, RemoteJob
+from sleap_rtc.core.credentials import RoomCredentials
+from sleap_rtc.core.job_policy import DirectWorker
+from sleap_rtc.core.job_runner import RemoteJob
+from sleap_rtc.core.remote_job import JobError
 from sleap_rtc.core.signaling import SignalingClient
 from sleap_rtc.local_room import sleap_rtc_argv
 
@@ -219,8 +222,8 @@ async def test_hostile_packages_to_a_real_worker(local_room, tmp_path: Path):
         worker_id = obs.peer_id("w1")
         wrong = []
         for label, package, words in cases:
-            job = RemoteJob(package, server_url=room.url, room_id=room.room_id, token=room.token,
-                            results_dir=tmp_path / f"out-{label.replace(' ', '_')}", worker_id=worker_id)
+            job = RemoteJob(package, server_url=room.url, credentials=RoomCredentials(room.room_id, room.token),
+                            results_dir=tmp_path / f"out-{label.replace(' ', '_')}", policy=DirectWorker(worker_id))
             try:
                 await asyncio.wait_for(job.run(), 60)
                 wrong.append(f"{label}: the worker ACCEPTED and ran the package")
@@ -242,8 +245,9 @@ async def test_hostile_packages_to_a_real_worker(local_room, tmp_path: Path):
         # ...and it still does real work: a good job right after.
         output = tmp_path / "out-good"
         summary = await asyncio.wait_for(
-            RemoteJob(tiny_package(tmp_path / "good"), server_url=room.url, room_id=room.room_id,
-                      token=room.token, results_dir=output, worker_id=worker_id).run(), 120)
+            RemoteJob(tiny_package(tmp_path / "good"), server_url=room.url,
+                      credentials=RoomCredentials(room.room_id, room.token), results_dir=output,
+                      policy=DirectWorker(worker_id)).run(), 120)
         assert summary.worker == "w1"
         assert checkpoints(output), f"no best.ckpt after the hostile packages: {summary.files}"
     assert not any("Traceback" in l for l in room.workers["w1"].lines), "\n".join(room.workers["w1"].lines[-40:])

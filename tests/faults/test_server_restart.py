@@ -19,7 +19,9 @@ import pytest
 from fault_helpers import Observer, checkpoints, padded_package
 
 from sleap_rtc.core.phases import JobPhases, Phase
-from sleap_rtc.core.remote_job import RemoteJob
+from sleap_rtc.core.credentials import RoomCredentials
+from sleap_rtc.core.job_events import JobCallbacks
+from sleap_rtc.core.job_runner import RemoteJob
 from sleap_rtc.core.signaling import SignalingClient, SignalingError
 
 pytestmark = pytest.mark.faults
@@ -75,8 +77,12 @@ async def test_server_restart_mid_session(local_room, tmp_path: Path):
             restart["fraction"] = p.done / p.total
             restart["future"] = loop.run_in_executor(None, room.restart_server)
 
-        job = RemoteJob(package, server_url=room.url, room_id=room.room_id, token=room.token,
-                        results_dir=output, phases=phases, on_upload=on_upload)
+        class Watch(JobCallbacks):
+            def upload(self, p) -> None:
+                on_upload(p)
+
+        job = RemoteJob(package, server_url=room.url, credentials=RoomCredentials(room.room_id, room.token),
+                        results_dir=output, phases=phases, callbacks=Watch())
         job_task = asyncio.create_task(job.run())
         try:
             deadline = loop.time() + 90

@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 from sleap_rtc.core.phases import JobPhases, Phase
-from sleap_rtc.core.remote_job import JobError, RemoteJob
+from sleap_rtc.core.credentials import RoomCredentials
+from sleap_rtc.core.job_events import JobCallbacks
+from sleap_rtc.core.job_runner import RemoteJob
+from sleap_rtc.core.remote_job import JobError
 from sleap_rtc.core.selection import SelectionError
 from sleap_rtc.local_room import sleap_rtc_argv
 
@@ -52,10 +55,16 @@ async def test_worker_killed_during_upload_auto_select_retries_on_the_other(loca
         killed["name"], killed["at"], killed["fraction"] = name, time.monotonic(), p.done / p.total
         loop.run_in_executor(None, room.workers[name].kill)
 
+    class Watch(JobCallbacks):
+        def upload(self, p) -> None:
+            on_upload(p)
+
+        def decision(self, text: str) -> None:
+            events.append((time.monotonic(), f"decision: {text}"))
+
     job = RemoteJob(
-        package, server_url=room.url, room_id=room.room_id, token=room.token, results_dir=output,
-        phases=phases, on_upload=on_upload, connect_timeout=30.0,
-        on_decision=lambda text: events.append((time.monotonic(), f"decision: {text}")),
+        package, server_url=room.url, credentials=RoomCredentials(room.room_id, room.token), results_dir=output,
+        phases=phases, callbacks=Watch(), connect_timeout=30.0,
     )
     try:
         summary = await asyncio.wait_for(job.run(), 150)

@@ -1,17 +1,22 @@
-"""Credentials dialog (banner paste, session strings) and the connect/retry dialog."""
+"""Credentials dialog (banner paste, session strings) and the job panel (phases, next / choose / wait)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+import pytest
 from qtpy import QtCore
 
-from sleap_rtc.core.credentials import encode_session_string
+from job_fakes import FakeWorkers, ScriptedChannel
+from sleap_rtc.core.credentials import RoomCredentials, encode_session_string
 from sleap_rtc.core.phases import JobPhases, Phase
-from sleap_rtc.core.transport_errors import WorkerBusyError
+from sleap_rtc.core.retry import Outcome
+from sleap_rtc.core.room import RoomView
+from sleap_rtc.core.signaling import SignalingClient
 from sleap_rtc.gui.credentials_dialog import CredentialsDialog
 from sleap_rtc.gui.job_dialog import JobPanel
-from sleap_rtc.gui.remote_run import JobOutcome, JobRequest, RemoteJobController
+from sleap_rtc.gui.remote_run import RemoteJobController
 
 from fakes import start_fake_worker
 
@@ -152,219 +157,183 @@ def test_selection_timeout_warns(qtbot):
     assert "No worker was chosen within" in dlg.timeout_label.text()
 
 
-def _request(server, room, phases, worker_id=None):
-    return JobRequest(
-        package=None, server_url=server.url, room_id=room[0], token=room[1], worker_id=worker_id,
-        results_dir=None, phases=phases,
-    )
+@pytest.fixture
+async def live_room(signaling_server, room):
+    """Two fake workers in the room and a client's live connection and ``RoomView`` on it
+    (what the GUI's session holds); yields ``(signaling, view, workers)``."""
+    workers = [await start_fake_worker(signaling_server.url, room, name) for name in ("gpu-a", "gpu-b")]
+    client = SignalingClient(signaling_server.url, room_id=room[0], token=room[1], role="client")
+    await client.connect()
+    view = RoomView(client)
+    await view.start()
+    try:
+        yield client, view, workers
+    finally:
+        view.close()
+        await client.close()
+        for w in workers:
+            await w.close()
 
 
-def _busy_once(attempts: list):
-    """A job runner whose first attempt is refused busy and whose next one trains; records
-    ``(worker_id, exclude)`` of each attempt. Like core, each attempt drives its own phases
-    and ends a refused one in FAILED."""
-
-    async def runner(request, events):
-        phases = request.phases
-        attempts.append((request.worker_id, set(request.exclude)))
-        phases.advance(Phase.JOINING)
-        phases.advance(Phase.DISCOVERING)
-        phases.advance(Phase.SELECTING)
-        phases.advance(Phase.RESERVING, request.worker_id or "gpu-b")
-        if len(attempts) == 1:
-            phases.advance(Phase.FAILED, "busy")
-            raise WorkerBusyError("busy", status="busy")
-        phases.advance(Phase.CONNECTING)
-        phases.advance(Phase.UPLOADING, "100%")
-        phases.advance(Phase.TRAINING)
-        events.on_progress({"event": "epoch_end", "what": "single_instance", "epoch": 0, "logs": {"train/loss": 1.0}})
-        phases.advance(Phase.DOWNLOADING)
-        return JobOutcome()
-
-    return runner
+def _controller(tmp_path, room, live_room, fake: FakeWorkers, worker_id=None, **kw) -> RemoteJobController:
+    client, view, _workers = live_room
+    package = tmp_path / "pkg.zip"
+    package.write_bytes(b"pkg")
+    return RemoteJobController(package, tmp_path / "results", credentials=RoomCredentials(*room), signaling=client,
+                               room=view, worker_id=worker_id, connect=fake.connect, **kw)
 
 
-async def test_busy_worker_offers_next_best_and_retries(qtbot, signaling_server, room, wait_until):
-    """A worker_busy refusal shows why; "Try next best" retries without that worker."""
-    attempts = []
-    ctl = RemoteJobController(_request(signaling_server, room, JobPhases(), "worker-gpu-a"), _busy_once(attempts))
+async def test_busy_worker_offers_next_best_and_retries(qtbot, tmp_path, room, live_room, wait_until):
+    """A worker_busy refusal shows why; "Try next best" retries without that worker, on the
+    same phases (core's retry table; the GUI only answers its question)."""
+    fake = FakeWorkers({"worker-gpu-a": "busy"})
+    ctl = _controller(tmp_path, room, live_room, fake, "worker-gpu-a")
     qtbot.addWidget(ctl.dialog)
-    done = []
+    phases = ctl.phases
+    done, asked = [], []
     ctl.succeeded.connect(done.append)
+    ctl.choice_needed.connect(asked.append)
     ctl.start()
     await wait_until(lambda: ctl.dialog.problem_box.isVisible(), 3)
-    assert "worker-gpu-a is busy" in ctl.dialog.problem_label.text()
+    assert "gpu-a is busy" in ctl.dialog.problem_label.text()
+    assert "--" not in ctl.dialog.problem_label.text()
+    assert asked[0].outcome == Outcome.BUSY and asked[0].tried == {"worker-gpu-a"}
     assert ctl.dialog.cancel_button.isVisibleTo(ctl.dialog)  # still cancellable while choosing
     assert ctl.dialog.selection_timer.isActive()
+    assert ctl.dialog.windowModality() == QtCore.Qt.NonModal  # the main window stays usable
     ctl.dialog.try_next_button.click()
-    await wait_until(lambda: done, 3)
-    assert attempts == [("worker-gpu-a", set()), (None, {"worker-gpu-a"})]
-    assert ctl.phases.phase == Phase.DONE
-    assert "Training: epoch 1" in ctl.dialog.step_text(Phase.TRAINING)
+    await wait_until(lambda: done, 5)
+    assert fake.attempts == ["worker-gpu-a", "worker-gpu-b"]
+    assert ctl.phases is phases and ctl.phases.phase == Phase.DONE
+    assert "epoch 1" in ctl.dialog.step_text(Phase.TRAINING)
+    assert done[0].peer_id == "worker-gpu-b"
 
 
-async def test_choose_another_waits_for_the_users_pick(qtbot, signaling_server, room, wait_until):
-    """"Choose another" does not retry until the user picked a worker that was not refused."""
-    attempts = []
-    picks: asyncio.Queue = asyncio.Queue()
-    asked = []
-
-    async def choose(exclude):
-        asked.append(set(exclude))
-        return await picks.get()
-
-    ctl = RemoteJobController(_request(signaling_server, room, JobPhases(), "worker-gpu-a"), _busy_once(attempts),
-                              choose_worker=choose)
+async def test_choose_another_waits_for_the_users_pick(qtbot, tmp_path, room, live_room, wait_until):
+    """"Choose another" does not retry until the user picked a worker."""
+    fake = FakeWorkers({"worker-gpu-a": "busy"})
+    ctl = _controller(tmp_path, room, live_room, fake, "worker-gpu-a")
     qtbot.addWidget(ctl.dialog)
     done = []
     ctl.succeeded.connect(done.append)
     ctl.start()
     await wait_until(lambda: ctl.dialog.problem_box.isVisible(), 3)
     ctl.dialog.choose_button.click()
-    await wait_until(lambda: asked, 3)
     await asyncio.sleep(0.3)
-    assert attempts == [("worker-gpu-a", set())], "retried before the user picked a worker"
+    assert fake.attempts == ["worker-gpu-a"], "retried before the user picked a worker"
     assert "Pick a worker" in ctl.dialog.status_label.text()
-    assert asked == [{"worker-gpu-a"}]
-    picks.put_nowait("worker-gpu-b")
-    await wait_until(lambda: done, 3)
-    assert attempts == [("worker-gpu-a", set()), ("worker-gpu-b", {"worker-gpu-a"})]
+    assert ctl.dialog.chooser_box.isVisibleTo(ctl.dialog)
+    assert ctl.pending is not None
+    assert not ctl.choose_worker("worker-nobody")  # not in the room: still waiting
+    assert ctl.choose_worker("worker-gpu-b")
+    await wait_until(lambda: done, 5)
+    assert fake.attempts == ["worker-gpu-a", "worker-gpu-b"]
 
 
-async def test_cancel_releases_the_worker(qtbot, signaling_server, room, wait_until):
-    """Cancel during upload: the runner unwinds and the worker is available again."""
-    from sleap_rtc.core.room import RoomView
-    from sleap_rtc.core.signaling import SignalingClient
+async def test_wait_for_a_free_worker_takes_the_first_that_frees_up(qtbot, tmp_path, room, live_room, wait_until):
+    """Both workers busy: the question says so without flags; "wait" waits on room events
+    and runs the job on the first worker whose status turns available."""
+    _client, view, workers = live_room
+    for w in workers:
+        await w.update_metadata({"properties": {"status": "busy"}})
+    await wait_until(lambda: not view.available(), 3)
+    fake = FakeWorkers()
+    ctl = _controller(tmp_path, room, live_room, fake)
+    qtbot.addWidget(ctl.dialog)
+    done, waits = [], []
+    ctl.succeeded.connect(done.append)
+    ctl.waiting.connect(waits.append)
+    ctl.start()
+    await wait_until(lambda: ctl.pending is not None, 3)
+    assert ctl.pending.outcome == Outcome.NONE_FREE
+    assert "No worker is free right now (2 busy)" in ctl.dialog.problem_label.text()
+    ctl.wait_for_free(10)
+    await wait_until(lambda: ctl.phases.phase == Phase.WAITING, 3)
+    assert {b.peer_id for b in waits[-1].busy} == {"worker-gpu-a", "worker-gpu-b"}
+    await workers[1].update_metadata({"properties": {"status": "available"}})
+    await wait_until(lambda: done, 5)
+    assert fake.attempts == ["worker-gpu-b"]
 
-    worker = await start_fake_worker(signaling_server.url, room, "gpu-a")
-    watcher = SignalingClient(signaling_server.url, room_id=room[0], token=room[1], role="client")
-    await watcher.connect()
-    view = RoomView(watcher)
-    await view.start()
-    phases = JobPhases()
 
-    async def runner(request, events):
-        phases.advance(Phase.RESERVING, "gpu-a")
-        await worker.update_metadata({"properties": {"status": "reserved"}})
+async def test_cancel_releases_the_worker(qtbot, tmp_path, room, live_room, wait_until):
+    """Cancel mid-job: the job is cancelled on the worker, which is available again."""
+    _client, view, workers = live_room
+
+    async def reserve_until_cancelled(ch: ScriptedChannel) -> None:
+        await workers[0].update_metadata({"properties": {"status": "reserved"}})
         try:
-            phases.advance(Phase.CONNECTING)
-            phases.advance(Phase.UPLOADING, "10%")
-            await asyncio.sleep(30)
+            await ch.accept()
+            await ch.cancelled.wait()
         finally:
-            await worker.update_metadata({"properties": {"status": "available"}})
-        return JobOutcome()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(workers[0].update_metadata({"properties": {"status": "available"}}))
 
-    ctl = RemoteJobController(_request(signaling_server, room, phases, "worker-gpu-a"), runner)
+    fake = FakeWorkers({"worker-gpu-a": reserve_until_cancelled})
+    ctl = _controller(tmp_path, room, live_room, fake, "worker-gpu-a")
     qtbot.addWidget(ctl.dialog)
     ended = []
     ctl.ended.connect(ended.append)
     ctl.start()
-    try:
-        await wait_until(lambda: view.get("worker-gpu-a").status == "reserved", 3)
-        ctl.dialog.cancel_button.click()
-        await wait_until(lambda: ended == ["cancelled"], 3)
-        await wait_until(lambda: view.get("worker-gpu-a").status == "available", 3)
-        assert phases.phase == Phase.CANCELLED
-        assert "worker was released" in ctl.dialog.status_label.text()
-    finally:
-        view.close()
-        await watcher.close()
-        await worker.close()
+    await wait_until(lambda: view.get("worker-gpu-a").status == "reserved", 3)
+    await wait_until(lambda: ctl.phases.phase == Phase.TRAINING, 3)
+    ctl.dialog.cancel_button.click()
+    await wait_until(lambda: ended == ["cancelled"], 3)
+    await wait_until(lambda: view.get("worker-gpu-a").status == "available", 3)
+    assert fake.channels[0].cancelled.is_set()
+    assert ctl.phases.phase == Phase.CANCELLED
+    assert "worker was released" in ctl.dialog.status_label.text()
 
 
-async def _watched_room(server, room):
-    from sleap_rtc.core.room import RoomView
-    from sleap_rtc.core.signaling import SignalingClient
-
-    watcher = SignalingClient(server.url, room_id=room[0], token=room[1], role="client")
-    await watcher.connect()
-    view = RoomView(watcher)
-    await view.start()
-    return watcher, view
-
-
-def _refused_first(attempts: list, error: BaseException):
-    """A runner whose first attempt raises ``error`` and whose next one finishes."""
-    inner = _busy_once(attempts)
-
-    async def runner(request, events):
-        if not attempts:
-            attempts.append((request.worker_id, set(request.exclude)))
-            request.phases.advance(Phase.JOINING)
-            request.phases.advance(Phase.FAILED, str(error))
-            raise error
-        return await inner(request, events)
-
-    return runner
-
-
-async def test_choose_another_is_a_live_list_in_the_panel(qtbot, signaling_server, room, wait_until):
-    """"Choose another…" opens the room's workers in the panel; the pick is the next attempt's worker."""
-    a = await start_fake_worker(signaling_server.url, room, "gpu-a")
-    b = await start_fake_worker(signaling_server.url, room, "gpu-b", gpu="NVIDIA A100")
-    watcher, view = await _watched_room(signaling_server, room)
-    attempts = []
-    request = _request(signaling_server, room, JobPhases(), "worker-gpu-a")
-    request.room = view
-    ctl = RemoteJobController(request, _refused_first(attempts, WorkerBusyError("busy", status="busy")))
-    qtbot.addWidget(ctl.panel)
+async def test_choose_another_is_a_live_list_in_the_panel(qtbot, tmp_path, signaling_server, room, live_room, wait_until):
+    """"Choose another…" lists the room's workers in the panel, live; the pick runs the job."""
+    fake = FakeWorkers({"worker-gpu-a": "busy"})
+    ctl = _controller(tmp_path, room, live_room, fake, "worker-gpu-a")
+    panel = ctl.panel
+    qtbot.addWidget(panel)
     done = []
     ctl.succeeded.connect(done.append)
+    ctl.start()
+    await wait_until(lambda: panel.problem_box.isVisible(), 3)
+    panel.choose_button.click()
+    model = panel.chooser_model
+    await wait_until(lambda: model.rowCount() == 2, 3)
+    extra = await start_fake_worker(signaling_server.url, room, "gpu-c")  # appears while the user looks
     try:
-        ctl.start()
-        await wait_until(lambda: ctl.panel.problem_box.isVisible(), 3)
-        assert "gpu-a is busy" in ctl.panel.problem_label.text()
-        ctl.panel.choose_button.click()
-        await wait_until(lambda: ctl.panel.chooser_box.isVisibleTo(ctl.panel), 3)
-        model = ctl.panel.chooser_model
-        assert [w.name for w in model.workers] == ["gpu-a", "gpu-b"]
-        # the list is live: a third worker shows up while the user looks
-        c = await start_fake_worker(signaling_server.url, room, "gpu-c")
         await wait_until(lambda: model.rowCount() == 3, 3)
-        ctl.panel.chooser_table.selectRow(model.row_of("worker-gpu-a"))
-        assert not ctl.panel.use_button.isEnabled()  # it already refused this job
-        ctl.panel.chooser_table.selectRow(model.row_of("worker-gpu-b"))
-        assert ctl.panel.use_button.isEnabled()
-        ctl.panel.use_button.click()
-        await wait_until(lambda: done, 3)
-        assert attempts[1][0] == "worker-gpu-b"
-        await c.close()
+        panel.chooser_table.selectRow(model.row_of("worker-gpu-a"))
+        assert not panel.use_button.isEnabled()  # it already refused this job
+        panel.chooser_table.selectRow(model.row_of("worker-gpu-c"))
+        assert panel.use_button.isEnabled()
+        panel.use_button.click()
+        await wait_until(lambda: done, 5)
+        assert fake.attempts == ["worker-gpu-a", "worker-gpu-c"]
+        assert not panel.chooser_box.isVisibleTo(panel)
     finally:
-        view.close()
-        await watcher.close()
-        await a.close()
-        await b.close()
+        await extra.close()
 
 
-async def test_wait_for_a_free_worker_takes_the_first_that_frees_up(qtbot, signaling_server, room, wait_until):
-    """All busy: "Wait for a free worker" says who is busy since when, then takes the one that frees up."""
-    from sleap_rtc.core.selection import AllWorkersBusyError
-
-    a = await start_fake_worker(signaling_server.url, room, "gpu-a", status="busy")
-    watcher, view = await _watched_room(signaling_server, room)
-    attempts = []
-    request = _request(signaling_server, room, JobPhases())
-    request.room = view
-    ctl = RemoteJobController(request, _refused_first(attempts, AllWorkersBusyError("all busy; pass --wait SECONDS")))
-    qtbot.addWidget(ctl.panel)
+async def test_wait_button_shows_who_is_busy_since_when(qtbot, tmp_path, room, live_room, wait_until):
+    """All busy: the panel's "Wait for a free worker" lists the busy workers, then the first
+    one that frees up takes the job."""
+    _client, view, workers = live_room
+    for w in workers:
+        await w.update_metadata({"properties": {"status": "busy"}})
+    await wait_until(lambda: not view.available(), 3)
+    fake = FakeWorkers()
+    ctl = _controller(tmp_path, room, live_room, fake)
+    panel = ctl.panel
+    qtbot.addWidget(panel)
     done = []
     ctl.succeeded.connect(done.append)
-    try:
-        ctl.start()
-        await wait_until(lambda: ctl.panel.problem_box.isVisible(), 3)
-        text = ctl.panel.problem_label.text()
-        assert "busy" in text and "gpu-a" in text
-        assert "--" not in text  # no command-line flag in the GUI
-        assert not ctl.panel.try_next_button.isEnabled()  # nobody to try
-        ctl.panel.wait_button.click()
-        await wait_until(lambda: "gpu-a: busy since" in ctl.panel.waiting_text(), 3)
-        await asyncio.sleep(0.3)
-        assert len(attempts) == 1, "retried before a worker was free"
-        await a.update_metadata({"properties": {"status": "available"}})
-        await wait_until(lambda: done, 3)
-        assert attempts[1][0] == "worker-gpu-a"
-        assert not ctl.panel.waiting_label.isVisibleTo(ctl.panel)
-    finally:
-        view.close()
-        await watcher.close()
-        await a.close()
+    ctl.start()
+    await wait_until(lambda: panel.problem_box.isVisible(), 3)
+    assert not panel.try_next_button.isEnabled()  # nobody to try
+    panel.wait_button.click()
+    await wait_until(lambda: "gpu-a: busy" in panel.waiting_text() and "gpu-b: busy" in panel.waiting_text(), 3)
+    assert "Choosing a worker" in panel.step_text(Phase.SELECTING)
+    await asyncio.sleep(0.2)
+    assert fake.attempts == [], "ran before a worker was free"
+    await workers[0].update_metadata({"properties": {"status": "available"}})
+    await wait_until(lambda: done, 5)
+    assert fake.attempts == ["worker-gpu-a"]
+    assert not panel.waiting_label.isVisibleTo(panel)

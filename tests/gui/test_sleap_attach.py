@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import zipfile
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
+from job_fakes import FakeWorkers, ScriptedChannel
 from sleap_rtc.core.phases import Phase
-from sleap_rtc.gui.remote_run import JobOutcome
+from sleap_rtc.core.remote_job import JobSummary
 from sleap_rtc.gui.training_panel import PANEL_OBJECT_NAME, RemoteTrainingPanel
 
 from fakes import start_fake_worker
@@ -45,8 +47,8 @@ def project(tmp_path, sleap_home):
 def window(qtbot, project, signaling_server, request):
     from sleap_rtc.gui.sleap_attach import create_window
 
-    runner = getattr(request, "param", None)
-    win = create_window(str(project), server_url=signaling_server.url, runner=runner)
+    workers = getattr(request, "param", None)
+    win = create_window(str(project), server_url=signaling_server.url, connect=workers.connect if workers else None)
     qtbot.addWidget(win)
     yield win
     for dlg in list(win._child_windows.values()):
@@ -76,6 +78,8 @@ async def test_dock_and_menu_are_attached(window):
     assert dock.toggleViewAction() in window.viewMenu.actions()
     menu = window.findChild(QtWidgets.QMenu, "sleap_rtc_remote_menu")
     assert [a.text() for a in menu.actions() if a.text()][:3] == ["Join room…", "Use session string…", "Disconnect"]
+    titles = [a.text().replace("&", "") for a in window.menuBar().actions()]
+    assert titles.index("Remote") == titles.index("Help") - 1, titles  # the Remote menu before Help
     assert window.state["share usage data"] is False
 
 
@@ -108,43 +112,32 @@ async def test_run_without_remote_is_sleaps_own_path(window, monkeypatch):
     assert window.remote_jobs == []
 
 
-class FakeRemoteWorker:
-    """A runner standing in for core's client flow: phases, sleap-nn events, a model back."""
+class FakeRemoteWorker(FakeWorkers):
+    """Core's connect attempt to in-memory workers that train the package they get: per
+    model of its jobs.yaml, sleap-nn's events, then the model folder back (a zip)."""
 
     def __init__(self, epochs: int = 3):
+        super().__init__()
         self.epochs = epochs
-        self.packages: list[Path] = []
-        self.stopped = False
+        self.packages: list[bytes] = []
+        self.default = self.train
 
-    async def __call__(self, request, events):
-        phases = request.phases
-        phases.advance(Phase.JOINING)
-        phases.advance(Phase.DISCOVERING)
-        phases.advance(Phase.SELECTING)
-        phases.advance(Phase.RESERVING, request.worker_id or "gpu-a")
-        phases.advance(Phase.CONNECTING)
-        phases.advance(Phase.UPLOADING, "100%")
-        self.packages.append(request.package)
-        self.package_bytes = Path(request.package).read_bytes()  # the temp folder goes at the end
-        with zipfile.ZipFile(request.package) as zf:
+    async def train(self, ch: ScriptedChannel) -> None:
+        self.packages.append(ch.package)
+        with zipfile.ZipFile(io.BytesIO(ch.package)) as zf:
             jobs = yaml.safe_load(zf.read("jobs.yaml"))
-        phases.advance(Phase.TRAINING)
+        await ch.accept()
         for job in jobs["training"]:
             what = Path(job["cfg"]).stem
-            events.on_progress({"event": "train_begin", "what": what})
+            await ch.event({"event": "train_begin", "what": what})
             for epoch in range(self.epochs):
                 await asyncio.sleep(0.05)
-                events.on_progress({"event": "epoch_begin", "what": what, "epoch": epoch})
-                events.on_progress({"event": "epoch_end", "what": what, "epoch": epoch, "logs": {"train/loss": 1.0 / (epoch + 1), "val/loss": 1.2 / (epoch + 1)}})
-            events.on_progress({"event": "train_end", "what": what})
-        phases.advance(Phase.DOWNLOADING, "100%")
-        models = request.results_dir / "models"
+                await ch.event({"event": "epoch_begin", "what": what, "epoch": epoch})
+                await ch.epoch(what, epoch, 1.0 / (epoch + 1))
+            await ch.event({"event": "train_end", "what": what})
         for job in jobs["training"]:
-            run = models / Path(job["run_path"]).name
-            run.mkdir(parents=True)
-            (run / "best.ckpt").write_bytes(b"weights")
-            (run / "training_config.yaml").write_text("ok: true\n")
-        return JobOutcome(models_dir=models)
+            await ch.result_model(Path(job["run_path"]).name, {"best.ckpt": b"weights", "training_config.yaml": b"ok: true\n"})
+        await ch.complete()
 
 
 @pytest.mark.parametrize("window", [FakeRemoteWorker(epochs=3)], indirect=True)
@@ -156,9 +149,8 @@ async def test_run_with_remote_trains_on_a_worker(window, signaling_server, room
         dlg = training_dialog(window, predict_on="nothing")
         panel = dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
         assert panel.room_label.text() == room[0]
-        dlg.pipeline_form_widget.current_pipeline = "single"
         panel.remote_check.setChecked(True)
-        dlg.run_button.click()
+        dlg.run_button.click()  # SLEAP's default pipeline: top-down, two models
         assert len(window.remote_jobs) == 1
         job = window.remote_jobs[0]
         epochs = []
@@ -169,12 +161,13 @@ async def test_run_with_remote_trains_on_a_worker(window, signaling_server, room
         await wait_until(lambda: job.closed, 5)
         assert job.epochs_forwarded == 3 * len(heads)
         assert len(epochs) == job.epochs_forwarded  # every remote epoch reached the LossViewer
-        # the package's temp folder is gone once the job ended
+        # the package's temp folder is gone once the job ended; the panel has a one-line summary
         assert not job.package.path.parent.exists()
+        assert job.summary.startswith("Finished: models saved to models/") and job.summary == job.ctl.panel.status_label.text()
+        # a multi-model run: the viewer was reset for the second model (its own plot, Stop Early live)
+        assert len(heads) == 1 or job.resets == len(heads)
         # package: labels with embedded frames + one config per head + jobs.yaml, relative paths
-        import io
-
-        with zipfile.ZipFile(io.BytesIO(window.remote.runner.package_bytes)) as zf:
+        with zipfile.ZipFile(io.BytesIO(window.remote.connect.__self__.packages[-1])) as zf:
             names = set(zf.namelist())
             assert {"proj.pkg.slp", "jobs.yaml", "train-script.sh"} | {f"{h}.yaml" for h in heads} <= names
             cfg = yaml.safe_load(zf.read(f"{heads[0]}.yaml"))
@@ -191,39 +184,28 @@ async def test_run_with_remote_trains_on_a_worker(window, signaling_server, room
 
 
 class SlowRemoteWorker(FakeRemoteWorker):
-    """Trains until stopped (or cancelled); records which control arrived."""
+    """Trains until stopped (or cancelled); ``controls`` lists which control each job got."""
 
     def __init__(self):
         super().__init__()
-        self.controls: list[str] = []
+        self.default = self.slow
 
-    async def __call__(self, request, events):
-        phases = request.phases
-        for phase in (Phase.JOINING, Phase.DISCOVERING, Phase.SELECTING):
-            phases.advance(phase)
-        phases.advance(Phase.RESERVING, "gpu-a")
-        phases.advance(Phase.CONNECTING)
-        phases.advance(Phase.UPLOADING, "100%")
-        phases.advance(Phase.TRAINING)
-        stop = asyncio.Event()
+    @property
+    def controls(self) -> list[str]:
+        return [("cancel" if ch.cancelled.is_set() else "stop") for ch in self.channels
+                if ch.stopped.is_set() or ch.cancelled.is_set()]
 
-        async def stop_hook():
-            self.controls.append("stop")
-            stop.set()
-
-        events.stop_hook = stop_hook
-        try:
-            await asyncio.wait_for(stop.wait(), 20)
-        except asyncio.CancelledError:
-            self.controls.append("cancel")
-            raise
-        phases.advance(Phase.DOWNLOADING)
-        return JobOutcome(stopped_early=True)
+    async def slow(self, ch: ScriptedChannel) -> None:
+        await ch.accept()
+        await ch.event({"event": "train_begin", "what": "single_instance"})
+        await asyncio.wait_for(ch.stopped.wait(), 20)
+        await ch.complete()
 
 
 @pytest.mark.parametrize("window", [SlowRemoteWorker()], indirect=True)
 async def test_lossviewer_stop_and_cancel_reach_the_remote_job(window, signaling_server, room, wait_until):
-    runner = window.remote.runner
+    runner = window.remote.connect.__self__
+    worker = await start_fake_worker(signaling_server.url, room, "gpu-a")
     await window.remote.session.join(*room)
     try:
         # Stop Early: the viewer publishes {"command": "stop"} on its controller port
@@ -248,6 +230,7 @@ async def test_lossviewer_stop_and_cancel_reach_the_remote_job(window, signaling
         await wait_until(lambda: job.closed, 5)
     finally:
         await window.remote.session.leave()
+        await worker.close()
 
 
 async def test_remote_run_end_to_end_with_a_real_worker(qtbot, project, signaling_server, room, tmp_path, wait_until):
@@ -271,7 +254,7 @@ async def test_remote_run_end_to_end_with_a_real_worker(qtbot, project, signalin
     )
     worker = Worker(config, caps)
     await worker.start()
-    win = create_window(str(project), server_url=signaling_server.url)  # default runner: core's client flow
+    win = create_window(str(project), server_url=signaling_server.url)  # default connect: real WebRTC
     qtbot.addWidget(win)
     try:
         await win.remote.session.join(*room)
@@ -316,7 +299,7 @@ async def test_returned_predictions_are_merged_into_the_open_labels(window, tmp_
     job = RemoteTraining.__new__(RemoteTraining)  # only the merge step, without a viewer
     job.window, job.form = window, {"_prediction_mode": "add"}
     before = len(labels.labeled_frames)
-    assert job.merge_predictions(JobOutcome(predictions=predictions)) == 1
+    assert job.merge_predictions(JobSummary(worker="w", peer_id="w", duration_s=0.0, predictions=predictions)) == 1
     assert len(labels.labeled_frames) == before + 1
     lf = labels.find(labels.videos[0], 6)[0]
     assert lf.video is labels.videos[0]
@@ -352,7 +335,6 @@ async def test_whole_video_targets_are_explained_before_run(window, signaling_se
         assert attach.remote_inference_request("nothing") is None
     finally:
         await window.remote.session.leave()
-        await asyncio.sleep(0)
 
 
 async def test_current_frame_travels_in_the_package_as_its_suggestion(window, tmp_path):
@@ -362,7 +344,6 @@ async def test_current_frame_travels_in_the_package_as_its_suggestion(window, tm
 
     from sleap_rtc.gui.sleap_attach import package_from_dialog
 
-    window.state["frame_idx"] = 6
     dlg = training_dialog(window)
     assert dlg.frame_target_selector.get_selection().target_key == "frame"  # SLEAP's default
     dlg.pipeline_form_widget.current_pipeline = "single"
@@ -371,10 +352,10 @@ async def test_current_frame_travels_in_the_package_as_its_suggestion(window, tm
     assert list(window.labels.suggestions) == before
     with zipfile.ZipFile(info.path) as zf:
         jobs = yaml.safe_load(zf.read("jobs.yaml"))
-        zf.extract(info.labels_name, tmp_path)
+        zf.extract(info.labels_name, tmp_path / "x")
     assert jobs["inference"][0]["only_suggested_frames"] is True
-    packaged = sio.load_slp(str(tmp_path / info.labels_name))
-    frames = [s.frame_idx for s in packaged.suggestions]
+    packaged = sio.load_slp(str(tmp_path / "x" / info.labels_name))
+    frames = [sf.frame_idx for sf in packaged.suggestions]
     assert len(frames) == 1 and form["_predict_frames"] == 1
     assert packaged.videos[0][frames[0]].shape[:2] == (64, 64)  # the frame itself is embedded
 
@@ -400,8 +381,3 @@ async def test_cpu_worker_warns_about_sleaps_default_epochs(window, signaling_se
     finally:
         await window.remote.session.leave()
         await worker.close()
-
-
-async def test_remote_menu_sits_before_help(window):
-    titles = [a.text().replace("&", "") for a in window.menuBar().actions()]
-    assert titles.index("Remote") == titles.index("Help") - 1, titles

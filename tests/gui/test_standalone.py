@@ -8,29 +8,17 @@ from qtpy import QtWidgets
 
 from sleap_rtc.core.phases import Phase
 from sleap_rtc.gui.launcher import build_window
-from sleap_rtc.gui.remote_run import JobOutcome
+from job_fakes import FakeWorkers
 from sleap_rtc.gui.standalone import StandaloneWindow
 
 from fakes import start_fake_worker
 
 
 async def test_standalone_submits_a_package(qtbot, tmp_path, signaling_server, room, wait_until):
-    seen = []
-
-    async def runner(request, events):
-        seen.append((request.package, request.worker_id, request.results_dir))
-        for phase in (Phase.JOINING, Phase.DISCOVERING, Phase.SELECTING):
-            request.phases.advance(phase)
-        request.phases.advance(Phase.RESERVING, "gpu-a")
-        request.phases.advance(Phase.CONNECTING)
-        request.phases.advance(Phase.UPLOADING, "100%")
-        request.phases.advance(Phase.TRAINING)
-        request.phases.advance(Phase.DOWNLOADING)
-        return JobOutcome()
-
+    workers = FakeWorkers()
     win = build_window(signaling_server.url, force_standalone=True)
     assert isinstance(win, StandaloneWindow)
-    win.remote.runner = runner
+    win.remote.connect = workers.connect
     qtbot.addWidget(win)
     assert win.remote.dock.objectName() == "sleap_rtc_remote_training_dock"
     assert [a.text() for a in win.menuBar().actions()] == ["File", "Remote"]
@@ -51,7 +39,10 @@ async def test_standalone_submits_a_package(qtbot, tmp_path, signaling_server, r
         win.remote.dock.select_worker("worker-gpu-a")
         ctl = win.submit_package(str(package))
         await wait_until(lambda: ctl.phases.phase == Phase.DONE, 5)
-        assert seen == [(package, "worker-gpu-a", tmp_path / "fly.slp.training_job.zip.results")]
+        assert workers.attempts == ["worker-gpu-a"]
+        assert workers.channels[0].package == package.read_bytes()
+        assert ctl.job.results_dir == tmp_path / "fly.slp.training_job.zip.results"
+        assert (ctl.job.results_dir / "models" / "run1" / "best.ckpt").is_file()
     finally:
         await win.remote.session.leave()
         await worker.close()
