@@ -83,6 +83,23 @@ def _prefer_qt_matplotlib() -> None:
     matplotlib.use("QtAgg")
 
 
+def use_pyside_platform_plugins() -> None:
+    """Undo OpenCV's Qt plugin path so Qt loads PySide6's own ``xcb`` plugin.
+
+    SLEAP imports ``cv2``; a pip OpenCV wheel built with Qt sets
+    ``QT_QPA_PLATFORM_PLUGIN_PATH`` to its own ``cv2/qt/plugins`` at import, whose ``xcb``
+    plugin belongs to another Qt: on a real X display the ``QApplication`` then aborts
+    ("Could not load the Qt platform plugin xcb"). SLEAP's own fix re-executes the process,
+    which our launcher turns off (``SLEAP_SKIP_QT_FIX``). Call before the app exists.
+    """
+    import os
+
+    path = os.environ.get("QT_QPA_PLATFORM_PLUGIN_PATH", "")
+    if path and f"{os.sep}cv2{os.sep}" in path + os.sep:
+        del os.environ["QT_QPA_PLATFORM_PLUGIN_PATH"]
+        os.environ.pop("QT_QPA_FONTDIR", None) if "cv2" in os.environ.get("QT_QPA_FONTDIR", "") else None
+
+
 def check_hooks() -> None:
     """Check that every private SLEAP hook used here exists (raise ``SleapHookError`` if not)."""
     _prefer_qt_matplotlib()
@@ -117,6 +134,7 @@ def create_app() -> QtWidgets.QApplication:
     _prefer_qt_matplotlib()
     from sleap.gui.app import create_app as sleap_create_app
 
+    use_pyside_platform_plugins()
     return sleap_create_app()
 
 
