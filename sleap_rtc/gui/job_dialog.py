@@ -65,6 +65,8 @@ def phase_text(phase: Phase, detail: str = "") -> str:
         return base
     if phase == Phase.RESERVING:
         return f"Reserving {detail}"
+    if phase == Phase.CONNECTING and detail.startswith("connected to "):
+        return "Connected to " + detail.removeprefix("connected to ")
     if phase in (Phase.UPLOADING, Phase.DOWNLOADING):
         return f"{base} {detail}" if detail.endswith("%") else base
     return f"{base}: {detail}"
@@ -521,6 +523,7 @@ class JobPanel(QtWidgets.QFrame):
         self.close_button.setVisible(True)
         self.chooser_box.setVisible(False)
         self.waiting_label.setVisible(False)
+        self.chooser_model.set_room(None)  # nothing to choose any more
         last = max((_ORDER[p] for p in self._reached), default=-1)
         if phase == Phase.DONE:
             # Every step the job went through is done; none keeps an arrow.
@@ -594,6 +597,8 @@ class JobPanel(QtWidgets.QFrame):
         self.cancel_requested.emit()
 
     def _on_dismiss(self) -> None:
+        self.chooser_model.set_room(None)  # the room outlives this panel: stop following it
+        self._unsubscribe()
         self.dismissed_by_user = True
         self.hide()
         self.dismissed.emit()

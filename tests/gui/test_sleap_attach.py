@@ -381,3 +381,34 @@ async def test_cpu_worker_warns_about_sleaps_default_epochs(window, signaling_se
     finally:
         await window.remote.session.leave()
         await worker.close()
+
+
+@pytest.mark.parametrize("window", [SlowRemoteWorker()], indirect=True)
+async def test_closing_sleap_with_a_job_running_asks_what_to_do(window, signaling_server, room, wait_until):
+    """Closing asks (non-modal box): "Keep SLEAP open" keeps the job; "Cancel" cancels it and closes."""
+    from qtpy import QtWidgets
+
+    worker = await start_fake_worker(signaling_server.url, room, "gpu-a")
+    await window.remote.session.join(*room)
+    try:
+        window.show()
+        dlg = training_dialog(window, predict_on="nothing")
+        dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME).remote_check.setChecked(True)
+        dlg.run_button.click()
+        job = window.remote_jobs[-1]
+        await wait_until(lambda: job.ctl.phases.phase == Phase.TRAINING, 5)
+        window.close()
+        box = await wait_until(lambda: window.findChild(QtWidgets.QMessageBox, "sleap_rtc_close_box"), 3)
+        assert window.isVisible() and "still running" in box.text()
+        assert "not available yet" in box.informativeText()  # detach: said, not pretended
+        box.findChild(QtWidgets.QPushButton, "keep open").click()
+        await asyncio.sleep(0.2)
+        assert window.isVisible() and job.ctl.running
+        window.close()
+        box = await wait_until(lambda: [b for b in window.findChildren(QtWidgets.QMessageBox, "sleap_rtc_close_box")
+                                        if b.isVisible()], 3)
+        box[0].findChild(QtWidgets.QPushButton, "cancel").click()
+        await wait_until(lambda: job.ctl.phases.phase == Phase.CANCELLED, 5)
+    finally:
+        await window.remote.session.leave()
+        await worker.close()
