@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 HEADLESS ?=
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-faults test-window bench screenshots clean
+.PHONY: env demo test test-faults test-lab test-window bench screenshots clean
 
 env:
 	@scripts/ensure-env.sh >/dev/null
@@ -18,14 +18,19 @@ env:
 demo:
 	@py=$$(scripts/ensure-env.sh) && PATH="$$(dirname $$py):$$PATH" $$py -m sleap_rtc demo $(if $(HEADLESS),--headless,)
 
-# Tests and screenshots draw offscreen; `make demo` opens a real window where there is a screen.
-test test-faults bench: export QT_QPA_PLATFORM ?= offscreen
+# Tests draw offscreen (the window tests and screenshots use their own X display); `make demo`
+# opens a real window where there is a screen.
+test test-faults test-lab bench: export QT_QPA_PLATFORM ?= offscreen
 
 test:
-	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not realwindow" $(PYTEST_ARGS)
+	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not netlab and not realwindow" $(PYTEST_ARGS)
 
 test-faults:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m faults $(PYTEST_ARGS)
+
+# The network lab (tests/netlab): namespaces, NAT routers, coturn; root only (skips otherwise).
+test-lab:
+	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -s -m netlab tests/netlab $(PYTEST_ARGS)
 
 # The real SLEAP window on a private Xvfb display with openbox, driven by xdotool (its own
 # process: Qt's platform is chosen once per process). Installs xvfb/openbox/xdotool as root.

@@ -39,6 +39,9 @@ class Receipt:
 
     sha256: str
     name: str
+    size: int = 0
+    bytes_sent: int = 0
+    cached: bool = False
 
 
 _CLOSED = object()
@@ -58,6 +61,7 @@ class ScriptedChannel:
         self.sent: list[dict[str, Any]] = []
         self.package: bytes | None = None
         self.job_id = ""
+        self.attached = False
         self.stopped = asyncio.Event()
         self.cancelled = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -70,15 +74,17 @@ class ScriptedChannel:
             progress(len(data) // 2, len(data))
             progress(len(data), len(data))
         self.package = data
-        return Receipt(hashlib.sha256(data).hexdigest(), name or Path(path).name)
+        return Receipt(hashlib.sha256(data).hexdigest(), name or Path(path).name, len(data), len(data))
 
     async def send(self, msg: dict[str, Any]) -> None:
         if self.closed:
             raise PeerClosedError("channel closed")
         self.sent.append(msg)
         kind = msg.get("type")
-        if kind == ChannelType.JOB_SUBMIT:
+        if kind in (ChannelType.JOB_SUBMIT, ChannelType.JOB_ATTACH):
+            # An attach after a reconnect runs the script too (it answers job_accepted).
             self.job_id = msg["job_id"]
+            self.attached = kind == ChannelType.JOB_ATTACH
             self._task = asyncio.ensure_future(self._run_script())
         elif kind == ChannelType.JOB_STOP:
             self.stopped.set()

@@ -10,6 +10,10 @@ the first Ctrl-C (SIGINT) stops early and the second cancels.
 Where results go: ``client-train --output DIR`` puts each trained model in ``DIR/<run>/``
 (``best.ckpt``, ``training_config.yaml``, ...), plus any predictions the package asked for;
 ``client-track --output`` takes a directory or the ``.slp`` path for the predictions.
+Nothing is ever written over an existing file: a model folder or predictions file whose
+name is taken gets ``-2``, ``-3`` ...; ``client-track`` never writes over its inputs (the
+default is ``<data stem>.predictions.slp`` next to DATA; an ``--output FILE.slp`` that
+exists is refused before anything runs).
 """
 
 from __future__ import annotations
@@ -47,9 +51,10 @@ from sleap_rtc.core.selection import (
     UnknownWorkerError,
     WorkerUnavailableError,
 )
+from sleap_rtc.core.files import place_new
 from sleap_rtc.core.signaling import SignalingError
 from sleap_rtc.core.tasks import spawn
-from sleap_rtc.core.transport_errors import TransportError, WorkerIdentityError
+from sleap_rtc.core.transport_errors import IceFailedError, TransportError, WorkerIdentityError
 
 # A tqdm/Lightning progress-bar frame ("Epoch 0:  20%|██   | 1/5 [00:00<00:03, 1.19it/s]").
 # sleap-nn prints one per step when its output is not a terminal; the per-epoch loss line
@@ -127,10 +132,15 @@ def train_command(package: Path, output: Path | None, server: str | None, **opts
 
 
 def _predictions_target(data: Path, output: Path | None) -> tuple[Path, Path | None]:
-    """``(results dir, predictions file or None)`` for ``client-track --output``."""
+    """``(results dir, predictions file or None)`` for ``client-track --output``.
+
+    An explicit predictions file must not exist yet (the user's files are never replaced)."""
     if output is None:
         return data.parent, None
     if output.suffix == ".slp":
+        if output.exists() or output.resolve() == data.resolve():
+            raise click.UsageError(f"--output {output} already exists; sleap-rtc never writes over a file. "
+                                   "Give a new file name or a folder.")
         return output.parent, output
     return output, None
 
@@ -333,6 +343,10 @@ def policy_for(plan: ConnectionPlan, console: Console) -> SelectionPolicy:
 
 def hint_for(exc: BaseException, plan: ConnectionPlan) -> str:
     """The command-line advice for an error, by its type (core's texts name no flags)."""
+    if isinstance(exc, IceFailedError):
+        if exc.report is None or exc.report.relay_offered:
+            return ""
+        return " (The lab admin hands out STUN/TURN with `sleap-rtc server --turn URL --turn-secret-file FILE`.)"
     if isinstance(exc, WorkerLostError):
         if plan.mode == SelectionMode.AUTO:
             return ""
@@ -416,10 +430,9 @@ async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind
             loop.remove_signal_handler(signal.SIGINT)
     if predictions_path is not None and summary.predictions is not None:
         if summary.predictions.resolve() != predictions_path.resolve():
-            predictions_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(summary.predictions, predictions_path)
-            summary.files = [predictions_path if f == summary.predictions else f for f in summary.files]
-            summary.predictions = predictions_path
+            placed = place_new(summary.predictions, predictions_path)  # never over an existing file
+            summary.files = [placed if f == summary.predictions else f for f in summary.files]
+            summary.predictions = placed
     if kind == TRACK and summary.predictions is None:
         console.print("[red]Error:[/red] the worker finished but sent no predictions.", highlight=False)
         return EXIT_FAILED

@@ -63,6 +63,9 @@ from sleap_rtc.core.known_workers import KnownWorkers, Trust
 from sleap_rtc.core.phases import JobPhases, Phase
 from sleap_rtc.core.protocol import MessageType, Role
 from sleap_rtc.core.remote_job import (
+    MAX_RECONNECTS,
+    RECONNECT_GRACE,
+    RECONNECT_PAUSE,
     TRAIN,
     JobCancelledError,
     JobError,
@@ -79,8 +82,8 @@ from sleap_rtc.core.selection import (
     check_direct,
     wait_for_free,
 )
-from sleap_rtc.core.signaling import SignalingClient
-from sleap_rtc.core.transport_errors import TransportError, WorkerBusyError, WorkerIdentityError
+from sleap_rtc.core.signaling import SignalingClient, SignalingError
+from sleap_rtc.core.transport_errors import PeerNotFoundError, TransportError, WorkerBusyError, WorkerIdentityError
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,6 @@ MAX_MOVES = 50
 ConnectFn = Callable[[SignalingClient, str, Path, float], Awaitable[Any]]
 """``await connect(signaling, peer_id, receive_dir, timeout) -> channel`` (injected in tests)."""
 
-ReconnectFn = Callable[[SignalingClient, WorkerInfo, JobSession], Awaitable[JobSummary]]
-"""``RECONNECT`` handler: reconnect to the same worker and resume the job (not yet wired)."""
 
 
 async def _transport_connect(signaling: SignalingClient, peer_id: str, receive_dir: Path, timeout: float) -> Any:
@@ -157,7 +158,7 @@ class RemoteJob:
         models_subdir: str = "models",
         phases: JobPhases | None = None,
         connect: ConnectFn | None = None,
-        reconnect: ReconnectFn | None = None,
+        reconnect_grace: float = RECONNECT_GRACE,
         known_workers: KnownWorkers | None = None,
     ):
         if signaling is None and not server_url:
@@ -175,7 +176,11 @@ class RemoteJob:
         self.phases.subscribe(lambda change: call(self.callbacks.phase, change))
         self._given_signaling, self._given_room = signaling, room
         self._connect = connect or _transport_connect
-        self._reconnect = reconnect
+        self.reconnect_grace = reconnect_grace
+        self.reconnects = 0
+        """Same-worker reconnects so far (each one after a lost link)."""
+        self._resume_on: tuple[WorkerInfo, Any] | None = None  # (worker, channel) after a reconnect
+        self._attach_job: str | None = None  # the job to follow again after a reconnect
         self.known = known_workers if known_workers is not None else KnownWorkers()
         self._training = TrainingEvents(self.callbacks)
         self.session: JobSession | None = None
@@ -320,10 +325,26 @@ class RemoteJob:
                 ask=isinstance(policy, Interactive),
                 wait=self._wait_left > 0 and room is not None,
                 attempts=len(self.lost) < max_runs,
-                reconnect=self._reconnect is not None,
+                reconnect=self.reconnect_grace > 0 and self.reconnects < MAX_RECONNECTS,
             )
             move = next_move(self._origin, outcome, allowed)
             self.moves.append((self._origin, outcome, move))
+            if move == Move.RECONNECT:
+                assert isinstance(error, WorkerLostError)
+                lost_session = self.session
+                self.lost.pop()  # not lost yet: first try to get it back
+                self._resume_on = await self._reconnect_same_worker(signaling, error)
+                if self._resume_on is not None:
+                    self.reconnects += 1
+                    # A job the worker accepted keeps running there: follow it again.
+                    self._attach_job = lost_session.job_id if lost_session and lost_session._submitted else None
+                    move, target = "resume", error.peer_id
+                    continue
+                self.lost.append(error)
+                outcome = Outcome.LOST
+                move = next_move(self._origin, outcome, Allowed(
+                    ask=allowed.ask, wait=allowed.wait, attempts=allowed.attempts, reconnect=False))
+                self.moves.append((self._origin, outcome, move))
             if move == Move.FAIL:
                 raise self._final(error, outcome, max_runs)
             if failed is not None:
@@ -346,6 +367,10 @@ class RemoteJob:
     async def _obtain(self, move: Move | str, target: Any, signaling: SignalingClient,
                       room: RoomView | None, request: ChoiceRequest | None) -> tuple[WorkerInfo, Any]:
         """Carry out ``move``: a worker and its open channel, or raise the attempt's error."""
+        if move == "resume":
+            assert self._resume_on is not None
+            (worker, channel), self._resume_on = self._resume_on, None
+            return worker, channel
         if move == "session":
             worker = WorkerInfo(peer_id=str(target), role=Role.WORKER.value, metadata={})
             return worker, await self._reserve(signaling, worker)
@@ -498,19 +523,22 @@ class RemoteJob:
     async def _run_on(self, signaling: SignalingClient, worker: WorkerInfo, channel: Any) -> JobSummary:
         """Run the job once on ``worker`` over ``channel`` (closed afterwards)."""
         try:
-            if self.worker is not None and self._restart_reason:
+            attach, self._attach_job = self._attach_job, None
+            if self.worker is not None and self._restart_reason and self.worker.peer_id != worker.peer_id:
                 call(self.callbacks.restarted, Restarted(
                     previous=self.worker.name, worker=worker.name, reason=self._restart_reason,
                     attempt=len(self.lost) + 1,
                 ))
-                self._restart_reason = ""
+            self._restart_reason = ""
+            if not attach:  # a reattached job goes on with the same model; a fresh run starts over
+                self._training.reset(worker.name)
             self.worker = worker
-            self._training.reset(worker.name)
             self.session = JobSession(
                 channel, self.package, output_dir=self.results_dir, kind=self.kind, worker=worker,
                 phases=self.phases, on_upload=lambda p: call(self.callbacks.upload, p),
                 on_log=lambda line: call(self.callbacks.log, line), on_progress=self._training,
                 on_file=lambda path: call(self.callbacks.file, path), models_subdir=self.models_subdir,
+                on_decision=self._decide, attach_job_id=attach,
             )
             if self._stop_early:
                 self.session.stop_requested = True
@@ -522,6 +550,55 @@ class RemoteJob:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(channel.close(), 5.0)
+
+    async def _reconnect_same_worker(self, signaling: SignalingClient, lost: WorkerLostError) -> tuple[WorkerInfo, Any] | None:
+        """The ``RECONNECT`` move: a new channel to the worker whose channel just died, if it
+        answers within ``reconnect_grace``; None once it left the room, took another job, or
+        stayed silent.
+
+        Each try re-probes the ICE servers (``transport.connect`` does, per attempt), so a
+        try made while the network was still down does not spoil the next one. The job then
+        goes on on that worker (``job_attach``) or, if the worker no longer has it, runs again
+        there; an upload resumes from the bytes the worker kept.
+        """
+        worker = self.worker or WorkerInfo(peer_id=lost.peer_id, role=Role.WORKER.value, metadata={})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_grace
+        self._decide(
+            f"Lost the connection to {lost.worker} during {lost.stage} ({lost.reason}); "
+            f"reconnecting to the same worker (waiting up to {self.reconnect_grace:.0f} s for it)."
+        )
+        if self.phases.phase != Phase.SELECTING:
+            self.phases.advance(Phase.SELECTING, f"reconnecting to {lost.worker}")
+        while loop.time() < deadline:
+            try:
+                await signaling.wait_registered(max(0.1, deadline - loop.time()))
+                peers = await signaling.discover({"role": Role.WORKER.value})
+            except (TimeoutError, asyncio.TimeoutError, SignalingError):
+                # The signaling link is down too: wait for it, within the grace.
+                await asyncio.sleep(min(RECONNECT_PAUSE, max(0.0, deadline - loop.time())))
+                continue
+            if not any(p.get("peer_id") == lost.peer_id for p in peers):
+                self._decide(f"Worker {lost.worker} left the room.")
+                return None
+            try:
+                channel = await self._reserve(signaling, worker)
+            except WorkerBusyError:
+                self._decide(f"Worker {lost.worker} took another job in the meantime.")
+                return None
+            except PeerNotFoundError:
+                self._decide(f"Worker {lost.worker} left the room.")
+                return None
+            except TransportError as exc:
+                log.info("reconnect to %s failed: %s", lost.worker, exc)
+                if self.phases.phase != Phase.SELECTING:
+                    self.phases.advance(Phase.SELECTING, f"reconnecting to {lost.worker}")
+                await asyncio.sleep(min(RECONNECT_PAUSE, max(0.0, deadline - loop.time())))
+                continue
+            self._decide(f"Reconnected to {lost.worker}.")
+            return worker, channel
+        self._decide(f"Worker {lost.worker} did not come back within {self.reconnect_grace:.0f} s.")
+        return None
 
     # ------------------------------------------------------------------ words
 
@@ -626,4 +703,4 @@ class _Excluding:
         return await self._room.wait_for(lambda _room: predicate(self), timeout)
 
 
-__all__ = ["ConnectFn", "JobHandle", "MAX_MOVES", "ReconnectFn", "RemoteJob"]
+__all__ = ["ConnectFn", "JobHandle", "MAX_MOVES", "RemoteJob"]

@@ -23,6 +23,7 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     ChannelType.JOB_FAILED: {"job_id": str, "reason": str},
     ChannelType.JOB_STOP: {"job_id": str},
     ChannelType.JOB_CANCEL: {"job_id": str},
+    ChannelType.JOB_ATTACH: {"job_id": str},
 }
 
 
@@ -98,3 +99,8 @@ def job_stop(job_id: str) -> dict[str, Any]:
 def job_cancel(job_id: str) -> dict[str, Any]:
     """Kill the job now."""
     return _msg(ChannelType.JOB_CANCEL, job_id=job_id)
+
+
+def job_attach(job_id: str) -> dict[str, Any]:
+    """Client -> worker on a new channel after an outage: follow the still-running job again."""
+    return _msg(ChannelType.JOB_ATTACH, job_id=job_id)

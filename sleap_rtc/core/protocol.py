@@ -52,6 +52,9 @@ class MessageType(StrEnum):
     PEER_JOINED = "peer_joined"
     PEER_LEFT = "peer_left"
     PEER_UPDATED = "peer_updated"
+    # ICE servers again (fresh TURN credentials) for a long-lived peer; reply: ICE_SERVERS.
+    GET_ICE_SERVERS = "get_ice_servers"
+    ICE_SERVERS = "ice_servers"
 
 
 RELAYED_TYPES = frozenset({MessageType.OFFER, MessageType.ANSWER, MessageType.CANDIDATE})
@@ -132,6 +135,15 @@ VERSION_MISMATCH = "version_mismatch"
 SHA256_MISMATCH = "sha256_mismatch"
 """``reason`` of a ``file_error`` when the received bytes do not hash to the offered SHA-256."""
 
+FILE_TOO_LARGE = "file_too_large"
+"""``reason`` of a ``file_error``: the offered size is over the receiver's cap for one file."""
+NO_SPACE = "no_space"
+"""``reason`` of a ``file_error``: the receiver's disk cannot hold the offered file (plus its reserve)."""
+TOO_MANY_TRANSFERS = "too_many_transfers"
+"""``reason`` of a ``file_error``: the receiver already takes its most concurrent files on this channel."""
+NOT_EXPECTED = "not_expected"
+"""``reason`` of a ``file_error``: the receiver was not told to expect this file (name, size or hash)."""
+
 FINAL_REGISTRATION_ERRORS = frozenset({ErrorCode.INVALID_TOKEN, ErrorCode.ROOM_NOT_FOUND, ErrorCode.ROOM_EXPIRED})
 """Registration refusals that retrying cannot fix (a rate limit, say, can be waited out)."""
 
@@ -175,6 +187,7 @@ PEER_FRAME_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     MessageType.ERROR: {"target": _STR},
     MessageType.PING: {},
     MessageType.PONG: {},
+    MessageType.GET_ICE_SERVERS: {},
 }
 
 # Optional fields with a fixed type: a wrong type is an INVALID_MESSAGE, never a crash.
@@ -286,6 +299,7 @@ class ChannelType(StrEnum):
     JOB_FAILED = "job_failed"  # {job_id, reason}
     JOB_STOP = "job_stop"  # {job_id}: finish the current epoch, save, send results
     JOB_CANCEL = "job_cancel"  # {job_id}: kill now
+    JOB_ATTACH = "job_attach"  # {job_id}: on a new channel after an outage, follow the running job again
 
 
 CHUNK_HEADER = struct.Struct("!IQ")

@@ -5,7 +5,7 @@ the job on it. When an attempt fails, ``classify`` names its ``Outcome`` and
 ``RETRY_TABLE`` says what may happen next, by how the worker had been chosen (``Origin``).
 Each entry lists ``Move``s in order of preference; ``next_move`` takes the first one the
 job's policy allows right now (``ASK`` needs a chooser, ``WAIT`` a wait budget left,
-``NEXT_BEST`` job attempts left, ``RECONNECT`` a reconnect handler). ``FAIL``
+``NEXT_BEST`` job attempts left, ``RECONNECT`` same-worker reconnects left). ``FAIL``
 is always allowed and ends every entry, so the job never loops without a bound.
 
 The rule behind the table: a worker the *user* picked is never replaced without asking
@@ -13,10 +13,10 @@ The rule behind the table: a worker the *user* picked is never replaced without 
 for that same worker); a worker that auto-select picked is replaced by the next best.
 
 ``LINK_LOST`` (the data channel dropped but the worker is still in the room, e.g. a
-network outage on our side) has a ``RECONNECT`` move first: reconnecting to the same
-worker within a grace period. Until a reconnect handler is installed
-(``RemoteJob(reconnect=...)``) that move is not available and the entry falls through to
-what a lost worker gets.
+network outage on either side) has a ``RECONNECT`` move first: reconnect to the same worker
+within ``RemoteJob.reconnect_grace`` (at most ``MAX_RECONNECTS`` times per job) and follow
+the job it kept running (``job_attach``). When the worker does not come back in time, left
+the room or took another job, the attempt counts as ``LOST`` and that entry applies.
 
 ``RemoteJob`` (``core/job_runner.py``) is the only caller; ``auto_select``
 (``core/selection.py``) is how ``NEXT_BEST`` is carried out.
@@ -125,7 +125,7 @@ class Allowed:
     attempts: bool = False
     """More job attempts are allowed (``NEXT_BEST``)."""
     reconnect: bool = False
-    """A reconnect handler is installed."""
+    """Same-worker reconnects are left (and the grace period is not zero)."""
 
     def permits(self, move: Move) -> bool:
         """Whether ``move`` may be taken."""

@@ -25,6 +25,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from sleap_rtc.core.protocol import SIGNALING_VERSION, ErrorCode, MessageType, dumps, error_frame
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.server.hub import Close, Connection, Hub, Send
+from sleap_rtc.server.ice import IceSettings
 from sleap_rtc.server.limits import FailureCounter, Limits
 from sleap_rtc.server.metrics import render
 from sleap_rtc.server.rooms import RoomStore
@@ -263,6 +264,7 @@ async def start_server(
     ping_interval: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
     ice_servers: list[dict[str, Any]] | None = None,
+    ice: IceSettings | None = None,
     room_ttl: float | None = None,
     backlog: int = 4096,
     **limits: Any,
@@ -272,12 +274,14 @@ async def start_server(
     ``state_path=None`` keeps rooms in a fresh temporary SQLite file removed on ``stop()``;
     pass a path to keep rooms across restarts. ``limits`` are ``Limits`` fields
     (``max_frame_bytes``, ``max_peers_per_room``, ``messages_per_second``, ...).
+    ``ice`` (STUN/TURN settings, TURN credentials minted per peer) wins over the static
+    ``ice_servers`` list.
     """
     tmpdir = None
     if state_path is None:
         tmpdir = tempfile.mkdtemp(prefix="sleap-rtc-server-")
         state_path = Path(tmpdir) / "server.sqlite3"
-    hub = Hub(RoomStore(state_path, room_ttl=room_ttl), limits=Limits(**limits), ping_interval=ping_interval, ice_servers=ice_servers)
+    hub = Hub(RoomStore(state_path, room_ttl=room_ttl), limits=Limits(**limits), ping_interval=ping_interval, ice_servers=ice_servers, ice=ice)
     runner = web.AppRunner(build_app(hub), access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=backlog, reuse_address=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from sleap_rtc.core.config import ice_servers_from_config, load_config, user_data_dir
+from sleap_rtc.core.config import load_config, user_data_dir
+from sleap_rtc.server import ice
 from sleap_rtc.server.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -20,14 +21,14 @@ def default_state_path() -> Path:
     return user_data_dir() / "server.sqlite3"
 
 
-async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None, tls_key: str | None, ping_interval: float, room_ttl: float | None, limits: dict) -> None:
+async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None, tls_key: str | None, ping_interval: float, room_ttl: float | None, limits: dict, ice_settings: ice.IceSettings | None = None) -> None:
     """Run a server until SIGINT/SIGTERM, then close every connection and exit."""
     from sleap_rtc.server.app import start_server, tls_context
 
     ssl_context = tls_context(tls_cert, tls_key) if tls_cert else None
     server = await start_server(
         host, port, state_path=state_path, ping_interval=ping_interval, ssl_context=ssl_context,
-        ice_servers=ice_servers_from_config(), room_ttl=room_ttl, **limits,
+        ice=ice_settings or ice.IceSettings(), room_ttl=room_ttl, **limits,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -52,17 +53,29 @@ async def serve(host: str, port: int, *, state_path: Path, tls_cert: str | None,
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key of --tls-cert.")
 @click.option("--ping-interval", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds between application pings.")
 @click.option("--room-ttl", default=None, type=click.FloatRange(min=1), help="Seconds after which new rooms expire [default: never].")
+@click.option("--stun", "stun", multiple=True, metavar="URL", help="STUN URL handed to every peer (repeatable) [default: one per --turn host].")
+@click.option("--turn", "turn", multiple=True, metavar="URL", help="TURN URL, e.g. turn:HOST:3478?transport=udp (repeatable: list UDP, TCP, then turns:).")
+@click.option("--turn-secret-file", type=click.Path(exists=True, dir_okay=False), default=None, help="File holding coturn's static-auth-secret (use-auth-secret); credentials are minted per peer from it.")
+@click.option("--turn-secret", envvar="SLEAP_RTC_TURN_SECRET", default=None, help="The shared TURN secret itself (prefer --turn-secret-file; env SLEAP_RTC_TURN_SECRET).")
+@click.option("--turn-ttl", default=None, type=click.FloatRange(ice.MIN_TTL, ice.MAX_TTL), help=f"Seconds a minted TURN credential is valid [default: {ice.DEFAULT_TTL:.0f}].")
 @click.option("--max-peers-per-room", default=Limits.max_peers_per_room, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-frame-bytes", default=Limits.max_frame_bytes, show_default=True, type=click.IntRange(min=1024))
 @click.option("--messages-per-second", default=Limits.messages_per_second, show_default=True, type=click.FloatRange(min=0.1), help="Sustained frames per second per connection.")
 @click.option("--message-burst", default=Limits.message_burst, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-rooms-per-minute", default=Limits.max_rooms_per_minute, show_default=True, type=click.IntRange(min=1), help="Rooms one address may create per minute.")
-def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl, max_peers_per_room, max_frame_bytes, messages_per_second, message_burst, max_rooms_per_minute) -> None:
+def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl, stun, turn, turn_secret_file, turn_secret, turn_ttl, max_peers_per_room, max_frame_bytes, messages_per_second, message_burst, max_rooms_per_minute) -> None:
     """Run the signaling server (WebSocket + HTTP on one port, rooms kept in SQLite)."""
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
+    config = load_config()
+    try:
+        ice_settings = ice.settings_from(config, stun=stun, turn=turn, secret=turn_secret, secret_file=turn_secret_file, ttl=turn_ttl)
+    except ice.IceConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    for warning in ice.startup_warnings(ice_settings, host):
+        click.echo(f"Warning: {warning}", err=True)
     if state is None:
-        configured = load_config().get("state")
+        configured = config.get("state")
         state = Path(configured) if configured else default_state_path()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,8 +87,39 @@ def server_command(host, port, state, tls_cert, tls_key, ping_interval, room_ttl
         "max_rooms_per_minute": max_rooms_per_minute,
     }
     try:
-        asyncio.run(serve(host, port, state_path=state, tls_cert=tls_cert, tls_key=tls_key, ping_interval=ping_interval, room_ttl=room_ttl, limits=limits))
+        asyncio.run(serve(host, port, state_path=state, tls_cert=tls_cert, tls_key=tls_key, ping_interval=ping_interval, room_ttl=room_ttl, limits=limits, ice_settings=ice_settings))
     except OSError as exc:
         raise click.ClickException(f"Cannot start the server on {host}:{port}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         pass
+
+
+@click.command("turn-config")
+@click.option("--secret-file", type=click.Path(exists=True, dir_okay=False), required=True, help="The shared secret (the same file `sleap-rtc server --turn-secret-file` reads).")
+@click.option("--realm", required=True, help="coturn realm, e.g. the TURN host's DNS name.")
+@click.option("--listening-ip", multiple=True, help="Address coturn listens and relays on (repeatable) [default: all].")
+@click.option("--external-ip", default=None, help="Public address, when the host is behind 1:1 NAT (cloud VMs).")
+@click.option("--cert", type=click.Path(dir_okay=False), default=None, help="PEM certificate for TURN over TLS (turns:, port 5349).")
+@click.option("--pkey", type=click.Path(dir_okay=False), default=None, help="PEM private key of --cert.")
+@click.option("--allow-private-peers", is_flag=True, help="Relay to private addresses too (only for a lab on one private network).")
+@click.option("--log-file", default=None, help="coturn log file [default: syslog].")
+def turn_config_command(secret_file, realm, listening_ip, external_ip, cert, pkey, allow_private_peers, log_file) -> None:
+    """Print a coturn turnserver.conf matching `sleap-rtc server --turn-secret-file`.
+
+    \b
+    sleap-rtc turn-config --secret-file /etc/sleap-rtc/turn-secret --realm turn.example.org \\
+        --cert /etc/letsencrypt/live/turn.example.org/fullchain.pem \\
+        --pkey /etc/letsencrypt/live/turn.example.org/privkey.pem > /etc/turnserver.conf
+    """
+    try:
+        text = ice.coturn_config(
+            ice.read_secret(secret_file), realm, listening_ips=listening_ip, external_ip=external_ip,
+            cert=cert, pkey=pkey, allow_private_peers=allow_private_peers, log_file=log_file,
+        )
+    except ice.IceConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(text, nl=False)
+    click.echo(
+        f"# start sleap-rtc server with: {ice.server_flags_hint(realm, tls=bool(cert))} --turn-secret-file {secret_file}",
+        err=True,
+    )

@@ -30,6 +30,7 @@ from sleap_rtc.core.protocol import (
     parse_frame,
     peer_info,
 )
+from sleap_rtc.server.ice import IceSettings
 from sleap_rtc.server.limits import FailureCounter, Limits, TokenBucket
 from sleap_rtc.server.metrics import Metrics
 from sleap_rtc.server.rooms import RoomStore
@@ -100,6 +101,7 @@ class Hub:
         limits: Limits | None = None,
         ping_interval: float = 30.0,
         ice_servers: list[dict[str, Any]] | None = None,
+        ice: IceSettings | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -110,6 +112,8 @@ class Hub:
         self.limits = limits or Limits()
         self.ping_interval = ping_interval
         self.ice_servers = list(ice_servers or [])
+        self.ice = ice
+        """STUN/TURN settings: each peer gets its own list (TURN credentials minted for it)."""
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.live: dict[str, dict[str, Peer]] = {}
@@ -126,6 +130,7 @@ class Hub:
             MessageType.ANSWER: self._relay,
             MessageType.CANDIDATE: self._relay,
             MessageType.ERROR: self._relay,
+            MessageType.GET_ICE_SERVERS: self._get_ice_servers,
         }
 
     # ------------------------------------------------------------------ connections
@@ -266,7 +271,7 @@ class Hub:
             "peer_id": peer_id,
             "resume": peer.resume,
             "ping_interval": self.ping_interval,
-            "ice_servers": self.ice_servers,
+            "ice_servers": self.ice_servers_for(peer_id),
             "peer_list": [p.info() for p in self.live[room_id].values() if p is not peer],
             "peer_metadata": peer.metadata,
         }
@@ -276,6 +281,18 @@ class Hub:
         log.info("peer %s (%s) %s room %s", peer_id, role, "resumed in" if existing else "joined", room_id)
         actions += self._event(peer, MessageType.PEER_UPDATED if existing else MessageType.PEER_JOINED)
         return actions
+
+    def ice_servers_for(self, peer_id: str) -> list[dict[str, Any]]:
+        """The ICE servers for one registered peer (only registered peers ever get them)."""
+        if self.ice is None:
+            return self.ice_servers
+        return self.ice.for_peer(peer_id, time.time())
+
+    def _get_ice_servers(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
+        reply: dict[str, Any] = {"type": MessageType.ICE_SERVERS.value, "ice_servers": self.ice_servers_for(conn.peer.peer_id)}
+        if _echoable(frame.get("id")):
+            reply["id"] = frame["id"]
+        return [Send([conn], reply)]
 
     def _discover(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
         me = conn.peer

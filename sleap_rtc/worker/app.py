@@ -12,8 +12,18 @@ Life of a connection:
    streamed), sends each result (``job_result`` + ``send_file``) and ``job_complete`` (or
    ``job_failed``), and is available again; old job directories (``jobdirs``) and the
    transfer cache (``core.files.prune_transfer_cache``) are pruned after each job;
-4. a client that vanishes (channel closed, or ``peer_left``) cancels its job and releases
-   the worker.
+4. a client whose channel dies while its job runs (an outage on either network) gets
+   ``reattach_grace`` seconds to come back: its new offer is accepted for the running job
+   (``job_attach``), which kept running, and logs and results go to the new channel. A
+   client that does not come back within the grace cancels its job and releases the worker.
+
+Limits against a hostile room member (every one a ``WorkerConfig`` field): the lease before
+the channel opens is short (``lease_timeout``); once open, ``job_submit`` must come within
+``submit_timeout`` and the client may not stay silent (no message, no file bytes) for more
+than ``submit_idle_timeout``; a reservation wasted that way puts the client in back-off
+(``core.status``). A file offer larger than ``max_package_bytes`` or than the free disk is
+refused, at most ``core.files.MAX_INCOMING`` files arrive at once, and the partial files of
+a session are removed when it ends. A job runs at most ``max_job_seconds``.
 
 Status changes are published with ``update_metadata``; the signaling client re-registers
 with the current metadata after a reconnect. ``error`` frames from the server are logged,
@@ -27,6 +37,7 @@ import contextlib
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +45,7 @@ from typing import Any
 
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.credentials import encode_session_string
-from sleap_rtc.core.files import CACHE_MAX_BYTES, prune_transfer_cache, sha256_file
+from sleap_rtc.core.files import CACHE_MAX_BYTES, MAX_FILE_BYTES, prune_transfer_cache, sha256_file
 from sleap_rtc.core.identity import WorkerKey, load_or_create_key
 from sleap_rtc.core.protocol import (
     ChannelType,
@@ -51,8 +62,8 @@ from sleap_rtc.core.status import DEFAULT_LEASE_TIMEOUT, Reservation, StatusGuar
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
 from sleap_rtc.worker.capabilities import Capabilities
-from sleap_rtc.worker.executor import COMPLETED, JobExecutor, JobOutcome
-from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, prune_job_dirs
+from sleap_rtc.worker.executor import COMPLETED, DEFAULT_MAX_JOB_SECONDS, JobExecutor, JobOutcome
+from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, private_dir, prune_job_dirs
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +81,11 @@ class WorkerConfig:
     name: str | None = None
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
     submit_timeout: float = 300.0  # channel open -> package + job_submit
+    submit_idle_timeout: float = 30.0  # ... but no silence (no message, no file bytes) longer than this
+    max_package_bytes: int = MAX_FILE_BYTES  # largest file a client may offer
+    max_job_seconds: float = DEFAULT_MAX_JOB_SECONDS  # wall-clock limit of one job
     linger_timeout: float = 10.0  # after the results: wait this long for the client to hang up
+    reattach_grace: float = 60.0  # a running job waits this long for its client after its channel died
     keep_job_dirs: int = DEFAULT_KEEP
     cache_max_bytes: int = CACHE_MAX_BYTES  # transfer cache cap, applied after each job
     ice_servers: list[dict[str, Any]] | None = None
@@ -96,6 +111,58 @@ def format_banner(room_id: str, token: str, peer_id: str, fingerprint: str | Non
     )
 
 
+ATTACH_TIMEOUT = 10.0
+"""Seconds a reconnected client has to send ``job_attach`` on its new channel."""
+
+
+class JobLink:
+    """The channel a running job talks through; replaced when its client reconnects."""
+
+    def __init__(self, channel: Any, job_id: str, client_peer_id: str):
+        self.channel = channel
+        self.job_id = job_id
+        self.client_peer_id = client_peer_id
+        self.gone = False
+        """The client left the room (or never came back): stop waiting for it."""
+        self._changed = asyncio.Event()
+
+    def replace(self, channel: Any) -> None:
+        """The client is back on ``channel``."""
+        self.channel = channel
+        self.gone = False
+        self._changed.set()
+
+    def left_room(self) -> None:
+        """The room says the client left: the channel is checked at once (a hint for a live
+        one), and once it is dead nobody waits for the client to come back. (In an outage
+        the server keeps a silent client's socket for its ping window, 30-45 s.)"""
+        self.gone = True
+        self._changed.set()
+        if not self.channel.closed:
+            self.channel.suspect()
+
+    async def wait_for_new(self, old: Any, timeout: float) -> bool:
+        """Wait until the channel is no longer ``old`` (the client reattached); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.channel is old and not self.gone:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - loop.time()))
+            except (asyncio.TimeoutError, TimeoutError):
+                break
+        if self.channel is old:
+            self.gone = True
+            return False
+        return True
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send on the current channel; dropped while the client is away."""
+        if not self.channel.closed:
+            with contextlib.suppress(TransportError):
+                await self.channel.send(message)
+
+
 class JobRefused(Exception):
     """A ``job_submit`` the worker will not run; the message goes back in ``job_rejected``."""
 
@@ -115,6 +182,7 @@ class Worker:
         self.key: WorkerKey | None = None  # the identity key, loaded (or made) by start()
         self._sessions: dict[int, asyncio.Task] = {}
         self._clients: dict[int, tuple[str, Callable[[], None]]] = {}  # reservation id -> (peer, on_left_room)
+        self._links: dict[str, JobLink] = {}  # running job id -> its channel link
         self._tasks: set[asyncio.Task] = set()
         self._dirty = asyncio.Event()
         self._closed = asyncio.Event()
@@ -140,7 +208,7 @@ class Worker:
             raise ValueError("Both --room-id and --token must be provided together")
         if not self.room_id:
             self.room_id, self.token = await create_room(self.config.server_url)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.work_dir)  # 0700: users' data is not for other local accounts
         self.key = load_or_create_key(self.work_dir)  # persistent: clients remember it
         self.capabilities = replace(self.capabilities, public_key=self.key.public_key)
         name = safe_worker_name(self.capabilities.worker_name)
@@ -213,8 +281,21 @@ class Worker:
         # The guard: check-and-reserve in one step, before any await.
         reservation = self.guard.try_reserve(sender)
         if reservation is None:
-            log.warning("refusing an offer from %s: worker is %s", sender, self.guard.status.value)
-            self._spawn(self._send_quietly(busy_error_frame(sender, self.guard.status.value)), "busy-reply")
+            orphan = next((link for link in self._links.values() if link.client_peer_id == sender and link.channel.closed), None)
+            if orphan is not None:  # the client of the running job is back after an outage
+                self._spawn(self._reattach(frame, orphan), f"reattach-{sender}")
+                return
+            wait = self.guard.backoff_remaining(sender)
+            status = self.guard.status.value
+            if wait > 0:
+                log.warning("refusing an offer from %s: back-off for %.0f s after a reservation it did not use", sender, wait)
+                text = (f"Worker refuses offers from this client for {wait:.0f} s more: its last reservation "
+                        "ended without a job. Choose another worker or retry later.")
+                frame = busy_error_frame(sender, status, text)
+            else:
+                log.warning("refusing an offer from %s: worker is %s", sender, status)
+                frame = busy_error_frame(sender, status)
+            self._spawn(self._send_quietly(frame), "busy-reply")
             return
         task = asyncio.get_running_loop().create_task(self._session(frame, reservation), name=f"session-{sender}")
         self._sessions[reservation.id] = task
@@ -253,6 +334,8 @@ class Worker:
             )
             if self.key is not None:
                 channel.prove_identity(self.key)  # the client uploads nothing before checking it
+            # The package is the largest file a client sends: nothing larger is accepted.
+            channel.transfers.max_file_bytes = self.config.max_package_bytes
             if not self.guard.confirm(reservation):
                 reason = "lease expired before the channel opened"
                 return
@@ -276,8 +359,42 @@ class Worker:
             if channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(channel.close(), 5)
+                # No resume across sessions on the worker: what a session left half-sent goes.
+                channel.transfers.discard_partials()
             shutil.rmtree(incoming, ignore_errors=True)
             self.guard.release(reservation, reason)
+
+    async def _reattach(self, offer: dict[str, Any], link: JobLink) -> None:
+        """Accept the returning client's offer and hand the new channel to its running job."""
+        from sleap_rtc.core import transport
+
+        channel = None
+        try:
+            channel = await transport.accept(
+                self.signaling, offer, ice_servers=self.config.ice_servers, timeout=self.config.lease_timeout,
+                receive_dir=self.work_dir / "incoming" / f"attach-{link.job_id}", cache_dir=self.cache_dir,
+            )
+            if self.key is not None:
+                channel.prove_identity(self.key)  # a returning client checks who it reconnected to, too
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + ATTACH_TIMEOUT
+            while True:
+                msg = await channel.receive(max(0.1, deadline - loop.time()))
+                if msg.get("type") == ChannelType.JOB_ATTACH:
+                    break
+            if msg.get("job_id") != link.job_id:
+                await channel.send(jobs_wire.job_rejected(str(msg.get("job_id")), "That job is not running here."))
+                return
+            await channel.send(jobs_wire.job_accepted(link.job_id))
+            log.info("job %s: client %s reattached", link.job_id, link.client_peer_id)
+            link.replace(channel)
+            channel = None  # the job's session owns it now
+        except (TransportError, asyncio.TimeoutError, TimeoutError) as exc:
+            log.warning("reattach of %s failed: %s", link.client_peer_id, exc)
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.close(), 5)
 
     async def _serve_job(self, channel: Any, reservation: Reservation) -> None:
         files: dict[str, Any] = {}
@@ -287,6 +404,7 @@ class Worker:
             submit = await self._wait_submit(channel)
             if submit is None:
                 return
+            self.guard.note_submit(reservation)
             job_id = submit["job_id"]
             try:
                 package = await self._find_package(channel, submit, files, arrived)
@@ -295,15 +413,25 @@ class Worker:
                 return
             self.guard.mark_busy(reservation)
             await channel.send(jobs_wire.job_accepted(job_id))
-            outcome = await self._run_job(channel, job_id, package)
-            if channel.closed:
-                return
-            await self._send_outcome(channel, job_id, outcome)
-            self.jobs_done += 1
-            # Free for the next client now; the old channel only waits for the hang-up.
-            self.guard.release(reservation, f"job {outcome.status}")
-            with contextlib.suppress(PeerClosedError, asyncio.TimeoutError, TimeoutError):
-                await channel.wait_closed(self.config.linger_timeout)
+            link = JobLink(channel, job_id, reservation.client_peer_id)
+            self._links[job_id] = link
+            self._clients[reservation.id] = (reservation.client_peer_id, link.left_room)
+            try:
+                outcome = await self._run_job(link, job_id, package)
+                if link.channel.closed and (link.gone or not await link.wait_for_new(link.channel, self.config.reattach_grace)):
+                    log.warning("job %s finished but its client did not come back; results kept in the job dir", job_id)
+                    return
+                await self._send_outcome(link.channel, job_id, outcome)
+                self.jobs_done += 1
+                # Free for the next client now; the old channel only waits for the hang-up.
+                self.guard.release(reservation, f"job {outcome.status}")
+                with contextlib.suppress(PeerClosedError, asyncio.TimeoutError, TimeoutError):
+                    await link.channel.wait_closed(self.config.linger_timeout)
+            finally:
+                self._links.pop(job_id, None)
+                if link.channel is not channel:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(link.channel.close(), 5)
         finally:
             collector.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -325,15 +453,28 @@ class Worker:
         ``PeerClosedError`` once the channel closes (the client left)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.submit_timeout
+        idle = self.config.submit_idle_timeout
+        last_message = time.monotonic()
         while True:
             remaining = deadline - loop.time()
+            # File bytes count as activity: a large package may take a while to arrive.
+            quiet = time.monotonic() - max(last_message, channel.transfers.last_activity)
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                msg = await channel.receive(remaining)
+                if quiet >= idle:
+                    log.warning("%s sent nothing for %.0f s before job_submit", channel.remote_peer_id, quiet)
+                    return None
+                msg = await channel.receive(min(remaining, idle - quiet))
             except (asyncio.TimeoutError, TimeoutError):
+                if deadline - loop.time() > 0:
+                    continue  # an idle check, not the deadline
                 log.warning("no job_submit from %s within %.0f s", channel.remote_peer_id, self.config.submit_timeout)
                 return None
+            last_message = time.monotonic()
+            if msg.get("type") == ChannelType.JOB_ATTACH:
+                await channel.send(jobs_wire.job_rejected(str(msg.get("job_id")), "That job is not running here."))
+                continue
             if msg.get("type") != ChannelType.JOB_SUBMIT:
                 continue
             try:
@@ -359,30 +500,35 @@ class Worker:
                 raise JobRefused("The package announced in job_submit never arrived; send the file first.") from None
         return Path(files[sha].path)
 
-    async def _run_job(self, channel: Any, job_id: str, package: Path) -> JobOutcome:
-        factory = self.config.executor_factory or (lambda jid: JobExecutor(jid))
+    async def _run_job(self, link: JobLink, job_id: str, package: Path) -> JobOutcome:
+        factory = self.config.executor_factory or (lambda jid: JobExecutor(jid, max_seconds=self.config.max_job_seconds))
         executor = factory(job_id)
 
         async def emit(message: dict[str, Any]) -> None:
-            if not channel.closed:
-                await channel.send(message)
+            await link.send(message)  # dropped while the client is away
 
         async def control() -> None:
-            # Stop/cancel from the client while the job runs; a vanished client cancels.
-            try:
-                while True:
-                    msg = await channel.receive()
-                    if msg.get("job_id") != job_id:
-                        continue
-                    if msg.get("type") == ChannelType.JOB_STOP:
-                        log.info("job %s: stop requested", job_id)
-                        executor.stop()
-                    elif msg.get("type") == ChannelType.JOB_CANCEL:
-                        log.info("job %s: cancel requested", job_id)
+            # Stop/cancel from the client while the job runs. A channel that dies gets
+            # ``reattach_grace`` for its client to come back; then the job is cancelled.
+            while True:
+                channel = link.channel
+                try:
+                    while True:
+                        msg = await channel.receive()
+                        if msg.get("job_id") != job_id:
+                            continue
+                        if msg.get("type") == ChannelType.JOB_STOP:
+                            log.info("job %s: stop requested", job_id)
+                            executor.stop()
+                        elif msg.get("type") == ChannelType.JOB_CANCEL:
+                            log.info("job %s: cancel requested", job_id)
+                            executor.cancel()
+                except PeerClosedError:
+                    log.warning("job %s: lost the client's channel; keeping the job for %.0f s", job_id, self.config.reattach_grace)
+                    if not await link.wait_for_new(channel, self.config.reattach_grace):
+                        log.warning("job %s: the client did not come back; cancelling", job_id)
                         executor.cancel()
-            except PeerClosedError:
-                log.warning("job %s: client vanished; cancelling", job_id)
-                executor.cancel()
+                        return
 
         controller = asyncio.create_task(control())
         try:

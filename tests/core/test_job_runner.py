@@ -62,6 +62,9 @@ class FakeSignaling:
     def add_state_listener(self, fn):
         return lambda: None
 
+    async def wait_registered(self, timeout):
+        return None
+
     def set_status(self, pid, status):
         self.peers[pid]["metadata"]["properties"]["status"] = status
         self._push("peer_updated", self.peers[pid])
@@ -315,13 +318,44 @@ async def test_auto_worker_lost_mid_training_restarts_on_the_next_best(package, 
     assert (Origin.AUTO, Outcome.LOST, Move.NEXT_BEST) in job.moves
 
 
-async def test_worker_lost_but_still_in_the_room_is_a_link_loss(package, tmp_path):
+async def test_link_lost_with_the_worker_still_there_reconnects_and_follows_the_same_job(package, tmp_path):
     sig = FakeSignaling([peer("a", 24000), peer("b", 8000)])
-    workers = FakeWorkers({"a": _dies_mid_training})  # the channel dies, the worker stays listed
-    job = make_job(package, tmp_path, sig, workers, Auto())
-    await asyncio.wait_for(job.run(), 5)
-    # no reconnect handler installed yet: the entry falls through to the next best
+    # the channel dies, the worker stays listed; the reconnect finds the job still running
+    workers = FakeWorkers({"a": [_dies_mid_training, _goes_on]})
+    rec = Recorder()
+    job = make_job(package, tmp_path, sig, workers, Auto(), rec)
+    summary = await asyncio.wait_for(job.run(), 5)
+    assert job.moves == [(Origin.AUTO, Outcome.LINK_LOST, Move.RECONNECT)]
+    assert summary.peer_id == "a" and workers.attempts == ["a", "a"] and job.reconnects == 1
+    assert workers.channels[1].attached and workers.channels[1].job_id == workers.channels[0].job_id
+    assert rec.of("restarted") == [] and job.lost == []
+    assert [m.name for m in rec.of("model_started")] == ["centroid"]  # the same model goes on
+    assert any("Reconnected to a" in d for d in rec.of("decision"))
+
+
+async def _goes_on(ch: ScriptedChannel) -> None:
+    await ch.accept()
+    await ch.epoch("centroid", 1)
+    await ch.result_model("run1", {"best.ckpt": b"w"})
+    await ch.complete()
+
+
+async def test_link_lost_without_reconnects_goes_to_the_next_best(package, tmp_path):
+    sig = FakeSignaling([peer("a", 24000), peer("b", 8000)])
+    workers = FakeWorkers({"a": _dies_mid_training})
+    job = make_job(package, tmp_path, sig, workers, Auto(), reconnect_grace=0)
+    summary = await asyncio.wait_for(job.run(), 5)
     assert job.moves == [(Origin.AUTO, Outcome.LINK_LOST, Move.NEXT_BEST)]
+    assert summary.peer_id == "b"
+
+
+async def test_a_reconnect_that_finds_the_worker_busy_counts_as_lost(package, tmp_path):
+    sig = FakeSignaling([peer("a", 24000), peer("b", 8000)])
+    workers = FakeWorkers({"a": [_dies_mid_training, "busy"]})
+    job = make_job(package, tmp_path, sig, workers, Auto())
+    summary = await asyncio.wait_for(job.run(), 5)
+    assert job.moves == [(Origin.AUTO, Outcome.LINK_LOST, Move.RECONNECT), (Origin.AUTO, Outcome.LOST, Move.NEXT_BEST)]
+    assert summary.peer_id == "b" and workers.attempts == ["a", "a", "b"]
 
 
 async def test_picked_worker_lost_asks_the_chooser(package, tmp_path):
