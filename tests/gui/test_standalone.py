@@ -15,7 +15,11 @@ from fakes import start_fake_worker
 
 
 async def test_standalone_submits_a_package(qtbot, tmp_path, signaling_server, room, wait_until):
-    workers = FakeWorkers()
+    async def trains_nothing(ch):  # the package asks for no model: none comes back
+        await ch.accept()
+        await ch.complete()
+
+    workers = FakeWorkers(default=trains_nothing)
     win = build_window(signaling_server.url, force_standalone=True)
     assert isinstance(win, StandaloneWindow)
     win.remote.connect = workers.connect
@@ -42,7 +46,8 @@ async def test_standalone_submits_a_package(qtbot, tmp_path, signaling_server, r
         assert workers.attempts == ["worker-gpu-a"]
         assert workers.channels[0].package == package.read_bytes()
         assert ctl.job.results_dir == tmp_path / "fly.slp.training_job.zip.results"
-        assert (ctl.job.results_dir / "models" / "run1" / "best.ckpt").is_file()
+        await wait_until(lambda: ctl.outcome is not None, 5)
+        assert ctl.outcome.peer_id == "worker-gpu-a" and ctl.outcome.files == []
     finally:
         await win.remote.session.leave()
         await worker.close()
