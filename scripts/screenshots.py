@@ -75,6 +75,13 @@ async def main(display: XDisplay) -> None:
     release = asyncio.Event()
 
     async def train_slowly(ch: ScriptedChannel) -> None:
+        import io
+        import zipfile
+
+        import yaml
+
+        with zipfile.ZipFile(io.BytesIO(ch.package)) as zf:
+            runs = [Path(job["run_path"]).name for job in yaml.safe_load(zf.read("jobs.yaml"))["training"]]
         await ch.accept()
         for model in ("centroid", "centered_instance"):
             await ch.event({"event": "train_begin", "what": model})
@@ -82,7 +89,8 @@ async def main(display: XDisplay) -> None:
                 await asyncio.sleep(0.15)
                 await ch.epoch(model, epoch, 0.02 / (epoch + 1))
             await release.wait()
-        await ch.result_model("261201_120000.centroid.n=10", {"best.ckpt": b"w"})
+        for run in runs:  # a worker may only return the runs the package trains
+            await ch.result_model(run, {"best.ckpt": b"w"})
         await ch.complete()
 
     jobs = FakeWorkers(default=train_slowly)
