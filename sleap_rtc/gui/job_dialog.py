@@ -366,6 +366,16 @@ class JobPanel(QtWidgets.QFrame):
         if self.status_label.text().startswith("Pick a worker"):
             self.status_label.setText("")
 
+    def mark_step(self, phase: Phase, done: bool, note: str = "") -> None:
+        """After the end: tick a step the phases did not pass through (predictions that came
+        back with the training results), or say why it did not happen (``note``)."""
+        if done:
+            self._reached.add(phase)
+        elif note:
+            self._details[phase] = note
+        if self.phases.phase == Phase.DONE:
+            self._mark(current=len(STEPS), current_mark=DONE_MARK)
+
     def step_text(self, phase: Phase) -> str:
         """The text currently shown for ``phase`` (tests and screenshots read it)."""
         return self.steps.item(_ORDER[phase]).text()

@@ -33,6 +33,7 @@ from typing import Any
 from qtpy import QtCore, QtWidgets
 
 from sleap_rtc.core.job_runner import ConnectFn
+from sleap_rtc.core.phases import Phase
 from sleap_rtc.core.remote_job import JobSummary
 from sleap_rtc.gui.bridge import show_error
 from sleap_rtc.gui.controller import RemoteGui
@@ -628,6 +629,10 @@ class RemoteTraining(QtCore.QObject):
             self.new_frames = self.merge_predictions(outcome)
             self.summary = self.summary_text(outcome)
             if self.ctl is not None and self.ctl.panel is not None:
+                predicted = outcome.predictions is not None
+                asked = self.form.get("_predict_target") not in (None, "", "nothing")
+                self.ctl.panel.mark_step(Phase.PREDICTING, predicted, "" if predicted else
+                                         ("no predictions came back" if asked else "not asked (Inference Target: Nothing)"))
                 self.ctl.panel.set_summary(self.summary)
             status_bar = getattr(self.window, "statusBar", None)
             if callable(status_bar):

@@ -164,6 +164,7 @@ async def test_run_with_remote_trains_on_a_worker(window, signaling_server, room
         # the package's temp folder is gone once the job ended; the panel has a one-line summary
         assert not job.package.path.parent.exists()
         assert job.summary.startswith("Finished: models saved to models/") and job.summary == job.ctl.panel.status_label.text()
+        assert "not asked" in job.ctl.panel.step_text(Phase.PREDICTING)  # Inference Target: Nothing
         # a multi-model run: the viewer was reset for the second model (its own plot, Stop Early live)
         assert len(heads) == 1 or job.resets == len(heads)
         # package: labels with embedded frames + one config per head + jobs.yaml, relative paths

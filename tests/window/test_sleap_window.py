@@ -266,6 +266,7 @@ async def test_a_save_after_a_merge_keeps_the_project_trainable(xdisplay, sleap_
     await wait_until(lambda: job.ctl.phases.phase == Phase.DONE, 20)
     await wait_until(lambda: job.closed, 10)
     assert job.new_frames == 1 and "1 frame predicted" in job.summary
+    assert job.ctl.panel.step_text(Phase.PREDICTING).startswith("✔")  # predictions came back: ticked
     assert win.state["has_changes"]
 
     # Ctrl+S in the main window (a real key press), as a user saves
