@@ -8,19 +8,22 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 HEADLESS ?=
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-faults test-redis test-lab bench screenshots clean
+.PHONY: env demo test test-faults test-redis test-lab test-window bench screenshots clean
 
 env:
 	@scripts/ensure-env.sh >/dev/null
 
+# The environment's bin/ first on PATH: SLEAP's own local training/inference start
+# `sleap-nn` and `sleap` by name.
 demo:
-	@py=$$(scripts/ensure-env.sh) && $$py -m sleap_rtc demo $(if $(HEADLESS),--headless,)
+	@py=$$(scripts/ensure-env.sh) && PATH="$$(dirname $$py):$$PATH" $$py -m sleap_rtc demo $(if $(HEADLESS),--headless,)
 
-# Tests and screenshots draw offscreen; `make demo` opens a real window where there is a screen.
-test test-faults test-redis test-lab bench screenshots: export QT_QPA_PLATFORM ?= offscreen
+# Tests draw offscreen (the window tests and screenshots use their own X display); `make demo`
+# opens a real window where there is a screen.
+test test-faults test-redis test-lab bench: export QT_QPA_PLATFORM ?= offscreen
 
 test:
-	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not redis and not netlab" $(PYTEST_ARGS)
+	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not redis and not netlab and not realwindow" $(PYTEST_ARGS)
 
 test-faults:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m faults $(PYTEST_ARGS)
@@ -33,11 +36,17 @@ test-redis:
 test-lab:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -s -m netlab tests/netlab $(PYTEST_ARGS)
 
+# The real SLEAP window on a private Xvfb display with openbox, driven by xdotool (its own
+# process: Qt's platform is chosen once per process). Installs xvfb/openbox/xdotool as root.
+test-window:
+	@py=$$(scripts/ensure-env.sh) && PATH="$$(dirname $$py):$$PATH" QT_QPA_PLATFORM=xcb $$py -m pytest -q -m realwindow tests/window $(PYTEST_ARGS)
+
 bench:
 	@py=$$(scripts/ensure-env.sh) && $$py benchmarks/run_all.py
 
+# Screenshots come from the real window too (Xvfb + openbox), not the offscreen platform.
 screenshots:
-	@py=$$(scripts/ensure-env.sh) && $$py scripts/screenshots.py
+	@py=$$(scripts/ensure-env.sh) && QT_QPA_PLATFORM=xcb $$py scripts/screenshots.py
 
 clean:
 	rm -rf .pytest_cache build dist *.egg-info

@@ -8,6 +8,11 @@ Writes into ``resources/tiny/`` (or ``--out DIR``):
   ``tiny.pkg.slp``, ``single_instance.yaml`` (a tiny sleap-nn config: 2 epochs on the CPU in
   seconds), ``train-script.sh`` and ``jobs.yaml`` with one training and one inference entry.
 
+``make_video_project(DIR)`` writes the demo's editable project instead: ``tiny.mp4`` (the
+same 20 frames, encoded with the ffmpeg that imageio-ffmpeg ships) and ``labels.slp``
+pointing at it. A project on a real video file survives SLEAP's saves and merges (an
+embedded-only project loses its frames on the first save, its source video being gone).
+
 Run: ``python resources/make_tiny_project.py [--out DIR]``. Needs sleap-io, numpy, PyYAML.
 """
 
@@ -74,6 +79,36 @@ def make_labels(frame_dir: Path):
         inst = sio.Instance.from_numpy(np.array([[hx, hy], [tx, ty]]), skeleton=skeleton)
         frames.append(sio.LabeledFrame(video=video, frame_idx=i, instances=[inst]))
     return sio.Labels(labeled_frames=frames, videos=[video], skeletons=[skeleton])
+
+
+VIDEO_NAME = "tiny.mp4"
+PROJECT_NAME = "labels.slp"
+VIDEO_CRF = 12
+"""Near-lossless H.264 (the blobs keep their shape); the 20-frame video is ~20 KB."""
+
+
+def make_video_project(out_dir: Path) -> Path:
+    """Write ``tiny.mp4`` and ``labels.slp`` (video by path, nothing embedded) into ``out_dir``.
+
+    Returns the project's path. The labels are the same as the bundled package's.
+    """
+    import sleap_io as sio
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    video_path = out_dir / VIDEO_NAME
+    sio.save_video(list(make_frames()), str(video_path), fps=10, crf=VIDEO_CRF)
+    video = sio.load_video(str(video_path))
+    skeleton = sio.Skeleton(["head", "tail"], edges=[("head", "tail")])
+    frames = []
+    for i in range(0, N_FRAMES, N_FRAMES // N_LABELED):
+        (tx, ty), (hx, hy) = blob_positions(i)
+        inst = sio.Instance.from_numpy(np.array([[hx, hy], [tx, ty]]), skeleton=skeleton)
+        frames.append(sio.LabeledFrame(video=video, frame_idx=i, instances=[inst]))
+    labels = sio.Labels(labeled_frames=frames, videos=[video], skeletons=[skeleton])
+    path = out_dir / PROJECT_NAME
+    sio.save_slp(labels, str(path), embed=False)
+    return path
 
 
 def training_config(labels_name: str) -> dict:

@@ -25,10 +25,49 @@ import yaml
 from sleap_rtc.local_room import LocalRoom, sleap_rtc_argv
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources" / "tiny"
+GENERATOR = RESOURCES.parent / "make_tiny_project.py"
 PACKAGE = "tiny.training_job.zip"
 DEMO_EPOCHS = 40
 """The bundled config trains 2 epochs (fast tests); 40 (~30 s here) predicts every frame."""
 LABELS = "labels.pkg.slp"
+
+
+def default_output() -> Path:
+    """Where the demo writes (outside the checkout): ``<user data dir>/demo``."""
+    from platformdirs import user_data_path
+
+    return user_data_path("sleap-rtc") / "demo"
+
+
+def env_bin_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default ``os.environ``, changed in place) with this Python's ``bin/`` first on PATH.
+
+    SLEAP's own local training and inference start ``sleap-nn`` / ``sleap`` by name: run
+    from an environment that is not activated (``make demo``), they are only found this way.
+    """
+    env = os.environ if env is None else env
+    bin_dir = str(Path(sys.executable).parent)
+    parts = env.get("PATH", "").split(os.pathsep) if env.get("PATH") else []
+    if bin_dir not in parts:
+        env["PATH"] = os.pathsep.join([bin_dir, *parts])
+    return env
+
+
+def gui_project(output: Path) -> Path:
+    """The demo's editable project: ``labels.slp`` on a real ``tiny.mp4``, made on first use.
+
+    An existing project (with the user's saves, merges and models) is kept as it is.
+    """
+    project = output / "labels.slp"
+    if project.is_file() and (output / "tiny.mp4").is_file():
+        return project
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tiny_project", GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module.make_video_project(output)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -119,8 +158,9 @@ def run_headless(room: LocalRoom, out: Path, timeout: float, epochs: int | None 
 @click.command("demo")
 @click.option("--headless", is_flag=True, help="Run the terminal flow instead of opening the GUI.")
 @click.option("--workers", default=2, show_default=True, help="How many local workers to start.")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("sleap-rtc-demo"),
-              show_default=True, help="Where the package, models and predictions are written.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the project, package, models and predictions are written "
+                   "(default: the user data folder's sleap-rtc/demo, outside the checkout).")
 @click.option("--timeout", default=600.0, show_default=True, help="Give up on a step after this many seconds.")
 @click.option("--quiet-children", is_flag=True, help="Do not echo the server's and workers' output.")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEMO_EPOCHS, show_default=True,
@@ -129,12 +169,13 @@ def run_headless(room: LocalRoom, out: Path, timeout: float, epochs: int | None 
               help="Close the GUI by itself after this many seconds (checks without a screen).")
 @click.option("--screenshot", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True,
               help="With --exit-after: save a PNG of the window before closing it.")
-def demo_command(headless: bool, workers: int, output: Path, timeout: float, quiet_children: bool,
+def demo_command(headless: bool, workers: int, output: Path | None, timeout: float, quiet_children: bool,
                  epochs: int | None, exit_after: float | None, screenshot: Path | None) -> None:
     """Run the whole product on this machine: a local server, workers, and a real job."""
     if not (RESOURCES / PACKAGE).exists():
         raise click.ClickException(f"bundled demo project missing: {RESOURCES / PACKAGE}")
-    output = output.resolve()
+    env_bin_on_path()
+    output = (output or default_output()).resolve()
     output.mkdir(parents=True, exist_ok=True)
     echo = None if quiet_children else (lambda line: click.secho(line, dim=True))
     work = Path(tempfile.mkdtemp(prefix="sleap-rtc-demo-"))
@@ -158,8 +199,9 @@ def demo_command(headless: bool, workers: int, output: Path, timeout: float, qui
         else:
             from sleap_rtc.gui.launcher import launch
 
-            shutil.copy(RESOURCES / LABELS, output / LABELS)
-            launch(room.url, room.room_id, room.token, labels_path=str(output / LABELS),
+            project = gui_project(output)
+            _say(f"Project: {project} (on {project.parent / 'tiny.mp4'})")
+            launch(room.url, room.room_id, room.token, labels_path=str(project),
                    exit_after=exit_after, screenshot=str(screenshot) if screenshot else None)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: stopping the local server and workers.", err=True)

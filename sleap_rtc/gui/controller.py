@@ -127,9 +127,18 @@ class RemoteGui(QtCore.QObject):
         if on_progress is not None:
             ctl.progress.connect(on_progress)
         ctl.choice_needed.connect(lambda _request: self._raise_dock())
+        if ctl.panel is not None:
+            if worker is not None:
+                ctl.panel.set_worker(worker)
+            # The panel lives in the dock: nothing modal, SLEAP stays usable during the job.
+            self.dock.add_job_panel(ctl.panel)
         self.jobs.append(ctl)
         ctl.start()
         return ctl
+
+    def running_jobs(self) -> list[RemoteJobController]:
+        """Jobs that have not ended."""
+        return [ctl for ctl in self.jobs if ctl.running]
 
     def _on_worker_chosen(self, worker: object) -> None:
         """A click in the dock answers the job that is asking for a worker (newest first)."""

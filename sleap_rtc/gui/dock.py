@@ -1,8 +1,13 @@
-"""``RemoteTrainingDock``: room credentials, connection state and the live worker list.
+"""``RemoteTrainingDock``: room credentials, connection state, the live worker list and jobs.
 
 The dock is a view: it subscribes to a ``RoomSession`` (state, room) and shows the room's
 workers through a ``WorkerTableModel``. When the room has no worker it shows how to start
-one, with the exact command for this room.
+one, with the exact command for this room (the token masked on screen, complete when
+copied). Each remote job's ``JobPanel`` lives in the dock's Jobs section, so nothing about
+a job is modal: SLEAP's window and this dock stay usable while it runs.
+
+The worker the user picked stays picked: when it leaves or turns busy the dock says so
+(and Run then offers the ways on) instead of silently moving to another machine.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ DOCK_OBJECT_NAME = "sleap_rtc_remote_training_dock"
 
 AUTO_SELECT = "Auto-select the best available worker"
 
+TOKEN_MASK = "••••••••"
+"""What the on-screen worker command shows instead of the token."""
 
-def worker_command(room_id: str, token: str) -> str:
-    """The exact command that starts a worker in this room."""
-    return f"sleap-rtc worker --room-id {room_id} --token {token}"
+
+def worker_command(room_id: str, token: str, server_url: str | None = None, *, masked: bool = False) -> str:
+    """The exact command that starts a worker in this room (``masked``: token hidden, for display)."""
+    server = f" --server {server_url}" if server_url else ""
+    return f"sleap-rtc worker{server} --room-id {room_id} --token {TOKEN_MASK if masked else token}"
 
 
 def _copy(text: str) -> None:
@@ -84,6 +93,8 @@ class RemoteTrainingDock(QtWidgets.QDockWidget):
     """The user pressed "Disconnect"."""
     worker_chosen = QtCore.Signal(object)
     """Emitted with the chosen ``WorkerInfo`` or ``None`` (auto-select)."""
+    jobs_changed = QtCore.Signal()
+    """A job panel was added or removed."""
 
     def __init__(self, session: RoomSession, parent: QtWidgets.QWidget | None = None):
         super().__init__("Remote Training", parent)
@@ -147,10 +158,36 @@ class RemoteTrainingDock(QtWidgets.QDockWidget):
 
         self.choice_label = QtWidgets.QLabel(AUTO_SELECT)
         self.choice_label.setObjectName("worker_choice")
-        layout.addWidget(self.choice_label)
-        self.setWidget(body)
+        self.choice_label.setWordWrap(True)
+        self.auto_button = QtWidgets.QToolButton(text="Auto-select")
+        self.auto_button.setObjectName("auto_select")
+        self.auto_button.setToolTip("Let Run pick the best available worker")
+        self.auto_button.clicked.connect(lambda: self.select_worker(None))
+        choice_row = QtWidgets.QHBoxLayout()
+        choice_row.addWidget(self.choice_label, 1)
+        choice_row.addWidget(self.auto_button)
+        layout.addLayout(choice_row)
+
+        self.jobs_box = QtWidgets.QGroupBox("Jobs")
+        self.jobs_box.setObjectName("jobs")
+        self.jobs_layout = QtWidgets.QVBoxLayout(self.jobs_box)
+        self.jobs_box.setVisible(False)
+        layout.addWidget(self.jobs_box)
+
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
 
         self._selected: WorkerInfo | None = None
+        self._model_changing = False
+        self._unwatch_room = lambda: None
+        # The table's selection model reacts to row removals before our slots run: while
+        # the model changes, selection changes are the model's, not the user's choice.
+        for signal in (self.model.rowsAboutToBeRemoved, self.model.modelAboutToBeReset, self.model.rowsAboutToBeInserted):
+            signal.connect(self._model_about_to_change)
         for signal in (self.model.modelReset, self.model.rowsInserted, self.model.rowsRemoved, self.model.dataChanged):
             signal.connect(self._refresh_list_state)
         session.state_changed.connect(self._on_state)
@@ -172,6 +209,7 @@ class RemoteTrainingDock(QtWidgets.QDockWidget):
         """Select the worker with ``peer_id`` (``None`` clears: auto-select); False if not listed."""
         if peer_id is None:
             self.table.clearSelection()
+            self._set_selected(None)
             return True
         row = self.model.row_of(peer_id)
         if row < 0 or not (self.model.flags(self.model.index(row, 0)) & QtCore.Qt.ItemIsSelectable):
@@ -179,9 +217,38 @@ class RemoteTrainingDock(QtWidgets.QDockWidget):
         self.table.selectRow(row)
         return True
 
+    def add_job_panel(self, panel: QtWidgets.QWidget) -> None:
+        """Show a job's panel in the Jobs section (newest first) and bring the dock forward."""
+        self.jobs_layout.insertWidget(0, panel)
+        self.jobs_box.setVisible(True)
+        dismissed = getattr(panel, "dismissed", None)
+        if dismissed is not None:
+            dismissed.connect(self._refresh_jobs)
+        self.jobs_changed.emit()
+        self.show()
+        self.raise_()
+
+    def job_panels(self) -> list[QtWidgets.QWidget]:
+        """The job panels shown, newest first."""
+        out = []
+        for i in range(self.jobs_layout.count()):
+            w = self.jobs_layout.itemAt(i).widget()
+            if w is not None and not w.isHidden() and not getattr(w, "dismissed_by_user", False):
+                out.append(w)
+        return out
+
+    def _refresh_jobs(self, *_: object) -> None:
+        self.jobs_box.setVisible(bool(self.job_panels()))
+        self.jobs_changed.emit()
+
     # ------------------------------------------------------------------ updates
 
     def _on_room(self, room: RoomView | None) -> None:
+        if room is not self.model.room and self._selected is not None:
+            self._set_selected(None)  # a pick belongs to its room
+        self._unwatch_room()
+        # Hidden (busy) workers change no row: follow the room itself for the pick's state.
+        self._unwatch_room = room.subscribe(lambda _change: self._update_choice_label()) if room is not None else (lambda: None)
         self.model.set_room(room)
         creds = self.session.credentials
         if room is not None and creds is not None:
@@ -218,44 +285,97 @@ class RemoteTrainingDock(QtWidgets.QDockWidget):
             self.copy_command_button.setVisible(False)
             self.stack.setCurrentIndex(1)
         elif self.model.rowCount() == 0:
-            command = worker_command(creds.room_id, creds.token) if creds else ""
-            if self.model.total_workers:
+            command = worker_command(creds.room_id, creds.token, self.session.server_url, masked=True) if creds else ""
+            total = self.model.total_workers
+            if total:
                 lead = (
-                    f"All {self.model.total_workers} worker(s) of this room are busy. "
-                    "Tick <b>Show busy workers</b> to see them, or start another worker:"
+                    ("The room's only worker is busy. " if total == 1 else f"All {total} workers of this room are busy. ")
+                    + "Tick <b>Show busy workers</b> to see them, or start another worker:"
                 )
             else:
-                lead = "No workers in this room yet. On a GPU machine, start a worker with:"
+                lead = "No worker is in this room now. On a GPU machine, start a worker with:"
             self.empty_label.setText(f"{lead}<br><br><code>{command}</code>")
             self.copy_command_button.setVisible(bool(command))
             self.stack.setCurrentIndex(1)
         else:
             self.stack.setCurrentIndex(0)
-        # A selected worker that left or turned busy is no longer a valid choice.
-        if self._selected is not None:
-            row = self.model.row_of(self._selected.peer_id)
-            if row < 0 or not self.model.worker_at(row).available:
-                self._set_selected(None)
-            else:
-                self._selected = self.model.worker_at(row)
-                if not self.table.selectionModel().isRowSelected(row, QtCore.QModelIndex()):
+        self._model_changing = False
+        self._sync_selection()
+
+    def _model_about_to_change(self, *_: object) -> None:
+        self._model_changing = True
+
+    def _sync_selection(self) -> None:
+        """Show the user's pick in the table; never replace it with another worker."""
+        chosen = self._selected
+        if chosen is None:
+            self._update_choice_label()
+            return
+        row = self.model.row_of(chosen.peer_id)
+        worker = self.model.worker_at(row) if row >= 0 else (self.model.room.get(chosen.peer_id) if self.model.room else None)
+        if worker is not None:
+            self._selected = worker
+        selection = self.table.selectionModel()
+        self._model_changing = True
+        try:
+            if row >= 0 and worker is not None and worker.available:
+                if not selection.isRowSelected(row, QtCore.QModelIndex()):
                     self.table.selectRow(row)
+            else:
+                self.table.clearSelection()
+        finally:
+            self._model_changing = False
+        self._update_choice_label()
 
     def _on_selection(self, *_: object) -> None:
+        if self._model_changing:
+            return
         rows = self.table.selectionModel().selectedRows()
-        self._set_selected(self.model.worker_at(rows[0].row()) if rows else None)
+        if rows:
+            self._set_selected(self.model.worker_at(rows[0].row()))
 
     def _set_selected(self, worker: WorkerInfo | None) -> None:
         changed = (worker.peer_id if worker else None) != (self._selected.peer_id if self._selected else None)
         self._selected = worker
-        self.choice_label.setText(f"Worker: {worker.name} ({worker.gpu_model})" if worker else AUTO_SELECT)
+        self._update_choice_label()
         if changed:
             self.worker_chosen.emit(worker)
+
+    def choice_state(self) -> str:
+        """``auto``, ``available``, ``busy`` or ``gone``: the state of the user's pick."""
+        worker = self._selected
+        if worker is None:
+            return "auto"
+        room = self.model.room
+        live = room.get(worker.peer_id) if room is not None else None
+        if live is None:
+            return "gone"
+        return "available" if live.available else "busy"
+
+    def _update_choice_label(self) -> None:
+        worker = self._selected
+        state = self.choice_state()
+        self.auto_button.setVisible(worker is not None)
+        if worker is None:
+            self.choice_label.setText(AUTO_SELECT)
+        elif state == "gone":
+            self.choice_label.setText(
+                f'Worker: {worker.name} <span style="color:#c62828">(left the room)</span>. '
+                "Run will offer another one; or press Auto-select."
+            )
+        elif state == "busy":
+            live = self.model.room.get(worker.peer_id)
+            self.choice_label.setText(
+                f'Worker: {worker.name} <span style="color:#ef6c00">({live.status})</span>. '
+                "Run will offer to wait for it or take another one."
+            )
+        else:
+            self.choice_label.setText(f"Worker: {worker.name} ({worker.gpu_model})")
 
     def _copy_command(self) -> None:
         creds = self.session.credentials
         if creds:
-            _copy(worker_command(creds.room_id, creds.token))
+            _copy(worker_command(creds.room_id, creds.token, self.session.server_url))
 
 
 def Qt_TextSelectable() -> QtCore.Qt.TextInteractionFlag:  # noqa: N802

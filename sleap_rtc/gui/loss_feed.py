@@ -8,6 +8,10 @@ event unchanged, and a SUB to the controller port that turns the viewer's Stop b
 
 ZMQ slow joiner: a newly connected PUB drops messages until the subscription reaches it,
 so events are queued for ``warmup_s`` after connecting, then flushed in order.
+
+``call_in_order(fn)`` queues a call between events (e.g. resetting the viewer before the
+next model's first event): everything queued before it is sent and given ``settle_s`` to
+be read by the viewer, then ``fn`` runs, then the events after it are sent.
 No Qt import beyond a ``QTimer`` for polling: nothing here blocks.
 """
 
@@ -27,6 +31,9 @@ log = logging.getLogger(__name__)
 
 SLOW_JOINER_S = 0.4
 """Wait after connecting before the first message (the reference measured 0.3–0.5 s)."""
+
+SETTLE_S = 0.3
+"""Time the viewer gets to read what was sent before a queued call runs (it polls every 20 ms)."""
 
 
 class LossFeed(QtCore.QObject):
@@ -60,7 +67,8 @@ class LossFeed(QtCore.QObject):
         self.on_stop = on_stop
         self.sent = 0
         self._ready_at = time.monotonic() + warmup_s
-        self._queue: deque[str] = deque()
+        self._queue: deque[str | Callable[[], Any]] = deque()
+        self._paused_until = 0.0
         self._timer = QtCore.QTimer(self)
         self._timer.setInterval(50)
         self._timer.timeout.connect(self._tick)
@@ -77,6 +85,12 @@ class LossFeed(QtCore.QObject):
         if self.ready:
             self._flush()
 
+    def call_in_order(self, callback: Callable[[], Any], settle_s: float = SETTLE_S) -> None:
+        """Run ``callback`` after every event queued so far was sent and read (see module doc)."""
+        self._queue.append(_Barrier(callback, settle_s))
+        if self.ready:
+            self._flush()
+
     def drain_then(self, callback: Callable[[], Any], settle_s: float = 0.3) -> None:
         """Call ``callback`` once every queued event is sent and the viewer had time to read it.
 
@@ -86,6 +100,8 @@ class LossFeed(QtCore.QObject):
 
         def flushed() -> None:
             self._flush()
+            if self._queue and not self._timer.isActive():
+                self._timer.start()
             if self._queue:  # the PUB is still full: try again shortly
                 QtCore.QTimer.singleShot(50, flushed)
                 return
@@ -104,8 +120,21 @@ class LossFeed(QtCore.QObject):
 
     def _flush(self) -> None:
         while self._queue:
+            head = self._queue[0]
+            if isinstance(head, _Barrier):
+                now = time.monotonic()
+                if head.due is None:
+                    head.due = now + head.settle_s
+                if now < head.due:
+                    return  # the timer comes back
+                self._queue.popleft()
+                try:
+                    head.callback()
+                except Exception:  # a display problem must not stop the feed
+                    log.exception("queued LossViewer call failed")
+                continue
             try:
-                self.pub.send_string(self._queue[0], zmq.NOBLOCK)
+                self.pub.send_string(head, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._queue.popleft()
@@ -128,3 +157,11 @@ class LossFeed(QtCore.QObject):
             if isinstance(msg, dict) and msg.get("command") == "stop" and self.on_stop is not None:
                 log.info("LossViewer asked to stop training; stopping the remote job")
                 self.on_stop()
+
+
+class _Barrier:
+    """A call queued between events (``LossFeed.call_in_order``)."""
+
+    def __init__(self, callback: Callable[[], Any], settle_s: float):
+        self.callback, self.settle_s = callback, settle_s
+        self.due: float | None = None

@@ -18,7 +18,8 @@ Hooks for a job panel (everything a view needs, nothing it must compute):
   results later), ``worker``: the worker of the current attempt;
 * ``explain(request)``: the words for a ``ChoiceRequest`` (no command-line flags).
 
-``JobDialog`` is shown by default (``show_dialog=False`` leaves presenting to a panel).
+A ``JobPanel`` (``panel``, also ``dialog``) presents the job by default: the GUI puts it in
+the Remote Training dock, never modal (``show_dialog=False`` leaves presenting to others).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from sleap_rtc.core.retry import Outcome
 from sleap_rtc.core.room import RoomView
 from sleap_rtc.core.selection import NoWorkersError
 from sleap_rtc.gui.bridge import run_coro
-from sleap_rtc.gui.job_dialog import JobDialog
+from sleap_rtc.gui.job_dialog import JobPanel
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +185,12 @@ class RemoteJobController(QtCore.QObject):
         self.pending: ChoiceRequest | None = None
         """The question the retry table is asking now (``None``: nothing to answer)."""
         self._answer: asyncio.Future | None = None
-        self.dialog: JobDialog | None = None
+        self.dialog: JobPanel | None = None
         if show_dialog:
             kwargs = {} if selection_timeout_s is None else {"selection_timeout_s": selection_timeout_s}
-            self.dialog = JobDialog(self.phases, parent_widget, **kwargs)
-            self.dialog.cancel_requested.connect(self.cancel)
-            self.dialog.selection_timed_out.connect(self.cancel)
-            self.dialog.try_next.connect(self.try_next_best)
-            self.dialog.choose_another.connect(self._on_choose_another)
+            self.dialog = JobPanel(self.phases, None, room=room, **kwargs)
+            self.dialog.present(self)
+        self.panel = self.dialog
 
     # ------------------------------------------------------------------ control
 
@@ -205,11 +204,16 @@ class RemoteJobController(QtCore.QObject):
         return self.job.handle
 
     def start(self) -> asyncio.Task:
-        """Show the dialog (non-blocking ``show()``) and start the job in the background."""
-        if self.dialog is not None:
+        """Start the job in the background; a panel placed nowhere shows as its own window."""
+        if self.dialog is not None and self.dialog.parent() is None:
             self.dialog.show()
         self.task = run_coro(self._run(), on_error=self._on_error)
         return self.task
+
+    @property
+    def running(self) -> bool:
+        """Whether the job has not ended yet."""
+        return self.task is not None and not self.task.done()
 
     def cancel(self) -> None:
         """Cancel now at any phase (also while choosing); the worker is released."""
@@ -252,20 +256,12 @@ class RemoteJobController(QtCore.QObject):
         """The chooser core's retry table asks: show the problem, wait for the user."""
         self.pending = request
         self._answer = asyncio.get_running_loop().create_future()
-        if self.dialog is not None:
-            self.dialog.show_problem(explain(request))
-        self.choice_needed.emit(request)
+        self.choice_needed.emit(request)  # the panel shows the problem and the ways on
         try:
             return await self._answer
         finally:
             self.pending, self._answer = None, None
-            if self.dialog is not None:
-                self.dialog.clear_problem()
             self.choice_made.emit()
-
-    def _on_choose_another(self) -> None:
-        if self.dialog is not None and self.pending is not None:
-            self.dialog.show_problem("Pick a worker in the Remote Training dock (Cancel to give up).", can_try_next=True)
 
     async def _run(self) -> None:
         try:

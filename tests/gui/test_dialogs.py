@@ -1,12 +1,12 @@
-"""Credentials dialog (banner paste, session strings) and the connect/retry dialog."""
+"""Credentials dialog (banner paste, session strings) and the job panel (phases, next / choose / wait)."""
 
 from __future__ import annotations
 
 import asyncio
-
 import contextlib
 
 import pytest
+from qtpy import QtCore
 
 from job_fakes import FakeWorkers, ScriptedChannel
 from sleap_rtc.core.credentials import RoomCredentials, encode_session_string
@@ -15,7 +15,7 @@ from sleap_rtc.core.retry import Outcome
 from sleap_rtc.core.room import RoomView
 from sleap_rtc.core.signaling import SignalingClient
 from sleap_rtc.gui.credentials_dialog import CredentialsDialog
-from sleap_rtc.gui.job_dialog import JobDialog
+from sleap_rtc.gui.job_dialog import JobPanel
 from sleap_rtc.gui.remote_run import RemoteJobController
 
 from fakes import start_fake_worker
@@ -97,40 +97,64 @@ def test_malformed_session_string_is_rejected_clearly(qtbot):
     assert dlg.session_status.text() == ""
 
 
-def test_job_dialog_shows_each_phase(qtbot):
+def test_job_panel_shows_each_phase(qtbot):
     phases = JobPhases()
-    dlg = JobDialog(phases)
+    dlg = JobPanel(phases)
     qtbot.addWidget(dlg)
-    phases.advance(Phase.JOINING)
+    dlg.show()
+    assert dlg.windowModality() == QtCore.Qt.NonModal
+    phases.advance(Phase.JOINING, "room abc")
+    assert dlg.step_text(Phase.JOINING) == "▶  Joining the room"  # no "room: room X"
     phases.advance(Phase.DISCOVERING)
-    assert dlg.selection_timer.isActive()
     phases.advance(Phase.SELECTING)
     phases.advance(Phase.RESERVING, "gpu-a")
-    assert "Reserving worker gpu-a" in dlg.step_text(Phase.RESERVING)
-    assert not dlg.selection_timer.isActive()
+    assert "Reserving gpu-a" in dlg.step_text(Phase.RESERVING)
+    assert dlg.worker_label.text() == "Worker: gpu-a"
     phases.advance(Phase.CONNECTING)
     phases.advance(Phase.UPLOADING, "42%")
     assert "Uploading 42%" in dlg.step_text(Phase.UPLOADING)
     assert dlg.progress.value() == 42
     assert dlg.step_text(Phase.CONNECTING).startswith("✔")
-    phases.advance(Phase.TRAINING, "3/10")
-    assert "Training epoch 3/10" in dlg.step_text(Phase.TRAINING)
-    phases.advance(Phase.DOWNLOADING, "100%")
+    assert not dlg.stop_button.isEnabled()
+    phases.advance(Phase.TRAINING, "epoch 3")
+    assert "Training: epoch 3" in dlg.step_text(Phase.TRAINING)
+    assert dlg.stop_button.isEnabled()
+    phases.advance(Phase.PREDICTING)
+    phases.advance(Phase.DOWNLOADING, "model.zip")
+    assert dlg.step_text(Phase.DOWNLOADING) == "▶  Downloading results"  # no file name overflow
     phases.advance(Phase.DONE)
-    assert dlg.close_button.isVisible() or not dlg.isVisible()
+    assert dlg.close_button.isVisibleTo(dlg) and not dlg.cancel_button.isVisibleTo(dlg)
     assert dlg.status_label.text() == "Finished."
+    # consistent end state: every step reached is ticked, none keeps the arrow
+    texts = [dlg.steps.item(i).text() for i in range(dlg.steps.count())]
+    assert not any(t.startswith("▶") for t in texts), texts
+    assert dlg.step_text(Phase.PREDICTING).startswith("✔")
+    assert dlg.step_text(Phase.DOWNLOADING).startswith("✔")
+
+
+def test_cancelled_job_marks_the_step_it_stopped_at(qtbot):
+    phases = JobPhases()
+    dlg = JobPanel(phases)
+    qtbot.addWidget(dlg)
+    for phase in (Phase.JOINING, Phase.DISCOVERING, Phase.SELECTING, Phase.RESERVING, Phase.CONNECTING, Phase.UPLOADING):
+        phases.advance(phase)
+    phases.advance(Phase.TRAINING, "epoch 3")
+    phases.advance(Phase.CANCELLED)
+    assert dlg.step_text(Phase.TRAINING).startswith("✖")
+    assert not any(dlg.steps.item(i).text().startswith("▶") for i in range(dlg.steps.count()))
 
 
 def test_selection_timeout_warns(qtbot):
     phases = JobPhases()
-    dlg = JobDialog(phases, selection_timeout_s=0.05)
+    dlg = JobPanel(phases, selection_timeout_s=0.05)
     qtbot.addWidget(dlg)
     timed_out = []
     dlg.selection_timed_out.connect(lambda: timed_out.append(True))
     phases.advance(Phase.JOINING)
     phases.advance(Phase.DISCOVERING)
+    dlg.show_problem("Worker gpu-a is busy.")
     qtbot.waitUntil(lambda: bool(timed_out), timeout=2000)
-    assert "No worker could be reserved within" in dlg.timeout_label.text()
+    assert "No worker was chosen within" in dlg.timeout_label.text()
 
 
 @pytest.fixture
@@ -176,7 +200,7 @@ async def test_busy_worker_offers_next_best_and_retries(qtbot, tmp_path, room, l
     assert asked[0].outcome == Outcome.BUSY and asked[0].tried == {"worker-gpu-a"}
     assert ctl.dialog.cancel_button.isVisibleTo(ctl.dialog)  # still cancellable while choosing
     assert ctl.dialog.selection_timer.isActive()
-    assert not ctl.dialog.isModal()  # the main window stays usable
+    assert ctl.dialog.windowModality() == QtCore.Qt.NonModal  # the main window stays usable
     ctl.dialog.try_next_button.click()
     await wait_until(lambda: done, 5)
     assert fake.attempts == ["worker-gpu-a", "worker-gpu-b"]
@@ -197,7 +221,8 @@ async def test_choose_another_waits_for_the_users_pick(qtbot, tmp_path, room, li
     ctl.dialog.choose_button.click()
     await asyncio.sleep(0.3)
     assert fake.attempts == ["worker-gpu-a"], "retried before the user picked a worker"
-    assert "Pick a worker" in ctl.dialog.problem_label.text()
+    assert "Pick a worker" in ctl.dialog.status_label.text()
+    assert ctl.dialog.chooser_box.isVisibleTo(ctl.dialog)
     assert ctl.pending is not None
     assert not ctl.choose_worker("worker-nobody")  # not in the room: still waiting
     assert ctl.choose_worker("worker-gpu-b")
@@ -257,3 +282,58 @@ async def test_cancel_releases_the_worker(qtbot, tmp_path, room, live_room, wait
     assert fake.channels[0].cancelled.is_set()
     assert ctl.phases.phase == Phase.CANCELLED
     assert "worker was released" in ctl.dialog.status_label.text()
+
+
+async def test_choose_another_is_a_live_list_in_the_panel(qtbot, tmp_path, signaling_server, room, live_room, wait_until):
+    """"Choose another…" lists the room's workers in the panel, live; the pick runs the job."""
+    fake = FakeWorkers({"worker-gpu-a": "busy"})
+    ctl = _controller(tmp_path, room, live_room, fake, "worker-gpu-a")
+    panel = ctl.panel
+    qtbot.addWidget(panel)
+    done = []
+    ctl.succeeded.connect(done.append)
+    ctl.start()
+    await wait_until(lambda: panel.problem_box.isVisible(), 3)
+    panel.choose_button.click()
+    model = panel.chooser_model
+    await wait_until(lambda: model.rowCount() == 2, 3)
+    extra = await start_fake_worker(signaling_server.url, room, "gpu-c")  # appears while the user looks
+    try:
+        await wait_until(lambda: model.rowCount() == 3, 3)
+        panel.chooser_table.selectRow(model.row_of("worker-gpu-a"))
+        assert not panel.use_button.isEnabled()  # it already refused this job
+        panel.chooser_table.selectRow(model.row_of("worker-gpu-c"))
+        assert panel.use_button.isEnabled()
+        panel.use_button.click()
+        await wait_until(lambda: done, 5)
+        assert fake.attempts == ["worker-gpu-a", "worker-gpu-c"]
+        assert not panel.chooser_box.isVisibleTo(panel)
+    finally:
+        await extra.close()
+
+
+async def test_wait_button_shows_who_is_busy_since_when(qtbot, tmp_path, room, live_room, wait_until):
+    """All busy: the panel's "Wait for a free worker" lists the busy workers, then the first
+    one that frees up takes the job."""
+    _client, view, workers = live_room
+    for w in workers:
+        await w.update_metadata({"properties": {"status": "busy"}})
+    await wait_until(lambda: not view.available(), 3)
+    fake = FakeWorkers()
+    ctl = _controller(tmp_path, room, live_room, fake)
+    panel = ctl.panel
+    qtbot.addWidget(panel)
+    done = []
+    ctl.succeeded.connect(done.append)
+    ctl.start()
+    await wait_until(lambda: panel.problem_box.isVisible(), 3)
+    assert not panel.try_next_button.isEnabled()  # nobody to try
+    panel.wait_button.click()
+    await wait_until(lambda: "gpu-a: busy" in panel.waiting_text() and "gpu-b: busy" in panel.waiting_text(), 3)
+    assert "Choosing a worker" in panel.step_text(Phase.SELECTING)
+    await asyncio.sleep(0.2)
+    assert fake.attempts == [], "ran before a worker was free"
+    await workers[0].update_metadata({"properties": {"status": "available"}})
+    await wait_until(lambda: done, 5)
+    assert fake.attempts == ["worker-gpu-a"]
+    assert not panel.waiting_label.isVisibleTo(panel)

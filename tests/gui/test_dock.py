@@ -58,18 +58,30 @@ async def test_worker_list_is_live(qtbot, signaling_server, room, wait_until):
         assert dock.select_worker("worker-gpu-a") is True
         assert dock.selected_worker().peer_id == "worker-gpu-a"
 
-        # the selected worker turns busy: the choice falls back to auto-select
+        # the selected worker turns busy: the choice stays (never moved behind the user's
+        # back), the dock says it is reserved; it comes back selected when free again
         dock.show_busy_check.setChecked(False)
         await a.update_metadata({"properties": {"status": "reserved"}})
-        await wait_until(lambda: dock.selected_worker() is None, LIVE_BOUND)
-        assert "Auto-select" in dock.choice_label.text()
+        await wait_until(lambda: "reserved" in dock.choice_label.text(), LIVE_BOUND)
+        assert dock.selected_worker().peer_id == "worker-gpu-a"
+        assert dock.choice_state() == "busy"
+        await a.update_metadata({"properties": {"status": "available"}})
+        await wait_until(lambda: dock.choice_state() == "available", LIVE_BOUND)
+        assert dock.table.selectionModel().selectedRows()[0].row() == dock.model.row_of("worker-gpu-a")
+        await a.update_metadata({"properties": {"status": "reserved"}})
+        await wait_until(lambda: dock.choice_state() == "busy", LIVE_BOUND)
 
         # leave: rows disappear; with nobody left, the empty state says how to start a worker
         await a.close()
+        await wait_until(lambda: dock.choice_state() == "gone", LIVE_BOUND)
+        assert dock.selected_worker().peer_id == "worker-gpu-a"
+        assert "left the room" in dock.choice_label.text()
+        dock.auto_button.click()
+        assert dock.selected_worker() is None and "Auto-select" in dock.choice_label.text()
         await b.close()
         await wait_until(lambda: dock.model.total_workers == 0, LIVE_BOUND)
         assert dock.stack.currentIndex() == 1
-        assert worker_command(*room) in dock.empty_state_text()
+        assert worker_command(*room, session.server_url, masked=True) in dock.empty_state_text()
     finally:
         await session.leave()
 
@@ -78,9 +90,12 @@ async def test_empty_room_shows_the_exact_worker_command(qtbot, signaling_server
     session, dock = await _joined_dock(qtbot, signaling_server, room)
     try:
         assert dock.stack.currentIndex() == 1
-        assert f"sleap-rtc worker --room-id {room[0]} --token {room[1]}" in dock.empty_state_text()
+        shown = dock.empty_state_text()
+        assert f"sleap-rtc worker --server {signaling_server.url} --room-id {room[0]} --token ••••••••" in shown
+        assert room[1] not in shown  # the token is masked on screen
         dock.copy_command_button.click()
-        assert QtWidgets.QApplication.clipboard().text() == worker_command(*room)
+        copied = QtWidgets.QApplication.clipboard().text()
+        assert copied == f"sleap-rtc worker --server {signaling_server.url} --room-id {room[0]} --token {room[1]}"
         dock.credentials.reveal_button.setChecked(True)
         assert dock.credentials.token_edit.echoMode() == QtWidgets.QLineEdit.Normal
     finally:
@@ -105,3 +120,25 @@ async def test_wrong_token_is_reported(qtbot, signaling_server, room):
     assert errors and "token" in errors[0].lower()
     assert "Could not join" in dock.state_label.text()
     await asyncio.sleep(0)
+
+
+async def test_failed_switch_keeps_the_room_that_worked(qtbot, signaling_server, room):
+    """A mistyped token on "Switch room…" is refused; the user stays in the old room."""
+    session, dock = await _joined_dock(qtbot, signaling_server, room)
+    old_room = session.room
+    try:
+        errors = []
+        session.error.connect(errors.append)
+        try:
+            await session.join(room[0], "mistyped-token")
+        except Exception as exc:  # noqa: BLE001
+            assert "token" in str(exc).lower()
+        else:
+            raise AssertionError("a wrong token was accepted")
+        assert errors
+        assert session.state == SessionState.CONNECTED
+        assert session.room is old_room and session.credentials.token == room[1]
+        assert dock.credentials.room_edit.text() == room[0]
+        assert "Connected" in dock.state_label.text()
+    finally:
+        await session.leave()

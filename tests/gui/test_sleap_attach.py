@@ -77,7 +77,9 @@ async def test_dock_and_menu_are_attached(window):
     assert dock in window.tabifiedDockWidgets(window.instances_dock)
     assert dock.toggleViewAction() in window.viewMenu.actions()
     menu = window.findChild(QtWidgets.QMenu, "sleap_rtc_remote_menu")
-    assert [a.text() for a in menu.actions() if a.text()] == ["Join room…", "Use session string…", "Disconnect"]
+    assert [a.text() for a in menu.actions() if a.text()][:3] == ["Join room…", "Use session string…", "Disconnect"]
+    titles = [a.text().replace("&", "") for a in window.menuBar().actions()]
+    assert titles.index("Remote") == titles.index("Help") - 1, titles  # the Remote menu before Help
     assert window.state["share usage data"] is False
 
 
@@ -147,9 +149,8 @@ async def test_run_with_remote_trains_on_a_worker(window, signaling_server, room
         dlg = training_dialog(window, predict_on="nothing")
         panel = dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
         assert panel.room_label.text() == room[0]
-        dlg.pipeline_form_widget.current_pipeline = "single"
         panel.remote_check.setChecked(True)
-        dlg.run_button.click()
+        dlg.run_button.click()  # SLEAP's default pipeline: top-down, two models
         assert len(window.remote_jobs) == 1
         job = window.remote_jobs[0]
         epochs = []
@@ -160,8 +161,14 @@ async def test_run_with_remote_trains_on_a_worker(window, signaling_server, room
         await wait_until(lambda: job.closed, 5)
         assert job.epochs_forwarded == 3 * len(heads)
         assert len(epochs) == job.epochs_forwarded  # every remote epoch reached the LossViewer
+        # the package's temp folder is gone once the job ended; the panel has a one-line summary
+        assert not job.package.path.parent.exists()
+        assert job.summary.startswith("Finished: models saved to models/") and job.summary == job.ctl.panel.status_label.text()
+        assert "not asked" in job.ctl.panel.step_text(Phase.PREDICTING)  # Inference Target: Nothing
+        # a multi-model run: the viewer was reset for the second model (its own plot, Stop Early live)
+        assert len(heads) == 1 or job.resets == len(heads)
         # package: labels with embedded frames + one config per head + jobs.yaml, relative paths
-        with zipfile.ZipFile(job.package.path) as zf:
+        with zipfile.ZipFile(io.BytesIO(window.remote.connect.__self__.packages[-1])) as zf:
             names = set(zf.namelist())
             assert {"proj.pkg.slp", "jobs.yaml", "train-script.sh"} | {f"{h}.yaml" for h in heads} <= names
             cfg = yaml.safe_load(zf.read(f"{heads[0]}.yaml"))
@@ -301,23 +308,108 @@ async def test_returned_predictions_are_merged_into_the_open_labels(window, tmp_
 
 
 @pytest.mark.parametrize("window", [FakeRemoteWorker(epochs=1)], indirect=True)
-async def test_remote_run_refuses_frames_outside_the_package(window, signaling_server, room, wait_until, monkeypatch):
-    """"Current frame" (and other frames that stay on this computer) cannot be predicted
-    remotely: Run says so and starts nothing, instead of predicting other frames."""
+async def test_whole_video_targets_are_explained_before_run(window, signaling_server, room, wait_until, monkeypatch):
+    """"Entire video" is not served remotely: the panel says so in SLEAP's words before Run,
+    and Run refuses it without starting anything."""
     import sleap_rtc.gui.sleap_attach as attach
 
     shown = []
     monkeypatch.setattr(attach, "show_error", lambda parent, title, exc: shown.append(str(exc)))
     await window.remote.session.join(*room)
     try:
-        dlg = training_dialog(window, predict_on="frame")
+        dlg = training_dialog(window, predict_on="video")
         dlg.pipeline_form_widget.current_pipeline = "single"
-        dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME).remote_check.setChecked(True)
+        panel = dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
+        panel.remote_check.setChecked(True)
+        notes = " ".join(panel.notes())
+        assert "Inference Target <i>Entire video</i> is not available" in notes
+        assert "Current frame" in notes and "Predict On" not in notes
         dlg.run_button.click()
         assert window.remote_jobs == []
-        assert shown and "suggested frames or user-labeled frames" in shown[0]
+        assert shown and "Inference Target" in shown[0] and "Predict On" not in shown[0]
+        # choosing a served target clears the note
+        dropdown = dlg.frame_target_selector.target_dropdown
+        dropdown.setCurrentIndex(dropdown.findData("frame"))
+        assert not any("not available" in n for n in panel.notes())
         assert attach.remote_inference_request("user_labeled").only_labeled_frames
         assert attach.remote_inference_request("suggestions").only_suggested_frames
         assert attach.remote_inference_request("nothing") is None
     finally:
         await window.remote.session.leave()
+
+
+async def test_current_frame_travels_in_the_package_as_its_suggestion(window, tmp_path):
+    """SLEAP's default Inference Target (Current frame) is served: that frame is the
+    package's suggestion and the worker predicts suggested frames; the project is unchanged."""
+    import sleap_io as sio
+
+    from sleap_rtc.gui.sleap_attach import package_from_dialog
+
+    dlg = training_dialog(window)
+    assert dlg.frame_target_selector.get_selection().target_key == "frame"  # SLEAP's default
+    dlg.pipeline_form_widget.current_pipeline = "single"
+    before = list(window.labels.suggestions)
+    info, form = package_from_dialog(window, dlg, tmp_path)
+    assert list(window.labels.suggestions) == before
+    with zipfile.ZipFile(info.path) as zf:
+        jobs = yaml.safe_load(zf.read("jobs.yaml"))
+        zf.extract(info.labels_name, tmp_path / "x")
+    assert jobs["inference"][0]["only_suggested_frames"] is True
+    packaged = sio.load_slp(str(tmp_path / "x" / info.labels_name))
+    frames = [sf.frame_idx for sf in packaged.suggestions]
+    assert len(frames) == 1 and form["_predict_frames"] == 1
+    assert packaged.videos[0][frames[0]].shape[:2] == (64, 64)  # the frame itself is embedded
+
+
+async def test_cpu_worker_warns_about_sleaps_default_epochs(window, signaling_server, room, wait_until):
+    worker = await start_fake_worker(signaling_server.url, room, "cpu-box", gpu="CPU", memory_mb=0)
+    await window.remote.session.join(*room)
+    try:
+        await wait_until(lambda: window.remote.dock.model.rowCount() == 1, 3)
+        dlg = training_dialog(window, predict_on="nothing")
+        panel = dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
+        panel.remote_check.setChecked(True)
+        notes = " ".join(panel.notes())
+        assert "has no GPU" in notes and "Max Epochs</b> 200" in notes
+        # the worker can be picked right in the training dialog (SLEAP's dialog is modal)
+        combo = panel.worker_combo
+        index = combo.findData("worker-cpu-box")
+        assert index > 0
+        combo.setCurrentIndex(index)
+        combo.activated.emit(index)
+        assert window.remote.dock.selected_worker().peer_id == "worker-cpu-box"
+        assert "cpu-box has no GPU" in " ".join(panel.notes())
+    finally:
+        await window.remote.session.leave()
+        await worker.close()
+
+
+@pytest.mark.parametrize("window", [SlowRemoteWorker()], indirect=True)
+async def test_closing_sleap_with_a_job_running_asks_what_to_do(window, signaling_server, room, wait_until):
+    """Closing asks (non-modal box): "Keep SLEAP open" keeps the job; "Cancel" cancels it and closes."""
+    from qtpy import QtWidgets
+
+    worker = await start_fake_worker(signaling_server.url, room, "gpu-a")
+    await window.remote.session.join(*room)
+    try:
+        window.show()
+        dlg = training_dialog(window, predict_on="nothing")
+        dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME).remote_check.setChecked(True)
+        dlg.run_button.click()
+        job = window.remote_jobs[-1]
+        await wait_until(lambda: job.ctl.phases.phase == Phase.TRAINING, 5)
+        window.close()
+        box = await wait_until(lambda: window.findChild(QtWidgets.QMessageBox, "sleap_rtc_close_box"), 3)
+        assert window.isVisible() and "still running" in box.text()
+        assert "not available yet" in box.informativeText()  # detach: said, not pretended
+        box.findChild(QtWidgets.QPushButton, "keep open").click()
+        await asyncio.sleep(0.2)
+        assert window.isVisible() and job.ctl.running
+        window.close()
+        box = await wait_until(lambda: [b for b in window.findChildren(QtWidgets.QMessageBox, "sleap_rtc_close_box")
+                                        if b.isVisible()], 3)
+        box[0].findChild(QtWidgets.QPushButton, "cancel").click()
+        await wait_until(lambda: job.ctl.phases.phase == Phase.CANCELLED, 5)
+    finally:
+        await window.remote.session.leave()
+        await worker.close()
