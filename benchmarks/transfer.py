@@ -91,7 +91,7 @@ async def child(args) -> None:
 
 
 async def send_raw(ch, mode: str, path: str, size: int) -> None:
-    dc = ch.dc
+    dc = ch.conn.dc  # raw modes: the aiortc backend's RTCDataChannel itself
     low = asyncio.Event()
     dc.bufferedAmountLowThreshold = 1 * MiB
     dc.on("bufferedamountlow", low.set)
@@ -124,7 +124,7 @@ async def receive_raw(ch, mode: str, work: Path, size: int) -> None:
             if out is not None:
                 out.write(data)
 
-    ch.dc.on("message", on_message)  # next to PeerChannel's own handler (which drops these)
+    ch.conn.dc.on("message", on_message)  # next to PeerChannel's own handler (which drops these)
     msg = await ch.receive(600)
     assert msg["type"] == "bench_end" and got == size, (msg, got, size)
     if out is not None:

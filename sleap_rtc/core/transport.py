@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -38,8 +39,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import ifaddr
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+from sleap_rtc.core.backends import Connection, choose_backend, make_connection
 from sleap_rtc.core.channel import PeerChannel
 from sleap_rtc.core.config import ConfigError, ice_servers_from_config
 from sleap_rtc.core.protocol import CHANNEL_VERSION, WORKER_BUSY, ErrorCode, MessageType
@@ -47,6 +48,7 @@ from sleap_rtc.core.transport_errors import (
     AnswerTimeoutError,
     ConnectionFailedError,
     LoopbackOnlyError,
+    PeerClosedError,
     PeerNotFoundError,
     TransportError,
     WorkerBusyError,
@@ -186,20 +188,14 @@ async def probe_ice_servers(servers: list[dict[str, Any]], timeout: float = PROB
     return [s for s, ok in zip(servers, oks) if ok]
 
 
-def _rtc_configuration(servers: list[dict[str, Any]]) -> RTCConfiguration:
-    # An explicit empty list matters: iceServers=None makes aiortc use Google's STUN.
-    return RTCConfiguration(
-        iceServers=[
-            RTCIceServer(urls=_server_urls(s), username=s.get("username"), credential=s.get("credential"))
-            for s in servers
-        ]
-    )
-
-
-async def _peer_connection(signaling: Any, ice_servers: list[dict[str, Any]] | None) -> RTCPeerConnection:
-    check_not_loopback_only()
+async def _peer_connection(signaling: Any, ice_servers: list[dict[str, Any]] | None, backend: str | None) -> Connection:
+    backend = choose_backend(backend)
+    if backend == "memory":  # the in-process test pair needs no network at all
+        return make_connection(backend, [])
+    if backend == "aiortc":  # libdatachannel does use loopback; aioice never does
+        check_not_loopback_only()
     servers = await probe_ice_servers(resolve_ice_servers(ice_servers, signaling))
-    return RTCPeerConnection(_rtc_configuration(servers))
+    return make_connection(backend, servers)
 
 
 # ---------------------------------------------------------------------- set-up
@@ -214,61 +210,133 @@ async def connect(
     receive_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     version: int = CHANNEL_VERSION,
+    backend: str | None = None,
 ) -> PeerChannel:
     """Open a data channel to ``target_peer_id`` through the room (client side).
 
     ``signaling`` is a registered ``SignalingClient``. ``timeout`` bounds the whole set-up
     (offer -> answer -> ICE/DTLS -> hello). ``receive_dir``/``cache_dir``: where incoming
     files and the transfer cache go. ``version`` is for tests of the hello exchange.
+    ``backend`` forces a transport backend (default: ``backends.choose_backend``).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    pc = await _peer_connection(signaling, ice_servers)
+    conn = await _peer_connection(signaling, ice_servers, backend)
     channel: PeerChannel | None = None
-    remove = None
     try:
-        dc = pc.createDataChannel(CHANNEL_LABEL, ordered=True)
         channel = PeerChannel(
-            pc, dc, local_peer_id=signaling.peer_id, remote_peer_id=target_peer_id, role="client",
+            conn, local_peer_id=signaling.peer_id, remote_peer_id=target_peer_id, role="client",
             receive_dir=receive_dir, cache_dir=cache_dir, version=version,
         )
-        await pc.setLocalDescription(await pc.createOffer())  # gathers (non-trickle)
-        offer_id = f"offer-{uuid.uuid4().hex[:12]}"
-        reply = loop.create_future()
-
-        def on_frame(frame: dict[str, Any]) -> None:
-            kind = frame.get("type")
-            from_target = frame.get("sender") in (None, target_peer_id)
-            if reply.done():
-                return
-            if kind == MessageType.ANSWER and frame.get("sender") == target_peer_id:
-                reply.set_result(frame)
-            elif kind == MessageType.ERROR and (frame.get("id") == offer_id or (frame.get("reason") == WORKER_BUSY and from_target)):
-                reply.set_result(frame)
-
-        remove = signaling.add_listener(on_frame)
-        await signaling.send(
-            {"type": MessageType.OFFER.value, "sender": signaling.peer_id, "target": target_peer_id,
-             "sdp": pc.localDescription.sdp, "id": offer_id}
-        )
-        try:
-            frame = await asyncio.wait_for(reply, max(0.0, deadline - loop.time()))
-        except asyncio.TimeoutError:
-            raise AnswerTimeoutError(f"Peer {target_peer_id} did not answer within {timeout:.0f} s.") from None
-        finally:
-            remove()
-        if frame.get("type") == MessageType.ERROR:
-            raise _error_from_frame(frame, target_peer_id)
-        if not isinstance(frame.get("sdp"), str):
-            raise ConnectionFailedError(f"Peer {target_peer_id} answered without an SDP.")
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=frame["sdp"], type="answer"))
+        sdp = await conn.offer(CHANNEL_LABEL)  # gathers (non-trickle)
+        frame = await exchange_offer(signaling, target_peer_id, sdp, deadline, timeout)
+        await conn.accept_answer(frame["sdp"])
         await _start(channel, deadline, target_peer_id)
+        channel.stripes.opener = functools.partial(
+            open_stripe, signaling, target_peer_id, ice_servers=ice_servers, timeout=timeout, backend=backend
+        )
         return channel
     except BaseException:
         if channel is not None:
             await channel.abort("connection set-up failed")
         else:
-            await pc.close()
+            await conn.close()
+        raise
+
+
+async def exchange_offer(
+    signaling: Any, target_peer_id: str, sdp: str, deadline: float, timeout: float, **extra: Any
+) -> dict[str, Any]:
+    """Send one ``offer`` (plus ``extra`` fields) to ``target_peer_id`` and return its ``answer``
+    frame; raises ``AnswerTimeoutError`` at ``deadline`` (loop time) and the matching error
+    for a relayed refusal (``WorkerBusyError``, ``PeerNotFoundError``, ...)."""
+    loop = asyncio.get_running_loop()
+    offer_id = f"offer-{uuid.uuid4().hex[:12]}"
+    reply = loop.create_future()
+
+    def on_frame(frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        from_target = frame.get("sender") in (None, target_peer_id)
+        if reply.done():
+            return
+        if kind == MessageType.ANSWER and frame.get("sender") == target_peer_id and frame.get("id") in (None, offer_id):
+            reply.set_result(frame)
+        elif kind == MessageType.ERROR and (frame.get("id") == offer_id or (frame.get("reason") == WORKER_BUSY and from_target)):
+            reply.set_result(frame)
+
+    remove = signaling.add_listener(on_frame)
+    try:
+        await signaling.send(
+            {"type": MessageType.OFFER.value, "sender": signaling.peer_id, "target": target_peer_id,
+             "sdp": sdp, "id": offer_id, **extra}
+        )
+        try:
+            frame = await asyncio.wait_for(reply, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise AnswerTimeoutError(f"Peer {target_peer_id} did not answer within {timeout:.0f} s.") from None
+    finally:
+        remove()
+    if frame.get("type") == MessageType.ERROR:
+        raise _error_from_frame(frame, target_peer_id)
+    if not isinstance(frame.get("sdp"), str):
+        raise ConnectionFailedError(f"Peer {target_peer_id} answered without an SDP.")
+    return frame
+
+
+async def open_stripe(
+    signaling: Any,
+    target_peer_id: str,
+    token: str,
+    *,
+    ice_servers: list[dict[str, Any]] | None = None,
+    timeout: float = 20.0,
+    backend: str | None = None,
+) -> Connection:
+    """Open one extra peer connection to ``target_peer_id`` for striped file payload (client
+    side): an ``offer`` carrying the worker's stripe ``token`` (``stripes``), through the same
+    room. Returns the open backend ``Connection`` (its handlers are set by the caller)."""
+    from sleap_rtc.core.stripes import STRIPE_LABEL, wait_open
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    conn = await _peer_connection(signaling, ice_servers, backend)
+    try:
+        opened = wait_open(conn)
+        sdp = await conn.offer(STRIPE_LABEL)
+        frame = await exchange_offer(signaling, target_peer_id, sdp, deadline, timeout, stripe=token)
+        await conn.accept_answer(frame["sdp"])
+        await asyncio.wait_for(opened, max(0.1, deadline - loop.time()))
+        return conn
+    except BaseException:
+        await conn.close()
+        raise
+
+
+async def accept_stripe(
+    signaling: Any,
+    offer_frame: dict[str, Any],
+    *,
+    ice_servers: list[dict[str, Any]] | None = None,
+    timeout: float = 20.0,
+    backend: str | None = None,
+) -> Connection:
+    """Answer a stripe ``offer`` (worker side, after the guard admitted its token) and return
+    the open backend ``Connection``."""
+    from sleap_rtc.core.stripes import wait_open
+
+    sender, sdp = offer_frame.get("sender"), offer_frame.get("sdp")
+    if not isinstance(sender, str) or not isinstance(sdp, str):
+        raise ConnectionFailedError("The offer frame has no 'sender' or no 'sdp'.")
+    conn = await _peer_connection(signaling, ice_servers, backend)
+    try:
+        opened = wait_open(conn)
+        answer_sdp = await conn.answer(sdp)
+        await signaling.send({"type": MessageType.ANSWER.value, "sender": signaling.peer_id, "target": sender,
+                              "sdp": answer_sdp, "id": offer_frame.get("id")})
+        await asyncio.wait_for(opened, timeout)
+        return conn
+    except BaseException:
+        await conn.close()
         raise
 
 
@@ -281,6 +349,7 @@ async def accept(
     receive_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     version: int = CHANNEL_VERSION,
+    backend: str | None = None,
 ) -> PeerChannel:
     """Answer a relayed ``offer`` frame and return the open channel (worker side)."""
     sender = offer_frame.get("sender")
@@ -289,57 +358,24 @@ async def accept(
         raise ConnectionFailedError("The offer frame has no 'sender' or no 'sdp'.")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    pc = await _peer_connection(signaling, ice_servers)
-    channel_box: list[PeerChannel] = []
-    got_channel = loop.create_future()
-
-    @pc.on("datachannel")
-    def on_datachannel(dc: Any) -> None:
-        if not got_channel.done():
-            channel_box.append(
-                PeerChannel(pc, dc, local_peer_id=signaling.peer_id, remote_peer_id=sender, role="worker",
-                            receive_dir=receive_dir, cache_dir=cache_dir, version=version)
-            )
-            got_channel.set_result(None)
-
+    conn = await _peer_connection(signaling, ice_servers, backend)
+    channel = PeerChannel(conn, local_peer_id=signaling.peer_id, remote_peer_id=sender, role="worker",
+                          receive_dir=receive_dir, cache_dir=cache_dir, version=version)
     try:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        answer = {"type": MessageType.ANSWER.value, "sender": signaling.peer_id, "target": sender, "sdp": pc.localDescription.sdp}
+        answer_sdp = await conn.answer(sdp)
+        answer = {"type": MessageType.ANSWER.value, "sender": signaling.peer_id, "target": sender, "sdp": answer_sdp,
+                  "id": offer_frame.get("id")}
         await signaling.send(answer)
         try:
-            await _until(got_channel, pc, deadline, sender)
-        except asyncio.TimeoutError:
-            raise ConnectionFailedError(f"No data channel from {sender} within {timeout:.0f} s (ICE/DTLS did not complete).") from None
-        await _start(channel_box[0], deadline, sender)
-        return channel_box[0]
+            await _start(channel, deadline, sender)
+        except PeerClosedError as exc:
+            if not channel.conn.is_open and channel.remote_hello is None:
+                raise ConnectionFailedError(f"ICE/DTLS with {sender} failed: no route between the peers.") from exc
+            raise
+        return channel
     except BaseException:
-        if channel_box:
-            await channel_box[0].abort("connection set-up failed")
-        else:
-            await pc.close()
+        await channel.abort("connection set-up failed")
         raise
-
-
-async def _until(fut: asyncio.Future, pc: RTCPeerConnection, deadline: float, peer: str) -> None:
-    """Wait for ``fut`` but fail at once if ICE/DTLS fails."""
-    failed = asyncio.get_running_loop().create_future()
-
-    def on_state() -> None:
-        if pc.connectionState == "failed" and not failed.done():
-            failed.set_result(None)
-
-    pc.on("connectionstatechange", on_state)
-    try:
-        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-        done, _ = await asyncio.wait({fut, failed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-        if fut in done:
-            return
-        if failed in done:
-            raise ConnectionFailedError(f"ICE/DTLS with {peer} failed: no route between the peers.")
-        raise asyncio.TimeoutError
-    finally:
-        pc.remove_listener("connectionstatechange", on_state)
 
 
 async def _start(channel: PeerChannel, deadline: float, peer: str) -> None:
@@ -348,7 +384,7 @@ async def _start(channel: PeerChannel, deadline: float, peer: str) -> None:
         await channel.start(remaining)
     except TimeoutError:
         raise ConnectionFailedError(
-            f"The data channel to {peer} did not open within the timeout (ICE/DTLS state: {channel.pc.connectionState})."
+            f"The data channel to {peer} did not open within the timeout (ICE/DTLS state: {channel.conn.state})."
         ) from None
 
 
