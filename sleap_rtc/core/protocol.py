@@ -124,6 +124,9 @@ class ErrorCode(StrEnum):
 WORKER_BUSY = "worker_busy"
 """``reason`` of a worker's refusal of an offer, relayed to the client by the server."""
 
+STRIPE_REFUSED = "stripe_refused"
+"""``reason`` of a worker's refusal of an extra-connection (stripe) offer it cannot admit."""
+
 VERSION_MISMATCH = "version_mismatch"
 """``reason`` of a data-channel ``error`` when the peers' ``CHANNEL_VERSION`` differ."""
 
