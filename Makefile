@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 HEADLESS ?=
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-faults test-native bench screenshots clean
+.PHONY: env demo test test-faults test-native test-lab bench screenshots clean
 
 env:
 	@scripts/ensure-env.sh >/dev/null
@@ -17,10 +17,10 @@ demo:
 	@py=$$(scripts/ensure-env.sh) && $$py -m sleap_rtc demo $(if $(HEADLESS),--headless,)
 
 # Tests and screenshots draw offscreen; `make demo` opens a real window where there is a screen.
-test test-faults test-native bench screenshots: export QT_QPA_PLATFORM ?= offscreen
+test test-faults test-native test-lab bench screenshots: export QT_QPA_PLATFORM ?= offscreen
 
 test:
-	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not native" $(PYTEST_ARGS)
+	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not native and not netlab" $(PYTEST_ARGS)
 
 test-faults:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m faults $(PYTEST_ARGS)
@@ -29,6 +29,10 @@ test-faults:
 # skips with the reason where no Python 3.12 is available.
 test-native:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m native tests/native $(PYTEST_ARGS)
+
+# The network lab (tests/netlab): namespaces, NAT routers, coturn; root only (skips otherwise).
+test-lab:
+	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -s -m netlab tests/netlab $(PYTEST_ARGS)
 
 bench:
 	@py=$$(scripts/ensure-env.sh) && $$py benchmarks/run_all.py

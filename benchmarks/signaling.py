@@ -70,7 +70,11 @@ def start_signaling_server(state: Path) -> tuple[subprocess.Popen, str]:
     """The real server, limits raised so the benchmark measures speed, not refusals."""
     cmd = [
         sys.executable, "-m", "sleap_rtc", "server", "--port", "0", "--state", str(state),
-        "--max-peers-per-room", "100000", "--messages-per-second", "100000", "--message-burst", "100000",
+        # A room of 1,000+ peers fits the clients' 16 MiB peer-list limit with 4 KiB metadata.
+        "--max-peers-per-room", "1100", "--max-metadata-bytes", "4096",
+        "--messages-per-second", "100000", "--message-burst", "100000",
+        "--address-messages-per-second", "100000", "--address-message-burst", "100000",
+        "--address-bytes-per-second", "1e12", "--max-sockets-per-address", "100000",
         "--max-rooms-per-minute", "100000",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -94,7 +98,7 @@ async def create_room(http_url: str) -> tuple[str, str]:
 
     async with aiohttp.ClientSession() as http, http.post(http_url + "/create-room") as resp:
         body = await resp.json()
-    return body["room_id"], body["token"]
+    return body["room_id"], body["worker_token"]  # admits workers and clients
 
 
 async def connect(url: str):

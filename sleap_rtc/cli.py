@@ -14,6 +14,7 @@ import click
 # name -> "module:attribute" of a click command
 COMMANDS: dict[str, str] = {
     "server": "sleap_rtc.server.cli:server_command",
+    "turn-config": "sleap_rtc.server.cli:turn_config_command",
     "worker": "sleap_rtc.worker.cli:worker_command",
     "client-train": "sleap_rtc.client.cli:train_command",
     "client-track": "sleap_rtc.client.cli:track_command",
@@ -23,6 +24,7 @@ COMMANDS: dict[str, str] = {
 ALIASES = {"train": "client-train", "track": "client-track"}
 SHORT_HELP: dict[str, str] = {
     "server": "Run the signaling server (rooms, discovery, relay).",
+    "turn-config": "Print a coturn config matching the server's TURN settings.",
     "worker": "Serve training/inference jobs from this GPU machine.",
     "client-train": "Train a SLEAP training package on a remote worker (alias: train).",
     "client-track": "Run inference on a remote worker (alias: track).",

@@ -161,6 +161,9 @@ class LocalRoom:
         self.port: int | None = None
         self.room_id: str | None = None
         self.token: str | None = None
+        """The room's client token (what users get)."""
+        self.worker_token: str | None = None
+        """The room's worker token (what this room's workers start with)."""
         self.workers: dict[str, ChildProcess] = {}
         atexit.register(self.stop)
 
@@ -214,11 +217,12 @@ class LocalRoom:
             time.sleep(0.1)
 
     def create_room(self) -> tuple[str, str]:
-        """Create the room every worker of this LocalRoom joins."""
+        """Create the room every worker of this LocalRoom joins; returns ``(room_id, token)``
+        with the client token (``worker_token`` is kept for the workers)."""
         req = urllib.request.Request(self.http_url + "/create-room", method="POST", data=b"")
         with urllib.request.urlopen(req, timeout=5) as resp:
             body = json.loads(resp.read())
-        self.room_id, self.token = body["room_id"], body["token"]
+        self.room_id, self.token, self.worker_token = body["room_id"], body["token"], body["worker_token"]
         return self.room_id, self.token
 
     def start_worker(self, name: str, *extra: str, timeout: float = 60.0) -> ChildProcess:
@@ -227,7 +231,7 @@ class LocalRoom:
             self.create_room()
         work = self.work_dir / name
         argv = sleap_rtc_argv(
-            "worker", "--server", self.url, "--room-id", self.room_id, "--token", self.token,
+            "worker", "--server", self.url, "--room-id", self.room_id, "--token", self.worker_token,
             "--name", name, "--work-dir", str(work), *extra,
         )
         child = self.spawn(name, argv)
@@ -242,7 +246,7 @@ class LocalRoom:
         started = []
         for name in names:
             argv = sleap_rtc_argv(
-                "worker", "--server", self.url, "--room-id", self.room_id, "--token", self.token,
+                "worker", "--server", self.url, "--room-id", self.room_id, "--token", self.worker_token,
                 "--name", name, "--work-dir", str(self.work_dir / name), *extra,
             )
             started.append((name, self.spawn(name, argv)))

@@ -15,7 +15,7 @@ def isolated_config(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SLEAP_RTC_CONFIG", str(base / "no-such-config.toml"))
     monkeypatch.setenv("XDG_DATA_HOME", str(base / "xdg-data"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "xdg-config"))
-    for name in ("SLEAP_RTC_SERVER", "SLEAP_RTC_DISABLE_ROOMS"):
+    for name in ("SLEAP_RTC_SERVER", "SLEAP_RTC_DISABLE_ROOMS", "SLEAP_RTC_TOKEN", "SLEAP_RTC_WORKER_TOKEN", "SLEAP_RTC_CREATE_ROOM_SECRET"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -31,5 +31,6 @@ async def signaling_server() -> RunningServer:
 
 @pytest.fixture
 async def room(signaling_server: RunningServer) -> tuple[str, str]:
-    """``(room_id, token)`` of a room created on ``signaling_server``."""
+    """A room created on ``signaling_server``: ``(room_id, worker_token)`` (admits every role);
+    ``.token`` is its client token."""
     return await signaling_server.create_room()

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from sleap_rtc.client.options import ConnectionPlan, OptionsError, SelectionMode, plan_connection
+from sleap_rtc.client.options import ConnectionPlan, OptionsError, SelectionMode, plan_connection, token_from_options
 from sleap_rtc.client.track_package import TrackPackageError, build_track_package
 from sleap_rtc.core.config import ConfigError, resolve_server
 from sleap_rtc.core.phases import JobPhases, Phase, PhaseChange
@@ -38,7 +38,7 @@ from sleap_rtc.core.remote_job import TRACK, TRAIN, JobError, JobSummary, Remote
 from sleap_rtc.core.selection import SelectionError
 from sleap_rtc.core.signaling import SignalingError
 from sleap_rtc.core.tasks import spawn
-from sleap_rtc.core.transport_errors import TransportError
+from sleap_rtc.core.transport_errors import IceFailedError, TransportError
 
 # A tqdm/Lightning progress-bar frame ("Epoch 0:  20%|██   | 1/5 [00:00<00:03, 1.19it/s]").
 # sleap-nn prints one per step when its output is not a terminal; the per-epoch loss line
@@ -55,7 +55,9 @@ def connection_options(func: Any) -> Any:
         click.option("--server", metavar="URL", help="Signaling server (default: SLEAP_RTC_SERVER, config file, ws://127.0.0.1:8765)."),
         click.option("--session-string", metavar="S", help="Connect straight to the worker that printed this session string."),
         click.option("--room-id", metavar="ROOM", help="Room to join (printed by the worker); needs --token."),
-        click.option("--token", metavar="TOKEN", help="The room's token (printed by the worker)."),
+        click.option("--token", metavar="TOKEN", help="The room's token (printed by the worker). Also read from --token-file "
+                     "or SLEAP_RTC_TOKEN, which keep it out of the process list."),
+        click.option("--token-file", type=click.Path(dir_okay=False), metavar="FILE", help="File whose first line is the room's token."),
         click.option("--auto-select", is_flag=True, help="Pick the available worker with the most GPU memory."),
         click.option("--worker-id", metavar="ID", help="Use this worker (its peer id) of the room."),
         click.option("--min-gpu-memory", type=int, metavar="MB", help="Only consider workers with at least this much GPU memory."),
@@ -71,10 +73,11 @@ def connection_options(func: Any) -> Any:
 
 def _plan(ctx_opts: dict[str, Any]) -> ConnectionPlan:
     try:
+        token = token_from_options(ctx_opts["room_id"], ctx_opts["token"], ctx_opts.get("token_file"))
         return plan_connection(
             session_string=ctx_opts["session_string"],
             room_id=ctx_opts["room_id"],
-            token=ctx_opts["token"],
+            token=token,
             auto_select=ctx_opts["auto_select"],
             worker_id=ctx_opts["worker_id"],
             min_gpu_memory_mb=ctx_opts["min_gpu_memory"],
@@ -375,6 +378,11 @@ async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind
             " to another worker by itself when one stops responding."
         )
         console.print(f"[red]Error:[/red] {escape(str(exc))}{hint}", highlight=False)
+        return EXIT_FAILED
+    except IceFailedError as exc:
+        hint = ("" if exc.report is None or exc.report.relay_offered else
+                " (The lab admin hands out STUN/TURN with `sleap-rtc server --turn URL --turn-secret-file FILE`.)")
+        console.print(f"[red]Error:[/red] {escape(str(exc))}{escape(hint)}", highlight=False)
         return EXIT_FAILED
     except (SelectionError, JobError, TransportError, SignalingError) as exc:
         console.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sleap_rtc.core.config import ENV_DISABLE_ROOMS, rooms_disabled
-from sleap_rtc.core.credentials import CredentialsError, SessionTarget, decode_session_string
+from sleap_rtc.core.credentials import ENV_TOKEN, CredentialsError, SessionTarget, decode_session_string, resolve_token
 
 
 class OptionsError(ValueError):
@@ -81,6 +81,20 @@ def rooms_disabled_message() -> str:
         f"Room-based worker discovery is disabled ({ENV_DISABLE_ROOMS} is set). "
         f"Connect with --session-string instead, or unset {ENV_DISABLE_ROOMS}."
     )
+
+
+def token_from_options(room_id: str | None, token: str | None, token_file: str | None) -> str | None:
+    """The room token from ``--token``, ``--token-file`` or ``$SLEAP_RTC_TOKEN`` (in that order).
+
+    The file and the variable are read only with ``--room-id`` (or when ``--token-file`` is
+    given), so a token in the environment never clashes with ``--session-string``.
+    """
+    if token or not (room_id or token_file):
+        return token
+    try:
+        return resolve_token(None, token_file, ENV_TOKEN)
+    except CredentialsError as exc:
+        raise OptionsError(str(exc)) from None
 
 
 def plan_connection(

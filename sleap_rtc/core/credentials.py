@@ -3,17 +3,88 @@
 A session string is ``sleap-session:`` + URL-safe base64 (with ``=`` padding) of
 ``{"r": room_id, "t": token, "p": worker_peer_id}`` encoded with ``json.dumps``' default
 separators, byte-compatible with the public sleap-rtc v2.0 peers.
+
+A room has two secrets bound to roles. The **worker token** admits workers and clients;
+the **client token** (``token``) admits clients only. The client token is derived from
+the worker token (``client_token_for``), so a worker that joins with the worker token can
+print the client token for users, while nobody can get from the client token back to the
+worker token. Session strings and the banner's ``Token:`` line carry the client token.
+Tokens can also come from an environment variable or a file (``resolve_token``), so that
+they need not appear on a command line (``ps``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 SESSION_PREFIX = "sleap-session:"
+
+ENV_TOKEN = "SLEAP_RTC_TOKEN"
+"""Environment variable a client reads its room token from when ``--token`` is not given."""
+
+ENV_WORKER_TOKEN = "SLEAP_RTC_WORKER_TOKEN"
+"""Environment variable a worker reads its room's worker token from."""
+
+MAX_TOKEN_FILE_BYTES = 4096
+"""A token file larger than this is refused (it is not a token file)."""
+
+_CLIENT_TOKEN_LABEL = b"sleap-rtc client token v1"
+
+
+def client_token_for(worker_token: str) -> str:
+    """The client token of the room whose worker token is ``worker_token`` (128 bits)."""
+    digest = hmac.new(worker_token.encode("utf-8", "surrogatepass"), _CLIENT_TOKEN_LABEL, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
+
+
+class NewRoom(NamedTuple):
+    """A freshly created room: ``(room_id, worker_token)``; ``token`` is its client token.
+
+    Unpacks as a pair whose second item admits every role, so code that only needs "a
+    token that works" keeps working.
+    """
+
+    room_id: str
+    worker_token: str
+
+    @property
+    def token(self) -> str:
+        """The client token (what users get: banner ``Token:`` line, session strings)."""
+        return client_token_for(self.worker_token)
+
+
+def resolve_token(token: str | None, token_file: str | Path | None, env_name: str) -> str | None:
+    """The token from ``--token``, else from ``--token-file``, else from ``$env_name``.
+
+    A file holds the token on its first non-empty line. Raises ``CredentialsError`` for an
+    unreadable, empty or oversized file; returns ``None`` when none of the three is set.
+    """
+    if token:
+        return token.strip()
+    if token_file:
+        path = Path(token_file).expanduser()
+        try:
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_TOKEN_FILE_BYTES + 1)
+        except OSError as exc:
+            raise CredentialsError(f"Cannot read the token file {path}: {exc.strerror or exc}") from None
+        if len(raw) > MAX_TOKEN_FILE_BYTES:
+            raise CredentialsError(f"The token file {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes.")
+        lines = [line.strip() for line in raw.decode("utf-8", "replace").splitlines() if line.strip()]
+        if not lines:
+            raise CredentialsError(f"The token file {path} is empty.")
+        return lines[0]
+    value = os.environ.get(env_name, "").strip()
+    return value or None
 
 
 class CredentialsError(ValueError):
@@ -78,7 +149,8 @@ def decode_session_string(text: str) -> SessionTarget:
 
 
 _ROOM_RE = re.compile(r"room[\s_-]*id\s*[:=]\s*[\"']?([A-Za-z0-9_\-]+)", re.IGNORECASE)
-_TOKEN_RE = re.compile(r"\btoken\s*[:=]\s*[\"']?([A-Za-z0-9_\-]+)", re.IGNORECASE)
+# "Token:" but never "Worker token ...:" (a pasted banner must give a client the client token).
+_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9_])(?<!worker[\s_-])token\s*[:=]\s*[\"']?([A-Za-z0-9_\-]+)", re.IGNORECASE)
 _SESSION_RE = re.compile(r"sleap-session:[A-Za-z0-9_\-]+=*")
 
 

@@ -89,3 +89,8 @@ def job_stop(job_id: str) -> dict[str, Any]:
 def job_cancel(job_id: str) -> dict[str, Any]:
     """Kill the job now."""
     return _msg(ChannelType.JOB_CANCEL, job_id=job_id)
+
+
+def job_attach(job_id: str) -> dict[str, Any]:
+    """Client -> worker on a new channel after an outage: follow the still-running job again."""
+    return _msg(ChannelType.JOB_ATTACH, job_id=job_id)

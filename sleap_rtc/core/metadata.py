@@ -5,14 +5,62 @@ properties shallowly. Discovery filters are ``{role, tags, properties}``: ``role
 ``tags`` match when any tag overlaps, ``properties`` map a key to a value (equality) or to
 ``{"$gte"|"$lte"|"$eq": value}``. A missing property or a comparison between values of
 different kinds fails the match; it never raises.
+
+The server checks the shape and size of every peer's metadata (``check_metadata``) at
+register and after each update: property values are scalars (string, finite number,
+boolean, null) or flat lists of scalars, tags are strings, and the whole object encodes to
+at most ``MAX_METADATA_BYTES``. That keeps every ``peer_list`` encodable and bounded.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import numbers
 from typing import Any
 
+from sleap_rtc.core.protocol import MAX_METADATA_BYTES, ErrorCode, ProtocolError
+
 RANGE_OPERATORS = ("$gte", "$lte", "$eq")
+
+MAX_LIST_ITEMS = 64
+"""Longest list accepted as one property value (e.g. ``supported_job_types``)."""
+
+
+def _scalar(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def check_metadata(metadata: dict[str, Any], *, max_bytes: int = MAX_METADATA_BYTES) -> int:
+    """Refuse metadata of the wrong shape or size; returns its encoded size in bytes.
+
+    ``metadata`` is a normalized object (see ``normalize_metadata``). Raises
+    ``ProtocolError`` with ``INVALID_METADATA`` (shape, non-finite numbers) or
+    ``METADATA_TOO_LARGE``.
+    """
+    for key, value in metadata.get("properties", {}).items():
+        if not isinstance(key, str):
+            raise ProtocolError(ErrorCode.INVALID_METADATA, "Metadata property names must be strings.")
+        if isinstance(value, list):
+            if len(value) > MAX_LIST_ITEMS or not all(_scalar(v) for v in value):
+                raise ProtocolError(
+                    ErrorCode.INVALID_METADATA,
+                    f"Property {key[:64]!r}: a list value holds at most {MAX_LIST_ITEMS} scalars (no nesting).",
+                )
+        elif not _scalar(value):
+            raise ProtocolError(
+                ErrorCode.INVALID_METADATA,
+                f"Property {key[:64]!r} must be a string, a finite number, a boolean, null or a flat list of those.",
+            )
+    try:
+        size = len(json.dumps(metadata, separators=(",", ":"), allow_nan=False).encode("utf-8", "surrogatepass"))
+    except (ValueError, TypeError, RecursionError):
+        raise ProtocolError(ErrorCode.INVALID_METADATA, "Metadata cannot be encoded as JSON.") from None
+    if size > max_bytes:
+        raise ProtocolError(ErrorCode.METADATA_TOO_LARGE, f"Metadata is {size} bytes encoded; the limit is {max_bytes}.")
+    return size
 
 
 def empty_metadata() -> dict[str, Any]:

@@ -31,6 +31,13 @@ MAX_FRAME_BYTES = 1024 * 1024
 DEFAULT_PING_INTERVAL = 30.0
 """Seconds between application pings sent by the server."""
 
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+"""Largest signaling frame a peer accepts from the server (its WebSocket ``max_msg_size``);
+the server's limits are sized so that every frame it sends fits (see ``server/limits.py``)."""
+
+MAX_METADATA_BYTES = 16 * 1024
+"""Cap on one peer's metadata, encoded as compact JSON, at register and after each update."""
+
 
 class MessageType(StrEnum):
     """Signaling frame types, peer to server and server to peer."""
@@ -52,6 +59,9 @@ class MessageType(StrEnum):
     PEER_JOINED = "peer_joined"
     PEER_LEFT = "peer_left"
     PEER_UPDATED = "peer_updated"
+    # ICE servers again (fresh TURN credentials) for a long-lived peer; reply: ICE_SERVERS.
+    GET_ICE_SERVERS = "get_ice_servers"
+    ICE_SERVERS = "ice_servers"
 
 
 RELAYED_TYPES = frozenset({MessageType.OFFER, MessageType.ANSWER, MessageType.CANDIDATE})
@@ -119,10 +129,21 @@ class ErrorCode(StrEnum):
     FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
     RATE_LIMITED = "RATE_LIMITED"
     FORBIDDEN = "FORBIDDEN"
+    WORKER_TOKEN_REQUIRED = "WORKER_TOKEN_REQUIRED"
+    INVALID_METADATA = "INVALID_METADATA"
+    METADATA_TOO_LARGE = "METADATA_TOO_LARGE"
+    CREATE_ROOM_FORBIDDEN = "CREATE_ROOM_FORBIDDEN"
+    TOO_MANY_ROOMS = "TOO_MANY_ROOMS"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
 
 
 WORKER_BUSY = "worker_busy"
 """``reason`` of a worker's refusal of an offer, relayed to the client by the server."""
+
+OFFER_REF = "offer_ref"
+"""Field of an ``offer`` that its ``answer`` (or a peer's refusal) echoes, so that several
+offers to one peer in flight at once (the extra connections of a striped transfer) each
+get their own answer; the server strips ``id`` from relayed frames, so ``id`` cannot."""
 
 STRIPE_REFUSED = "stripe_refused"
 """``reason`` of a worker's refusal of an extra-connection (stripe) offer it cannot admit."""
@@ -133,7 +154,9 @@ VERSION_MISMATCH = "version_mismatch"
 SHA256_MISMATCH = "sha256_mismatch"
 """``reason`` of a ``file_error`` when the received bytes do not hash to the offered SHA-256."""
 
-FINAL_REGISTRATION_ERRORS = frozenset({ErrorCode.INVALID_TOKEN, ErrorCode.ROOM_NOT_FOUND, ErrorCode.ROOM_EXPIRED})
+FINAL_REGISTRATION_ERRORS = frozenset(
+    {ErrorCode.INVALID_TOKEN, ErrorCode.ROOM_NOT_FOUND, ErrorCode.ROOM_EXPIRED, ErrorCode.WORKER_TOKEN_REQUIRED}
+)
 """Registration refusals that retrying cannot fix (a rate limit, say, can be waited out)."""
 
 
@@ -176,6 +199,7 @@ PEER_FRAME_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     MessageType.ERROR: {"target": _STR},
     MessageType.PING: {},
     MessageType.PONG: {},
+    MessageType.GET_ICE_SERVERS: {},
 }
 
 # Optional fields with a fixed type: a wrong type is an INVALID_MESSAGE, never a crash.
@@ -199,10 +223,22 @@ def parse_frame(text: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> dict[
     if size > max_bytes:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"Frame larger than {max_bytes} bytes.")
     try:
-        frame = json.loads(text)
+        frame = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." nesting
         raise ProtocolError(ErrorCode.INVALID_JSON, f"Frame is not valid JSON: {exc.__class__.__name__}.") from None
     return validate_frame(frame)
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python's decoder accepts them unless told otherwise.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # "1e400" decodes to inf
+        raise ValueError("number out of range")
+    return value
 
 
 def validate_frame(frame: Any) -> dict[str, Any]:
@@ -290,6 +326,7 @@ class ChannelType(StrEnum):
     JOB_FAILED = "job_failed"
     JOB_STOP = "job_stop"  # finish the current epoch, save, send results
     JOB_CANCEL = "job_cancel"  # kill now
+    JOB_ATTACH = "job_attach"  # on a new channel after an outage, follow the running job again
 
 
 _INT = int
@@ -319,6 +356,7 @@ CHANNEL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     ChannelType.JOB_FAILED: {"job_id": _STR, "reason": _STR},
     ChannelType.JOB_STOP: {"job_id": _STR},
     ChannelType.JOB_CANCEL: {"job_id": _STR},
+    ChannelType.JOB_ATTACH: {"job_id": _STR},
 }
 """The one table of data-channel control messages: type -> required field -> accepted types,
 exactly what the senders in ``channel``, ``files``, ``stripes`` and ``jobs_wire`` send.

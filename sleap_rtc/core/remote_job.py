@@ -48,13 +48,25 @@ from sleap_rtc.core.selection import (
     rank_workers,
     wait_for_available,
 )
-from sleap_rtc.core.signaling import SignalingClient
-from sleap_rtc.core.transport_errors import PeerClosedError, TransportError, WorkerBusyError
+from sleap_rtc.core.signaling import SignalingClient, SignalingError
+from sleap_rtc.core.transport_errors import PeerClosedError, PeerNotFoundError, TransportError, WorkerBusyError
 
 log = logging.getLogger(__name__)
 
 TRAIN, TRACK = JobKind.TRAIN, JobKind.TRACK
 """Job kinds: train a package, or run inference (``client-track``)."""
+
+
+RECONNECT_GRACE = 60.0
+"""Seconds a client keeps trying to reach the same worker after its channel died (an outage
+on either network), before that worker counts as gone and the next best is tried."""
+RECONNECT_PAUSE = 2.0
+"""Seconds between two reconnect attempts to the same worker."""
+ATTACH_TIMEOUT = 15.0
+"""Seconds to wait for the worker's answer to ``job_attach`` after a reconnect."""
+MAX_RECONNECTS = 3
+"""Same-worker reconnects per job (a link that keeps flapping then counts as a lost worker)."""
+MIB = 1024 * 1024
 
 
 class JobError(Exception):
@@ -146,8 +158,12 @@ class JobSession:
         on_file: Callable[[Path], Any] | None = None,
         result_timeout: float = 600.0,
         models_subdir: str = "models",
+        on_decision: LogCallback | None = None,
+        attach_job_id: str | None = None,
     ):
         self.channel = channel
+        self.on_decision = on_decision
+        self.attach_job_id = attach_job_id
         self.package = Path(package)
         self.output_dir = Path(output_dir)
         self.kind = kind
@@ -159,7 +175,7 @@ class JobSession:
         self.on_file = on_file
         self.result_timeout = result_timeout
         self.models_subdir = models_subdir
-        self.job_id = f"job-{uuid.uuid4().hex[:12]}"
+        self.job_id = attach_job_id or f"job-{uuid.uuid4().hex[:12]}"
         self.stop_requested = False
         self.cancel_requested = False
         self._submitted = False
@@ -188,6 +204,8 @@ class JobSession:
         started = time.monotonic()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
+            if self.attach_job_id and await self._attach():
+                return await self._follow(started)
             receipt = await self._upload()
             await self.channel.send(
                 jobs_wire.job_submit(self.job_id, {"sha256": receipt.sha256, "name": receipt.name}, {"kind": self.kind})
@@ -209,6 +227,28 @@ class JobSession:
                 self.phases.advance(Phase.CANCELLED, "cancelled")
             raise
         return summary
+
+    async def _attach(self) -> bool:
+        """Follow the job again on a new channel after an outage: True when the worker still
+        runs it (it answers ``job_accepted``), False when it does not (then: run it anew)."""
+        self.phases.advance(Phase.UPLOADING, "nothing to send: the job is still running on the worker")
+        await self.channel.send(jobs_wire.job_attach(self.job_id))
+        while True:
+            try:
+                msg = await self.channel.receive(ATTACH_TIMEOUT)
+            except (TimeoutError, asyncio.TimeoutError):
+                msg = {"type": ChannelType.JOB_REJECTED, "job_id": self.job_id, "reason": "no answer to job_attach"}
+            if msg.get("job_id") != self.job_id:
+                continue
+            if msg.get("type") == ChannelType.JOB_ACCEPTED:
+                self._submitted = True
+                _call(self.on_decision, "The worker kept the job running; following it again.")
+                self.phases.advance(self.running_phase, "still running on " + (self.worker.name if self.worker else self.channel.remote_peer_id))
+                return True
+            if msg.get("type") == ChannelType.JOB_REJECTED:
+                _call(self.on_decision, f"The worker no longer runs the job ({msg.get('reason')}); running it again.")
+                self.job_id = f"job-{uuid.uuid4().hex[:12]}"
+                return False
 
     @property
     def stage(self) -> str:
@@ -248,6 +288,9 @@ class JobSession:
             self.phases.update(f"{100 * done // max(size, 1)}%")
 
         receipt = await self.channel.send_file(self.package, progress=progress)
+        offset = receipt.size - receipt.bytes_sent
+        if 0 < offset < receipt.size and not receipt.cached:
+            _call(self.on_decision, describe_resume(offset, receipt.size))
         _call(self.on_upload, UploadProgress(total, total, total / max(time.monotonic() - t0, 1e-6), 0.0))
         return receipt
 
@@ -405,6 +448,7 @@ class RemoteJob:
         max_attempts: int = 3,
         max_job_attempts: int = 3,
         connect_timeout: float = 30.0,
+        reconnect_grace: float = RECONNECT_GRACE,
         models_subdir: str = "models",
         phases: JobPhases | None = None,
         on_decision: LogCallback | None = None,
@@ -431,6 +475,10 @@ class RemoteJob:
         self.models_subdir = models_subdir
         self.lost: list[WorkerLostError] = []  # workers that died under this job, in order
         self.connect_timeout = connect_timeout
+        self.reconnect_grace = reconnect_grace
+        self.reconnects = 0
+        self._resume_on: tuple[WorkerInfo, Any] | None = None  # (worker, channel) after a reconnect
+        self._attach_job: str | None = None  # the job to follow again after a reconnect
         self.phases = phases or JobPhases()
         self.on_decision = on_decision
         self.on_upload, self.on_log, self.on_progress, self.on_file = on_upload, on_log, on_progress, on_file
@@ -474,8 +522,16 @@ class RemoteJob:
                 try:
                     return await self._run_once(signaling)
                 except WorkerLostError as exc:
+                    # A stop-early or cancel means "wrap up now": neither a reconnect nor a run elsewhere.
+                    if not (self.cancel_requested or self._stop_early) and self.reconnects < MAX_RECONNECTS:
+                        lost_session = self.session
+                        self._resume_on = await self._reconnect_same_worker(signaling, exc)
+                        if self._resume_on is not None:
+                            self.reconnects += 1
+                            # A job the worker accepted keeps running there: follow it again.
+                            self._attach_job = lost_session.job_id if lost_session and lost_session._submitted else None
+                            continue
                     self.lost.append(exc)
-                    # A stop-early or cancel means "wrap up now": a fresh run elsewhere is not that.
                     if not self.retries_on_worker_loss or self.cancel_requested or self._stop_early:
                         raise
                     if attempt >= self.max_job_attempts:
@@ -514,7 +570,9 @@ class RemoteJob:
         """Select (or reconnect), then run the job on that worker once."""
         channel = None
         try:
-            if self.session_worker:
+            if self._resume_on is not None:
+                (worker, channel), self._resume_on = self._resume_on, None
+            elif self.session_worker:
                 worker, channel = await self._connect_session(signaling)
             else:
                 worker, channel = await self._select(signaling, again=bool(self.lost))
@@ -522,7 +580,9 @@ class RemoteJob:
                 channel, self.package, output_dir=self.results_dir, kind=self.kind, worker=worker,
                 phases=self.phases, on_upload=self.on_upload, on_log=self.on_log,
                 on_progress=self.on_progress, on_file=self.on_file, models_subdir=self.models_subdir,
+                on_decision=self._decide, attach_job_id=self._attach_job,
             )
+            self._attach_job = None
             if self._stop_early:
                 self.session.stop_requested = True
             remove = signaling.add_listener(_watch_departure(worker.peer_id, channel))
@@ -534,6 +594,54 @@ class RemoteJob:
             if channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(channel.close(), 5.0)
+
+    async def _reconnect_same_worker(self, signaling: SignalingClient, lost: WorkerLostError) -> tuple[WorkerInfo, Any] | None:
+        """A new channel to the worker whose channel just died, if it answers within
+        ``reconnect_grace``; None once it left the room, took another job, or stayed silent.
+
+        Each try re-probes the ICE servers (``transport.connect`` does, per attempt), so a
+        try made while the network was still down does not spoil the next one. The job then
+        runs again on that worker; an upload resumes from the bytes the worker kept.
+        """
+        if self.reconnect_grace <= 0:
+            return None
+        worker = (self.session.worker if self.session else None) or WorkerInfo(peer_id=lost.peer_id, role=Role.WORKER.value, metadata={})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_grace
+        self._decide(
+            f"Lost the connection to {lost.worker} during {lost.stage} ({lost.reason}); "
+            f"reconnecting to the same worker (waiting up to {self.reconnect_grace:.0f} s for it)."
+        )
+        self.phases.advance(Phase.SELECTING, f"reconnecting to {lost.worker}")
+        while loop.time() < deadline:
+            try:
+                await signaling.wait_registered(max(0.1, deadline - loop.time()))
+                peers = await signaling.discover({"role": Role.WORKER.value})
+            except (TimeoutError, asyncio.TimeoutError, SignalingError):
+                # The signaling link is down too: wait for it, within the grace.
+                await asyncio.sleep(min(RECONNECT_PAUSE, max(0.0, deadline - loop.time())))
+                continue
+            if not any(p.get("peer_id") == lost.peer_id for p in peers):
+                self._decide(f"Worker {lost.worker} left the room.")
+                return None
+            try:
+                channel = await self._attempt(signaling, worker)
+            except BUSY_ERRORS:
+                self._decide(f"Worker {lost.worker} took another job in the meantime.")
+                return None
+            except PeerNotFoundError:
+                self._decide(f"Worker {lost.worker} left the room.")
+                return None
+            except TransportError as exc:
+                log.info("reconnect to %s failed: %s", lost.worker, exc)
+                if self.phases.phase != Phase.SELECTING:
+                    self.phases.advance(Phase.SELECTING, f"reconnecting to {lost.worker}")
+                await asyncio.sleep(min(RECONNECT_PAUSE, max(0.0, deadline - loop.time())))
+                continue
+            self._decide(f"Reconnected to {lost.worker}.")
+            return worker, channel
+        self._decide(f"Worker {lost.worker} did not come back within {self.reconnect_grace:.0f} s.")
+        return None
 
     async def _attempt(self, signaling: SignalingClient, worker: WorkerInfo) -> Any:
         self.phases.advance(Phase.RESERVING, worker.name)
@@ -632,6 +740,13 @@ class _Excluding:
     async def wait_for(self, predicate: Callable[[Any], Any], timeout: float) -> Any:
         """``RoomView.wait_for`` evaluated on this filtered view."""
         return await self._room.wait_for(lambda _room: predicate(self), timeout)
+
+
+def describe_resume(offset: int, size: int) -> str:
+    """"Upload resumed at 61 of 64 MiB ..." for an upload that reused the worker's partial file."""
+    if size >= 10 * MIB:
+        return f"Upload resumed at {offset / MIB:.0f} of {size / MIB:.0f} MiB (the worker kept what had arrived)."
+    return f"Upload resumed at {offset / MIB:.1f} of {size / MIB:.1f} MiB (the worker kept what had arrived)."
 
 
 async def run_remote_job(package: Path, **kwargs: Any) -> JobSummary:

@@ -1,7 +1,9 @@
 """Asyncio client of the signaling server, shared by workers, the CLI client and the GUI.
 
 One reader task owns the WebSocket: it resolves pending requests (matched by the ``id`` our
-server echoes) and hands every other frame (room events, relayed offers/answers, relayed
+server echoes, which is unguessable, and by the reply type the request expects; a frame
+relayed from another peer, which carries ``sender`` or ``from_peer_id``, never counts as a
+reply) and hands every other frame (room events, relayed offers/answers, relayed
 errors) to listeners. If the connection drops it reconnects with exponential backoff and
 jitter and registers again with the same peer id (proving it with the resume secret) and
 its current metadata. A watchdog treats a connection that has been silent for three ping
@@ -12,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import random
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,8 +27,9 @@ from typing import Any
 import aiohttp
 
 from sleap_rtc.core.config import http_base
+from sleap_rtc.core.credentials import NewRoom
 from sleap_rtc.core.metadata import merge_metadata
-from sleap_rtc.core.protocol import DEFAULT_PING_INTERVAL, FINAL_REGISTRATION_ERRORS, MessageType, dumps
+from sleap_rtc.core.protocol import DEFAULT_PING_INTERVAL, FINAL_REGISTRATION_ERRORS, MAX_RECEIVE_BYTES, MessageType, dumps
 from sleap_rtc.core.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,15 @@ log = logging.getLogger(__name__)
 READER_CLOSE_TIMEOUT_S = 5.0
 
 Listener = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+REPLY_TYPES: dict[str, str] = {
+    MessageType.REGISTER: MessageType.REGISTERED_AUTH,
+    MessageType.DISCOVER_PEERS: MessageType.PEER_LIST,
+    MessageType.UPDATE_METADATA: MessageType.METADATA_UPDATED,
+}
+"""The reply type each request expects (an ``error`` is always a possible reply too)."""
+
+_RELAY_MARKS = ("sender", "from_peer_id")
 
 
 class SignalingError(Exception):
@@ -72,12 +84,18 @@ class Registration:
     peers: list[dict[str, Any]] = field(default_factory=list)
 
 
-async def create_room(server_url: str, *, timeout: float = 10.0, ssl: Any = None) -> tuple[str, str]:
-    """Ask the server for a new room over HTTP; returns ``(room_id, token)``."""
+async def create_room(
+    server_url: str, *, timeout: float = 10.0, ssl: Any = None, secret: str | None = None,
+) -> NewRoom:
+    """Ask the server for a new room over HTTP; returns ``(room_id, worker_token)``.
+
+    ``secret`` is the server's room-creation secret, when it requires one.
+    """
     url = http_base(server_url) + "/create-room"
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
-            async with http.post(url, ssl=ssl if ssl is not None else True) as resp:
+            async with http.post(url, ssl=ssl if ssl is not None else True, headers=headers) as resp:
                 try:
                     body = await resp.json(content_type=None)
                 except ValueError:
@@ -87,7 +105,9 @@ async def create_room(server_url: str, *, timeout: float = 10.0, ssl: Any = None
                     raise SignalingError(f"Server refused to create a room: {detail or f'HTTP {resp.status}'}")
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         raise SignalingError(f"Cannot reach the signaling server at {url}: {exc or exc.__class__.__name__}") from None
-    return body["room_id"], body["token"]
+    if not isinstance(body.get("worker_token"), str):
+        raise SignalingError("The server created a room without a worker token (it predates role-bound tokens).")
+    return NewRoom(body["room_id"], body["worker_token"])
 
 
 def new_peer_id(role: str, name: str | None = None) -> str:
@@ -137,8 +157,7 @@ class SignalingClient:
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task | None = None
-        self._pending: dict[str, asyncio.Future] = {}
-        self._ids = itertools.count(1)
+        self._pending: dict[str, tuple[asyncio.Future, str | None]] = {}
         self._listeners: list[Listener] = []
         self._state_listeners: list[Callable[[ConnectionState], Any]] = []
         self._closing = False
@@ -229,11 +248,16 @@ class SignalingClient:
                 raise SignalingError(f"Lost the signaling connection while sending: {exc}") from None
 
     async def request(self, frame: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """Send a request frame and wait for the reply carrying the same ``id``."""
-        req_id = f"r{next(self._ids)}"
+        """Send a request frame and wait for the reply carrying the same ``id``.
+
+        The id is random (another peer cannot guess it), and only a frame of the reply type
+        the request expects (``REPLY_TYPES``) or an ``error``, not relayed from a peer,
+        resolves it.
+        """
+        req_id = "r" + secrets.token_hex(8)
         frame = {**frame, "id": req_id}
         fut = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = fut
+        self._pending[req_id] = (fut, REPLY_TYPES.get(frame.get("type")))
         try:
             await self.send(frame)
             reply = await asyncio.wait_for(fut, timeout or self.request_timeout)
@@ -283,7 +307,7 @@ class SignalingClient:
             # that accepts TCP but never answers would stall connect() and every reconnect.
             self._ws = await asyncio.wait_for(
                 self._http.ws_connect(
-                    self.url, heartbeat=20.0, max_msg_size=16 * 1024 * 1024, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    self.url, heartbeat=20.0, max_msg_size=MAX_RECEIVE_BYTES, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                     ssl=self.ssl if self.ssl is not None else True,
                 ),
                 self.request_timeout,
@@ -363,8 +387,8 @@ class SignalingClient:
             if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
                 self._watchdog_interval = float(interval)
         req_id = frame.get("id")
-        if isinstance(req_id, str) and req_id in self._pending and frame.get("type") != MessageType.PING:
-            fut = self._pending.pop(req_id)
+        if isinstance(req_id, str) and req_id in self._pending and self._is_reply(frame, self._pending[req_id][1]):
+            fut, _ = self._pending.pop(req_id)
             if not fut.done():
                 fut.set_result(frame)
             return
@@ -377,6 +401,15 @@ class SignalingClient:
                     await result
             except Exception:
                 log.exception("signaling listener failed on %s", frame.get("type"))
+
+    @staticmethod
+    def _is_reply(frame: dict[str, Any], expected: str | None) -> bool:
+        if any(mark in frame for mark in _RELAY_MARKS):
+            return False  # relayed from a peer: never the server's answer to us
+        kind = frame.get("type")
+        if kind == MessageType.ERROR:
+            return True
+        return kind != MessageType.PING and (expected is None or kind == expected)
 
     async def _reconnect_loop(self) -> None:
         self._set_state(ConnectionState.RECONNECTING)
@@ -409,7 +442,7 @@ class SignalingClient:
                 await asyncio.wait_for(ws.close(), 2.0)
 
     def _fail_pending(self, exc: Exception) -> None:
-        for fut in self._pending.values():
+        for fut, _ in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         self._pending.clear()

@@ -10,7 +10,8 @@ Admission (the extra connections belong to the same job, not to new clients):
 
 * the client asks on the open channel: ``stripe_request {}``;
 * the worker answers ``stripe_grant {max, token}`` when its runtime allowed striping for
-  this reservation (``Stripes.allow``), else ``stripe_grant {max: 0}``;
+  this reservation (``Stripes.allow``), ``stripe_grant {max: 0}`` when it refused
+  (``Stripes.deny``); a request that comes before either is answered at that point;
 * each extra connection is an ordinary signaling ``offer`` carrying ``stripe: token``. The
   worker's offer guard admits it only when the token belongs to a live channel with the
   same (server-stamped) sender and fewer than ``max`` stripes, and hands the connection to
@@ -182,6 +183,8 @@ class Stripes:
         self._low = asyncio.Event()
         self._grower: asyncio.Task | None = None
         self._opening: set[asyncio.Task] = set()
+        self._requested = False  # a stripe_request came before the runtime decided
+        self._decided = False
 
     # ------------------------------------------------------------------ worker side
 
@@ -189,7 +192,26 @@ class Stripes:
         """Let the peer open up to ``max_stripes`` extra connections; returns their token."""
         self.allowed = max(0, max_stripes)
         self.token = secrets.token_urlsafe(24)
+        self._decide()
         return self.token
+
+    def deny(self) -> None:
+        """Refuse extra connections on this channel (answers a pending request with ``max: 0``)."""
+        self.allowed, self.token = 0, None
+        self._decide()
+
+    def _decide(self) -> None:
+        self._decided = True
+        if self._requested:
+            self._requested = False
+            self._send_grant()
+
+    def _send_grant(self) -> None:
+        grant: dict[str, Any] = {"type": ChannelType.STRIPE_GRANT.value, "max": 0}
+        if self.token is not None and self.allowed > 0:
+            grant = {**grant, "max": self.allowed, "token": self.token}
+        with contextlib.suppress(TransportError):
+            self.channel.send_control(grant)
 
     def admits(self, token: Any, sender: Any) -> bool:
         """Whether an offer with ``token`` from ``sender`` may become a stripe of this channel
@@ -258,11 +280,10 @@ class Stripes:
         """Handle ``stripe_request`` (worker) and ``stripe_grant`` (client)."""
         kind = msg.get("type")
         if kind == ChannelType.STRIPE_REQUEST:
-            grant: dict[str, Any] = {"type": ChannelType.STRIPE_GRANT.value, "max": 0}
-            if self.token is not None and self.allowed > 0:
-                grant = {**grant, "max": self.allowed, "token": self.token}
-            with contextlib.suppress(TransportError):
-                self.channel.send_control(grant)
+            if self._decided:
+                self._send_grant()
+            else:  # the channel just opened: its runtime has not said yet whether it may stripe
+                self._requested = True
         elif kind == ChannelType.STRIPE_GRANT and self._grant is not None and not self._grant.done():
             self._grant.set_result(msg)
 

@@ -62,3 +62,12 @@ class IntegrityError(FileTransferError):
 
 class TransferCancelledError(FileTransferError):
     """The other side cancelled the transfer (``file_cancel``)."""
+
+
+class IceFailedError(ConnectionFailedError):
+    """No working network path between the peers; ``report`` (a ``core.ice_report.IceReport``)
+    holds the ICE/DTLS states at the time, the candidates each side gathered and a hint."""
+
+    def __init__(self, message: str, report: Any = None):
+        super().__init__(message)
+        self.report = report

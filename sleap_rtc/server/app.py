@@ -4,15 +4,24 @@ Routes: WebSocket on ``/`` and ``/ws`` (a plain ``GET /`` answers a small JSON i
 ``GET /health``, ``GET /metrics`` (Prometheus text) and ``POST /create-room``. The protocol
 rules live in ``server/hub.py``; this module moves frames between sockets and the hub.
 Each connection has a bounded send queue drained by its own writer task, so one slow
-receiver never stalls the sender of a fan-out; a receiver that falls too far behind is
-disconnected.
+receiver never stalls the sender of a fan-out; a receiver that falls too far behind (in
+frames or in bytes) is disconnected.
+
+Below HTTP, ``server/sockets.py`` caps TCP connections per address and in all; aiohttp's
+keep-alive timeout closes connections that never complete a request (slow or silent
+headers). Creating a room needs the server's room-creation secret or a room's worker
+token, except on a loopback-only server without a secret (the demo, the tests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
+import json
 import logging
+import os
 import shutil
 import ssl
 import tempfile
@@ -22,36 +31,64 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from sleap_rtc.core.credentials import NewRoom
 from sleap_rtc.core.protocol import SIGNALING_VERSION, ErrorCode, MessageType, dumps, error_frame
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.server.hub import Close, Connection, Hub, Send
-from sleap_rtc.server.limits import FailureCounter, Limits
+from sleap_rtc.server.ice import IceSettings
+from sleap_rtc.server.limits import FailureCounter, Limits, address_key
 from sleap_rtc.server.metrics import render
-from sleap_rtc.server.rooms import RoomStore
+from sleap_rtc.server.rooms import MAX_ROOMS, UNUSED_ROOM_TTL, Access, RoomLimitError, RoomStore
+from sleap_rtc.server.sockets import GuardedProtocol, SocketGuard, default_max_sockets, raise_fd_limit
 
 log = logging.getLogger(__name__)
 
 HUB_KEY = web.AppKey("hub", Hub)
 STATE_KEY = web.AppKey("server_state", object)
 _PING_TEXT = dumps({"type": MessageType.PING.value})
-_AIOHTTP_MSG_CAP = 4 * 1024 * 1024
+
+FRAME_SLACK_BYTES = 16 * 1024
+"""A frame up to this much over ``max_frame_bytes`` gets ``FRAME_TOO_LARGE``; beyond it
+the socket is closed (1009) before the frame is buffered or decoded."""
+
+SWEEP_INTERVAL = 60.0
+"""Seconds between sweeps of rooms that expired unused."""
+
+ENV_CREATE_ROOM_SECRET = "SLEAP_RTC_CREATE_ROOM_SECRET"
+"""Environment variable holding the room-creation secret (server and workers)."""
+
+
+class RoomCreation:
+    """Who may ``POST /create-room``: the policy names accepted by ``start_server``."""
+
+    AUTO = "auto"  # open on a loopback-only server without a secret, else "secret"
+    OPEN = "open"  # anyone (still rate-limited per address, and capped in all)
+    SECRET = "secret"  # the server's secret, or the worker token of a room on this server
 
 
 class _Writer:
     """The send side of one WebSocket: a bounded queue and the task that drains it."""
 
-    def __init__(self, ws: web.WebSocketResponse, max_frames: int):
+    def __init__(self, ws: web.WebSocketResponse, max_frames: int, max_bytes: int):
         self.ws = ws
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(max_frames)
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
         self.task = asyncio.get_running_loop().create_task(self._drain())
 
     def enqueue(self, text: str) -> None:
         """Queue one frame; a receiver too slow to keep up is disconnected."""
+        if self.queued_bytes + len(text) > self.max_bytes:
+            log.warning("disconnecting a receiver with %d bytes queued", self.queued_bytes)
+            self.close_soon("send queue full")
+            return
         try:
             self.queue.put_nowait(text)
         except asyncio.QueueFull:
             log.warning("disconnecting a receiver that fell %d frames behind", self.queue.maxsize)
             self.close_soon("send queue full")
+            return
+        self.queued_bytes += len(text)
 
     def close_soon(self, reason: str) -> None:
         """Close the socket from outside its handler (e.g. a peer that resumed elsewhere)."""
@@ -64,6 +101,7 @@ class _Writer:
                 text = await self.queue.get()
                 if text is None or self.ws.closed:
                     return
+                self.queued_bytes -= len(text)
                 await self.ws.send_str(text)
 
 
@@ -72,12 +110,29 @@ class _ServerState:
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     room_creations: FailureCounter | None = None
     ticker: asyncio.Task | None = None
+    room_creation: str = RoomCreation.AUTO
+    create_room_secret: str | None = None
+    encode_failures: int = 0
 
 
-def _dispatch(actions: list) -> None:
+def _encode(frame: dict[str, Any]) -> str | None:
+    try:
+        return json.dumps(frame, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as exc:
+        # The hub checks what it relays, so this is a bug or a new hole: drop this one
+        # frame and keep the connection and the room alive.
+        log.error("dropping an unencodable %s frame: %s", frame.get("type"), exc.__class__.__name__)
+        return None
+
+
+def _dispatch(actions: list, state: _ServerState | None = None) -> None:
     for action in actions:
         if isinstance(action, Send):
-            text = dumps(action.frame)
+            text = _encode(action.frame)
+            if text is None:
+                if state is not None:
+                    state.encode_failures += 1
+                continue
             for conn in action.targets:
                 if conn.transport is not None:
                     conn.transport.enqueue(text)
@@ -90,7 +145,7 @@ async def _websocket_or_info(request: web.Request) -> web.StreamResponse:
     state: _ServerState = request.app[STATE_KEY]
     ws = web.WebSocketResponse(
         compress=False,  # permessage-deflate costs ~30x throughput for small JSON frames
-        max_msg_size=max(_AIOHTTP_MSG_CAP, 2 * hub.limits.max_frame_bytes),
+        max_msg_size=hub.limits.max_frame_bytes + FRAME_SLACK_BYTES,
         heartbeat=hub.ping_interval,
         timeout=2.0,
     )
@@ -98,17 +153,17 @@ async def _websocket_or_info(request: web.Request) -> web.StreamResponse:
         return web.json_response({"name": "sleap-rtc signaling server", "protocol": SIGNALING_VERSION, "websocket": "/ws"})
     await ws.prepare(request)
     conn = hub.connect(request.remote or "?")
-    conn.transport = _Writer(ws, hub.limits.send_queue_frames)
+    conn.transport = _Writer(ws, hub.limits.send_queue_frames, hub.limits.send_queue_bytes)
     state.sockets.add(ws)
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                _dispatch(hub.handle(conn, msg.data))
+                _dispatch(hub.handle(conn, msg.data), state)
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
         state.sockets.discard(ws)
-        _dispatch(hub.disconnect(conn))
+        _dispatch(hub.disconnect(conn), state)
         writer = conn.transport
         if writer.queue.full():
             writer.task.cancel()
@@ -144,30 +199,79 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Prometheus-Format": "0.0.4"})
 
 
+async def _creation_allowed(request: web.Request, state: _ServerState, hub: Hub) -> bool:
+    """Whether this request may create a room under the server's policy."""
+    if state.room_creation == RoomCreation.OPEN:
+        return True
+    body: Any = None
+    if request.can_read_body:
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            body = await request.json()
+    body = body if isinstance(body, dict) else {}
+    secret = body.get("secret")
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        secret = auth[7:].strip()
+    if state.create_room_secret and isinstance(secret, str) and hmac.compare_digest(
+        secret.encode("utf-8", "surrogatepass"), state.create_room_secret.encode("utf-8", "surrogatepass")
+    ):
+        return True
+    room_id, worker_token = body.get("room_id"), body.get("worker_token")
+    if isinstance(room_id, str) and isinstance(worker_token, str):
+        problem, access = hub.rooms.check(room_id, worker_token)
+        return problem is None and access == Access.WORKER
+    return False
+
+
 async def _create_room(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     state: _ServerState = request.app[STATE_KEY]
     address = request.remote or "?"
     now = hub.clock()
-    wait = state.room_creations.retry_after(address, now)
+    key = address_key(address)
+    wait = state.room_creations.retry_after(key, now)
     if wait:
         body = error_frame(ErrorCode.RATE_LIMITED, f"Too many rooms created: retry in {wait:.0f} s.", retry_after=round(wait, 3))
         return web.json_response(body, status=429, headers={"Retry-After": str(int(wait) + 1)})
-    state.room_creations.add(address, now)
-    room_id, token = hub.rooms.create()
+    state.room_creations.add(key, now)
+    if not await _creation_allowed(request, state, hub):
+        hub.metrics.errors_sent[ErrorCode.CREATE_ROOM_FORBIDDEN.value] += 1
+        body = error_frame(
+            ErrorCode.CREATE_ROOM_FORBIDDEN,
+            "This server creates rooms only with its room-creation secret (--create-room-secret, "
+            f"{ENV_CREATE_ROOM_SECRET}) or the worker token of a room on it.",
+        )
+        return web.json_response(body, status=403)
+    try:
+        room = hub.rooms.create()
+    except RoomLimitError as exc:
+        return web.json_response(error_frame(ErrorCode.TOO_MANY_ROOMS, str(exc)), status=503)
     hub.metrics.rooms_created += 1
-    log.info("created room %s for %s", room_id, address)
-    return web.json_response({"room_id": room_id, "token": token})
+    log.info("created room %s for %s", room.room_id, address)
+    # No ICE/TURN servers here: they go only to registered peers (registered_auth).
+    return web.json_response({"room_id": room.room_id, "token": room.token, "worker_token": room.worker_token})
 
 
 async def _ping_ticker(hub: Hub) -> None:
     # One timer for all sockets: pings go out between one interval and one tick after it.
-    tick = min(1.0, hub.ping_interval / 4)
+    tick = min(1.0, hub.ping_interval / 4, hub.limits.register_timeout / 4)
+    next_sweep = hub.clock() + SWEEP_INTERVAL
     while True:
         await asyncio.sleep(tick)
-        for conn in hub.due_pings(hub.clock()):
+        now = hub.clock()
+        for conn in hub.due_pings(now):
             if conn.transport is not None:
                 conn.transport.enqueue(_PING_TEXT)
+        _dispatch(hub.overdue(now))
+        if now >= next_sweep:
+            next_sweep = now + SWEEP_INTERVAL
+            try:
+                removed = hub.rooms.expire_unused()
+            except Exception:  # the state file is shared with nothing else; keep serving
+                log.exception("sweeping unused rooms failed")
+            else:
+                if removed:
+                    log.info("removed %d rooms that expired unused", removed)
 
 
 async def _on_startup(app: web.Application) -> None:
@@ -183,11 +287,15 @@ async def _on_shutdown(app: web.Application) -> None:
         await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets), return_exceptions=True)
 
 
-def build_app(hub: Hub) -> web.Application:
+def build_app(hub: Hub, *, room_creation: str = RoomCreation.OPEN, create_room_secret: str | None = None) -> web.Application:
     """The aiohttp application serving ``hub`` (WebSocket + HTTP routes)."""
     app = web.Application(client_max_size=64 * 1024)
     app[HUB_KEY] = hub
-    app[STATE_KEY] = _ServerState(room_creations=FailureCounter(hub.limits.max_rooms_per_minute, 60.0))
+    app[STATE_KEY] = _ServerState(
+        room_creations=FailureCounter(hub.limits.max_rooms_per_minute, 60.0),
+        room_creation=room_creation,
+        create_room_secret=create_room_secret or None,
+    )
     app.router.add_get("/", _websocket_or_info)
     app.router.add_get("/ws", _websocket_or_info)
     app.router.add_get("/health", _health)
@@ -201,7 +309,8 @@ def build_app(hub: Hub) -> web.Application:
 class RunningServer:
     """A started signaling server: its addresses, a room-creation shortcut and ``stop()``."""
 
-    def __init__(self, runner: web.AppRunner, hub: Hub, host: str, port: int, tls: bool, tmpdir: str | None):
+    def __init__(self, runner: web.AppRunner, hub: Hub, host: str, port: int, tls: bool, tmpdir: str | None, guard: SocketGuard):
+        self._guard = guard
         self.runner = runner
         self.hub = hub
         self.host = host
@@ -225,10 +334,21 @@ class RunningServer:
         """The SQLite file holding the rooms."""
         return self.hub.rooms.path
 
-    async def create_room(self) -> tuple[str, str]:
-        """Create a room directly in the store; returns ``(room_id, token)``."""
+    async def create_room(self) -> NewRoom:
+        """Create a room directly in the store; returns ``(room_id, worker_token)``
+        (``.token`` is the client token)."""
         self.hub.metrics.rooms_created += 1
         return self.hub.rooms.create()
+
+    @property
+    def sockets_refused(self) -> int:
+        """TCP connections refused so far by the per-address and total socket caps."""
+        return self._guard.refused
+
+    @property
+    def sockets_open(self) -> int:
+        """TCP connections open now (HTTP and WebSocket)."""
+        return self._guard.open
 
     async def stop(self) -> None:
         """Close every connection, stop listening and close the state file."""
@@ -248,6 +368,34 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address) is reachable only from this machine."""
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "" / "0.0.0.0" / a name: assume reachable from elsewhere
+
+
+class _GuardedSite(web.TCPSite):
+    """A ``TCPSite`` whose accepted connections first pass the ``SocketGuard``."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, guard: SocketGuard, **kwargs: Any):
+        super().__init__(runner, host, port, **kwargs)
+        self._guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner
+        loop = asyncio.get_running_loop()
+        factory = self._runner.server
+        guard = self._guard
+        self._server = await loop.create_server(
+            lambda: GuardedProtocol(factory(), guard), self._host, self._port,
+            ssl=self._ssl_context, backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+        )
+
+
 def tls_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
     """A server TLS context from a certificate chain and its private key (PEM files)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -263,7 +411,12 @@ async def start_server(
     ping_interval: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
     ice_servers: list[dict[str, Any]] | None = None,
+    ice: IceSettings | None = None,
     room_ttl: float | None = None,
+    unused_room_ttl: float = UNUSED_ROOM_TTL,
+    max_rooms: int = MAX_ROOMS,
+    room_creation: str = RoomCreation.AUTO,
+    create_room_secret: str | None = None,
     backlog: int = 4096,
     **limits: Any,
 ) -> RunningServer:
@@ -272,15 +425,38 @@ async def start_server(
     ``state_path=None`` keeps rooms in a fresh temporary SQLite file removed on ``stop()``;
     pass a path to keep rooms across restarts. ``limits`` are ``Limits`` fields
     (``max_frame_bytes``, ``max_peers_per_room``, ``messages_per_second``, ...).
+    ``ice`` (STUN/TURN settings, TURN credentials minted per peer) wins over the static
+    ``ice_servers`` list.
+    ``room_creation`` is a ``RoomCreation`` policy; ``create_room_secret`` defaults to
+    ``$SLEAP_RTC_CREATE_ROOM_SECRET``.
     """
+    limits_obj = Limits(**limits)
+    secret = create_room_secret if create_room_secret is not None else os.environ.get(ENV_CREATE_ROOM_SECRET) or None
+    if room_creation == RoomCreation.AUTO:
+        room_creation = RoomCreation.OPEN if is_loopback(host) and not secret else RoomCreation.SECRET
+    if room_creation not in (RoomCreation.OPEN, RoomCreation.SECRET):
+        raise ValueError(f"room_creation must be auto, open or secret, not {room_creation!r}")
+    if not is_loopback(host) and ssl_context is None:
+        log.warning(
+            "listening on %s without TLS: room tokens and connection offers cross the network in clear text; "
+            "pass --tls-cert/--tls-key or put a TLS proxy in front", host or "all interfaces",
+        )
+    if room_creation == RoomCreation.SECRET and not secret:
+        log.warning("room creation needs a worker token of an existing room (no --create-room-secret is set)")
+    fd_limit = raise_fd_limit()
+    guard = SocketGuard(limits_obj.max_sockets_per_address, limits_obj.max_sockets or default_max_sockets(fd_limit))
     tmpdir = None
     if state_path is None:
         tmpdir = tempfile.mkdtemp(prefix="sleap-rtc-server-")
         state_path = Path(tmpdir) / "server.sqlite3"
-    hub = Hub(RoomStore(state_path, room_ttl=room_ttl), limits=Limits(**limits), ping_interval=ping_interval, ice_servers=ice_servers)
-    runner = web.AppRunner(build_app(hub), access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    store = RoomStore(state_path, room_ttl=room_ttl, unused_ttl=unused_room_ttl, max_rooms=max_rooms)
+    hub = Hub(store, limits=limits_obj, ping_interval=ping_interval, ice_servers=ice_servers, ice=ice)
+    app = build_app(hub, room_creation=room_creation, create_room_secret=secret)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=5.0, keepalive_timeout=limits_obj.http_idle_timeout,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=backlog, reuse_address=True)
+    site = _GuardedSite(runner, host, port, guard=guard, ssl_context=ssl_context, backlog=backlog, reuse_address=True)
     try:
         await site.start()
     except BaseException:
@@ -290,6 +466,6 @@ async def start_server(
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     bound_port = runner.addresses[0][1]
-    server = RunningServer(runner, hub, host, bound_port, ssl_context is not None, tmpdir)
+    server = RunningServer(runner, hub, host, bound_port, ssl_context is not None, tmpdir, guard)
     log.info("signaling server listening on %s", server.url)
     return server

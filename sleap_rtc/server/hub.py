@@ -5,6 +5,13 @@ send to whom, which socket to close); ``Hub.disconnect(conn)`` does the same for
 socket. The aiohttp app (``server/app.py``) only moves bytes, so every rule of the
 protocol (identity bound to the connection, rooms as the security boundary, limits) lives
 here and is the same whatever carries the frames.
+
+Hostile peers are expected. Limits that hold against them (numbers in ``limits.py`` and
+docs/security.md): messages are rate-limited per connection and per address; the bytes
+the server sends because of one address's requests (peer lists, room events) come out of
+that address's byte budget; metadata is checked for shape and size at register and after
+every update; a correct token is never refused because others failed; relayed frames
+lose their ``id`` so that nobody can answer another peer's request.
 """
 
 from __future__ import annotations
@@ -15,29 +22,39 @@ import json
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sleap_rtc.core.metadata import matches_filters, merge_metadata, normalize_metadata
+from sleap_rtc.core.metadata import check_metadata, matches_filters, merge_metadata, normalize_metadata
 from sleap_rtc.core.protocol import (
-    RELAYED_TYPES,
     ErrorCode,
     MessageType,
     ProtocolError,
     Role,
+    dumps,
     error_frame,
     parse_frame,
     peer_info,
 )
-from sleap_rtc.server.limits import FailureCounter, Limits, TokenBucket
+from sleap_rtc.server.ice import IceSettings
+from sleap_rtc.server.limits import FailureCounter, Limits, TokenBucket, address_key
 from sleap_rtc.server.metrics import Metrics
-from sleap_rtc.server.rooms import RoomStore
+from sleap_rtc.server.rooms import Access, RoomStore
 
 log = logging.getLogger(__name__)
 
 _ROLES = frozenset(r.value for r in Role)
 _conn_ids = itertools.count(1)
+
+MAX_TRACKED_ADDRESSES = 100_000
+"""Addresses whose rate budgets are remembered (least recently seen forgotten first)."""
+
+WORKER_TOKEN_MESSAGE = (
+    "Workers must register with the room's worker token (the banner line 'Worker token (for other "
+    "workers only)'); the room's client token admits clients only."
+)
 
 
 @dataclass(eq=False)
@@ -46,8 +63,11 @@ class Connection:
 
     address: str
     bucket: TokenBucket
+    budget: AddressBudget | None = None
+    """The rate budgets shared by every connection from this address."""
     conn_id: int = field(default_factory=lambda: next(_conn_ids))
     peer: Peer | None = None
+    opened_at: float = 0.0
     next_ping: float = 0.0
     transport: Any = None
     """Whatever the I/O layer needs to reach the socket (the app's writer)."""
@@ -65,10 +85,24 @@ class Peer:
     events: bool
     resume: str
     conn: Connection
+    info_bytes: int = 0
+    """Encoded size of ``info()``, kept current with the metadata (for the byte budgets)."""
 
     def info(self) -> dict[str, Any]:
         """How this peer appears in ``peer_list`` and room events."""
         return peer_info(self.peer_id, self.role, self.metadata, self.connected_at)
+
+    def measure(self) -> None:
+        """Refresh ``info_bytes`` after a metadata change."""
+        self.info_bytes = len(dumps(self.info()))
+
+
+@dataclass(eq=False)
+class AddressBudget:
+    """Rate budgets of one address (key), shared by all its connections."""
+
+    messages: TokenBucket
+    reply_bytes: TokenBucket
 
 
 @dataclass
@@ -100,6 +134,7 @@ class Hub:
         limits: Limits | None = None,
         ping_interval: float = 30.0,
         ice_servers: list[dict[str, Any]] | None = None,
+        ice: IceSettings | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -110,13 +145,15 @@ class Hub:
         self.limits = limits or Limits()
         self.ping_interval = ping_interval
         self.ice_servers = list(ice_servers or [])
+        self.ice = ice
+        """STUN/TURN settings: each peer gets its own list (TURN credentials minted for it)."""
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.live: dict[str, dict[str, Peer]] = {}
         """room_id -> peer_id -> Peer, only rooms with at least one peer."""
         self.connections: set[Connection] = set()
         self._failed_by_address = FailureCounter(self.limits.max_failed_registrations, self.limits.failed_registration_window)
-        self._failed_by_room = FailureCounter(self.limits.max_failed_registrations * 2, self.limits.failed_registration_window)
+        self._budgets: OrderedDict[str, AddressBudget] = OrderedDict()
         self._handlers: dict[str, Callable[[Connection, dict[str, Any]], list[Action]]] = {
             MessageType.REGISTER: self._register,
             MessageType.DISCOVER_PEERS: self._discover,
@@ -126,6 +163,7 @@ class Hub:
             MessageType.ANSWER: self._relay,
             MessageType.CANDIDATE: self._relay,
             MessageType.ERROR: self._relay,
+            MessageType.GET_ICE_SERVERS: self._get_ice_servers,
         }
 
     # ------------------------------------------------------------------ connections
@@ -134,6 +172,8 @@ class Hub:
         """A new socket from ``address``; the hub tracks it until ``disconnect``."""
         now = self.clock()
         conn = Connection(address=address or "?", bucket=TokenBucket(self.limits.messages_per_second, self.limits.message_burst, now))
+        conn.budget = self._budget_of(conn.address, now)
+        conn.opened_at = now
         conn.next_ping = now + self.ping_interval
         self.connections.add(conn)
         self.metrics.connections_total += 1
@@ -154,6 +194,30 @@ class Hub:
         log.info("peer %s left room %s", peer.peer_id, peer.room_id)
         return [] if self.closing else self._event(peer, MessageType.PEER_LEFT)
 
+    def _budget_of(self, address: str, now: float) -> AddressBudget:
+        # Kept after the address's sockets close, so reconnecting does not refill it.
+        key = address_key(address)
+        budget = self._budgets.get(key)
+        if budget is None:
+            while len(self._budgets) >= MAX_TRACKED_ADDRESSES:
+                self._budgets.popitem(last=False)
+            lim = self.limits
+            budget = self._budgets[key] = AddressBudget(
+                TokenBucket(lim.address_messages_per_second, lim.address_message_burst, now),
+                TokenBucket(lim.address_bytes_per_second, lim.address_byte_burst, now),
+            )
+        else:
+            self._budgets.move_to_end(key)
+        return budget
+
+    def overdue(self, now: float) -> list[Action]:
+        """Close every connection that has not registered within ``register_timeout``."""
+        cutoff = now - self.limits.register_timeout
+        late = [conn for conn in self.connections if conn.peer is None and conn.opened_at <= cutoff]
+        for conn in late:
+            self.metrics.errors_sent["REGISTER_TIMEOUT"] += 1
+        return [Close(conn, "not registered in time") for conn in late]
+
     def due_pings(self, now: float) -> list[Connection]:
         """Registered connections whose next application ping is due (and schedules the next)."""
         due = []
@@ -167,7 +231,10 @@ class Hub:
 
     def handle(self, conn: Connection, text: str | bytes) -> list[Action]:
         """Everything that follows from ``conn`` sending ``text``."""
-        retry_after = conn.bucket.take(self.clock())
+        now = self.clock()
+        retry_after = conn.bucket.take(now)
+        if not retry_after and conn.budget is not None:
+            retry_after = conn.budget.messages.take(now)
         if retry_after:
             return self._error(conn, None, ErrorCode.RATE_LIMITED, "Too many messages: slow down.", retry_after=round(retry_after, 3))
         try:
@@ -194,12 +261,22 @@ class Hub:
             frame["id"] = req_id
         return [Send([conn], frame)]
 
+    def _charge_bytes(self, conn: Connection, size: int) -> float:
+        """Spend ``size`` bytes of the address's reply budget; seconds to wait, or 0."""
+        if conn.budget is None or size <= 0:
+            return 0.0
+        return conn.budget.reply_bytes.take(self.clock(), size)
+
+    def _busy(self, conn: Connection, req_id: Any, wait: float) -> list[Action]:
+        return self._error(
+            conn, req_id, ErrorCode.RATE_LIMITED,
+            f"Too much data requested from this address: retry in {wait:.1f} s.", retry_after=round(wait, 3),
+        )
+
     def _refuse_registration(self, conn: Connection, frame: dict[str, Any], code: ErrorCode, message: str, *, failed: bool, **extra: Any) -> list[Action]:
         self.metrics.rejected_registrations[str(code)] += 1
         if failed:
-            now = self.clock()
-            self._failed_by_address.add(conn.address, now)
-            self._failed_by_room.add(frame["room_id"], now)
+            self._failed_by_address.add(address_key(conn.address), self.clock())
         log.info("refused register of %s in room %s from %s: %s", _short(frame["peer_id"]), _short(frame["room_id"]), conn.address, code)
         return self._error(conn, frame.get("id"), code, message, **extra)
 
@@ -213,21 +290,26 @@ class Hub:
         if not peer_id or len(peer_id) > self.limits.max_peer_id_length:
             return self._refuse_registration(conn, frame, ErrorCode.INVALID_MESSAGE, f"peer_id must be 1 to {self.limits.max_peer_id_length} characters.", failed=False)
         now = self.clock()
-        wait = max(self._failed_by_address.retry_after(conn.address, now), self._failed_by_room.retry_after(room_id, now))
-        if wait:
-            return self._refuse_registration(
-                conn, frame, ErrorCode.RATE_LIMITED,
-                f"Too many failed registrations: you are being rate-limited; retry in {wait:.0f} s.",
-                failed=False, retry_after=round(wait, 3),
-            )
-        problem = self.rooms.check(room_id, frame["token"])
+        # The token first: a correct one is admitted whatever others did (a lockout keyed
+        # by room would let anyone who knows the room id lock its own peers out).
+        problem, access = self.rooms.check(room_id, frame["token"])
         if problem is not None:
-            text = {
-                ErrorCode.ROOM_NOT_FOUND: "Room not found.",
-                ErrorCode.INVALID_TOKEN: "Invalid token.",
-                ErrorCode.ROOM_EXPIRED: "Room expired.",
-            }[problem]
-            return self._refuse_registration(conn, frame, problem, text, failed=True)
+            wait = self._failed_by_address.retry_after(address_key(conn.address), now)
+            if wait:
+                return self._refuse_registration(
+                    conn, frame, ErrorCode.RATE_LIMITED,
+                    f"Too many failed registrations from your address: retry in {wait:.0f} s.",
+                    failed=False, retry_after=round(wait, 3),
+                )
+            text = {ErrorCode.INVALID_TOKEN: "Unknown room or invalid token.", ErrorCode.ROOM_EXPIRED: "Room expired."}[problem]
+            return self._refuse_registration(conn, frame, problem, text, failed=problem == ErrorCode.INVALID_TOKEN)
+        if role == Role.WORKER and access != Access.WORKER:
+            return self._refuse_registration(conn, frame, ErrorCode.WORKER_TOKEN_REQUIRED, WORKER_TOKEN_MESSAGE, failed=False)
+        metadata = normalize_metadata(frame.get("metadata"))
+        try:
+            check_metadata(metadata, max_bytes=self.limits.max_metadata_bytes)
+        except ProtocolError as exc:
+            return self._refuse_registration(conn, frame, exc.code, exc.message, failed=False)
         room = self.live.get(room_id, {})
         existing = room.get(peer_id)
         resume = frame.get("resume")
@@ -245,17 +327,27 @@ class Hub:
             peer_id=peer_id,
             room_id=room_id,
             role=role,
-            metadata=normalize_metadata(frame.get("metadata")),
-            connected_at=time.time(),
+            metadata=metadata,
+            connected_at=existing.connected_at if existing is not None else time.time(),
             events=frame.get("events") is True,
             resume=secrets.token_urlsafe(16),
             conn=conn,
         )
+        peer.measure()
+        others = [p for p in room.values() if p.peer_id != peer_id]
+        fan_out = peer.info_bytes * sum(1 for p in others if p.events)
+        wait = self._charge_bytes(conn, sum(p.info_bytes for p in others) + fan_out)
+        if wait:
+            return self._refuse_registration(
+                conn, frame, ErrorCode.RATE_LIMITED,
+                f"Too much data requested from this address: retry in {wait:.1f} s.", failed=False, retry_after=round(wait, 3),
+            )
         actions: list[Action] = []
         if existing is not None:
             existing.conn.peer = None  # its socket closing later must not evict the new owner
             actions.append(Close(existing.conn, "peer resumed on another connection"))
-            peer.connected_at = existing.connected_at
+        else:
+            self.rooms.mark_used(room_id)
         self.live.setdefault(room_id, {})[peer_id] = peer
         conn.peer = peer
         conn.next_ping = now + self.ping_interval
@@ -266,7 +358,7 @@ class Hub:
             "peer_id": peer_id,
             "resume": peer.resume,
             "ping_interval": self.ping_interval,
-            "ice_servers": self.ice_servers,
+            "ice_servers": self.ice_servers_for(peer_id),
             "peer_list": [p.info() for p in self.live[room_id].values() if p is not peer],
             "peer_metadata": peer.metadata,
         }
@@ -277,10 +369,26 @@ class Hub:
         actions += self._event(peer, MessageType.PEER_UPDATED if existing else MessageType.PEER_JOINED)
         return actions
 
+    def ice_servers_for(self, peer_id: str) -> list[dict[str, Any]]:
+        """The ICE servers for one registered peer (only registered peers ever get them)."""
+        if self.ice is None:
+            return self.ice_servers
+        return self.ice.for_peer(peer_id, time.time())
+
+    def _get_ice_servers(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
+        reply: dict[str, Any] = {"type": MessageType.ICE_SERVERS.value, "ice_servers": self.ice_servers_for(conn.peer.peer_id)}
+        if _echoable(frame.get("id")):
+            reply["id"] = frame["id"]
+        return [Send([conn], reply)]
+
     def _discover(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
         me = conn.peer
         filters = frame.get("filters")
-        peers = [p.info() for p in self.live.get(me.room_id, {}).values() if p is not me and matches_filters(p.role, p.metadata, filters)]
+        found = [p for p in self.live.get(me.room_id, {}).values() if p is not me and matches_filters(p.role, p.metadata, filters)]
+        wait = self._charge_bytes(conn, sum(p.info_bytes for p in found))
+        if wait:
+            return self._busy(conn, frame.get("id"), wait)
+        peers = [p.info() for p in found]
         reply: dict[str, Any] = {"type": MessageType.PEER_LIST.value, "to_peer_id": me.peer_id, "peers": peers, "count": len(peers)}
         if _echoable(frame.get("id")):
             reply["id"] = frame["id"]
@@ -291,7 +399,16 @@ class Hub:
         claimed = frame.get("peer_id")
         if claimed is not None and claimed != me.peer_id:
             raise ProtocolError(ErrorCode.FORBIDDEN, "A peer can only update its own metadata.")
-        me.metadata = merge_metadata(me.metadata, frame["metadata"])
+        merged = merge_metadata(me.metadata, frame["metadata"])
+        check_metadata(merged, max_bytes=self.limits.max_metadata_bytes)  # refused: the old copy stays
+        before, me.metadata = me.metadata, merged
+        me.measure()
+        watchers = sum(1 for p in self.live.get(me.room_id, {}).values() if p.events and p is not me)
+        wait = self._charge_bytes(conn, me.info_bytes * watchers)
+        if wait:
+            me.metadata = before
+            me.measure()
+            return self._busy(conn, frame.get("id"), wait)
         reply: dict[str, Any] = {"type": MessageType.METADATA_UPDATED.value, "peer_id": me.peer_id, "metadata": me.metadata}
         if _echoable(frame.get("id")):
             reply["id"] = frame["id"]
@@ -300,12 +417,12 @@ class Hub:
 
     def _peer_message(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
         target = self._find_target(conn, frame["to_peer_id"])
-        return [Send([target.conn], {**frame, "from_peer_id": conn.peer.peer_id})]
+        return [Send([target.conn], {**_without_id(frame), "from_peer_id": conn.peer.peer_id})]
 
     def _relay(self, conn: Connection, frame: dict[str, Any]) -> list[Action]:
         target = self._find_target(conn, frame["target"])
         log.debug("relay %s %s -> %s", frame["type"], conn.peer.peer_id, target.peer_id)
-        return [Send([target.conn], {**frame, "sender": conn.peer.peer_id})]
+        return [Send([target.conn], {**_without_id(frame), "sender": conn.peer.peer_id})]
 
     def _find_target(self, conn: Connection, peer_id: str) -> Peer:
         target = self.live.get(conn.peer.room_id, {}).get(peer_id)
@@ -328,6 +445,12 @@ class Hub:
             for peer in room.values():
                 counts[peer.role] = counts.get(peer.role, 0) + 1
         return counts
+
+
+def _without_id(frame: dict[str, Any]) -> dict[str, Any]:
+    # A relayed frame carrying the sender's ``id`` could pass as the reply to one of the
+    # target's own requests; the id is a correlation tag between one peer and the server.
+    return {k: v for k, v in frame.items() if k != "id"}
 
 
 def _echoable(req_id: Any) -> bool:

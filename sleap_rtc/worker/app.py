@@ -15,8 +15,10 @@ Life of a connection:
    streamed), sends each result (``job_result`` + ``send_file``) and ``job_complete`` (or
    ``job_failed``), and is available again; old job directories (``jobdirs``) and the
    transfer cache (``core.files.prune_transfer_cache``) are pruned after each job;
-4. a client that vanishes (channel closed, or ``peer_left``) cancels its job and releases
-   the worker.
+4. a client whose channel dies while its job runs (an outage on either network) gets
+   ``reattach_grace`` seconds to come back: its new offer is accepted for the running job
+   (``job_attach``), which kept running, and logs and results go to the new channel. A
+   client that does not come back within the grace cancels its job and releases the worker.
 
 Status changes are published with ``update_metadata``; the signaling client re-registers
 with the current metadata after a reconnect. ``error`` frames from the server are logged,
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from sleap_rtc.core import jobs_wire
-from sleap_rtc.core.credentials import encode_session_string
+from sleap_rtc.core.credentials import client_token_for, encode_session_string
 from sleap_rtc.core.files import CACHE_MAX_BYTES, prune_transfer_cache, sha256_file
 from sleap_rtc.core.protocol import (
     ChannelType,
@@ -45,6 +47,7 @@ from sleap_rtc.core.protocol import (
     ProtocolError,
     Prop,
     ResultKind,
+    OFFER_REF,
     STRIPE_REFUSED,
     Role,
     busy_error_frame,
@@ -77,10 +80,14 @@ class WorkerConfig:
     work_dir: Path
     room_id: str | None = None
     token: str | None = None
+    """The room's worker token (the client token does not admit workers)."""
+    create_room_secret: str | None = None
+    """The server's room-creation secret, used only when no room is given."""
     name: str | None = None
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
     submit_timeout: float = 300.0  # channel open -> package + job_submit
     linger_timeout: float = 10.0  # after the results: wait this long for the client to hang up
+    reattach_grace: float = 60.0  # a running job waits this long for its client after its channel died
     keep_job_dirs: int = DEFAULT_KEEP
     cache_max_bytes: int = CACHE_MAX_BYTES  # transfer cache cap, applied after each job
     ice_servers: list[dict[str, Any]] | None = None
@@ -92,9 +99,14 @@ def safe_worker_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", name).strip("-")[:40] or "worker"
 
 
-def format_banner(room_id: str, token: str, peer_id: str) -> str:
-    """The credentials banner (seed Decision 4 format)."""
-    return (
+def format_banner(room_id: str, token: str, peer_id: str, worker_token: str | None = None) -> str:
+    """The credentials banner (seed Decision 4 format, plus the worker token on its own line).
+
+    ``token`` is the client token: it is what the session string and the ``Token:`` line
+    carry, since users paste them. The worker token goes on a separate line for whoever
+    starts more workers in the room.
+    """
+    text = (
         "[INFO] Worker authenticated. Session string for direct connection:\n"
         f"{encode_session_string(room_id, token, peer_id)}\n"
         "\n"
@@ -102,6 +114,61 @@ def format_banner(room_id: str, token: str, peer_id: str) -> str:
         f"[INFO]   Room ID: {room_id}\n"
         f"[INFO]   Token: {token}"
     )
+    if worker_token:
+        text += f"\n[INFO]   Worker token (for other workers only): {worker_token}"
+    return text
+
+
+ATTACH_TIMEOUT = 10.0
+"""Seconds a reconnected client has to send ``job_attach`` on its new channel."""
+
+
+class JobLink:
+    """The channel a running job talks through; replaced when its client reconnects."""
+
+    def __init__(self, channel: Any, job_id: str, client_peer_id: str):
+        self.channel = channel
+        self.job_id = job_id
+        self.client_peer_id = client_peer_id
+        self.gone = False
+        """The client left the room (or never came back): stop waiting for it."""
+        self._changed = asyncio.Event()
+
+    def replace(self, channel: Any) -> None:
+        """The client is back on ``channel``."""
+        self.channel = channel
+        self.gone = False
+        self._changed.set()
+
+    def left_room(self) -> None:
+        """The room says the client left: the channel is checked at once (a hint for a live
+        one), and once it is dead nobody waits for the client to come back. (In an outage
+        the server keeps a silent client's socket for its ping window, 30-45 s.)"""
+        self.gone = True
+        self._changed.set()
+        if not self.channel.closed:
+            self.channel.suspect()
+
+    async def wait_for_new(self, old: Any, timeout: float) -> bool:
+        """Wait until the channel is no longer ``old`` (the client reattached); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.channel is old and not self.gone:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - loop.time()))
+            except (asyncio.TimeoutError, TimeoutError):
+                break
+        if self.channel is old:
+            self.gone = True
+            return False
+        return True
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send on the current channel; dropped while the client is away."""
+        if not self.channel.closed:
+            with contextlib.suppress(TransportError):
+                await self.channel.send(message)
 
 
 class JobRefused(Exception):
@@ -118,11 +185,14 @@ class Worker:
         self.guard = StatusGuard(lease_timeout=config.lease_timeout)
         self.signaling: SignalingClient | None = None
         self.room_id: str | None = config.room_id
-        self.token: str | None = config.token
+        self.worker_token: str | None = config.token
+        self.token: str | None = client_token_for(config.token) if config.token else None
+        """The room's client token (derived from the worker token), for the banner."""
         self.jobs_done = 0
         self._sessions: dict[int, asyncio.Task] = {}
         self._clients: dict[int, tuple[str, Callable[[], None]]] = {}  # reservation id -> (peer, on_left_room)
         self._channels: dict[int, Any] = {}  # reservation id -> open PeerChannel (stripes attach to it)
+        self._links: dict[str, JobLink] = {}  # running job id -> its channel link
         self._tasks: set[asyncio.Task] = set()
         self._dirty = asyncio.Event()
         self._closed = asyncio.Event()
@@ -144,21 +214,22 @@ class Worker:
 
     async def start(self) -> str:
         """Create the room if needed, register, and return the banner text."""
-        if bool(self.room_id) != bool(self.token):
+        if bool(self.room_id) != bool(self.worker_token):
             raise ValueError("Both --room-id and --token must be provided together")
         if not self.room_id:
-            self.room_id, self.token = await create_room(self.config.server_url)
+            room = await create_room(self.config.server_url, secret=self.config.create_room_secret)
+            self.room_id, self.worker_token, self.token = room.room_id, room.worker_token, room.token
         self.work_dir.mkdir(parents=True, exist_ok=True)
         name = safe_worker_name(self.capabilities.worker_name)
         self.signaling = SignalingClient(
-            self.config.server_url, room_id=self.room_id, token=self.token, role=Role.WORKER.value,
+            self.config.server_url, room_id=self.room_id, token=self.worker_token, role=Role.WORKER.value,
             peer_id=new_peer_id(Role.WORKER.value, name), metadata=self.capabilities.metadata(self.guard.status),
         )
         self.signaling.add_listener(self._on_frame)
         self.signaling.add_state_listener(self._on_state)
         await self.signaling.connect()
         self._publisher = asyncio.create_task(self._publish_status(), name="worker-status-publisher")
-        return format_banner(self.room_id, self.token, self.peer_id)
+        return format_banner(self.room_id, self.token, self.peer_id, self.worker_token)
 
     async def serve_forever(self) -> None:
         """Run until ``close()`` (or the room is gone for good)."""
@@ -216,6 +287,10 @@ class Worker:
         # The guard: check-and-reserve in one step, before any await.
         reservation = self.guard.try_reserve(sender)
         if reservation is None:
+            orphan = next((link for link in self._links.values() if link.client_peer_id == sender and link.channel.closed), None)
+            if orphan is not None:  # the client of the running job is back after an outage
+                self._spawn(self._reattach(frame, orphan), f"reattach-{sender}")
+                return
             log.warning("refusing an offer from %s: worker is %s", sender, self.guard.status.value)
             self._spawn(self._send_quietly(busy_error_frame(sender, self.guard.status.value)), "busy-reply")
             return
@@ -229,7 +304,7 @@ class Worker:
         channel = next((ch for ch in self._channels.values() if ch.stripes.admits(frame.get("stripe"), sender)), None)
         if channel is None:
             log.warning("refusing an extra-connection offer from %s: no job of theirs grants it", sender)
-            refusal = {"type": MessageType.ERROR.value, "target": sender, "id": frame.get("id"),
+            refusal = {"type": MessageType.ERROR.value, "target": sender, OFFER_REF: frame.get(OFFER_REF),
                        "reason": STRIPE_REFUSED, "message": "This worker has no striped transfer for you."}
             self._spawn(self._send_quietly(refusal), "stripe-refusal")
             return
@@ -308,6 +383,37 @@ class Worker:
             shutil.rmtree(incoming, ignore_errors=True)
             self.guard.release(reservation, reason)
 
+    async def _reattach(self, offer: dict[str, Any], link: JobLink) -> None:
+        """Accept the returning client's offer and hand the new channel to its running job."""
+        from sleap_rtc.core import transport
+
+        channel = None
+        try:
+            channel = await transport.accept(
+                self.signaling, offer, ice_servers=self.config.ice_servers, timeout=self.config.lease_timeout,
+                receive_dir=self.work_dir / "incoming" / f"attach-{link.job_id}", cache_dir=self.cache_dir,
+            )
+            channel.stripes.deny()  # a reattached channel carries logs and results, not stripes
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + ATTACH_TIMEOUT
+            while True:
+                msg = await channel.receive(max(0.1, deadline - loop.time()))
+                if msg.get("type") == ChannelType.JOB_ATTACH:
+                    break
+            if msg.get("job_id") != link.job_id:
+                await channel.send(jobs_wire.job_rejected(str(msg.get("job_id")), "That job is not running here."))
+                return
+            await channel.send(jobs_wire.job_accepted(link.job_id))
+            log.info("job %s: client %s reattached", link.job_id, link.client_peer_id)
+            link.replace(channel)
+            channel = None  # the job's session owns it now
+        except (TransportError, asyncio.TimeoutError, TimeoutError) as exc:
+            log.warning("reattach of %s failed: %s", link.client_peer_id, exc)
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.close(), 5)
+
     async def _serve_job(self, channel: Any, reservation: Reservation) -> None:
         files: dict[str, Any] = {}
         arrived = asyncio.Event()
@@ -324,15 +430,25 @@ class Worker:
                 return
             self.guard.mark_busy(reservation)
             await channel.send(jobs_wire.job_accepted(job_id))
-            outcome = await self._run_job(channel, job_id, package)
-            if channel.closed:
-                return
-            await self._send_outcome(channel, job_id, outcome)
-            self.jobs_done += 1
-            # Free for the next client now; the old channel only waits for the hang-up.
-            self.guard.release(reservation, f"job {outcome.status}")
-            with contextlib.suppress(PeerClosedError, asyncio.TimeoutError, TimeoutError):
-                await channel.wait_closed(self.config.linger_timeout)
+            link = JobLink(channel, job_id, reservation.client_peer_id)
+            self._links[job_id] = link
+            self._clients[reservation.id] = (reservation.client_peer_id, link.left_room)
+            try:
+                outcome = await self._run_job(link, job_id, package)
+                if link.channel.closed and (link.gone or not await link.wait_for_new(link.channel, self.config.reattach_grace)):
+                    log.warning("job %s finished but its client did not come back; results kept in the job dir", job_id)
+                    return
+                await self._send_outcome(link.channel, job_id, outcome)
+                self.jobs_done += 1
+                # Free for the next client now; the old channel only waits for the hang-up.
+                self.guard.release(reservation, f"job {outcome.status}")
+                with contextlib.suppress(PeerClosedError, asyncio.TimeoutError, TimeoutError):
+                    await link.channel.wait_closed(self.config.linger_timeout)
+            finally:
+                self._links.pop(job_id, None)
+                if link.channel is not channel:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(link.channel.close(), 5)
         finally:
             await cancel_and_wait([collector], HELPER_CLOSE_TIMEOUT_S)
             # Deleting whole job dirs can take a while: off the loop (the next client is waiting).
@@ -361,6 +477,9 @@ class Worker:
             except (asyncio.TimeoutError, TimeoutError):
                 log.warning("no job_submit from %s within %.0f s", channel.remote_peer_id, self.config.submit_timeout)
                 return None
+            if msg.get("type") == ChannelType.JOB_ATTACH:
+                await channel.send(jobs_wire.job_rejected(str(msg.get("job_id")), "That job is not running here."))
+                continue
             if msg.get("type") != ChannelType.JOB_SUBMIT:
                 continue
             try:
@@ -386,30 +505,35 @@ class Worker:
                 raise JobRefused("The package announced in job_submit never arrived; send the file first.") from None
         return Path(files[sha].path)
 
-    async def _run_job(self, channel: Any, job_id: str, package: Path) -> JobOutcome:
+    async def _run_job(self, link: JobLink, job_id: str, package: Path) -> JobOutcome:
         factory = self.config.executor_factory or (lambda jid: JobExecutor(jid))
         executor = factory(job_id)
 
         async def emit(message: dict[str, Any]) -> None:
-            if not channel.closed:
-                await channel.send(message)
+            await link.send(message)  # dropped while the client is away
 
         async def control() -> None:
-            # Stop/cancel from the client while the job runs; a vanished client cancels.
-            try:
-                while True:
-                    msg = await channel.receive()
-                    if msg.get("job_id") != job_id:
-                        continue
-                    if msg.get("type") == ChannelType.JOB_STOP:
-                        log.info("job %s: stop requested", job_id)
-                        executor.stop()
-                    elif msg.get("type") == ChannelType.JOB_CANCEL:
-                        log.info("job %s: cancel requested", job_id)
+            # Stop/cancel from the client while the job runs. A channel that dies gets
+            # ``reattach_grace`` for its client to come back; then the job is cancelled.
+            while True:
+                channel = link.channel
+                try:
+                    while True:
+                        msg = await channel.receive()
+                        if msg.get("job_id") != job_id:
+                            continue
+                        if msg.get("type") == ChannelType.JOB_STOP:
+                            log.info("job %s: stop requested", job_id)
+                            executor.stop()
+                        elif msg.get("type") == ChannelType.JOB_CANCEL:
+                            log.info("job %s: cancel requested", job_id)
+                            executor.cancel()
+                except PeerClosedError:
+                    log.warning("job %s: lost the client's channel; keeping the job for %.0f s", job_id, self.config.reattach_grace)
+                    if not await link.wait_for_new(channel, self.config.reattach_grace):
+                        log.warning("job %s: the client did not come back; cancelling", job_id)
                         executor.cancel()
-            except PeerClosedError:
-                log.warning("job %s: client vanished; cancelling", job_id)
-                executor.cancel()
+                        return
 
         controller = asyncio.create_task(control())
         try:

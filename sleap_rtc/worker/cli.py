@@ -15,7 +15,14 @@ from sleap_rtc.core.config import ConfigError, load_config, resolve_server, user
 @click.command("worker")
 @click.option("--server", "server", default=None, help="Signaling server URL (default: SLEAP_RTC_SERVER, config, ws://127.0.0.1:8765).")
 @click.option("--room-id", default=None, help="Join this room (with --token); without both, a new room is created.")
-@click.option("--token", default=None, help="Token of --room-id.")
+@click.option("--token", default=None,
+              help="The WORKER token of --room-id (banner line 'Worker token (for other workers only)'; the "
+                   "client 'Token:' does not admit workers). Also read from --token-file or SLEAP_RTC_WORKER_TOKEN, "
+                   "which keep it out of the process list.")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File whose first line is the worker token.")
+@click.option("--create-room-secret", default=None, envvar="SLEAP_RTC_CREATE_ROOM_SECRET", show_envvar=True,
+              help="The server's room-creation secret, needed to create a room on a server that requires one.")
 @click.option("--name", default=None, help="Worker name shown to clients (default: the hostname).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where job directories go (default: the user data dir).")
@@ -23,9 +30,16 @@ from sleap_rtc.core.config import ConfigError, load_config, resolve_server, user
               help="Index of the GPU to advertise (as NVML numbers them); it must exist.")
 @click.option("--lease-timeout", type=click.FloatRange(min=0, min_open=True), default=None, hidden=True,
               help="Seconds a reservation waits for the data channel (tests shorten it).")
-def worker_command(server: str | None, room_id: str | None, token: str | None, name: str | None,
+def worker_command(server: str | None, room_id: str | None, token: str | None, token_file: Path | None,
+                   create_room_secret: str | None, name: str | None,
                    work_dir: Path | None, gpu: int | None, lease_timeout: float | None) -> None:
     """Serve SLEAP training and inference jobs from this GPU machine."""
+    from sleap_rtc.core.credentials import ENV_WORKER_TOKEN, CredentialsError, resolve_token
+
+    try:
+        token = resolve_token(token, token_file, ENV_WORKER_TOKEN) if (room_id or token or token_file) else None
+    except CredentialsError as exc:
+        raise click.UsageError(str(exc)) from None
     if bool(room_id) != bool(token):
         raise click.UsageError("Both --room-id and --token must be provided together")
     # Heavy imports only after the arguments are known to be valid.
@@ -39,7 +53,7 @@ def worker_command(server: str | None, room_id: str | None, token: str | None, n
         raise click.UsageError(str(exc)) from None
     config = WorkerConfig(
         server_url=resolve_server(server), work_dir=work_dir or _configured_work_dir(),
-        room_id=room_id, token=token, name=name,
+        room_id=room_id, token=token, name=name, create_room_secret=create_room_secret,
     )
     if lease_timeout is not None:
         config.lease_timeout = lease_timeout

@@ -34,3 +34,63 @@ def test_room_credentials_from_pasted_text():
         parse_room_credentials("Room ID: r")
     with pytest.raises(CredentialsError):
         parse_room_credentials("nothing here")
+
+
+def test_client_token_is_derived_one_way_from_the_worker_token():
+    from sleap_rtc.core.credentials import NewRoom, client_token_for
+
+    room = NewRoom("r", "worker-secret-token-value")
+    assert room.token == client_token_for("worker-secret-token-value") != room.worker_token
+    assert len(room.token) == 22  # 128 bits, URL-safe base64 without padding
+    assert client_token_for("other") != room.token
+    room_id, worker_token = room  # unpacks as a pair
+    assert (room_id, worker_token) == ("r", "worker-secret-token-value")
+
+
+def test_pasted_banner_gives_the_client_token_never_the_worker_token():
+    from sleap_rtc.worker.app import format_banner
+
+    banner = format_banner("room-1", "client-tok", "worker-x-1", "worker-tok")
+    assert "[INFO]   Token: client-tok" in banner
+    assert "[INFO]   Worker token (for other workers only): worker-tok" in banner
+    creds = parse_room_credentials(banner)
+    assert (creds.room_id, creds.token) == ("room-1", "client-tok")
+    assert decode_session_string(next(l for l in banner.splitlines() if l.startswith("sleap-session:"))).token == "client-tok"
+    # Worker-token lines alone are never taken as the room's token.
+    for text in ("Room ID: r\nWorker token: wt", "room-id=r worker-token=wt", "room_id: r worker_token: wt"):
+        with pytest.raises(CredentialsError, match="no token"):
+            parse_room_credentials(text)
+
+
+def test_tokens_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from sleap_rtc.core.credentials import MAX_TOKEN_FILE_BYTES, resolve_token
+
+    monkeypatch.setenv("SLEAP_RTC_TOKEN", " env-token \n")
+    assert resolve_token("flag", None, "SLEAP_RTC_TOKEN") == "flag"
+    assert resolve_token(None, None, "SLEAP_RTC_TOKEN") == "env-token"
+    path = tmp_path / "token"
+    path.write_text("\n  file-token  \nignored\n")
+    assert resolve_token(None, path, "SLEAP_RTC_TOKEN") == "file-token"
+    path.write_text("   \n")
+    with pytest.raises(CredentialsError, match="empty"):
+        resolve_token(None, path, "SLEAP_RTC_TOKEN")
+    path.write_bytes(b"x" * (MAX_TOKEN_FILE_BYTES + 1))
+    with pytest.raises(CredentialsError, match="larger"):
+        resolve_token(None, path, "SLEAP_RTC_TOKEN")
+    with pytest.raises(CredentialsError, match="Cannot read"):
+        resolve_token(None, tmp_path / "missing", "SLEAP_RTC_TOKEN")
+    monkeypatch.delenv("SLEAP_RTC_TOKEN")
+    assert resolve_token(None, None, "SLEAP_RTC_TOKEN") is None
+
+
+def test_client_options_read_the_token_from_env_or_file(tmp_path, monkeypatch):
+    from sleap_rtc.client.options import OptionsError, token_from_options
+
+    monkeypatch.setenv("SLEAP_RTC_TOKEN", "env-token")
+    assert token_from_options("room", None, None) == "env-token"
+    assert token_from_options(None, None, None) is None  # a session string: the env is not read
+    assert token_from_options("room", "flag", None) == "flag"
+    (tmp_path / "t").write_text("file-token\n")
+    assert token_from_options("room", None, str(tmp_path / "t")) == "file-token"
+    with pytest.raises(OptionsError):
+        token_from_options("room", None, str(tmp_path / "missing"))

@@ -22,6 +22,7 @@ def test_builders_make_messages_the_validator_accepts():
         jobs_wire.job_failed("j", "out of memory"),
         jobs_wire.job_stop("j"),
         jobs_wire.job_cancel("j"),
+        jobs_wire.job_attach("j"),
     ]
     assert [m["type"] for m in built] == [
         t.value for t in ChannelType if t.value.startswith("job_")

@@ -75,3 +75,10 @@ async def test_a_corrupt_model_zip_fails_the_job_with_a_clear_error(tmp_path):
     with pytest.raises(JobFailedError, match="run.zip could not be unpacked.*BadZipFile"):
         await session._receive_result(msg, summary)
     assert phases.phase == Phase.FAILED
+
+
+def test_resumed_upload_is_described_in_mib():
+    from sleap_rtc.core.remote_job import describe_resume
+
+    assert describe_resume(61 * 2**20, 64 * 2**20).startswith("Upload resumed at 61 of 64 MiB")
+    assert describe_resume(3 * 2**19, 4 * 2**20).startswith("Upload resumed at 1.5 of 4.0 MiB")

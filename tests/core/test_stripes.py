@@ -34,11 +34,11 @@ class Pair:
         self.worker = PeerChannel(b, local_peer_id="w", remote_peer_id="c", role="worker",
                                   receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
         link(a, b)
-        self.token = self.worker.stripes.allow(7)
         self.client.stripes.opener = self.open_stripe
 
     async def start(self):
         await asyncio.gather(self.client.start(5), self.worker.start(5))
+        self.token = self.worker.stripes.allow(7)  # as the worker runtime does once the channel is up
         return self
 
     async def open_stripe(self, token: str):
@@ -135,12 +135,15 @@ async def test_resume_after_a_broken_striped_transfer_keeps_only_the_prefix(tmp_
     src = payload(tmp_path, 10 * MiB)
     size = src.stat().st_size
 
-    def progress(done, total):
-        if done > size // 2 and not pair.client.closed:
-            pair.client.conn.kill()  # the whole channel dies, stripes with it
+    async def kill_when_half_arrived():
+        while not any(st.pos > size // 2 for st in pair.worker.transfers._incoming.values()):
+            await asyncio.sleep(0.005)
+        pair.client.conn.kill()  # the whole channel dies, stripes with it
 
+    killer = asyncio.ensure_future(kill_when_half_arrived())
     with pytest.raises(Exception):
-        await pair.client.send_file(src, progress=progress)
+        await pair.client.send_file(src)
+    await asyncio.wait_for(killer, 5)
     await asyncio.sleep(0.2)
     part = next((tmp_path / "w-cache" / "partial").glob("*.part"))
     kept = part.stat().st_size
@@ -169,7 +172,7 @@ async def test_admission_needs_the_token_the_sender_and_room_under_the_cap(tmp_p
 
 async def test_no_grant_means_no_stripes(tmp_path):
     pair = await Pair(tmp_path).start()
-    pair.worker.stripes.allowed = 0  # a worker that does not stripe answers max 0
+    pair.worker.stripes.deny()  # a worker that does not stripe answers max 0
     assert await pair.client.stripes.ensure(4) == 1
     await pair.client.close()
 
@@ -194,3 +197,19 @@ async def test_closing_the_channel_closes_its_stripes_within_bounds(tmp_path):
     await asyncio.wait_for(pair.client.close(), 6)
     assert all(not c.is_open for c in pair.stripe_conns)
     assert pair.worker.stripes.lanes == [] or all(lane.closed for lane in pair.worker.stripes.lanes)
+
+
+async def test_a_request_before_the_runtime_decides_is_answered_when_it_does(tmp_path):
+    a, b = memory_pair()
+    client = PeerChannel(a, local_peer_id="c", remote_peer_id="w", role="client",
+                         receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
+    worker = PeerChannel(b, local_peer_id="w", remote_peer_id="c", role="worker",
+                         receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
+    link(a, b)
+    await asyncio.gather(client.start(5), worker.start(5))
+    asking = asyncio.ensure_future(client.stripes._get_grant())
+    await asyncio.sleep(0.05)  # the request is in; the worker has not decided yet
+    assert not asking.done()
+    token = worker.stripes.allow(3)
+    assert await asyncio.wait_for(asking, 2) == (token, 3)
+    await client.close()

@@ -140,8 +140,16 @@ async def test_reachable_stun_is_kept():
 
     tr, _ = await loop.create_datagram_endpoint(Responder, local_addr=("127.0.0.1", 0))
     try:
-        servers = [{"urls": [f"stun:127.0.0.1:{tr.get_extra_info('sockname')[1]}"]}]
-        assert await probe_ice_servers(servers) == servers
+        live = f"stun:127.0.0.1:{tr.get_extra_info('sockname')[1]}"
+        dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dead.bind(("127.0.0.1", 0))
+        try:
+            # One entry with a dead and a live URL: each URL is judged on its own, and the
+            # answer has one URL per entry (aiortc only ever uses an entry's first URL).
+            servers = [{"urls": [f"stun:127.0.0.1:{dead.getsockname()[1]}", live]}]
+            assert await probe_ice_servers(servers) == [{"urls": live}]
+        finally:
+            dead.close()
     finally:
         tr.close()
 
@@ -166,23 +174,84 @@ def test_ice_servers_resolution_order():
     class Sig:
         registration = Reg()
 
-    assert transport.resolve_ice_servers([{"urls": "stun:arg"}], Sig()) == [{"urls": "stun:arg"}]
+    # The server's list first, this machine's merged in after it (never one without the other).
+    assert transport.resolve_ice_servers([{"urls": "stun:arg"}], Sig()) == [{"urls": "stun:server-given"}, {"urls": "stun:arg"}]
     assert transport.resolve_ice_servers(None, Sig()) == [{"urls": "stun:server-given"}]
     assert transport.resolve_ice_servers(None, object()) == []
 
 
-def test_ice_servers_from_the_config_file_come_first(tmp_path, monkeypatch):
+def test_ice_servers_from_the_config_file_merge_with_the_servers(tmp_path, monkeypatch):
     class Reg:
-        ice_servers = [{"urls": "stun:server-given"}, {"urls": "turn:both", "username": "u", "credential": "c"}]
+        ice_servers = [{"urls": "stun:server-given"}, {"urls": ["turn:both", "turns:both:5349"], "username": "u", "credential": "c"}]
 
     class Sig:
         registration = Reg()
 
     cfg = tmp_path / "sleap-rtc.toml"
-    cfg.write_text('ice_servers = [{ urls = "turn:both", username = "u", credential = "c" }, { urls = "stun:local" }]\n')
+    cfg.write_text('ice_servers = [{ urls = "turn:both", username = "x", credential = "y" }, { urls = "stun:local" }]\n')
     monkeypatch.setenv("SLEAP_RTC_CONFIG", str(cfg))
     assert transport.resolve_ice_servers(None, Sig()) == [
-        {"urls": "turn:both", "username": "u", "credential": "c"},
-        {"urls": "stun:local"},
         {"urls": "stun:server-given"},
+        {"urls": "turn:both", "username": "u", "credential": "c"},  # the server's credentials win
+        {"urls": "turns:both:5349", "username": "u", "credential": "c"},
+        {"urls": "stun:local"},
     ]
+
+
+async def test_expiring_turn_credentials_are_fetched_again(signaling_server, room):
+    from sleap_rtc.server.ice import IceSettings
+
+    signaling_server.hub.ice = IceSettings(turn=("turn:198.51.100.7:3478",), secret="s" * 32, ttl=60)
+    csig = await registered(signaling_server.url, room, "client")
+    try:
+        first = csig.registration.ice_servers
+        expiry = int(first[-1]["username"].split(":")[0])
+        assert first[-1]["username"].endswith(":" + csig.peer_id)
+        await transport.refresh_ice_servers(csig, now=expiry - 600)  # far from expiry: nothing asked
+        assert csig.registration.ice_servers is first
+        signaling_server.hub.ice = IceSettings(turn=("turn:198.51.100.7:3478",), secret="s" * 32, ttl=3600)
+        await transport.refresh_ice_servers(csig, now=expiry - 30)
+        fresh = csig.registration.ice_servers
+        assert int(fresh[-1]["username"].split(":")[0]) > expiry
+        assert fresh[-1]["credential"] != first[-1]["credential"]
+    finally:
+        await csig.close()
+
+
+async def test_no_working_path_fails_fast_and_says_why(signaling_server, room, tmp_path):
+    # A worker that answers with every candidate stripped from its SDP (as a peer behind a
+    # NAT without STUN/TURN is, in effect): the client must give up at its ICE deadline,
+    # long before aioice's ~31 s, and say what was gathered on each side.
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from sleap_rtc.core.transport_errors import IceFailedError
+
+    wsig = await registered(signaling_server.url, room, "worker")
+    csig = await registered(signaling_server.url, room, "client")
+    pcs = []
+
+    async def answer_without_candidates(frame):
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pcs.append(pc)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=frame["sdp"], type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        sdp = "\r\n".join(line for line in pc.localDescription.sdp.split("\r\n") if not line.startswith("a=candidate"))
+        await wsig.send({"type": "answer", "sender": wsig.peer_id, "target": frame["sender"], "sdp": sdp})
+
+    wsig.add_listener(lambda f: f.get("type") == "offer" and asyncio.ensure_future(answer_without_candidates(f)))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(IceFailedError) as info:
+            await connect(csig, wsig.peer_id, timeout=20, ice_check_timeout=2.0, receive_dir=tmp_path)
+        assert time.monotonic() - t0 < 6
+        report = info.value.report
+        assert report.local_types == ["host"] and report.remote_types == []
+        assert report.ice_state != "closed"  # read before teardown
+        assert not report.relay_offered
+        assert "No STUN or TURN server configured" in str(info.value)
+        assert "--" not in str(info.value)  # core names no CLI flag
+    finally:
+        for pc in pcs:
+            await pc.close()
+        await csig.close()
+        await wsig.close()

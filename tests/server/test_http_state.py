@@ -26,7 +26,8 @@ async def test_http_routes(signaling_server, peer_in_room):
         async with http.post(signaling_server.http_url + "/create-room") as resp:
             assert resp.status == 200
             body = await resp.json()
-        assert set(body) == {"room_id", "token"} and len(body["token"]) >= 22  # >= 128 bits
+        assert set(body) == {"room_id", "token", "worker_token"}  # no ICE/TURN servers (M1)
+        assert len(body["token"]) >= 22 and len(body["worker_token"]) >= 22 and body["token"] != body["worker_token"]  # >= 128 bits
         async with http.get(signaling_server.http_url + "/health") as resp:
             health = await resp.json()
         assert health["status"] == "ok" and health["connections"] == 2 and health["peers"] == {"client": 1, "worker": 1}
@@ -83,11 +84,14 @@ async def test_rooms_survive_a_restart(tmp_path, connect):
 
 def test_room_store_tokens():
     store = RoomStore()
-    room_id, token = store.create()
-    assert store.check(room_id, token) is None
-    assert store.check(room_id, token[:-1] + ("A" if token[-1] != "A" else "B")) == "INVALID_TOKEN"
-    assert store.check("missing", token) == "ROOM_NOT_FOUND"
-    assert store.delete(room_id) and store.check(room_id, token) == "ROOM_NOT_FOUND"
+    room = store.create()
+    room_id, worker_token = room
+    assert store.check(room_id, worker_token) == (None, "worker")
+    assert store.check(room_id, room.token) == (None, "client")
+    assert room.token != worker_token
+    assert store.check(room_id, worker_token[:-1] + ("A" if worker_token[-1] != "A" else "B")) == ("INVALID_TOKEN", None)
+    assert store.check("missing", worker_token) == ("INVALID_TOKEN", None)
+    assert store.delete(room_id) and store.check(room_id, worker_token) == ("INVALID_TOKEN", None)
 
 
 def test_cli_serves_and_shuts_down_on_sigterm(tmp_path):

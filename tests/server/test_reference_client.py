@@ -30,7 +30,7 @@ async def test_reference_client_done_when_scenario(signaling_server):
     url = signaling_server.url
     async with websockets.connect(url, compression=None) as worker, websockets.connect(url, compression=None) as client:
         await worker.send(json.dumps({
-            "type": "register", "peer_id": "worker-gpu1-abc", "room_id": room["room_id"], "token": room["token"], "role": "worker",
+            "type": "register", "peer_id": "worker-gpu1-abc", "room_id": room["room_id"], "token": room["worker_token"], "role": "worker",
             "metadata": {"tags": ["sleap-rtc", "training-worker"], "properties": {"gpu_memory_mb": 24576, "gpu_model": "RTX 4090", "status": "available"}},
         }))
         assert (await _recv(worker))["type"] == "registered_auth"

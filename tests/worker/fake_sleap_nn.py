@@ -5,7 +5,7 @@ to ``controller_port`` (as sleap-nn does), publishes train_begin / epoch_begin /
 train_end, draws a ``\\r`` progress bar, stops early on ``{"command": "stop"}``, and writes
 ``<ckpt_dir>/<run_name>/best.ckpt``. ``track -i D -m M -o OUT``: writes OUT.
 ``FAKE_MODE``: ``ok`` (default), ``fail`` (exit 3 with an error on stderr), ``slow``
-(many epochs, for stop/cancel tests).
+(many epochs, for stop/cancel tests); ``FAKE_EPOCHS`` overrides the number of epochs.
 """
 
 import json
@@ -43,7 +43,7 @@ def train(args):
     time.sleep(0.3)  # ZMQ slow joiner
     send = lambda event, **kw: pub.send_string(json.dumps({"what": "", "event": event, **kw}))
     send("train_begin", wandb_url=None)
-    epochs = 200 if mode == "slow" else 2
+    epochs = int(os.environ.get("FAKE_EPOCHS", 200 if mode == "slow" else 2))
     stopped = False
     for epoch in range(epochs):
         send("epoch_begin", epoch=epoch)

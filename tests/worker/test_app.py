@@ -238,3 +238,36 @@ async def test_extra_connections_join_the_reserved_job_and_nobody_else(signaling
         await sig.close()
         await intruder.close()
         await worker.close()
+async def test_channel_lost_mid_job_reattaches_and_the_job_goes_on(signaling_server, room, tmp_path):
+    # An outage mid-training (the channel dies; simulated by aborting it on the client):
+    # the worker keeps the job running, the client reconnects to the same worker and
+    # follows the same job again (job_attach), instead of re-running it elsewhere.
+    from sleap_rtc.core.remote_job import RemoteJob
+
+    config = WorkerConfig(server_url=signaling_server.url, room_id=room[0], token=room[1], work_dir=tmp_path / "w1",
+                          executor_factory=lambda jid: JobExecutor(jid, command=FAKE, env={"FAKE_EPOCHS": "40"}))
+    worker = Worker(config, fake_caps("w1"))
+    await worker.start()
+    decisions: list[str] = []
+    epochs: list[int] = []
+    job: RemoteJob
+
+    def on_progress(event):
+        if event.get("event") == "epoch_end":
+            epochs.append(event["epoch"])
+            if len(epochs) == 3 and job.reconnects == 0:
+                asyncio.ensure_future(job.session.channel.abort("simulated outage"))
+
+    job = RemoteJob(Path(__file__).parents[2] / "resources/tiny/tiny.training_job.zip", server_url=signaling_server.url,
+                    room_id=room[0], token=room[1], results_dir=tmp_path / "out", on_progress=on_progress,
+                    on_decision=decisions.append)
+    try:
+        summary = await asyncio.wait_for(job.run(), 60)
+    finally:
+        await worker.close()
+    text = "\n".join(decisions)
+    assert job.reconnects == 1, text
+    assert "Reconnected to w1" in text and "kept the job running" in text, text
+    assert summary.worker == "w1" and (tmp_path / "out").exists()
+    assert epochs[-1] == 39 and epochs.count(0) == 1, epochs  # one run of the job, not two
+    assert worker.jobs_done == 1
