@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, list[str] | None] = {
     "transfer_notes": None,  # hand-written analysis, kept next to the transfer figures
     "connect": [],
     "gui_lag": [],
+    "identity": [],
 }
 SECTION_FILES = {"gui_lag": "gui"}  # script name -> section file name, where they differ
 

@@ -326,6 +326,7 @@ async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind
         results_dir=output,
         worker_id=plan.worker_id if plan.mode == SelectionMode.DIRECT else None,
         session_worker=plan.worker_id if plan.mode == SelectionMode.SESSION else None,
+        session_fingerprint=plan.worker_fingerprint if plan.mode == SelectionMode.SESSION else None,
         kind=kind,
         choose=choose,
         min_gpu_memory_mb=plan.min_gpu_memory_mb,

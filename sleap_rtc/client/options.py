@@ -45,6 +45,7 @@ class ConnectionPlan:
     room_id: str
     token: str
     worker_id: str | None = None  # DIRECT: from --worker-id; SESSION: from the string
+    worker_fingerprint: str | None = None  # SESSION: the worker's key, when the string has one
     min_gpu_memory_mb: int | None = None
     wait: float = 0.0
     show_busy: bool = False
@@ -146,7 +147,8 @@ def plan_connection(
             target: SessionTarget = decode_session_string(session_string)
         except CredentialsError as exc:
             raise OptionsError(str(exc)) from None
-        return ConnectionPlan(SelectionMode.SESSION, target.room_id, target.token, worker_id=target.peer_id)
+        return ConnectionPlan(SelectionMode.SESSION, target.room_id, target.token, worker_id=target.peer_id,
+                              worker_fingerprint=target.fingerprint)
     if rooms_disabled():
         raise OptionsError(rooms_disabled_message())
     if min_gpu_memory_mb is not None and min_gpu_memory_mb < 0:

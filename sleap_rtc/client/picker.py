@@ -9,6 +9,11 @@ garbles it.
 
 Numbers are stable: a worker keeps the number it got when it first appeared, so a redraw
 never makes "2" mean another worker between reading and pressing Enter.
+
+The "Key" column shows each worker's short identity fingerprint and how it compares with
+the key this computer remembers for that name (``key_label``): a changed key is marked in
+red. A worker whose advertised numbers are not believable is listed as ``invalid`` and
+cannot be chosen.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from rich.table import Table
 from rich.text import Text
 
 from sleap_rtc.client.options import NO_TTY_MESSAGE
+from sleap_rtc.core.known_workers import Trust
 from sleap_rtc.core.room import RoomView, WorkerInfo
-from sleap_rtc.core.selection import SelectionError, SelectionTimeout, rank_key
+from sleap_rtc.core.selection import SelectionError, SelectionTimeout, rank_key, room_trust
 
 WARN_BEFORE_S = 30.0
 """The user is warned this long before the selection times out."""
@@ -36,6 +42,18 @@ WARN_BEFORE_S = 30.0
 
 class SelectionCancelled(SelectionError):
     """The user quit the selection (``q``)."""
+
+
+def key_label(worker: WorkerInfo, trust: Trust) -> tuple[str, str | None]:
+    """``(text, rich style)`` of a worker's "Key" cell: short fingerprint plus its trust."""
+    short = worker.short_fingerprint
+    if trust == Trust.NONE or not short:
+        return "none", "yellow"
+    if trust == Trust.CHANGED:
+        return f"{short} CHANGED", "bold red"
+    if trust == Trust.KNOWN:
+        return f"{short} known", None
+    return f"{short} new", None
 
 
 class KeyReader:
@@ -92,7 +110,8 @@ class WorkerPicker:
 
     def rows(self) -> list[tuple[int, WorkerInfo]]:
         """``(number, worker)`` for every shown worker, by number (busy ones only if asked)."""
-        for worker in sorted(self.room.workers, key=rank_key):
+        trust = room_trust(self.room)
+        for worker in sorted(self.room.workers, key=lambda w: rank_key(w, trust)):
             self._numbers.setdefault(worker.peer_id, len(self._numbers) + 1)
         shown = [w for w in self.room.workers if w.available or self.show_busy]
         return sorted(((self._numbers[w.peer_id], w) for w in shown), key=lambda row: row[0])
@@ -106,6 +125,9 @@ class WorkerPicker:
         number = int(text)
         for n, worker in self.rows():
             if n == number:
+                if not worker.valid:
+                    self.message = f"Worker {number} ({worker.name}) is invalid: {'; '.join(worker.problems)}."
+                    return None
                 if worker.available:
                     return worker
                 self.message = f"Worker {number} ({worker.name}) is {worker.status}; choose an available one."
@@ -118,16 +140,29 @@ class WorkerPicker:
     def render(self) -> Group:
         """The table plus the status lines and the prompt with what has been typed."""
         rows = self.rows()
-        available = sum(1 for _, w in rows if w.available)
+        available = sum(1 for _, w in rows if w.available and w.valid)
+        trust = room_trust(self.room)
         table = Table(title=f"Workers in room {self.room.signaling.room_id} ({available} available)")
-        for column in ("#", "Name", "Peer ID", "GPU", "GPU memory", "CUDA", "Host", "Status"):
+        for column in ("#", "Name", "Peer ID", "GPU", "GPU memory", "CUDA", "Host", "Status", "Key"):
             table.add_column(column, justify="right" if column in ("#", "GPU memory") else "left")
+        changed = []
         for number, w in rows:
             memory = f"{w.gpu_memory_mb:,} MB" if w.gpu_memory_mb else "-"
-            style = None if w.available else "dim"
-            label = str(number) if w.available else "-"
-            table.add_row(label, w.name, w.peer_id, w.gpu_model, memory, w.cuda_version or "-", w.hostname or "-", w.status, style=style)
+            choosable = w.available and w.valid
+            style = None if choosable else "dim"
+            label = str(number) if choosable else "-"
+            key_text, key_style = key_label(w, trust(w) if trust else Trust.NEW)
+            status = w.status if w.valid else "invalid"
+            if trust and trust(w) == Trust.CHANGED:
+                changed.append(w.name)
+            table.add_row(label, Text(w.name), Text(w.peer_id), Text(w.gpu_model), memory, Text(w.cuda_version or "-"),
+                          Text(w.hostname or "-"), Text(status), Text(key_text, style=key_style or ""), style=style)
         lines: list[Any] = [table]
+        if changed:
+            lines.append(Text(
+                f"Identity key CHANGED for {', '.join(changed)}: reinstalled, or someone posing as it. "
+                "Choose it only if you know why.", style="bold red",
+            ))
         if not available:
             lines.append(Text("No available workers yet; waiting for one to join or become free...", style="yellow"))
         if self.message:

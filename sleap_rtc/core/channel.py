@@ -17,12 +17,17 @@ Obtain one from ``transport.connect`` (client) or ``transport.accept`` (worker).
 
 Every wait raises ``PeerClosedError`` once the channel is closed, whoever closed it.
 
-Protocol: both sides send ``hello {version, role, peer_id}`` on open; a version mismatch
-is answered with ``error {reason: "version_mismatch"}`` and both sides raise
-``ChannelVersionError``. Both sides send ``heartbeat`` every ``HEARTBEAT_INTERVAL`` s;
-any frame counts as a sign of life, and a peer silent for ``DEAD_AFTER`` s is declared
-dead (aiortc itself would need ~32 s, and a sender blocked on a full buffer would wait
-forever). A peer's event loop must therefore never block for ``DEAD_AFTER`` seconds.
+Protocol: both sides send ``hello {version, role, peer_id}`` on open (the client's adds a
+fresh ``nonce``); a version mismatch is answered with ``error {reason: "version_mismatch"}``
+and both sides raise ``ChannelVersionError``. Worker identity (see ``core.identity``): once
+the hellos are exchanged the worker sends ``identity_proof {public_key, signature}``
+(``prove_identity``), a signature over both DTLS certificate fingerprints of this
+connection, both peer ids and the client's nonce; the client checks it with
+``await verify_identity(timeout)`` before it sends anything of value, and gets
+``WorkerIdentityError`` for a missing, malformed or non-verifying proof. Both sides send
+``heartbeat`` every ``HEARTBEAT_INTERVAL`` s; any frame counts as a sign of life, and a
+peer silent for ``DEAD_AFTER`` s is declared dead (aiortc itself would need ~32 s, and a
+sender blocked on a full buffer would wait forever). A peer's event loop must therefore never block for ``DEAD_AFTER`` seconds.
 ``bye`` is an orderly hang-up.
 """
 
@@ -37,12 +42,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+
 from sleap_rtc.core.config import user_data_dir
 from sleap_rtc.core.files import LOW_WATER, FileReceipt, FileTransfers, Progress, ReceivedFile
+from sleap_rtc.core.identity import IdentityError, WorkerKey, make_proof, new_nonce, normalize_dtls_fingerprint, verify_proof
 from sleap_rtc.core.protocol import CHANNEL_VERSION, VERSION_MISMATCH, ChannelType, dumps
 from sleap_rtc.core.stripes import Stripes
 from sleap_rtc.core.tasks import spawn
-from sleap_rtc.core.transport_errors import ChannelVersionError, PeerClosedError, TransportError
+from sleap_rtc.core.transport_errors import ChannelVersionError, PeerClosedError, TransportError, WorkerIdentityError
 
 if TYPE_CHECKING:
     from sleap_rtc.core.backends import Connection
@@ -53,6 +60,8 @@ HEARTBEAT_INTERVAL = 2.0
 """Seconds between our heartbeats."""
 DEAD_AFTER = 10.0
 """Seconds of silence after which the peer is declared dead (noticed within ~12 s)."""
+IDENTITY_TIMEOUT = 10.0
+"""Seconds the client waits for the worker's ``identity_proof`` after the hellos."""
 
 _FILE_TYPES = frozenset(
     {ChannelType.FILE_OFFER, ChannelType.FILE_ACCEPT, ChannelType.FILE_END, ChannelType.FILE_DONE,
@@ -106,6 +115,9 @@ class PeerChannel:
         loop = asyncio.get_running_loop()
         self._closed = loop.create_future()
         self._hello = loop.create_future()
+        self._proof = loop.create_future()
+        self.nonce: str | None = new_nonce() if role == "client" else None
+        self.remote_fingerprint: str | None = None  # set by verify_identity once it passed
         self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._files: asyncio.Queue[ReceivedFile] = asyncio.Queue()
         self._message_cb: Callable[[dict[str, Any]], Any] | None = None
@@ -135,9 +147,10 @@ class PeerChannel:
             if not self.conn.is_open:
                 await self.guard(asyncio.shield(self._opened), timeout)
             self._last_seen = time.monotonic()
-            self.send_control(
-                {"type": ChannelType.HELLO.value, "version": self.version, "role": self.role, "peer_id": self.local_peer_id}
-            )
+            hello = {"type": ChannelType.HELLO.value, "version": self.version, "role": self.role, "peer_id": self.local_peer_id}
+            if self.nonce is not None:
+                hello["nonce"] = self.nonce
+            self.send_control(hello)
             self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
             hello = await self.guard(self._hello, timeout)
         except BaseException:
@@ -152,6 +165,67 @@ class PeerChannel:
             await self.abort(text)
             raise ChannelVersionError(text)
         self.remote_hello = hello
+
+    # ------------------------------------------------------------------ identity
+
+    def dtls_fingerprints(self) -> tuple[str, str]:
+        """``(local, remote)`` SHA-256 DTLS certificate fingerprints of this connection.
+
+        The remote one is computed from the certificate the peer presented in the DTLS
+        handshake (not from the SDP the signaling server relayed; see the backend). Raises
+        ``WorkerIdentityError`` when the connection has no DTLS transport (yet).
+        """
+        try:
+            (local_alg, local_value), (remote_alg, remote_value) = self.conn.dtls_fingerprints()
+            return normalize_dtls_fingerprint(local_alg, local_value), normalize_dtls_fingerprint(remote_alg, remote_value)
+        except (AttributeError, StopIteration, TypeError, ValueError, NotImplementedError) as exc:
+            raise WorkerIdentityError(
+                f"Cannot read the DTLS certificates of the connection to {self.remote_peer_id} ({exc.__class__.__name__})."
+            ) from None
+
+    def prove_identity(self, key: WorkerKey) -> bool:
+        """Worker side, after ``start``: send ``identity_proof`` for this connection.
+
+        Returns False (and sends nothing) when the client's hello carried no nonce (an
+        older client that does not check identities).
+        """
+        nonce = (self.remote_hello or {}).get("nonce")
+        if not isinstance(nonce, str):
+            return False
+        local, remote = self.dtls_fingerprints()
+        try:
+            proof = make_proof(key, local_dtls=local, remote_dtls=remote, nonce=nonce,
+                               local_peer_id=self.local_peer_id, remote_peer_id=self.remote_peer_id)
+        except IdentityError as exc:
+            log.warning("not proving our identity to %s: %s", self.remote_peer_id, exc)
+            return False
+        self.send_control({"type": ChannelType.IDENTITY_PROOF.value, **proof})
+        return True
+
+    async def verify_identity(self, timeout: float = IDENTITY_TIMEOUT) -> str:
+        """Client side, after ``start``: wait for the worker's proof and check it.
+
+        Returns the worker's key fingerprint (also kept in ``remote_fingerprint``). Raises
+        ``WorkerIdentityError`` when no proof comes within ``timeout`` or it does not
+        verify for this connection, ``PeerClosedError`` when the channel closes first.
+        """
+        if self.nonce is None:
+            raise WorkerIdentityError("Only the side that sent a nonce (the client) can verify the peer.")
+        try:
+            proof = await self.guard(asyncio.shield(self._proof), timeout)
+        except TimeoutError:
+            raise WorkerIdentityError(
+                f"Worker {self.remote_peer_id} sent no identity proof within {timeout:.0f} s; "
+                "it is too old or not a sleap-rtc worker, so it is not trusted with the job."
+            ) from None
+        local, remote = self.dtls_fingerprints()
+        try:
+            fingerprint = verify_proof(proof, local_dtls=local, remote_dtls=remote, nonce=self.nonce,
+                                       local_peer_id=self.local_peer_id, remote_peer_id=self.remote_peer_id)
+        except IdentityError as exc:
+            raise WorkerIdentityError(f"Worker {self.remote_peer_id} failed the identity check: {exc}") from None
+        self.remote_fingerprint = fingerprint
+        return fingerprint
 
     @property
     def closed(self) -> bool:
@@ -346,6 +420,9 @@ class PeerChannel:
         if kind == ChannelType.HELLO:
             if not self._hello.done():
                 self._hello.set_result(msg)
+        elif kind == ChannelType.IDENTITY_PROOF:
+            if not self._proof.done():  # the first proof counts; a second one is noise
+                self._proof.set_result(msg)
         elif kind == ChannelType.BYE:
             self._shutdown("the peer hung up")
         elif kind == ChannelType.ERROR and msg.get("reason") == VERSION_MISMATCH:

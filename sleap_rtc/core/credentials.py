@@ -11,6 +11,10 @@ print the client token for users, while nobody can get from the client token bac
 worker token. Session strings and the banner's ``Token:`` line carry the client token.
 Tokens can also come from an environment variable or a file (``resolve_token``), so that
 they need not appear on a command line (``ps``).
+
+A worker that has an identity key adds ``"f": "SHA256:..."`` (its key fingerprint,
+``core.identity``) after ``p``; old strings without it keep working, and old peers ignore
+the extra field.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
+
+from sleap_rtc.core.identity import is_fingerprint
 
 SESSION_PREFIX = "sleap-session:"
 
@@ -106,6 +112,7 @@ class SessionTarget:
     room_id: str
     token: str
     peer_id: str
+    fingerprint: str | None = None  # the worker's identity key, when the string carries it
 
     @property
     def room(self) -> RoomCredentials:
@@ -113,9 +120,12 @@ class SessionTarget:
         return RoomCredentials(self.room_id, self.token)
 
 
-def encode_session_string(room_id: str, token: str, peer_id: str) -> str:
-    """Encode a session string exactly as the v2.0 worker printed it."""
-    payload = json.dumps({"r": room_id, "t": token, "p": peer_id}).encode()
+def encode_session_string(room_id: str, token: str, peer_id: str, fingerprint: str | None = None) -> str:
+    """Encode a session string exactly as the v2.0 worker printed it (plus ``f`` when given)."""
+    data = {"r": room_id, "t": token, "p": peer_id}
+    if fingerprint is not None:
+        data["f"] = fingerprint
+    payload = json.dumps(data).encode()
     return SESSION_PREFIX + base64.urlsafe_b64encode(payload).decode()
 
 
@@ -145,7 +155,10 @@ def decode_session_string(text: str) -> SessionTarget:
     missing = [k for k in ("r", "t", "p") if not isinstance(data.get(k), str) or not data.get(k)]
     if missing:
         raise CredentialsError(f"Invalid session string: missing or empty field(s) {', '.join(missing)}.")
-    return SessionTarget(room_id=data["r"], token=data["t"], peer_id=data["p"])
+    fingerprint = data.get("f")
+    if fingerprint is not None and not is_fingerprint(fingerprint):
+        raise CredentialsError("Invalid session string: its worker fingerprint (f) is not a 'SHA256:...' fingerprint.")
+    return SessionTarget(room_id=data["r"], token=data["t"], peer_id=data["p"], fingerprint=fingerprint)
 
 
 _ROOM_RE = re.compile(r"room[\s_-]*id\s*[:=]\s*[\"']?([A-Za-z0-9_\-]+)", re.IGNORECASE)

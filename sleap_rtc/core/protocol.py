@@ -100,6 +100,8 @@ class Prop(StrEnum):
     STATUS = "status"
     MAX_CONCURRENT_JOBS = "max_concurrent_jobs"
     SUPPORTED_JOB_TYPES = "supported_job_types"
+    PUBLIC_KEY = "public_key"  # the worker's Ed25519 identity key, base64 (core.identity)
+    FINGERPRINT = "fingerprint"  # SHA256:... of that key
 
 
 class Tag(StrEnum):
@@ -301,6 +303,7 @@ class ChannelType(StrEnum):
     """``type`` of JSON control messages on the data channel; their fields: ``CHANNEL_FIELDS``."""
 
     HELLO = "hello"  # first message each way; a version mismatch closes the channel
+    IDENTITY_PROOF = "identity_proof"  # worker -> client: the hello nonce signed (core.identity)
     HEARTBEAT = "heartbeat"  # either side, every few seconds; any frame counts as a sign of life
     ERROR = "error"  # a refusal of the whole channel (reason: VERSION_MISMATCH)
     BYE = "bye"  # orderly hang-up
@@ -334,6 +337,7 @@ _LIST = list
 _BOOL = bool
 CHANNEL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     ChannelType.HELLO: {"version": _INT, "role": _STR, "peer_id": _STR},
+    ChannelType.IDENTITY_PROOF: {"public_key": _STR, "signature": _STR},
     ChannelType.HEARTBEAT: {},
     ChannelType.ERROR: {"reason": _STR, "message": _STR},
     ChannelType.BYE: {},
@@ -360,7 +364,8 @@ CHANNEL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 """The one table of data-channel control messages: type -> required field -> accepted types,
 exactly what the senders in ``channel``, ``files``, ``stripes`` and ``jobs_wire`` send.
-Optional fields: ``file_offer.repair`` (bool: the sender answers ``file_missing``),
+Optional fields: ``hello.nonce`` (str: the client's challenge for ``identity_proof``),
+``file_offer.repair`` (bool: the sender answers ``file_missing``),
 ``job_log.stream`` (``stdout``/``stderr``), ``stripe_grant.token`` (str, when ``max`` > 0),
 ``file_missing.ranges`` items are ``[offset, length]`` pairs."""
 

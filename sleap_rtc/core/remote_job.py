@@ -13,6 +13,15 @@ Two layers:
   straight to the encoded worker and, if it is busy, say so and suggest room discovery.
 
 Both drive a ``JobPhases`` so the CLI's lines and the GUI's dialog show the same phases.
+
+Before anything is uploaded, ``RemoteJob`` checks the worker's identity (``_verify``): the
+worker proves over the data channel that it holds the key it advertises
+(``PeerChannel.verify_identity``), the key must be the one the room advertised for it and
+the one in the session string when that carries one, and it is compared with the key this
+client remembered for the worker's name (``core.known_workers``). Any failure is a
+``WorkerIdentityError``: auto-select moves on to the next worker; a worker the user chose
+fails the job with that message. A changed key of a worker the user chose is a warning
+(``on_decision``), after which the new key is remembered.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.channel import default_cache_dir
 from sleap_rtc.core.files import prune_transfer_cache
 from sleap_rtc.core.files import sanitize_name
+from sleap_rtc.core.identity import short_fingerprint
+from sleap_rtc.core.known_workers import KnownWorkers, Trust
 from sleap_rtc.core.phases import JobPhases, Phase
 from sleap_rtc.core.protocol import ChannelType, JobKind, MessageType, ResultKind, Role
 from sleap_rtc.core.room import RoomView, WorkerInfo, worker_filters
@@ -49,7 +60,7 @@ from sleap_rtc.core.selection import (
     wait_for_available,
 )
 from sleap_rtc.core.signaling import SignalingClient, SignalingError
-from sleap_rtc.core.transport_errors import PeerClosedError, PeerNotFoundError, TransportError, WorkerBusyError
+from sleap_rtc.core.transport_errors import PeerClosedError, PeerNotFoundError, TransportError, WorkerBusyError, WorkerIdentityError
 
 log = logging.getLogger(__name__)
 
@@ -440,6 +451,8 @@ class RemoteJob:
         results_dir: Path,
         worker_id: str | None = None,
         session_worker: str | None = None,
+        session_fingerprint: str | None = None,
+        known_workers: KnownWorkers | None = None,
         kind: str = TRAIN,
         choose: Chooser | None = None,
         exclude: frozenset[str] = frozenset(),
@@ -465,6 +478,8 @@ class RemoteJob:
         self.results_dir = Path(results_dir)
         self.worker_id = worker_id
         self.session_worker = session_worker
+        self.session_fingerprint = session_fingerprint
+        self.known = known_workers if known_workers is not None else KnownWorkers()
         self.kind = kind
         self.choose = choose
         self.exclude = frozenset(exclude)
@@ -643,15 +658,58 @@ class RemoteJob:
         self._decide(f"Worker {lost.worker} did not come back within {self.reconnect_grace:.0f} s.")
         return None
 
-    async def _attempt(self, signaling: SignalingClient, worker: WorkerInfo) -> Any:
+    async def _attempt(self, signaling: SignalingClient, worker: WorkerInfo, *, chosen: bool = False) -> Any:
         self.phases.advance(Phase.RESERVING, worker.name)
         try:
             channel = await self._connect(signaling, worker.peer_id, self.results_dir / ".incoming", self.connect_timeout)
         except (*BUSY_ERRORS, *GONE_ERRORS):
             self.phases.advance(Phase.SELECTING, f"{worker.name} is not available")
             raise
+        try:
+            await self._verify(channel, worker, name=worker.name, advertised=worker.fingerprint, chosen=chosen)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), 5.0)
+            if not self.phases.finished:
+                self.phases.advance(Phase.SELECTING, f"{worker.name} failed the identity check")
+            raise
         self.phases.advance(Phase.CONNECTING, f"connected to {worker.name}")
         return channel
+
+    async def _verify(self, channel: Any, worker: WorkerInfo, *, name: str, advertised: str | None, chosen: bool) -> str:
+        """Check the worker's identity before anything is uploaded (see the module docstring).
+
+        ``advertised`` is the key the room (or the session string) says this worker has;
+        ``chosen`` says the user picked this very worker (a changed key then warns instead
+        of refusing). Returns the verified fingerprint; raises ``WorkerIdentityError``.
+        """
+        proved = await channel.verify_identity()
+        if advertised is not None and proved != advertised:
+            raise WorkerIdentityError(
+                f"Worker {name} proved key {short_fingerprint(proved)}, not the key {short_fingerprint(advertised)} "
+                "it is known by here: it is posing as another worker.",
+                fingerprint=proved, expected=advertised,
+            )
+        trust = self.known.check(self.room_id, name, proved)
+        before = self.known.fingerprint(self.room_id, name)
+        if trust == Trust.CHANGED and not chosen:
+            raise WorkerIdentityError(
+                f"Worker {name} now has identity key {short_fingerprint(proved)}, not {short_fingerprint(before)} "
+                "as when this computer last used it. Choose it yourself (--worker-id) to accept the new key.",
+                fingerprint=proved, expected=before,
+            )
+        if trust == Trust.CHANGED:
+            self._decide(
+                f"WARNING: worker {name}'s identity key changed from {before} to {proved}. If nobody "
+                "reinstalled that worker, someone may be posing as it. Continuing because you chose it; "
+                "the new key is remembered."
+            )
+        elif trust == Trust.NEW:
+            self._decide(f"First job on worker {name}: remembering its identity key {proved}.")
+        else:
+            self._decide(f"Worker {name} proved its identity key {short_fingerprint(proved)} (the one used before).")
+        self.known.remember(self.room_id, name, proved)
+        return proved
 
     async def _connect_session(self, signaling: SignalingClient) -> tuple[WorkerInfo, Any]:
         peer_id = str(self.session_worker)
@@ -664,11 +722,19 @@ class RemoteJob:
             raise WorkerUnavailableError(
                 f"Worker {peer_id} is busy: {exc.message} (--room-id and --token are in the worker's banner.)"
             ) from None
+        try:
+            # The session string names the worker the user means: its key is the expectation.
+            await self._verify(channel, worker, name=name_from_peer_id(peer_id),
+                               advertised=self.session_fingerprint, chosen=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), 5.0)
+            raise
         self.phases.advance(Phase.CONNECTING, f"connected to {peer_id}")
         return worker, channel
 
     async def _select(self, signaling: SignalingClient, again: bool = False) -> tuple[WorkerInfo, Any]:
-        room = RoomView(signaling, worker_filters(self.min_gpu_memory_mb))
+        room = RoomView(signaling, worker_filters(self.min_gpu_memory_mb), known=self.known)
         try:
             if not again:  # a retry after a lost worker is already SELECTING
                 self.phases.advance(Phase.DISCOVERING)
@@ -679,11 +745,14 @@ class RemoteJob:
             async def attempt(worker: WorkerInfo) -> Any:
                 return await self._attempt(signaling, worker)
 
+            async def chosen_attempt(worker: WorkerInfo) -> Any:
+                return await self._attempt(signaling, worker, chosen=True)
+
             if self.worker_id:
-                sel = await connect_direct(room, self.worker_id, attempt)
+                sel = await connect_direct(room, self.worker_id, chosen_attempt)
                 return sel.worker, sel.connection
             if self.choose is not None:
-                return await self._interactive(room, attempt)
+                return await self._interactive(room, chosen_attempt)
             view: Any = room
             if self.exclude:
                 view = _Excluding(room, self.exclude)
@@ -709,7 +778,21 @@ class RemoteJob:
                 notice = f"{worker.name} just became busy; choose another worker."
             except GONE_ERRORS:
                 notice = f"{worker.name} did not answer (it may have left); choose another worker."
+            except WorkerIdentityError as exc:
+                notice = f"Refused {worker.name}: {exc} Choose another worker."
             self._decide(notice)
+
+
+def name_from_peer_id(peer_id: str) -> str:
+    """The worker name inside a ``worker-<name>-<12 hex>`` peer id (the peer id otherwise).
+
+    With a session string there is no room metadata; the trust-on-first-use store still
+    needs the worker's name, and a worker's peer id carries it.
+    """
+    parts = peer_id.split("-")
+    if len(parts) >= 3 and parts[0] == Role.WORKER.value and len(parts[-1]) == 12:
+        return "-".join(parts[1:-1])
+    return peer_id
 
 
 def _watch_departure(peer_id: str, channel: Any) -> Callable[[dict[str, Any]], None]:
@@ -736,6 +819,10 @@ class _Excluding:
     def workers(self) -> list[WorkerInfo]:
         """The room's workers minus the excluded ones."""
         return [w for w in self._room.workers if w.peer_id not in self._exclude]
+
+    def trust(self, worker: WorkerInfo) -> Trust:
+        """``RoomView.trust`` of the underlying room."""
+        return self._room.trust(worker)
 
     async def wait_for(self, predicate: Callable[[Any], Any], timeout: float) -> Any:
         """``RoomView.wait_for`` evaluated on this filtered view."""

@@ -4,22 +4,69 @@
 model both subscribe to: it discovers once, then applies ``peer_joined`` / ``peer_left`` /
 ``peer_updated`` as they arrive, and discovers again after the signaling client reconnects
 (events may have been missed meanwhile).
+
+Every number a worker advertises is its own claim, so ``WorkerInfo`` checks each before
+anyone ranks or shows it: finite, of the right type, within ``MAX_GPU_MEMORY_MB`` /
+``MAX_CONCURRENT_JOBS``. A worker with a bad number is ``valid == False`` (``problems``
+says why): listed as invalid, never ranked, never a crash. Its identity key
+(``public_key`` + ``fingerprint``) is checked the same way; ``RoomView.trust`` compares it
+with the keys this client remembers (``core.known_workers``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sleap_rtc.core.identity import IdentityError, fingerprint_of, is_fingerprint, short_fingerprint
+from sleap_rtc.core.known_workers import KnownWorkers, Trust
 from sleap_rtc.core.metadata import matches_filters
 from sleap_rtc.core.protocol import EVENT_TYPES, MessageType, Prop, Role, WorkerStatus
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient
 from sleap_rtc.core.tasks import spawn
 
 log = logging.getLogger(__name__)
+
+MAX_GPU_MEMORY_MB = 4 * 1024 * 1024
+"""Largest believable ``gpu_memory_mb`` (4 TiB); more marks the worker invalid."""
+
+MAX_CONCURRENT_JOBS = 1024
+"""Largest believable ``max_concurrent_jobs``; more marks the worker invalid."""
+
+MAX_TEXT_CHARS = 200
+"""Advertised texts (name, GPU model, host) are cut to this many characters for display."""
+
+
+def _number_problem(name: str, value: Any, low: int, high: int, *, required: bool = False) -> str | None:
+    """Why an advertised number is not believable, or None when it is fine (or absent)."""
+    if value is None:
+        return f"{name} is missing" if required else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} is not a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} is not finite"
+    if not low <= value <= high:
+        shown = repr(value) if len(repr(value)) <= 24 else repr(value)[:20] + "..."
+        return f"{name} {shown} is outside {low}..{high}"
+    return None
+
+
+def _text(value: Any, default: str) -> str:
+    text = value if isinstance(value, str) else default if value is None or value == "" else str(value)
+    text = text or default
+    return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
+
+
+def _finite_float(value: Any) -> float:
+    try:
+        number = float(value or 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +86,7 @@ class WorkerInfo:
             peer_id=str(peer.get("peer_id", "")),
             role=str(peer.get("role", "")),
             metadata=metadata,
-            connected_at=float(peer.get("connected_at") or 0.0),
+            connected_at=_finite_float(peer.get("connected_at")),
         )
 
     @property
@@ -51,33 +98,84 @@ class WorkerInfo:
     @property
     def name(self) -> str:
         """Human name of the worker (its peer id when it gave none)."""
-        return str(self.properties.get(Prop.WORKER_NAME) or self.peer_id)
+        return _text(self.properties.get(Prop.WORKER_NAME), self.peer_id)
 
     @property
     def gpu_model(self) -> str:
         """GPU model, ``"CPU"`` for a worker without a GPU."""
-        return str(self.properties.get(Prop.GPU_MODEL) or "unknown")
+        return _text(self.properties.get(Prop.GPU_MODEL), "unknown")
 
     @property
     def gpu_memory_mb(self) -> int:
-        """Total GPU memory in MB (0 without a GPU or when not advertised)."""
+        """Total GPU memory in MB; 0 without a GPU, when not advertised, or when not believable."""
         value = self.properties.get(Prop.GPU_MEMORY_MB)
-        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+        if _number_problem("gpu_memory_mb", value, 0, MAX_GPU_MEMORY_MB) is not None or value is None:
+            return 0
+        return int(value)
+
+    @property
+    def problems(self) -> list[str]:
+        """Why this worker's advertised facts cannot be believed (empty when they can)."""
+        props = self.properties
+        found = [
+            _number_problem("gpu_memory_mb", props.get(Prop.GPU_MEMORY_MB), 0, MAX_GPU_MEMORY_MB),
+            _number_problem("max_concurrent_jobs", props.get(Prop.MAX_CONCURRENT_JOBS), 0, MAX_CONCURRENT_JOBS),
+            self.identity_problem,
+        ]
+        return [p for p in found if p]
+
+    @property
+    def valid(self) -> bool:
+        """Whether the advertised facts are believable (invalid workers are never ranked)."""
+        return not self.problems
+
+    @property
+    def identity_problem(self) -> str | None:
+        """Why the advertised key is unusable (None when it is fine or absent)."""
+        public, fingerprint = self.properties.get(Prop.PUBLIC_KEY), self.properties.get(Prop.FINGERPRINT)
+        if public is None and fingerprint is None:
+            return None
+        try:
+            computed = fingerprint_of(public) if isinstance(public, str) else None
+        except IdentityError:
+            computed = None
+        if computed is None:
+            return "its public_key is malformed"
+        if fingerprint is not None and fingerprint != computed:
+            return "its fingerprint does not match its public_key"
+        return None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """``SHA256:...`` of the advertised identity key; None without a usable one.
+
+        Only a claim until the data channel's identity proof checked it (``core.channel``).
+        """
+        if self.identity_problem is not None:
+            return None
+        public = self.properties.get(Prop.PUBLIC_KEY)
+        return fingerprint_of(public) if isinstance(public, str) else None
+
+    @property
+    def short_fingerprint(self) -> str:
+        """The fingerprint's first characters for tables; ``""`` without one."""
+        fingerprint = self.fingerprint
+        return short_fingerprint(fingerprint) if is_fingerprint(fingerprint) else ""
 
     @property
     def cuda_version(self) -> str:
         """CUDA driver version, empty when there is none."""
-        return str(self.properties.get(Prop.CUDA_VERSION) or "")
+        return _text(self.properties.get(Prop.CUDA_VERSION), "")
 
     @property
     def hostname(self) -> str:
         """Host the worker runs on."""
-        return str(self.properties.get(Prop.HOSTNAME) or "")
+        return _text(self.properties.get(Prop.HOSTNAME), "")
 
     @property
     def status(self) -> str:
         """``available`` / ``reserved`` / ``busy`` / ``maintenance`` (``unknown`` if absent)."""
-        return str(self.properties.get(Prop.STATUS) or "unknown")
+        return _text(self.properties.get(Prop.STATUS), "unknown")
 
     @property
     def available(self) -> bool:
@@ -108,11 +206,14 @@ class RoomView:
 
     Listeners are called synchronously with a ``RoomChange`` after each change. ``filters``
     (see ``worker_filters``) apply to the initial discovery, to every refresh and to events.
+    ``known`` is the trust-on-first-use store (the user's own by default) behind ``trust``.
     """
 
-    def __init__(self, signaling: SignalingClient, filters: dict[str, Any] | None = None):
+    def __init__(self, signaling: SignalingClient, filters: dict[str, Any] | None = None,
+                 known: KnownWorkers | None = None):
         self.signaling = signaling
         self.filters = filters if filters is not None else worker_filters()
+        self.known = known if known is not None else KnownWorkers()
         self._workers: dict[str, WorkerInfo] = {}
         self._listeners: list[RoomListener] = []
         self._removers: list[Callable[[], None]] = []
@@ -132,6 +233,10 @@ class RoomView:
     def get(self, peer_id: str) -> WorkerInfo | None:
         """The worker with that peer id, if it is in the room."""
         return self._workers.get(peer_id)
+
+    def trust(self, worker: WorkerInfo) -> Trust:
+        """How the worker's advertised key compares with the key remembered for its name."""
+        return self.known.check(str(self.signaling.room_id), worker.name, worker.fingerprint)
 
     def subscribe(self, listener: RoomListener) -> Callable[[], None]:
         """Call ``listener(change)`` after every change; returns a remover."""

@@ -71,3 +71,17 @@ class IceFailedError(ConnectionFailedError):
     def __init__(self, message: str, report: Any = None):
         super().__init__(message)
         self.report = report
+
+
+class WorkerIdentityError(TransportError):
+    """The worker could not prove it holds the key it advertises, or its key is not the one
+    the user expects (session string, or the key remembered from earlier jobs).
+
+    Nothing was uploaded. ``fingerprint`` is the key the worker proved (None when it proved
+    none) and ``expected`` the one it should have had (None when there was no expectation).
+    """
+
+    def __init__(self, message: str, *, fingerprint: str | None = None, expected: str | None = None):
+        super().__init__(message)
+        self.fingerprint = fingerprint
+        self.expected = expected

@@ -4,6 +4,12 @@ It subscribes to a ``RoomView`` (the single source of truth for "who is in the r
 a join, leave or status change reaches every attached view synchronously, as soon as the
 room event arrives. Workers that are not ``available`` (reserved, busy, maintenance) count
 as busy: hidden unless ``show_busy`` is on, and then greyed and not selectable.
+
+A worker whose advertised numbers are not believable (``WorkerInfo.valid``) is listed
+with status ``invalid`` and cannot be chosen. The "Key" column shows the worker's short
+identity fingerprint and how it compares with the key this computer remembers for that
+name (``RoomView.trust``): ``known``, ``new``, ``none``, or ``CHANGED`` in red with a
+warning tooltip.
 """
 
 from __future__ import annotations
@@ -13,12 +19,20 @@ from typing import Any
 
 from qtpy import QtCore, QtGui
 
+from sleap_rtc.core.known_workers import Trust
 from sleap_rtc.core.room import RoomChange, RoomView, WorkerInfo
+from sleap_rtc.core.selection import TRUST_WORDS
 
 Qt = QtCore.Qt
 
-COLUMNS = ("Name", "GPU", "GPU memory", "Status")
+COLUMNS = ("Name", "GPU", "GPU memory", "Status", "Key")
 """Column headers, in order."""
+
+STATUS_COLUMN, KEY_COLUMN = 3, 4
+"""Indices of the status and identity-key columns."""
+
+CHANGED_KEY_COLOUR = "#c62828"
+"""Text colour of a key that is not the one remembered for the worker's name."""
 
 STATUS_COLOURS: dict[str, str] = {
     "available": "#2e7d32",
@@ -35,9 +49,22 @@ WORKER_ROLE = int(Qt.UserRole) + 1
 """Item data role returning the row's ``WorkerInfo``."""
 
 
-def format_memory(mb: int) -> str:
-    """``24.0 GB`` for 24576 MB; ``–`` when unknown or zero."""
-    return f"{mb / 1024:.1f} GB" if mb > 0 else "–"
+def format_memory(mb: object) -> str:
+    """``24.0 GB`` for 24576 MB; ``–`` when unknown, zero or not a believable number."""
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)):
+        return "–"
+    try:
+        return f"{mb / 1024:.1f} GB" if 0 < mb < float("inf") else "–"
+    except (OverflowError, ValueError):  # an int too large for a float
+        return "–"
+
+
+def key_text(worker: WorkerInfo, trust: Trust) -> str:
+    """The "Key" cell: short fingerprint and its trust state."""
+    short = worker.short_fingerprint
+    if trust == Trust.NONE or not short:
+        return "none"
+    return f"{short} {'CHANGED' if trust == Trust.CHANGED else trust.value}"
 
 
 def status_colour(status: str) -> QtGui.QColor:
@@ -105,6 +132,11 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
         """Every worker in the room, listed or not (the empty state uses it)."""
         return len(self._room.workers) if self._room is not None else 0
 
+    def trust(self, worker: WorkerInfo) -> Trust:
+        """The room's trust in the worker's key (``NEW`` when the room cannot tell)."""
+        lookup = getattr(self._room, "trust", None)
+        return lookup(worker) if callable(lookup) else Trust.NEW
+
     def worker_at(self, row: int) -> WorkerInfo | None:
         """The worker shown on ``row``."""
         return self._rows[row] if 0 <= row < len(self._rows) else None
@@ -123,7 +155,7 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
         return 0 if parent.isValid() else len(self._rows)
 
     def columnCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: N802
-        """Number of columns (name, GPU, memory, status)."""
+        """Number of columns (name, GPU, memory, status, key)."""
         return 0 if parent.isValid() else len(COLUMNS)
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.DisplayRole) -> Any:  # noqa: N802
@@ -138,29 +170,41 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
         if worker is None:
             return None
         col = index.column()
+        status = worker.status if worker.valid else "invalid"
         if role == Qt.DisplayRole:
-            return (worker.name, worker.gpu_model, format_memory(worker.gpu_memory_mb), worker.status)[col]
+            trust = self.trust(worker)
+            return (worker.name, worker.gpu_model, format_memory(worker.gpu_memory_mb), status, key_text(worker, trust))[col]
         if role == WORKER_ROLE:
             return worker
         if role == Qt.ForegroundRole:
-            if col == 3:
-                return QtGui.QBrush(status_colour(worker.status))
-            if not worker.available:
+            if col == STATUS_COLUMN:
+                return QtGui.QBrush(status_colour(status))
+            if col == KEY_COLUMN and self.trust(worker) == Trust.CHANGED:
+                return QtGui.QBrush(QtGui.QColor(CHANGED_KEY_COLOUR))
+            if not (worker.available and worker.valid):
                 return QtGui.QBrush(QtGui.QColor(BUSY_FOREGROUND))
-        if role == Qt.DecorationRole and col == 3:
-            return status_colour(worker.status)
+        if role == Qt.DecorationRole and col == STATUS_COLUMN:
+            return status_colour(status)
         if role == Qt.ToolTipRole:
+            if col == KEY_COLUMN:
+                trust = self.trust(worker)
+                text = f"Identity key {worker.fingerprint or '(none)'}: {TRUST_WORDS[trust]}"
+                if trust == Trust.CHANGED:
+                    text += ". Not the key this computer used before: reinstalled, or someone posing as it."
+                return text
+            if not worker.valid:
+                return f"{worker.peer_id}: invalid ({'; '.join(worker.problems)}); it cannot be chosen"
             extra = f", CUDA {worker.cuda_version}" if worker.cuda_version else ""
             host = f" on {worker.hostname}" if worker.hostname else ""
             return f"{worker.peer_id}{host}{extra}: {worker.status}"
         return None
 
     def flags(self, index: QtCore.QModelIndex) -> Qt.ItemFlags:
-        """Available workers are selectable; busy ones are disabled (greyed, not selectable)."""
+        """Available, valid workers are selectable; the others are disabled (greyed)."""
         worker = self.worker_at(index.row()) if index.isValid() else None
         if worker is None:
             return Qt.NoItemFlags
-        if worker.available:
+        if worker.available and worker.valid:
             return Qt.ItemIsEnabled | Qt.ItemIsSelectable
         return Qt.NoItemFlags
 

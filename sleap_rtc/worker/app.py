@@ -33,13 +33,14 @@ import logging
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.credentials import client_token_for, encode_session_string
 from sleap_rtc.core.files import CACHE_MAX_BYTES, prune_transfer_cache, sha256_file
+from sleap_rtc.core.identity import WorkerKey, load_or_create_key
 from sleap_rtc.core.protocol import (
     ChannelType,
     JobKind,
@@ -99,16 +100,20 @@ def safe_worker_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", name).strip("-")[:40] or "worker"
 
 
-def format_banner(room_id: str, token: str, peer_id: str, worker_token: str | None = None) -> str:
-    """The credentials banner (seed Decision 4 format, plus the worker token on its own line).
+def format_banner(room_id: str, token: str, peer_id: str, worker_token: str | None = None,
+                  fingerprint: str | None = None) -> str:
+    """The credentials banner (seed Decision 4 format, plus the worker's key fingerprint and
+    the worker token on its own line).
 
     ``token`` is the client token: it is what the session string and the ``Token:`` line
     carry, since users paste them. The worker token goes on a separate line for whoever
     starts more workers in the room.
     """
+    identity = f"[INFO] Worker fingerprint: {fingerprint}\n" if fingerprint else ""
     text = (
         "[INFO] Worker authenticated. Session string for direct connection:\n"
-        f"{encode_session_string(room_id, token, peer_id)}\n"
+        f"{encode_session_string(room_id, token, peer_id, fingerprint)}\n"
+        f"{identity}"
         "\n"
         "[INFO] Room credentials for other workers/clients to join:\n"
         f"[INFO]   Room ID: {room_id}\n"
@@ -189,6 +194,7 @@ class Worker:
         self.token: str | None = client_token_for(config.token) if config.token else None
         """The room's client token (derived from the worker token), for the banner."""
         self.jobs_done = 0
+        self.key: WorkerKey | None = None  # the identity key, loaded (or made) by start()
         self._sessions: dict[int, asyncio.Task] = {}
         self._clients: dict[int, tuple[str, Callable[[], None]]] = {}  # reservation id -> (peer, on_left_room)
         self._channels: dict[int, Any] = {}  # reservation id -> open PeerChannel (stripes attach to it)
@@ -220,6 +226,8 @@ class Worker:
             room = await create_room(self.config.server_url, secret=self.config.create_room_secret)
             self.room_id, self.worker_token, self.token = room.room_id, room.worker_token, room.token
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.key = load_or_create_key(self.work_dir)  # persistent: clients remember it
+        self.capabilities = replace(self.capabilities, public_key=self.key.public_key)
         name = safe_worker_name(self.capabilities.worker_name)
         self.signaling = SignalingClient(
             self.config.server_url, room_id=self.room_id, token=self.worker_token, role=Role.WORKER.value,
@@ -229,7 +237,7 @@ class Worker:
         self.signaling.add_state_listener(self._on_state)
         await self.signaling.connect()
         self._publisher = asyncio.create_task(self._publish_status(), name="worker-status-publisher")
-        return format_banner(self.room_id, self.token, self.peer_id, self.worker_token)
+        return format_banner(self.room_id, self.token, self.peer_id, self.worker_token, self.key.fingerprint)
 
     async def serve_forever(self) -> None:
         """Run until ``close()`` (or the room is gone for good)."""
@@ -354,6 +362,8 @@ class Worker:
                 self.signaling, offer, ice_servers=self.config.ice_servers, timeout=self.config.lease_timeout,
                 receive_dir=incoming, cache_dir=self.cache_dir,
             )
+            if self.key is not None:
+                channel.prove_identity(self.key)  # the client uploads nothing before checking it
             if not self.guard.confirm(reservation):
                 reason = "lease expired before the channel opened"
                 return
@@ -394,6 +404,8 @@ class Worker:
                 receive_dir=self.work_dir / "incoming" / f"attach-{link.job_id}", cache_dir=self.cache_dir,
             )
             channel.stripes.deny()  # a reattached channel carries logs and results, not stripes
+            if self.key is not None:
+                channel.prove_identity(self.key)  # the returning client checks it like the first time
             loop = asyncio.get_running_loop()
             deadline = loop.time() + ATTACH_TIMEOUT
             while True:

@@ -1,4 +1,5 @@
-"""What a worker advertises in the room: GPU facts from NVML, software versions, identity.
+"""What a worker advertises in the room: GPU facts from NVML, software versions, identity
+(name, host, and the public half of its identity key).
 
 GPU facts come from NVML (``nvidia-ml-py``, imported as ``pynvml``) because importing torch
 at start-up costs seconds and gigabytes; a machine without a GPU or without the NVIDIA
@@ -15,6 +16,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from sleap_rtc.core.identity import fingerprint_of
 from sleap_rtc.core.protocol import Prop, Tag, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class Capabilities:
     sleap_version: str | None = None
     job_types: tuple[str, ...] = JOB_TYPES
     max_concurrent_jobs: int = 1
+    public_key: str | None = None  # the worker's identity key (core.identity), base64
 
     def metadata(self, status: WorkerStatus | str = WorkerStatus.AVAILABLE) -> dict[str, Any]:
         """The ``{"tags": [...], "properties": {...}}`` object registered with the server."""
@@ -56,9 +59,13 @@ class Capabilities:
             tags.append(Tag.TRAINING_WORKER.value)
         if "inference" in self.job_types:
             tags.append(Tag.INFERENCE_WORKER.value)
+        identity = {}
+        if self.public_key is not None:
+            identity = {Prop.PUBLIC_KEY.value: self.public_key, Prop.FINGERPRINT.value: fingerprint_of(self.public_key)}
         return {
             "tags": tags,
             "properties": {
+                **identity,
                 Prop.GPU_MODEL.value: self.gpu.model,
                 Prop.GPU_MEMORY_MB.value: int(self.gpu.memory_mb),
                 Prop.CUDA_VERSION.value: self.gpu.cuda_version,

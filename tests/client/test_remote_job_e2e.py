@@ -14,6 +14,7 @@ import zipfile
 
 from sleap_rtc.core import jobs_wire, transport
 from sleap_rtc.core.credentials import encode_session_string
+from sleap_rtc.core.identity import generate_key
 from sleap_rtc.core.phases import JobPhases, Phase
 from sleap_rtc.core.protocol import MessageType, busy_error_frame
 from sleap_rtc.core.remote_job import RemoteJob
@@ -27,7 +28,9 @@ class FakeWorker:
     """A worker peer with fixed capabilities; ``busy`` makes it refuse offers."""
 
     def __init__(self, url, room_id, token, name, mem, status="available", tmp=None, turn_busy_on_offer=False):
-        props = {"worker_name": name, "gpu_memory_mb": mem, "gpu_model": "FakeGPU", "status": status}
+        self.key = generate_key()  # every worker proves its identity key before the upload
+        props = {"worker_name": name, "gpu_memory_mb": mem, "gpu_model": "FakeGPU", "status": status,
+                 "public_key": self.key.public_key, "fingerprint": self.key.fingerprint}
         self.sig = SignalingClient(url, room_id=room_id, token=token, role="worker", peer_id=f"worker-{name}",
                                    metadata={"tags": ["sleap-rtc"], "properties": props})
         self.name, self.status, self.tmp = name, status, tmp
@@ -52,6 +55,7 @@ class FakeWorker:
             await self.sig.send(busy_error_frame(frame["sender"], self.status))
             return
         channel = await transport.accept(self.sig, frame, receive_dir=self.tmp / self.name)
+        channel.prove_identity(self.key)
         try:
             pkg = await channel.receive_file(timeout=10)
             submit = await channel.receive(timeout=10)
@@ -115,9 +119,10 @@ async def test_auto_select_skips_busy_and_falls_back_when_best_turns_busy(three_
     assert not getattr(ok, "error", None), repr(getattr(ok, "error", None))
     assert busy.offers == 0 and best.offers == 1 and ok.offers == 1
     assert summary.worker == "ok" and summary.peer_id == "worker-ok"
-    assert decisions[0].startswith("Trying best (FakeGPU, 24000 MB)")
+    assert decisions[0].startswith(f"Trying best (FakeGPU, 24000 MB, key {best.key.fingerprint[7:17]}), never used from here")
     assert decisions[1].startswith("best is busy (Worker is currently busy.")
-    assert decisions[-1] == "Connected to ok (FakeGPU, 16000 MB)."
+    assert decisions[-2] == f"First job on worker ok: remembering its identity key {ok.key.fingerprint}."
+    assert decisions[-1] == f"Connected to ok (FakeGPU, 16000 MB, key {ok.key.fingerprint[7:17]})."
     assert logs == ["training on ok"] and events[0]["logs"] == {"train_loss": 0.5}
     assert uploads[-1].done == uploads[-1].total == pkg.stat().st_size
     model_dir = tmp_path / "out" / "models" / "centroid"

@@ -94,3 +94,25 @@ def test_client_options_read_the_token_from_env_or_file(tmp_path, monkeypatch):
     assert token_from_options("room", None, str(tmp_path / "t")) == "file-token"
     with pytest.raises(OptionsError):
         token_from_options("room", None, str(tmp_path / "missing"))
+
+
+def test_session_string_may_carry_the_worker_fingerprint_and_old_ones_still_decode():
+    from sleap_rtc.core.identity import generate_key
+
+    fp = generate_key().fingerprint
+    old = encode_session_string("abc12345", "f00baa", "worker-x")
+    assert encode_session_string("abc12345", "f00baa", "worker-x", None) == old  # unchanged bytes without it
+    assert decode_session_string(old).fingerprint is None
+    new = encode_session_string("abc12345", "f00baa", "worker-x", fp)
+    payload = json.loads(base64.urlsafe_b64decode(new[len("sleap-session:"):]))
+    assert payload == {"r": "abc12345", "t": "f00baa", "p": "worker-x", "f": fp}  # v2.0 readers ignore "f"
+    target = decode_session_string(new)
+    assert (target.room_id, target.token, target.peer_id, target.fingerprint) == ("abc12345", "f00baa", "worker-x", fp)
+    bad = "sleap-session:" + base64.urlsafe_b64encode(json.dumps({"r": "a", "t": "b", "p": "c", "f": "md5:x"}).encode()).decode()
+    with pytest.raises(CredentialsError, match="fingerprint"):
+        decode_session_string(bad)
+
+
+def test_banner_with_fingerprint_line_still_parses():
+    banner = ("[INFO] Worker fingerprint: SHA256:" + "A" * 43 + "\n[INFO]   Room ID: room-abc123\n[INFO]   Token: Xy_9-z\n")
+    assert parse_room_credentials(banner).token == "Xy_9-z"

@@ -244,3 +244,86 @@ async def test_default_errors_are_the_transport_ones_and_vanished_worker_is_skip
         await auto_select(room, connect)
     assert seen == ["b", "a"]  # c left meanwhile and was never tried
     assert "b: did not answer; a: busy" in str(err.value)
+
+
+# --------------------------------------------------------------------------- C1, C6, trust
+
+from sleap_rtc.core.identity import generate_key  # noqa: E402
+from sleap_rtc.core.known_workers import KnownWorkers, Trust  # noqa: E402
+from sleap_rtc.core.room import MAX_GPU_MEMORY_MB  # noqa: E402
+from sleap_rtc.core.selection import TRUST_WORDS, describe  # noqa: E402
+from sleap_rtc.core.transport_errors import WorkerIdentityError  # noqa: E402
+
+
+def keyed_peer(pid, mem, key, **kw):
+    p = peer(pid, mem, **kw)
+    p["metadata"]["properties"].update({"public_key": key.public_key, "fingerprint": key.fingerprint})
+    return p
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 10**400, 10**9, -1, "24000", True, [1], {"a": 1}])
+def test_c6_unbelievable_gpu_memory_is_invalid_never_ranked_never_a_crash(value):
+    bad = WorkerInfo.from_peer(peer("bad", value))
+    good = WorkerInfo.from_peer(peer("good", 8000))
+    assert not bad.valid and bad.gpu_memory_mb == 0 and "gpu_memory_mb" in bad.problems[0]
+    assert ids(rank_workers([bad, good])) == ["good"]
+    assert describe(bad)  # displayable
+
+
+def test_c6_limits_and_other_numbers():
+    assert WorkerInfo.from_peer(peer("max", MAX_GPU_MEMORY_MB)).valid
+    assert not WorkerInfo.from_peer(peer("over", MAX_GPU_MEMORY_MB + 1)).valid
+    jobs = peer("jobs", 8000)
+    jobs["metadata"]["properties"]["max_concurrent_jobs"] = float("inf")
+    assert not WorkerInfo.from_peer(jobs).valid
+    odd = {"peer_id": "x", "role": "worker", "metadata": {"properties": {"worker_name": "n" * 10_000}}, "connected_at": "soon"}
+    info = WorkerInfo.from_peer(odd)
+    assert info.connected_at == 0.0 and len(info.name) <= 200
+
+
+def test_advertised_key_must_be_consistent():
+    key, other = generate_key(), generate_key()
+    ok = WorkerInfo.from_peer(keyed_peer("a", 1, key))
+    assert ok.valid and ok.fingerprint == key.fingerprint and ok.short_fingerprint == key.fingerprint[7:17]
+    wrong = keyed_peer("b", 1, key)
+    wrong["metadata"]["properties"]["fingerprint"] = other.fingerprint
+    assert not WorkerInfo.from_peer(wrong).valid
+    broken = keyed_peer("c", 1, key)
+    broken["metadata"]["properties"]["public_key"] = "not base64!"
+    assert WorkerInfo.from_peer(broken).fingerprint is None and not WorkerInfo.from_peer(broken).valid
+
+
+async def test_c1_auto_select_prefers_known_workers_and_never_picks_a_changed_key(tmp_path):
+    known = KnownWorkers(tmp_path / "known.json")
+    lab_key, new_key, old_key = generate_key(), generate_key(), generate_key()
+    known.remember("room-test", "lab", lab_key.fingerprint)
+    known.remember("room-test", "moved", old_key.fingerprint)
+    peers = [keyed_peer("lab", 8000, lab_key), keyed_peer("newcomer", MAX_GPU_MEMORY_MB, generate_key()),
+             keyed_peer("moved", MAX_GPU_MEMORY_MB, new_key)]
+    room = RoomView(FakeSignaling(peers), worker_filters(), known=known)
+    await room.start()
+    assert [room.trust(w) for w in room.workers] == [Trust.KNOWN, Trust.NEW, Trust.CHANGED]
+    assert ids(rank_workers(room.workers, room.trust)) == ["lab", "newcomer", "moved"]
+    tried, lines = [], []
+
+    async def connect(w):
+        tried.append(w.peer_id)
+        raise Busy()
+
+    with pytest.raises(AllWorkersBusyError):
+        await auto_select(room, connect, busy_errors=(Busy,), on_decision=lines.append)
+    assert tried == ["lab", "newcomer"]  # the changed key is never tried
+    assert TRUST_WORDS[Trust.KNOWN] in lines[0] and any(line.startswith("Skipping moved") for line in lines)
+
+
+async def test_auto_select_moves_on_after_an_identity_refusal():
+    room = await make_room([peer("liar", 80000), peer("honest", 8000)])
+
+    async def connect(w):
+        if w.peer_id == "liar":
+            raise WorkerIdentityError("proof does not verify")
+        return "chan"
+
+    lines = []
+    sel = await auto_select(room, connect, on_decision=lines.append)
+    assert sel.worker.peer_id == "honest" and any(line.startswith("Refused liar: proof does not verify") for line in lines)

@@ -18,7 +18,7 @@ from sleap_rtc.core.transport_errors import (
 
 def test_every_error_is_a_transport_error_with_a_docstring():
     classes = [c for _, c in inspect.getmembers(transport_errors, inspect.isclass) if c.__module__ == transport_errors.__name__]
-    assert len(classes) == 11
+    assert len(classes) == 12
     for cls in classes:
         assert issubclass(cls, TransportError) and cls.__doc__
 
@@ -33,3 +33,11 @@ def test_worker_busy_carries_status_and_frame():
     assert (str(exc), exc.message, exc.status, exc.frame) == ("busy now", "busy now", "busy", {"reason": "worker_busy"})
     bare = WorkerBusyError("x")
     assert bare.status is None and bare.frame == {}
+
+
+def test_worker_identity_error_carries_both_fingerprints():
+    from sleap_rtc.core.transport_errors import WorkerIdentityError
+
+    exc = WorkerIdentityError("posing", fingerprint="SHA256:a", expected="SHA256:b")
+    assert (str(exc), exc.fingerprint, exc.expected) == ("posing", "SHA256:a", "SHA256:b")
+    assert isinstance(exc, TransportError)

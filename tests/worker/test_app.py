@@ -271,3 +271,27 @@ async def test_channel_lost_mid_job_reattaches_and_the_job_goes_on(signaling_ser
     assert summary.worker == "w1" and (tmp_path / "out").exists()
     assert epochs[-1] == 39 and epochs.count(0) == 1, epochs  # one run of the job, not two
     assert worker.jobs_done == 1
+
+
+async def test_worker_key_is_persistent_and_advertised_in_banner_metadata_and_session_string(signaling_server, room, tmp_path):
+    from sleap_rtc.core.credentials import decode_session_string
+    from sleap_rtc.core.identity import KEY_FILE
+
+    first = await start_worker(signaling_server.url, room, tmp_path, "w1")
+    fingerprint = first.key.fingerprint
+    c = await client(signaling_server.url, room)
+    try:
+        banner = format_banner(first.room_id, first.token, first.peer_id, fingerprint=fingerprint)
+        assert f"[INFO] Worker fingerprint: {fingerprint}" in banner.splitlines()
+        assert decode_session_string(banner.splitlines()[1]).fingerprint == fingerprint
+        props = next(p for p in await c.discover({"role": "worker"}))["metadata"]["properties"]
+        assert props[Prop.FINGERPRINT] == fingerprint and props[Prop.PUBLIC_KEY] == first.key.public_key
+        assert (os.stat(tmp_path / "w1" / KEY_FILE).st_mode & 0o777) == 0o600
+    finally:
+        await first.close()
+    again = await start_worker(signaling_server.url, room, tmp_path, "w1")  # same work dir: same identity
+    try:
+        assert again.key.fingerprint == fingerprint
+    finally:
+        await again.close()
+        await c.close()

@@ -91,6 +91,10 @@ class Connection(Protocol):
     def relayed(self) -> bool | None:
         """True when the selected path goes through a TURN relay; None when unknown."""
 
+    def dtls_fingerprints(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """``((algorithm, local), (algorithm, remote))`` DTLS certificate fingerprints, the
+        remote one as verified in the handshake (for identity proofs bound to the connection)."""
+
     async def close(self) -> None:
         """Close the connection; returns within ``CLOSE_TIMEOUT``."""
 

@@ -111,6 +111,19 @@ class AiortcConnection:
                 return any(p.local_candidate.type == "relay" or p.remote_candidate.type == "relay" for p in pairs)
         return None
 
+    def dtls_fingerprints(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """``((algorithm, local), (algorithm, remote))`` DTLS certificate fingerprints; the remote
+        one is computed from the certificate the peer presented in the handshake."""
+        from cryptography.hazmat.primitives import hashes
+
+        dtls = self.pc.sctp.transport
+        local = next(f for f in dtls.getLocalParameters().fingerprints if f.algorithm.lower() == "sha-256")
+        # aiortc has no public API for the peer's certificate; its SSL object holds the
+        # one the handshake verified, which is what must be bound (not the relayed SDP).
+        cert = dtls._ssl.get_peer_certificate(as_cryptography=True)
+        digest = cert.fingerprint(hashes.SHA256()).hex().upper()
+        return (local.algorithm, local.value), ("sha-256", ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)))
+
     async def close(self) -> None:
         """Close the peer connection, waiting at most ``CLOSE_TIMEOUT``."""
         self._fire_closed("closed locally")

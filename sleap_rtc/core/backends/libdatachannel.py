@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import Any
 
 import aiolibdatachannel as ldc
@@ -133,6 +134,16 @@ class LibdatachannelConnection:
         """Not exposed by the wrapper: unknown."""
         return None
 
+    def dtls_fingerprints(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """``((algorithm, local), (algorithm, remote))`` DTLS certificate fingerprints.
+
+        Both come from the descriptions: libdatachannel fails the DTLS handshake unless the
+        peer's certificate matches the fingerprint of the remote description, so the remote
+        one is the certificate the handshake verified.
+        """
+        local = self.pc.local_description
+        return _fingerprint(local.sdp if local else None), _fingerprint(self.pc.remote_description)
+
     async def close(self) -> None:
         """Close the peer connection, waiting at most ``CLOSE_TIMEOUT``."""
         self._fire_closed("closed locally")
@@ -187,3 +198,13 @@ class LibdatachannelConnection:
         self._closed = True
         if self._events is not None:
             self._events.channel_closed(reason)
+
+
+_FINGERPRINT = re.compile(r"^a=fingerprint:(\S+) (\S+)", re.M)
+
+
+def _fingerprint(sdp: str | None) -> tuple[str, str]:
+    match = _FINGERPRINT.search(sdp or "")
+    if match is None:
+        raise ValueError("no DTLS fingerprint in the session description")
+    return match.group(1), match.group(2)

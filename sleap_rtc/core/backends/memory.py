@@ -93,6 +93,10 @@ class MemoryConnection:
         """Never relayed."""
         return False
 
+    def dtls_fingerprints(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """No DTLS in memory: identity proofs cannot be bound to this connection."""
+        raise NotImplementedError("the in-memory backend has no DTLS")
+
     async def close(self) -> None:
         """Close both ends (messages still queued are dropped, like a hang-up)."""
         self._die("closed locally", "the data channel was closed by the peer")
