@@ -10,6 +10,10 @@ the first Ctrl-C (SIGINT) stops early and the second cancels.
 Where results go: ``client-train --output DIR`` puts each trained model in ``DIR/<run>/``
 (``best.ckpt``, ``training_config.yaml``, ...), plus any predictions the package asked for;
 ``client-track --output`` takes a directory or the ``.slp`` path for the predictions.
+Nothing is ever written over an existing file: a model folder or predictions file whose
+name is taken gets ``-2``, ``-3`` ...; ``client-track`` never writes over its inputs (the
+default is ``<data stem>.predictions.slp`` next to DATA; an ``--output FILE.slp`` that
+exists is refused before anything runs).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from sleap_rtc.client.options import ConnectionPlan, OptionsError, SelectionMode, plan_connection, token_from_options
 from sleap_rtc.client.track_package import TrackPackageError, build_track_package
 from sleap_rtc.core.config import ConfigError, resolve_server
+from sleap_rtc.core.files import place_new
 from sleap_rtc.core.phases import JobPhases, Phase, PhaseChange
 from sleap_rtc.core.remote_job import TRACK, TRAIN, JobError, JobSummary, RemoteJob, UploadProgress, WorkerLostError
 from sleap_rtc.core.selection import SelectionError
@@ -118,10 +123,15 @@ def train_command(package: Path, output: Path | None, server: str | None, **opts
 
 
 def _predictions_target(data: Path, output: Path | None) -> tuple[Path, Path | None]:
-    """``(results dir, predictions file or None)`` for ``client-track --output``."""
+    """``(results dir, predictions file or None)`` for ``client-track --output``.
+
+    An explicit predictions file must not exist yet (the user's files are never replaced)."""
     if output is None:
         return data.parent, None
     if output.suffix == ".slp":
+        if output.exists() or output.resolve() == data.resolve():
+            raise click.UsageError(f"--output {output} already exists; sleap-rtc never writes over a file. "
+                                   "Give a new file name or a folder.")
         return output.parent, output
     return output, None
 
@@ -393,10 +403,9 @@ async def _run(plan: ConnectionPlan, url: str, package: Path, output: Path, kind
             loop.remove_signal_handler(signal.SIGINT)
     if predictions_path is not None and summary.predictions is not None:
         if summary.predictions.resolve() != predictions_path.resolve():
-            predictions_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(summary.predictions, predictions_path)
-            summary.files = [predictions_path if f == summary.predictions else f for f in summary.files]
-            summary.predictions = predictions_path
+            placed = place_new(summary.predictions, predictions_path)  # never over an existing file
+            summary.files = [placed if f == summary.predictions else f for f in summary.files]
+            summary.predictions = placed
     if kind == TRACK and summary.predictions is None:
         console.print("[red]Error:[/red] the worker finished but sent no predictions.", highlight=False)
         return EXIT_FAILED

@@ -3,16 +3,18 @@ inference (the worker reads the same format as SLEAP's training packages).
 
 Layout: ``<data>.slp``, ``models/<model name>/...`` (a model folder as is, or a model
 ``.zip`` unpacked), and ``jobs.yaml`` with one ``inference`` entry whose output is
-``<data stem>.predictions.slp``.
+``<data stem>.predictions.slp``. Written by ``core.package.write_package``; a model zip is
+unpacked with ``core.package.safe_extract`` (it may come from a worker).
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 import zipfile
 from pathlib import Path
 
-import yaml
+from sleap_rtc.core.package import MODELS_DIR, PREDICTIONS_SUFFIX, PackageError, jobs_document, safe_extract, write_package
 
 
 class TrackPackageError(ValueError):
@@ -29,6 +31,11 @@ def _model_name(path: Path, taken: set[str]) -> str:
     return name
 
 
+def predictions_name(data: Path) -> str:
+    """The predictions file the package asks for: ``<data stem>.predictions.slp``."""
+    return f"{Path(data).stem}{PREDICTIONS_SUFFIX}"
+
+
 def build_track_package(data: Path, models: list[Path], work_dir: Path) -> Path:
     """Write the inference package into ``work_dir`` and return its path."""
     data = Path(data)
@@ -40,29 +47,26 @@ def build_track_package(data: Path, models: list[Path], work_dir: Path) -> Path:
     out = work_dir / f"{data.stem}.track.zip"
     taken: set[str] = set()
     names: list[str] = []
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.write(data, data.name)
-        for model in models:
-            model = Path(model)
-            name = _model_name(model, taken)
-            names.append(f"models/{name}")
-            if model.is_dir():
-                files = [f for f in sorted(model.rglob("*")) if f.is_file()]
-                if not files:
-                    raise TrackPackageError(f"Model folder {model} is empty.")
-                for f in files:
-                    zf.write(f, f"models/{name}/{f.relative_to(model).as_posix()}")
-            elif zipfile.is_zipfile(model):
-                with zipfile.ZipFile(model) as src:
-                    for info in src.infolist():
-                        if info.is_dir():
-                            continue
-                        rel = info.filename.lstrip("/")
-                        if ".." in Path(rel).parts:
-                            raise TrackPackageError(f"Model zip {model} has an entry outside its folder: {info.filename}.")
-                        zf.writestr(f"models/{name}/{rel}", src.read(info))
-            else:
-                raise TrackPackageError(f"Model {model} is neither a folder nor a .zip file.")
-        jobs = {"inference": [{"data_path": data.name, "models": names, "output_path": f"{data.stem}.predictions.slp"}]}
-        zf.writestr("jobs.yaml", yaml.safe_dump(jobs, sort_keys=False))
+    entries: dict[str, Path] = {data.name: data}
+    unpacked = Path(tempfile.mkdtemp(prefix="models-", dir=work_dir))
+    for model in models:
+        model = Path(model)
+        name = _model_name(model, taken)
+        names.append(f"{MODELS_DIR}/{name}")
+        if model.is_dir():
+            folder = model
+        elif zipfile.is_zipfile(model):
+            try:
+                folder = safe_extract(model, unpacked / name)
+            except PackageError as exc:
+                raise TrackPackageError(f"Model zip {model}: {exc}") from None
+        else:
+            raise TrackPackageError(f"Model {model} is neither a folder nor a .zip file.")
+        files = [f for f in sorted(folder.rglob("*")) if f.is_file() and not f.is_symlink()]
+        if not files:
+            raise TrackPackageError(f"Model {model} is empty.")
+        for f in files:
+            entries[f"{MODELS_DIR}/{name}/{f.relative_to(folder).as_posix()}"] = f
+    jobs = jobs_document(inference=[{"data_path": data.name, "models": names, "output_path": predictions_name(data)}])
+    write_package(out, entries, jobs)
     return out

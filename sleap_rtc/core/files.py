@@ -27,10 +27,19 @@ reconnect resumes at the offset it has). Partial bytes never live in the destina
 directory: a file appears there only once verified. A cancel removes the partial file;
 a lost connection keeps it for resume.
 
+Limits on what a peer may send (the peer is not trusted): one file at most
+``max_file_bytes`` (default ``MAX_FILE_BYTES``), at most ``max_incoming`` files at once per
+channel (``MAX_INCOMING``, which also bounds the open files), and never more than the free
+disk minus ``DISK_RESERVE_BYTES``; the owner may add its own ``accept_offer`` check (the
+client accepts only the result files a worker announced). A refused offer gets a
+``file_error`` and nothing is written. ``discard_partials`` removes the partial files this
+channel wrote, for owners that do not resume across sessions (the worker, at the end of
+each session, and the client once a job ended).
+
 Nothing here prunes the cache by itself: its owner calls ``prune_transfer_cache`` (the
 worker does after each job). Policy: partial files untouched for ``PARTIAL_MAX_AGE`` (a
-day) are abandoned transfers and go; completed files are kept least-recently-used first
-under ``CACHE_MAX_BYTES``, and none used in the last ``IN_USE_GRACE`` seconds is removed
+day) are abandoned transfers and go; completed AND partial files are kept
+least-recently-used first under ``CACHE_MAX_BYTES``, and none used in the last ``IN_USE_GRACE`` seconds is removed
 (it may be the file a transfer is handing over right now). "Used" is the file's mtime:
 written when the file arrived, touched when an offer is answered from the cache.
 
@@ -47,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import itertools
 import logging
 import os
@@ -58,7 +68,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sleap_rtc.core.protocol import SHA256_MISMATCH, ChannelType, pack_chunk, unpack_chunk
+from sleap_rtc.core.protocol import (
+    FILE_TOO_LARGE,
+    NO_SPACE,
+    NOT_EXPECTED,
+    SHA256_MISMATCH,
+    TOO_MANY_TRANSFERS,
+    ChannelType,
+    pack_chunk,
+    unpack_chunk,
+)
 from sleap_rtc.core import chunkfile
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import (
@@ -101,6 +120,16 @@ MAX_MISSING_RANGES = 1024
 MAX_PENDING_CHUNKS = 4096
 """Chunks a receiver holds ahead of its contiguous prefix (on disk; only their offsets in
 memory): 256 MiB of look-ahead, far more than lanes x ``HIGH_WATER`` in flight."""
+MAX_FILE_BYTES = 64 * 1024**3
+"""Default cap on one incoming file (a package or a result); a larger offer is refused."""
+MAX_INCOMING = 4
+"""Most files one channel may be receiving at once (each holds an open file)."""
+DISK_RESERVE_BYTES = 1024**3
+"""Free disk an accepted offer must leave behind (checked against what is still to come)."""
+
+OfferCheck = Callable[[str, int, str, dict], Any]
+"""``accept_offer(name, size, sha256, meta)``: ``None`` to accept, else the refusal message
+(or an awaitable of either)."""
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _BAD_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
@@ -153,6 +182,51 @@ def sanitize_name(name: Any, fallback: str = "file") -> str:
         stem, dot, ext = text.rpartition(".")
         text = (stem[: _MAX_NAME - len(ext) - 1] + dot + ext) if dot and len(ext) < 20 else text[:_MAX_NAME]
     return text
+
+
+NEW_NAME_TRIES = 1000
+"""Most ``-2``, ``-3`` ... suffixes ``place_new`` tries before giving up."""
+
+
+def _candidates(dest: Path, is_dir: bool):
+    yield dest
+    if is_dir:
+        suffix = ""
+    elif dest.name.endswith(".predictions.slp"):
+        suffix = ".predictions.slp"
+    else:
+        suffix = dest.suffix
+    stem = dest.name[: len(dest.name) - len(suffix)] if suffix else dest.name
+    for n in range(2, NEW_NAME_TRIES + 1):
+        yield dest.with_name(f"{stem}-{n}{suffix}")
+
+
+def place_new(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Move ``src`` (a file or a folder) to ``dest``, or to ``dest`` with a ``-N`` suffix
+    when that exists: an existing file or folder is never replaced. Returns where it went.
+
+    Both must be on one file system. Files are hard-linked then unlinked (``link`` fails
+    on an existing name, so there is no window to overwrite); a folder takes a name by
+    ``mkdir`` (exclusive) and is renamed onto that empty folder.
+    """
+    src, dest = Path(src), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for cand in _candidates(dest, src.is_dir()):
+        try:
+            if src.is_dir():
+                cand.mkdir()
+                try:
+                    os.rename(src, cand)
+                except OSError:
+                    cand.rmdir()
+                    raise
+            else:
+                os.link(src, cand)
+                src.unlink()
+            return cand
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{dest} and its first {NEW_NAME_TRIES} numbered variants all exist.")
 
 
 def sha256_file(path: str | os.PathLike, *, limit: int | None = None) -> tuple[int, Any]:
@@ -235,7 +309,23 @@ class FileTransfers:
         cache_dir: Path,
         odd_ids: bool,
         deliver: Callable[[ReceivedFile], None],
+        max_file_bytes: int = MAX_FILE_BYTES,
+        max_incoming: int = MAX_INCOMING,
+        disk_reserve_bytes: int = DISK_RESERVE_BYTES,
+        accept_offer: OfferCheck | None = None,
     ):
+        self.max_file_bytes = max_file_bytes
+        """Cap on one incoming file (owners may lower it after construction)."""
+        self.max_incoming = max_incoming
+        """Most concurrent incoming files on this channel."""
+        self.disk_reserve_bytes = disk_reserve_bytes
+        """Free disk an accepted offer must leave."""
+        self.accept_offer = accept_offer
+        """The owner's own offer check (``OfferCheck``), or ``None``."""
+        self.partials: set[Path] = set()
+        """Partial files this channel created or resumed (``discard_partials`` removes them)."""
+        self.last_activity = time.monotonic()
+        """``time.monotonic()`` of the last file message or chunk from the peer."""
         self.link = link
         self.receive_dir = Path(receive_dir)
         self.cache_dir = Path(cache_dir)
@@ -382,6 +472,7 @@ class FileTransfers:
         """Handle one ``file_*`` control message from the peer."""
         kind = msg.get("type")
         tid = msg.get("transfer_id")
+        self.last_activity = time.monotonic()
         if not isinstance(tid, int):
             log.warning("ignoring %s without an integer transfer_id", kind)
             return
@@ -431,6 +522,7 @@ class FileTransfers:
 
     def on_chunk(self, frame: bytes) -> None:
         """Write one binary frame to its transfer's partial file."""
+        self.last_activity = time.monotonic()
         try:
             tid, offset, payload = unpack_chunk(frame)
         except ValueError:
@@ -465,6 +557,19 @@ class FileTransfers:
             return
         self.bytes_moved += n
         st.progressed.set()
+
+    def discard_partials(self) -> list[Path]:
+        """Remove the partial files this channel wrote that no transfer is writing now."""
+        busy = {st.part_path for st in self._incoming.values() if st.part_path is not None}
+        removed = []
+        for path in list(self.partials):
+            if path in busy:
+                continue
+            self.partials.discard(path)
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+        return removed
 
     def on_closed(self) -> None:
         """The channel closed: close partial files (kept for resume), fail pending sends."""
@@ -510,6 +615,29 @@ class FileTransfers:
             with contextlib.suppress(OSError):
                 st.part_path.unlink()
 
+    def _limit_refusal(self, name: str, size: int, sha: str, meta: dict) -> tuple[str, str] | None:
+        """``(reason, message)`` when an offer breaks a limit, else ``None`` (nothing written yet)."""
+        if size > self.max_file_bytes:
+            return FILE_TOO_LARGE, f"{name!r} declares {size} bytes; this side takes at most {self.max_file_bytes} per file."
+        if len(self._incoming) >= self.max_incoming:
+            return TOO_MANY_TRANSFERS, f"Already receiving {len(self._incoming)} files; at most {self.max_incoming} at once."
+        cached = self._cached_path(sha)
+        if not (cached.is_file() and cached.stat().st_size == size):
+            part = self.cache_dir / "partial" / f"{sha}.part"
+            have = part.stat().st_size if part.is_file() else 0
+            probe = self.cache_dir if self.cache_dir.exists() else self.cache_dir.parent
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            try:
+                free = shutil.disk_usage(probe).free
+            except OSError:
+                free = 0
+            # The cached copy is placed into receive_dir too (same disk, usually): twice the bytes.
+            need = (size - min(have, size)) + size + self.disk_reserve_bytes
+            if need > free:
+                return NO_SPACE, f"{name!r} needs {need} bytes of free disk (file, copy and reserve); {free} are free."
+        return None
+
     def _cached_path(self, sha: str) -> Path:
         return self.cache_dir / "files" / sha
 
@@ -529,6 +657,17 @@ class FileTransfers:
             self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": tid, "reason": "bad_offer", "message": bad})
             return
         name = sanitize_name(msg.get("name"), fallback=f"file-{sha[:12]}")
+        refusal = self._limit_refusal(name, size, sha, meta)
+        if refusal is None and self.accept_offer is not None:
+            text = self.accept_offer(name, size, sha, meta)
+            if inspect.isawaitable(text):
+                text = await text
+            refusal = (NOT_EXPECTED, text) if text else None
+        if refusal:
+            reason, text = refusal
+            log.warning("refusing offer %d of %r (%d bytes): %s", tid, name, size, text)
+            self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": tid, "reason": reason, "message": text})
+            return
         st = _Incoming(tid, name, size, sha, meta, repair=msg.get("repair") is True)
         self._incoming[tid] = st
         try:
@@ -544,6 +683,7 @@ class FileTransfers:
                     have = 0
                 # Resume: the running hash must cover the bytes already on disk.
                 have, hasher = await asyncio.to_thread(sha256_file, part, limit=have) if have else (0, hashlib.sha256())
+                self.partials.add(part)
                 part.touch()  # read-write: bytes that came early are read back for the hash
                 fh = open(part, "r+b")
                 fh.truncate(have)
@@ -626,8 +766,8 @@ def prune_transfer_cache(
 ) -> list[Path]:
     """Apply the cache policy (module docstring) to ``cache_dir``; returns the removed files.
 
-    Partial files older than ``partial_max_age`` go; completed files go least recently
-    used first until the rest fit in ``max_bytes``, except those used within ``grace``
+    Partial files older than ``partial_max_age`` go; completed and partial files go least
+    recently used first until the rest fit in ``max_bytes``, except those used within ``grace``
     seconds. Only ``files/`` and ``partial/`` of ``cache_dir`` are looked at, and a file
     that cannot be removed (or vanished meanwhile) is skipped: pruning never fails a job.
     """
@@ -653,11 +793,15 @@ def prune_transfer_cache(
             path.unlink()
             removed.append(path)
 
+    partials = []
     for path, st in entries("partial"):
         if now - st.st_mtime > partial_max_age:
             remove(path)
+        else:
+            partials.append((path, st))
     kept, full = 0, False
-    for path, st in sorted(entries("files"), key=lambda e: e[1].st_mtime, reverse=True):
+    # Partial files count against the cap too (else a peer fills the disk outside it).
+    for path, st in sorted(entries("files") + partials, key=lambda e: e[1].st_mtime, reverse=True):
         full = full or kept + st.st_size > max_bytes  # from here on, everything older goes
         if not full or now - st.st_mtime < grace:
             kept += st.st_size

@@ -156,6 +156,15 @@ VERSION_MISMATCH = "version_mismatch"
 SHA256_MISMATCH = "sha256_mismatch"
 """``reason`` of a ``file_error`` when the received bytes do not hash to the offered SHA-256."""
 
+FILE_TOO_LARGE = "file_too_large"
+"""``reason`` of a ``file_error``: the offered size is over the receiver's cap for one file."""
+NO_SPACE = "no_space"
+"""``reason`` of a ``file_error``: the receiver's disk cannot hold the offered file (plus its reserve)."""
+TOO_MANY_TRANSFERS = "too_many_transfers"
+"""``reason`` of a ``file_error``: the receiver already takes its most concurrent files on this channel."""
+NOT_EXPECTED = "not_expected"
+"""``reason`` of a ``file_error``: the receiver was not told to expect this file (name, size or hash)."""
+
 FINAL_REGISTRATION_ERRORS = frozenset(
     {ErrorCode.INVALID_TOKEN, ErrorCode.ROOM_NOT_FOUND, ErrorCode.ROOM_EXPIRED, ErrorCode.WORKER_TOKEN_REQUIRED}
 )

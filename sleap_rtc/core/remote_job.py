@@ -5,7 +5,8 @@ Two layers:
 * ``JobSession`` runs a job over an open ``PeerChannel``: upload the package (progress with
   bytes, rate and ETA), ``job_submit``, stream ``job_log`` / ``job_progress`` (training
   events passed on unchanged) to callbacks, receive each announced result file into the
-  output directory, and finish on ``job_complete`` / ``job_failed``. ``stop()`` asks the
+  output directory, and finish on ``job_complete`` / ``job_failed``. Results are hostile
+  input (see "Results" below). ``stop()`` asks the
   worker to finish the current epoch and keep the model; ``cancel()`` kills the job.
 * ``RemoteJob`` / ``run_remote_job`` do the whole two-phase flow (seed Decision 1): join the
   room, discover, select (auto / direct / interactive via an injected chooser), connect
@@ -22,6 +23,17 @@ client remembered for the worker's name (``core.known_workers``). Any failure is
 ``WorkerIdentityError``: auto-select moves on to the next worker; a worker the user chose
 fails the job with that message. A changed key of a worker the user chose is a warning
 (``on_decision``), after which the new key is remembered.
+
+Results: the worker is not trusted with the client's files. The client accepts only the
+results the package asked for (``core.package.expected_results``: ``<run>.zip`` for each
+trained run, the predictions file name of each inference), each announced in
+``job_result`` before its file, at most ``RESULT_MAX_BYTES``; any other file offer is
+refused before a byte is written. The client names every result itself: a model is
+unpacked by ``core.package.safe_extract`` into a temporary folder inside the output dir
+and moved into ``<output>/<models_subdir>/<run>`` only when complete, and predictions
+go to ``<output>/<name>``; an existing file or folder is never replaced
+(``core.files.place_new`` adds ``-2``, ``-3`` ...). On failure the temporary folder and
+this channel's partial files are removed.
 """
 
 from __future__ import annotations
@@ -40,10 +52,17 @@ from typing import Any
 
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.channel import default_cache_dir
-from sleap_rtc.core.files import prune_transfer_cache
-from sleap_rtc.core.files import sanitize_name
+from sleap_rtc.core.files import place_new, prune_transfer_cache, sanitize_name
 from sleap_rtc.core.identity import short_fingerprint
 from sleap_rtc.core.known_workers import KnownWorkers, Trust
+from sleap_rtc.core.package import (
+    RUN_NAME_OK,
+    ExpectedResults,
+    PackageError,
+    expected_results,
+    read_plan,
+    safe_extract,
+)
 from sleap_rtc.core.phases import JobPhases, Phase
 from sleap_rtc.core.protocol import ChannelType, JobKind, MessageType, ResultKind, Role
 from sleap_rtc.core.room import RoomView, WorkerInfo, worker_filters
@@ -66,6 +85,17 @@ log = logging.getLogger(__name__)
 
 TRAIN, TRACK = JobKind.TRAIN, JobKind.TRACK
 """Job kinds: train a package, or run inference (``client-track``)."""
+
+RESULT_MAX_BYTES = 64 * 1024**3
+"""Largest result file the client accepts from a worker (declared in ``job_result``)."""
+RESULTS_MAX = 64
+"""Most result files one job may announce."""
+ANNOUNCE_WAIT = 10.0
+"""Seconds a result's file offer may wait for its ``job_result`` to be read."""
+
+
+class ResultRefused(ValueError):
+    """A result the worker announced is not one the client accepts; the message says why."""
 
 
 RECONNECT_GRACE = 60.0
@@ -187,6 +217,10 @@ class JobSession:
         self.result_timeout = result_timeout
         self.models_subdir = models_subdir
         self.job_id = attach_job_id or f"job-{uuid.uuid4().hex[:12]}"
+        self.expected = _expected_for(self.package)
+        self._announced: dict[str, int] = {}  # sha256 -> size, from job_result
+        self._announce_changed = asyncio.Event()
+        self._results_seen = 0
         self.stop_requested = False
         self.cancel_requested = False
         self._submitted = False
@@ -214,6 +248,38 @@ class JobSession:
         """Upload, submit, follow the job, download the results."""
         started = time.monotonic()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        transfers = getattr(self.channel, "transfers", None)
+        if transfers is not None:
+            # Only files announced in job_result, of the announced size, are received at all.
+            transfers.accept_offer = self._accept_offer
+            transfers.max_file_bytes = min(transfers.max_file_bytes, RESULT_MAX_BYTES)
+        try:
+            return await self._run(started)
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            if transfers is not None:
+                transfers.discard_partials()
+
+    @property
+    def _staging(self) -> Path:
+        """Where results are unpacked before they move into place (same file system)."""
+        return self.output_dir / f".unpacking-{self.job_id}"
+
+    async def _accept_offer(self, name: str, size: int, sha256: str, meta: dict) -> str | None:
+        # The offer may overtake our reading of its job_result (file messages are handled
+        # as they arrive, job messages in order): wait a little for the announcement.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ANNOUNCE_WAIT
+        while self._announced.get(sha256) != size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return f"{name!r} ({size} bytes) was not announced by a job_result; refused."
+            self._announce_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(self._announce_changed.wait(), remaining)
+        return None
+
+    async def _run(self, started: float) -> JobSummary:
         try:
             if self.attach_job_id and await self._attach():
                 return await self._follow(started)
@@ -357,19 +423,34 @@ class JobSession:
             self.phases.advance(self.running_phase, "")
 
     async def _receive_result(self, msg: dict[str, Any], summary: JobSummary) -> Path:
-        name = str(msg.get("name"))
+        name = str(msg.get("name"))[:200]
+        kind = str(msg.get("kind", ""))
+        sha, size = msg.get("sha256"), msg.get("size")
+        self._results_seen += 1
+        try:
+            check_result(kind, name, size, self.expected)
+            if not isinstance(sha, str) or len(sha) != 64:
+                raise ResultRefused(f"Result {name!r} has no valid sha256.")
+            if self._results_seen > RESULTS_MAX:
+                raise ResultRefused(f"The worker announced more than {RESULTS_MAX} results.")
+        except ResultRefused as exc:
+            raise self._fail(JobFailedError(f"Refused a result from the worker: {exc}")) from None
+        self._announced[sha] = size
+        self._announce_changed.set()
         if self.phases.phase != Phase.DOWNLOADING:
             self._to(Phase.DOWNLOADING, name)
         received = await self.channel.receive_file(timeout=self.result_timeout)
-        if received.sha256 != msg.get("sha256"):
+        if received.sha256 != sha or received.size != size:
+            Path(received.path).unlink(missing_ok=True)
             raise self._fail(JobFailedError(f"Result {name} did not match what the worker announced."))
         try:
             # Unzipping a model can take a while: off the loop, so heartbeats keep flowing.
             path = await asyncio.to_thread(
-                _place_result, Path(received.path), self.output_dir, str(msg.get("kind", "")), name, self.models_subdir
+                _place_result, Path(received.path), self.output_dir, kind, name, self.models_subdir, self._staging
             )
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, OSError) as exc:
+        except (PackageError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, OSError) as exc:
             # The zip comes from another machine: a broken one is the job's failure, not a crash.
+            Path(received.path).unlink(missing_ok=True)
             raise self._fail(JobFailedError(
                 f"Result {name} could not be unpacked into {self.output_dir} ({exc.__class__.__name__}: {exc})."
             )) from None
@@ -381,39 +462,58 @@ class JobSession:
         return path
 
 
-def _place_result(received: Path, output_dir: Path, kind: str, name: str, models_subdir: str = "models") -> Path:
-    """Move a received file into ``output_dir``; a model zip is unpacked into ``<models_subdir>/<run>``.
+def _expected_for(package: Path) -> ExpectedResults | None:
+    """What the package asks back, or ``None`` when it has no readable ``jobs.yaml``."""
+    try:
+        plan = read_plan(package)
+    except (PackageError, OSError):
+        return None
+    return expected_results(plan) if plan is not None else None
 
-    The worker zips a model folder as ``<run>/...``; that top folder is not repeated (the
-    model lands in ``<run>/best.ckpt``, not ``<run>/<run>/best.ckpt``). Entries that would
-    land outside the target are skipped (the zip comes from another machine).
+
+def check_result(kind: str, name: str, size: Any, expected: ExpectedResults | None) -> None:
+    """Refuse (``ResultRefused``) a result the client did not ask for, or one too large.
+
+    A model must be ``<run>.zip`` for a run the package trains, predictions the file name
+    an inference asked for (``expected``); without a plan only the shapes are checked
+    (a plain run name; a plain ``.slp`` name).
     """
-    safe = sanitize_name(name, fallback=received.name)  # never "..", never a path
-    if safe.endswith(".zip") and kind == ResultKind.MODEL:
-        run = safe[: -len(".zip")]
-        target = output_dir / models_subdir / run if models_subdir else output_dir / run
-        target.mkdir(parents=True, exist_ok=True)
-        root = target.resolve()
-        with zipfile.ZipFile(received) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            tops = {Path(m.filename).parts[0] for m in members if Path(m.filename).parts}
-            strip = tops == {run} and all(len(Path(m.filename).parts) > 1 for m in members)
-            for member in members:
-                parts = Path(member.filename).parts[1 if strip else 0 :]
-                if not parts:
-                    continue
-                dest = (target / Path(*parts)).resolve()
-                if not dest.is_relative_to(root) or dest == root:  # never write outside
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, dest.open("wb") as out:
-                    shutil.copyfileobj(src, out)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ResultRefused(f"Result {name!r} has no valid size ({size!r}).")
+    if size > RESULT_MAX_BYTES:
+        raise ResultRefused(f"Result {name!r} declares {size} bytes; the client accepts at most {RESULT_MAX_BYTES}.")
+    if kind == ResultKind.MODEL:
+        run = name[: -len(".zip")] if name.endswith(".zip") else ""
+        ok = bool(run) and bool(RUN_NAME_OK.match(run)) and run.strip(".") != ""
+        if not ok or (expected is not None and run not in expected.models):
+            raise ResultRefused(f"Model result {name!r} is not one of the runs the package trains.")
+    elif kind == ResultKind.PREDICTIONS:
+        plain = sanitize_name(name, fallback="") == name and name.endswith(".slp") and not name.startswith(".")
+        if not plain or (expected is not None and name not in expected.predictions):
+            raise ResultRefused(f"Predictions result {name!r} is not a file the package asked for.")
+    else:
+        raise ResultRefused(f"Result {name!r} has an unknown kind {kind!r}.")
+
+
+def _place_result(received: Path, output_dir: Path, kind: str, name: str, models_subdir: str = "models",
+                  staging: Path | None = None) -> Path:
+    """Put a received (and ``check_result``-ed) file into ``output_dir``; returns where it went.
+
+    A model zip is unpacked by ``safe_extract`` into ``staging`` (its ``<run>/`` top folder
+    not repeated) and moved into ``<models_subdir>/<run>`` only once complete; predictions
+    move to ``output_dir/<name>``. Neither replaces anything: ``place_new`` picks ``-2``,
+    ``-3`` ... when the name is taken. The received file is consumed.
+    """
+    check_result(kind, name, 0, None)
+    staging = staging or output_dir / ".unpacking"
+    if kind == ResultKind.MODEL:
+        run = name[: -len(".zip")]
+        staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = safe_extract(received, staging / run, strip_top=run)
         received.unlink(missing_ok=True)
-        return target
-    target = output_dir / safe
-    if received.resolve() != target.resolve():
-        shutil.move(received, target)
-    return target
+        target_root = output_dir / models_subdir if models_subdir else output_dir
+        return place_new(tmp, target_root / run)
+    return place_new(received, output_dir / name)
 
 
 # ------------------------------------------------------------------------ whole flow

@@ -10,6 +10,14 @@ offers give exactly one ``Reservation``. A reservation is a lease: unless it is 
 (the data channel opened) within ``lease_timeout`` seconds, it expires and the worker is
 available again. ``release`` ends a reservation or a job (client vanished, job done).
 
+Reservations are cheap to take (one relayed offer frame), so they are not free to waste: a
+reservation that ends before its client asked for a job (``note_submit``) puts that client
+in back-off. Its next offers are refused for ``BACKOFF_START`` seconds, doubling with each
+wasted reservation up to ``BACKOFF_MAX``; a job (``mark_busy``) clears it. Replaying one
+offer therefore holds the worker for one lease, then less and less often. The back-off
+table is bounded (``BACKOFF_TABLE_MAX`` clients, oldest forgotten first). Client peer ids
+are self-chosen, so a client with many ids is bounded only by the short lease.
+
 Listeners are called synchronously, in registration order, after every change, with a
 ``StatusChange``; the worker publishes the new status from there (``update_metadata``).
 """
@@ -17,6 +25,7 @@ Listeners are called synchronously, in registration order, after every change, w
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -28,8 +37,16 @@ from sleap_rtc.core.protocol import WorkerStatus
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_TIMEOUT = 30.0
+DEFAULT_LEASE_TIMEOUT = 15.0
 """Seconds a reservation waits for the data channel to open before it expires."""
+BACKOFF_START = 30.0
+"""Seconds a client's offers are refused after its first reservation that ended without a job."""
+BACKOFF_MAX = 900.0
+"""Longest back-off (it doubles per wasted reservation up to this)."""
+BACKOFF_FORGET = 3600.0
+"""A client's back-off level is forgotten this long after its last wasted reservation."""
+BACKOFF_TABLE_MAX = 1024
+"""Most clients remembered in the back-off table."""
 
 TRANSITIONS: dict[WorkerStatus, frozenset[WorkerStatus]] = {
     WorkerStatus.AVAILABLE: frozenset({WorkerStatus.RESERVED, WorkerStatus.MAINTENANCE}),
@@ -55,6 +72,8 @@ class Reservation:
     id: int = field(default_factory=lambda: next(_reservation_ids))
     created_at: float = field(default_factory=time.monotonic)
     confirmed: bool = False
+    submitted: bool = False
+    """The client asked for a job on it (a ``job_submit`` arrived), accepted or not."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,9 @@ class StatusGuard:
         self._reservation: Reservation | None = None
         self._lease: asyncio.TimerHandle | None = None
         self._listeners: list[StatusListener] = []
+        # client peer id -> (refused until, current back-off seconds, last wasted at)
+        self._backoff: collections.OrderedDict[str, tuple[float, float, float]] = collections.OrderedDict()
+        self.clock: Callable[[], float] = time.monotonic
 
     # ------------------------------------------------------------------ reading
 
@@ -114,13 +136,35 @@ class StatusGuard:
 
         Atomic on the event loop: nothing is awaited between the check and the change.
         """
-        if self._status != WorkerStatus.AVAILABLE:
+        if self._status != WorkerStatus.AVAILABLE or self.backoff_remaining(client_peer_id) > 0:
             return None
         reservation = Reservation(client_peer_id=client_peer_id)
         self._reservation = reservation
         self._start_lease(reservation)
         self._move(WorkerStatus.RESERVED, reservation, f"offer from {client_peer_id}")
         return reservation
+
+    def backoff_remaining(self, client_peer_id: str) -> float:
+        """Seconds ``client_peer_id``'s offers are still refused for (0 when none)."""
+        entry = self._backoff.get(client_peer_id)
+        return max(0.0, entry[0] - self.clock()) if entry else 0.0
+
+    def note_submit(self, reservation: Reservation) -> None:
+        """The client asked for a job on ``reservation``: ending it is no longer a waste."""
+        if self.is_current(reservation):
+            reservation.submitted = True
+
+    def _penalise(self, client_peer_id: str) -> float:
+        now = self.clock()
+        old = self._backoff.pop(client_peer_id, None)
+        if old is not None and now - old[2] < BACKOFF_FORGET:
+            delay = min(BACKOFF_MAX, old[1] * 2)
+        else:
+            delay = BACKOFF_START
+        self._backoff[client_peer_id] = (now + delay, delay, now)
+        while len(self._backoff) > BACKOFF_TABLE_MAX:
+            self._backoff.popitem(last=False)
+        return delay
 
     def confirm(self, reservation: Reservation) -> bool:
         """The data channel opened: the lease no longer expires. False if it already did."""
@@ -135,15 +179,22 @@ class StatusGuard:
         if not self.is_current(reservation):
             raise StatusError("This reservation is no longer current (expired or released).")
         self.confirm(reservation)
+        reservation.submitted = True
+        self._backoff.pop(reservation.client_peer_id, None)  # a real job: all is forgiven
         if self._status != WorkerStatus.BUSY:
             self._move(WorkerStatus.BUSY, reservation, "job started")
 
     def release(self, reservation: Reservation | None, reason: str = "released") -> bool:
-        """End ``reservation`` (job done, client gone): available again. False if stale."""
+        """End ``reservation`` (job done, client gone): available again. False if stale.
+
+        A reservation that ends without a ``job_submit`` puts its client in back-off."""
         if not self.is_current(reservation):
             return False
         self._cancel_lease()
         self._reservation = None
+        if not reservation.submitted:
+            delay = self._penalise(reservation.client_peer_id)
+            reason = f"{reason}; no job asked for, offers from {reservation.client_peer_id} refused for {delay:g} s"
         if self._status in (WorkerStatus.RESERVED, WorkerStatus.BUSY):
             self._move(WorkerStatus.AVAILABLE, reservation, reason)
         return True

@@ -367,7 +367,12 @@ class RemoteTraining(QtCore.QObject):
         self.closed = True
 
     def install_models(self, outcome: JobOutcome) -> list[Path]:
-        """Copy each trained run folder into the project's ``models/`` folder."""
+        """Copy each trained run folder into the project's ``models/`` folder.
+
+        An existing ``models/<run>`` is never touched: the copy goes to ``<run>-2`` ... (it is
+        copied beside the project first, then moved into place whole)."""
+        from sleap_rtc.core.files import place_new
+
         installed = []
         src = outcome.models_dir
         if src is None or not Path(src).is_dir():
@@ -375,10 +380,14 @@ class RemoteTraining(QtCore.QObject):
         dest_root = self.project_dir / "models"
         dest_root.mkdir(parents=True, exist_ok=True)
         for run in sorted(Path(src).iterdir()):
-            if run.is_dir():
-                dest = dest_root / run.name
-                shutil.copytree(_unwrap_run(run), dest, dirs_exist_ok=True)
-                installed.append(dest)
+            if run.is_dir() and not run.is_symlink() and not run.name.startswith("."):
+                staging = dest_root / f".installing-{run.name}"
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(_unwrap_run(run), staging, symlinks=True)
+                try:
+                    installed.append(place_new(staging, dest_root / run.name))
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
         return installed
 
     def merge_predictions(self, outcome: JobOutcome) -> int:

@@ -17,7 +17,6 @@ import copy
 import shlex
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,10 @@ from typing import Any
 
 import yaml
 
-MODELS_DIR = "models"
-"""``trainer_config.ckpt_dir`` inside the package, as SLEAP writes it."""
+from sleap_rtc.core.package import MODELS_DIR, PREDICTIONS_SUFFIX, TRAIN_SCRIPT, jobs_document, write_package
+
+__all__ = ["HeadConfig", "InferenceRequest", "MODELS_DIR", "PackageInfo", "build_training_package",
+           "prepare_config", "run_name_for", "timestamp"]
 
 
 @dataclass
@@ -129,11 +130,11 @@ def build_training_package(
                 shlex.quote(f'trainer_config.run_name="{run_name}"'),
             ]
             script.append(f"sleap train --config-name {cfg_name} --config-dir . {' '.join(overrides)} ")
-        (tmp_dir / "train-script.sh").write_text("\n".join(script) + "\n")
+        (tmp_dir / TRAIN_SCRIPT).write_text("\n".join(script) + "\n")
         inference_jobs = []
         predictions_name = None
         if inference is not None:
-            predictions_name = f"{labels_name}.predictions.slp"
+            predictions_name = f"{labels_name}{PREDICTIONS_SUFFIX}"
             inference_jobs.append(
                 {
                     "data_path": labels_name,
@@ -145,12 +146,7 @@ def build_training_package(
                     "type": "labels",
                 }
             )
-        jobs = {"training": training_jobs, "inference": inference_jobs}
-        (tmp_dir / "jobs.yaml").write_text(yaml.safe_dump(jobs, sort_keys=False))
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(out_path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for entry in sorted(tmp_dir.iterdir()):
-                # .slp is HDF5 with compressed frames already: storing is faster than deflating.
-                method = zipfile.ZIP_STORED if entry.suffix == ".slp" else zipfile.ZIP_DEFLATED
-                zf.write(entry, entry.name, compress_type=method)
+        # The one package writer (core.package): .slp stored, the rest deflated, jobs.yaml checked.
+        write_package(out_path, {entry.name: entry for entry in sorted(tmp_dir.iterdir())},
+                      jobs_document(training_jobs, inference_jobs))
     return PackageInfo(out_path, labels_name, run_paths, predictions_name)

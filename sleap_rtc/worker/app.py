@@ -20,6 +20,14 @@ Life of a connection:
    (``job_attach``), which kept running, and logs and results go to the new channel. A
    client that does not come back within the grace cancels its job and releases the worker.
 
+Limits against a hostile room member (every one a ``WorkerConfig`` field): the lease before
+the channel opens is short (``lease_timeout``); once open, ``job_submit`` must come within
+``submit_timeout`` and the client may not stay silent (no message, no file bytes) for more
+than ``submit_idle_timeout``; a reservation wasted that way puts the client in back-off
+(``core.status``). A file offer larger than ``max_package_bytes`` or than the free disk is
+refused, at most ``core.files.MAX_INCOMING`` files arrive at once, and the partial files of
+a session are removed when it ends. A job runs at most ``max_job_seconds``.
+
 Status changes are published with ``update_metadata``; the signaling client re-registers
 with the current metadata after a reconnect. ``error`` frames from the server are logged,
 never fatal.
@@ -32,6 +40,7 @@ import contextlib
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,7 +48,7 @@ from typing import Any
 
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.credentials import client_token_for, encode_session_string
-from sleap_rtc.core.files import CACHE_MAX_BYTES, prune_transfer_cache, sha256_file
+from sleap_rtc.core.files import CACHE_MAX_BYTES, MAX_FILE_BYTES, prune_transfer_cache, sha256_file
 from sleap_rtc.core.identity import WorkerKey, load_or_create_key
 from sleap_rtc.core.protocol import (
     ChannelType,
@@ -58,8 +67,8 @@ from sleap_rtc.core.status import DEFAULT_LEASE_TIMEOUT, Reservation, StatusGuar
 from sleap_rtc.core.tasks import cancel_and_wait, spawn
 from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
 from sleap_rtc.worker.capabilities import Capabilities
-from sleap_rtc.worker.executor import COMPLETED, JobExecutor, JobOutcome
-from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, prune_job_dirs
+from sleap_rtc.worker.executor import COMPLETED, DEFAULT_MAX_JOB_SECONDS, JobExecutor, JobOutcome
+from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, private_dir, prune_job_dirs
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +96,9 @@ class WorkerConfig:
     name: str | None = None
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
     submit_timeout: float = 300.0  # channel open -> package + job_submit
+    submit_idle_timeout: float = 30.0  # ... but no silence (no message, no file bytes) longer than this
+    max_package_bytes: int = MAX_FILE_BYTES  # largest file a client may offer
+    max_job_seconds: float = DEFAULT_MAX_JOB_SECONDS  # wall-clock limit of one job
     linger_timeout: float = 10.0  # after the results: wait this long for the client to hang up
     reattach_grace: float = 60.0  # a running job waits this long for its client after its channel died
     keep_job_dirs: int = DEFAULT_KEEP
@@ -225,7 +237,7 @@ class Worker:
         if not self.room_id:
             room = await create_room(self.config.server_url, secret=self.config.create_room_secret)
             self.room_id, self.worker_token, self.token = room.room_id, room.worker_token, room.token
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.work_dir)  # 0700: users' data is not for other local accounts
         self.key = load_or_create_key(self.work_dir)  # persistent: clients remember it
         self.capabilities = replace(self.capabilities, public_key=self.key.public_key)
         name = safe_worker_name(self.capabilities.worker_name)
@@ -299,8 +311,17 @@ class Worker:
             if orphan is not None:  # the client of the running job is back after an outage
                 self._spawn(self._reattach(frame, orphan), f"reattach-{sender}")
                 return
-            log.warning("refusing an offer from %s: worker is %s", sender, self.guard.status.value)
-            self._spawn(self._send_quietly(busy_error_frame(sender, self.guard.status.value)), "busy-reply")
+            wait = self.guard.backoff_remaining(sender)
+            status = self.guard.status.value
+            if wait > 0:
+                log.warning("refusing an offer from %s: back-off for %.0f s after a reservation it did not use", sender, wait)
+                text = (f"Worker refuses offers from this client for {wait:.0f} s more: its last reservation "
+                        "ended without a job. Choose another worker or retry later.")
+                frame = busy_error_frame(sender, status, text)
+            else:
+                log.warning("refusing an offer from %s: worker is %s", sender, status)
+                frame = busy_error_frame(sender, status)
+            self._spawn(self._send_quietly(frame), "busy-reply")
             return
         task = asyncio.get_running_loop().create_task(self._session(frame, reservation), name=f"session-{sender}")
         self._sessions[reservation.id] = task
@@ -364,6 +385,8 @@ class Worker:
             )
             if self.key is not None:
                 channel.prove_identity(self.key)  # the client uploads nothing before checking it
+            # The package is the largest file a client sends: nothing larger is accepted.
+            channel.transfers.max_file_bytes = self.config.max_package_bytes
             if not self.guard.confirm(reservation):
                 reason = "lease expired before the channel opened"
                 return
@@ -390,6 +413,8 @@ class Worker:
             if channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(channel.close(), 5)
+                # No resume across sessions on the worker: what a session left half-sent goes.
+                channel.transfers.discard_partials()
             shutil.rmtree(incoming, ignore_errors=True)
             self.guard.release(reservation, reason)
 
@@ -434,6 +459,7 @@ class Worker:
             submit = await self._wait_submit(channel)
             if submit is None:
                 return
+            self.guard.note_submit(reservation)
             job_id = submit["job_id"]
             try:
                 package = await self._find_package(channel, submit, files, arrived)
@@ -480,18 +506,28 @@ class Worker:
         ``PeerClosedError`` once the channel closes (the client left)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.submit_timeout
+        idle = self.config.submit_idle_timeout
+        last_message = time.monotonic()
         while True:
             remaining = deadline - loop.time()
+            # File bytes count as activity: a large package may take a while to arrive.
+            quiet = time.monotonic() - max(last_message, channel.transfers.last_activity)
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                msg = await channel.receive(remaining)
+                if quiet >= idle:
+                    log.warning("%s sent nothing for %.0f s before job_submit", channel.remote_peer_id, quiet)
+                    return None
+                msg = await channel.receive(min(remaining, idle - quiet))
             except (asyncio.TimeoutError, TimeoutError):
+                if deadline - loop.time() > 0:
+                    continue  # an idle check, not the deadline
                 log.warning("no job_submit from %s within %.0f s", channel.remote_peer_id, self.config.submit_timeout)
                 return None
             if msg.get("type") == ChannelType.JOB_ATTACH:
                 await channel.send(jobs_wire.job_rejected(str(msg.get("job_id")), "That job is not running here."))
                 continue
+            last_message = time.monotonic()
             if msg.get("type") != ChannelType.JOB_SUBMIT:
                 continue
             try:
@@ -518,7 +554,7 @@ class Worker:
         return Path(files[sha].path)
 
     async def _run_job(self, link: JobLink, job_id: str, package: Path) -> JobOutcome:
-        factory = self.config.executor_factory or (lambda jid: JobExecutor(jid))
+        factory = self.config.executor_factory or (lambda jid: JobExecutor(jid, max_seconds=self.config.max_job_seconds))
         executor = factory(job_id)
 
         async def emit(message: dict[str, Any]) -> None:

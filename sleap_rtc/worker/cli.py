@@ -28,11 +28,14 @@ from sleap_rtc.core.config import ConfigError, load_config, resolve_server, user
               help="Where job directories go (default: the user data dir).")
 @click.option("--gpu", "gpu", type=click.IntRange(min=0), default=None,
               help="Index of the GPU to advertise (as NVML numbers them); it must exist.")
+@click.option("--max-job-seconds", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Stop and fail a job that runs longer than this (default: 86400, one day).")
 @click.option("--lease-timeout", type=click.FloatRange(min=0, min_open=True), default=None, hidden=True,
               help="Seconds a reservation waits for the data channel (tests shorten it).")
 def worker_command(server: str | None, room_id: str | None, token: str | None, token_file: Path | None,
                    create_room_secret: str | None, name: str | None,
-                   work_dir: Path | None, gpu: int | None, lease_timeout: float | None) -> None:
+                   work_dir: Path | None, gpu: int | None, max_job_seconds: float | None,
+                   lease_timeout: float | None) -> None:
     """Serve SLEAP training and inference jobs from this GPU machine."""
     from sleap_rtc.core.credentials import ENV_WORKER_TOKEN, CredentialsError, resolve_token
 
@@ -57,6 +60,8 @@ def worker_command(server: str | None, room_id: str | None, token: str | None, t
     )
     if lease_timeout is not None:
         config.lease_timeout = lease_timeout
+    if max_job_seconds is not None:
+        config.max_job_seconds = max_job_seconds
     if capabilities.sleap_nn_version is None:
         click.echo("[WARN] sleap-nn is not installed: jobs will fail until it is (pip install 'sleap-rtc[worker]').", err=True)
     try:

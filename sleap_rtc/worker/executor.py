@@ -15,7 +15,11 @@ checks), reads its plan, and for each model:
 Then it runs ``sleap-nn track`` for each inference request and returns the predictions.
 ``stop()`` asks sleap-nn to end the current model's training cleanly (its
 ``{"command": "stop"}``: the model is kept, like SLEAP's Stop button); ``cancel()``
-terminates the process group. Failures come back as a ``JobOutcome`` whose reason a user
+terminates the process group. A job that runs longer than ``max_seconds`` (the worker's
+``--max-job-seconds``, default ``DEFAULT_MAX_JOB_SECONDS``) is cancelled and fails with
+that reason. sleap-nn runs with a minimal environment (``child_env``): the worker's own
+variables (tokens, keys, cloud credentials) never reach a job, whose config could print
+them. Failures come back as a ``JobOutcome`` whose reason a user
 can act on (with the last lines of sleap-nn's output), never as a hang or a traceback.
 """
 
@@ -44,6 +48,7 @@ from sleap_rtc.children import die_with_parent
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.tasks import cancel_and_wait
 from sleap_rtc.worker.logstream import LineSplitter
+from sleap_rtc.core.package import FILE_MODE
 from sleap_rtc.worker.package import (
     InferenceJob,
     PackageError,
@@ -65,6 +70,15 @@ KILL_GRACE_S = 3.0
 STOP_REPEAT_S = 0.5  # a stop published before sleap-nn's SUB connected is lost: repeat it
 ZMQ_DRAIN_S = 0.5  # events still in flight when the process exits (e.g. train_end)
 FORWARD_CLOSE_TIMEOUT_S = 2.0  # the ZMQ event forwarder, once cancelled
+DEFAULT_MAX_JOB_SECONDS = 24 * 3600.0
+"""Wall-clock limit of one job (all its models and inference) unless the worker says otherwise."""
+ENV_ALLOWED = frozenset({
+    "PATH", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "LANG", "LANGUAGE", "TZ",
+    "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_HOME", "CUDA_PATH",
+    "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "SLEAP_SKIP_QT_FIX", "QT_QPA_PLATFORM",
+})
+"""Variables of the worker's environment passed on to sleap-nn (plus ``LC_*``); nothing else."""
 INSTALL_HINT = "Install it on the worker with: pip install 'sleap-rtc[worker]' (or pip install sleap-nn)."
 
 
@@ -94,7 +108,22 @@ def zip_folder(folder: Path, dest: Path) -> Path:
         for path in sorted(folder.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 zf.write(path, Path(folder.name) / path.relative_to(folder))
+    os.chmod(dest, FILE_MODE)
     return dest
+
+
+def child_env(job_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment sleap-nn runs with: ``ENV_ALLOWED`` (+ ``LC_*``) of ours, ``HOME`` and
+    ``TMPDIR`` inside the job dir, wandb disabled, then ``extra`` (the worker's own settings)."""
+    env = {k: v for k, v in os.environ.items() if k in ENV_ALLOWED or k.startswith("LC_")}
+    home = Path(job_dir) / "home"
+    tmp = Path(job_dir) / "tmp"
+    for d in (home, tmp):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env.update({"HOME": str(home), "TMPDIR": str(tmp), "MPLCONFIGDIR": str(home / ".matplotlib"),
+                "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", "WANDB_DISABLED": "true"})
+    env.update(extra or {})
+    return env
 
 
 class _JobFailed(Exception):
@@ -118,6 +147,7 @@ class JobExecutor:
         device: str | None = None,
         limits: PackageLimits = PackageLimits(),
         env: dict[str, str] | None = None,
+        max_seconds: float | None = DEFAULT_MAX_JOB_SECONDS,
     ):
         self.job_id = job_id
         self.command = list(command) if command else None
@@ -125,6 +155,9 @@ class JobExecutor:
         self.device = device
         self.limits = limits
         self.env = env
+        self.max_seconds = max_seconds
+        self._timed_out = False
+        self._job_dir: Path | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._controller: zmq.asyncio.Socket | None = None
         self._stop_pending = False
@@ -154,6 +187,11 @@ class JobExecutor:
             _signal_group(proc, signal.SIGTERM)
             asyncio.get_running_loop().call_later(KILL_GRACE_S, _signal_group, proc, signal.SIGKILL)
 
+    def _time_up(self) -> None:
+        log.warning("job %s: wall-clock limit of %g s reached; stopping it", self.job_id, self.max_seconds)
+        self._timed_out = True
+        self.cancel()
+
     @property
     def cancelled(self) -> bool:
         """Whether ``cancel()`` was called."""
@@ -165,6 +203,9 @@ class JobExecutor:
         """Run the package in ``job_dir`` (created; must not exist); never raises for job errors."""
         started = time.monotonic()
         self._emit = emit
+        timer = None
+        if self.max_seconds is not None and self.max_seconds > 0:
+            timer = asyncio.get_running_loop().call_later(self.max_seconds, self._time_up)
         try:
             results = await self._run(Path(package_zip), Path(job_dir))
             status, reason = (CANCELLED, "Cancelled by the client.") if self._cancelled else (COMPLETED, "")
@@ -176,6 +217,13 @@ class JobExecutor:
             log.exception("job %s crashed", self.job_id)
             results, status = [], FAILED
             reason = f"The worker could not run this job ({exc.__class__.__name__}: {exc})."
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if self._timed_out:
+            results, status = [], FAILED
+            reason = (f"The job ran longer than this worker's limit of {self.max_seconds:g} s per job "
+                      "(--max-job-seconds) and was stopped.")
         outcome = JobOutcome(status, results if status == COMPLETED else [], reason, self._stopped_any,
                              time.monotonic() - started)
         log.info("job %s %s in %.1f s %s", self.job_id, outcome.status, outcome.duration_s, outcome.reason)
@@ -184,11 +232,13 @@ class JobExecutor:
     async def _run(self, package_zip: Path, job_dir: Path) -> list[Path]:
         work = job_dir / "work"
         results_dir = job_dir / "results"
-        job_dir.mkdir(parents=True, exist_ok=False)
-        results_dir.mkdir()
+        job_dir.mkdir(mode=0o700, parents=True, exist_ok=False)
+        results_dir.mkdir(mode=0o700)
+        self._job_dir = job_dir
         try:
             await asyncio.to_thread(extract_package, package_zip, work, self.limits)
-            plan = load_plan(work)
+            # Checked and rewritten before sleap-nn sees anything (configs, labels' videos).
+            plan = await asyncio.to_thread(load_plan, work, rewrite_configs=True)
         except PackageError as exc:
             raise _JobFailed(f"The training package was refused: {exc}") from None
         command = self.command or find_sleap_nn()
@@ -250,18 +300,20 @@ class JobExecutor:
         output = work / inf.output_path
         if not output.is_file():
             raise _JobFailed(f"sleap-nn track finished but wrote no predictions at {inf.output_path!r}.")
-        return Path(shutil.copy(output, results_dir / output.name))
+        result = Path(shutil.copy(output, results_dir / output.name))
+        os.chmod(result, FILE_MODE)
+        return result
 
     async def _run_process(self, argv: list[str], cwd: Path, on_start: Callable[[], None] | None = None) -> tuple[int, list[str]]:
         """Run one command in its own process group, streaming its output; returns (rc, tail)."""
-        env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
+        env = child_env(self._job_dir or cwd, self.env)
         log.info("job %s: %s", self.job_id, " ".join(argv))
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own process group: cancel kills its children too
-                preexec_fn=die_with_parent,
+                preexec_fn=_child_setup,
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise _JobFailed(f"Cannot start {argv[0]!r} ({exc.strerror}). {INSTALL_HINT}") from None
@@ -334,6 +386,12 @@ class JobExecutor:
             self._emit_failures += 1
             if self._emit_failures == 1:
                 log.warning("job %s: could not send a message (%s); continuing", self.job_id, exc)
+
+
+def _child_setup() -> None:
+    """In the sleap-nn child before exec: die with the worker; files it writes are owner-only."""
+    die_with_parent()
+    os.umask(0o077)
 
 
 def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:

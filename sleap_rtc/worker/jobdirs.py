@@ -5,6 +5,9 @@ package and sleap-nn's outputs, ``results/`` = the files sent back). The receive
 is deleted as soon as the job ends. After each job's results were sent, only the newest
 ``keep`` job directories are kept (default 3, for debugging a recent failure); older ones
 are deleted. Nothing outside ``<work_dir>/jobs`` is ever touched.
+
+Modes: the work dir and every job dir are ``DIR_MODE`` (0700) and job files 0600
+(``core.package.FILE_MODE``), so other accounts on the worker cannot read users' data.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 
 DEFAULT_KEEP = 3
 """Job directories kept after results were sent."""
+DIR_MODE = 0o700
+"""Mode of the work dir, ``jobs/`` and every job directory."""
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -25,8 +30,19 @@ def jobs_root(work_dir: Path) -> Path:
     return Path(work_dir) / "jobs"
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed and make it ``DIR_MODE``: owner only."""
+    path = Path(path)
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    path.chmod(DIR_MODE)
+    return path
+
+
 def new_job_dir(work_dir: Path, job_id: str) -> Path:
-    """A fresh (not yet created) directory for ``job_id``; the id is sanitised."""
+    """A fresh (not yet created) directory for ``job_id``; the id is sanitised.
+
+    ``<work_dir>/jobs`` is created (``DIR_MODE``) if needed; the job dir itself is not."""
+    private_dir(jobs_root(work_dir))
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{_SAFE.sub('_', job_id)[:64]}"
     path = jobs_root(work_dir) / name
     n = 1

@@ -1,204 +1,152 @@
 """SLEAP training-job packages, read as hostile input, and the sleap-nn commands they ask for.
 
-A package is a flat zip written by SLEAP's ``export_package`` (see
-``shared/reference/sleap-integration.md``): ``<name>.pkg.slp``, one ``<head>.yaml`` per
-model, ``train-script.sh``, ``inference-script.sh`` and ``jobs.yaml``. It comes from
-another machine, so ``extract_package`` refuses, before writing anything, entries that
-could escape the job directory (absolute paths, ``..``, drive letters, symlinks, device
-files), duplicate names, encrypted entries, too many files, too many bytes and zip bombs;
-while extracting it also stops any entry that inflates past its declared size.
+The package format and the one safe-extract live in ``sleap_rtc.core.package``; this module
+is the worker's side: ``extract_package`` (``safe_extract`` with the worker's limits),
+``load_plan`` (``jobs.yaml``, or, without it, ``train-script.sh`` parsed line by line,
+accepting only ``sleap train``/``sleap-nn train``), the config checker and the labels
+checker, and ``train_argv``/``track_argv`` which build ``sleap-nn`` argument lists.
+Commands are never taken from the package as shell.
 
-Commands are never taken from the package as shell: ``load_plan`` reads ``jobs.yaml``
-(or, without it, parses ``train-script.sh`` line by line, accepting only
-``sleap train``/``sleap-nn train``), and ``train_argv``/``track_argv`` build ``sleap-nn``
-argument lists. Output locations (``trainer_config.ckpt_dir``/``run_name``) are always set
-by the worker, and every path the package names must stay inside the job directory.
+The config checker looks at the PARSED config, never at its text, and then writes back
+exactly what it checked (so YAML escapes of ``$`` such as ``"\\x24{...}"`` are gone before sleap-nn
+reads the file):
+
+* only the top-level sections sleap-nn's ``TrainingJobConfig`` has (``CONFIG_SECTIONS``):
+  no ``hydra`` and no ``defaults`` (Hydra would merge other files of the worker);
+* no ``${`` in any key or string, at any depth (OmegaConf interpolation such as
+  ``${oc.env:...}`` would read the worker's environment);
+* no string that is an absolute path, starts with ``~`` or has a ``..`` part;
+* the cache folder (``data_config.cache_img_path``) forced inside the job dir, wandb off,
+  and output locations (``trainer_config.ckpt_dir``/``run_name``) set by the worker.
+
+The labels checker opens every ``.slp`` the plan names with ``sleap_io`` (videos not
+opened) and refuses any video that is neither embedded in that file nor a file inside the
+job dir.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import shutil
-import stat
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-JOBS_FILE = "jobs.yaml"
-TRAIN_SCRIPT = "train-script.sh"
+from sleap_rtc.core.package import (
+    JOBS_FILE,
+    TRAIN_SCRIPT,
+    ExtractLimits,
+    InferenceJob,
+    JobPlan,
+    PackageError,
+    TrainJob,
+    check_run_path,
+    inside,
+    load_yaml,
+    parse_jobs,
+    safe_extract,
+    safe_relpath,
+)
+
+PackageLimits = ExtractLimits
+"""The worker's bounds on a package (``core.package.ExtractLimits``)."""
+
+CONFIG_SECTIONS = frozenset({"data_config", "model_config", "trainer_config", "name", "description",
+                             "sleap_nn_version", "filename"})
+"""Top-level keys a training config may have (sleap-nn's ``TrainingJobConfig`` fields)."""
+CACHE_DIR = "cache"
+"""Folder inside the job's work dir where sleap-nn may cache images (forced)."""
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+"""Largest training config the worker parses."""
+
+__all__ = [
+    "CACHE_DIR", "CONFIG_SECTIONS", "InferenceJob", "JOBS_FILE", "JobPlan", "PackageError", "PackageLimits",
+    "TRAIN_SCRIPT", "TrainJob", "check_config", "check_labels_videos", "extract_package", "load_plan",
+    "safe_relpath", "track_argv", "train_argv",
+]
 
 
-class PackageError(ValueError):
-    """The package is refused; the message says why, in words a user can act on."""
+def extract_package(zip_path: Path, dest: Path, limits: ExtractLimits = ExtractLimits()) -> Path:
+    """``core.package.safe_extract`` of a received package into the new directory ``dest``."""
+    return safe_extract(zip_path, dest, limits)
 
 
-@dataclass(frozen=True)
-class PackageLimits:
-    """Bounds on what a package may unpack to (defaults fit real SLEAP projects)."""
-
-    max_files: int = 1000
-    max_total_bytes: int = 64 * 1024**3
-    max_ratio: float = 200.0  # uncompressed/compressed, for entries above ratio_min_bytes
-    ratio_min_bytes: int = 1024 * 1024
-    chunk_bytes: int = 1024 * 1024
+_inside = inside
+_check_run_path = check_run_path
 
 
-# ---------------------------------------------------------------------------- paths
+def _require_file(job_dir: Path, rel: str, what: str) -> None:
+    path = inside(job_dir, rel)
+    if not path.is_file():
+        raise PackageError(f"{what} {rel!r} is not in the package.")
 
 
-_DRIVE = re.compile(r"^[A-Za-z]:")
+def _walk(node: Any, where: str, cfg_rel: str) -> None:
+    """Refuse interpolation and paths leaving the job dir anywhere in a parsed config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise PackageError(f"Training config {cfg_rel!r} has a non-text key {key!r} at {where or 'top level'}.")
+            if "${" in key:
+                raise PackageError(f"Training config {cfg_rel!r} uses '${{...}}' interpolation in a key, which workers refuse.")
+            _walk(value, f"{where}.{key}" if where else key, cfg_rel)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _walk(item, f"{where}[{i}]", cfg_rel)
+    elif isinstance(node, str):
+        if "${" in node:
+            # OmegaConf interpolations such as ${oc.env:...} would read the worker's environment.
+            raise PackageError(f"Training config {cfg_rel!r} uses '${{...}}' interpolation at {where}, which workers refuse.")
+        text = node.replace("\\", "/")
+        if text.startswith(("/", "~")) or re.match(r"^[A-Za-z]:/", text):
+            raise PackageError(f"{where} in {cfg_rel} is an absolute path ({node!r}); packages may only use "
+                               "relative paths inside the job directory.")
+        if ".." in PurePosixPath(text).parts:
+            raise PackageError(f"{where} in {cfg_rel} climbs out of the job directory with '..' ({node!r}).")
+    elif not (node is None or isinstance(node, (bool, int, float))):
+        raise PackageError(f"Training config {cfg_rel!r} has an unsupported value at {where}.")
 
 
-def safe_relpath(value: Any, what: str) -> str:
-    """``value`` as a normalised relative POSIX path inside the job dir, or ``PackageError``."""
-    if not isinstance(value, str) or not value.strip():
-        raise PackageError(f"{what} must be a non-empty relative path, got {value!r}.")
-    if "\x00" in value:
-        raise PackageError(f"{what} contains a NUL character.")
-    text = value.replace("\\", "/")
-    if text.startswith("/") or _DRIVE.match(text):
-        raise PackageError(f"{what} is an absolute path ({value!r}); packages may only use relative paths.")
-    parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
-    if not parts:
-        raise PackageError(f"{what} names no file ({value!r}).")
-    if ".." in parts:
-        raise PackageError(f"{what} climbs out of the job directory with '..' ({value!r}).")
-    return "/".join(parts)
+def check_config(job_dir: Path, cfg_rel: str, *, rewrite: bool = False) -> dict[str, Any]:
+    """Load a sleap-nn config from the package and refuse anything that could leave the job dir.
 
-
-def _inside(root: Path, rel: str) -> Path:
-    target = (root / rel).resolve()
-    if not target.is_relative_to(root.resolve()):
-        raise PackageError(f"{rel!r} resolves outside the job directory.")
-    return target
-
-
-# ---------------------------------------------------------------------------- extraction
-
-
-def _check_entries(infos: list[zipfile.ZipInfo], limits: PackageLimits) -> None:
-    if len(infos) > limits.max_files:
-        raise PackageError(f"The package has {len(infos)} entries; at most {limits.max_files} are allowed.")
-    seen: set[str] = set()
-    total = 0
-    for info in infos:
-        rel = safe_relpath(info.filename, f"Zip entry {info.filename!r}")
-        key = rel.lower()  # case-insensitive file systems would merge these
-        if key in seen:
-            raise PackageError(f"The package holds {info.filename!r} twice.")
-        seen.add(key)
-        mode = info.external_attr >> 16
-        if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
-            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
-            raise PackageError(f"Zip entry {info.filename!r} is {kind}; only plain files are allowed.")
-        if info.flag_bits & 0x1:
-            raise PackageError(f"Zip entry {info.filename!r} is encrypted.")
-        total += info.file_size
-        if total > limits.max_total_bytes:
-            raise PackageError(f"The package unpacks to more than {limits.max_total_bytes} bytes.")
-        if info.file_size > limits.ratio_min_bytes and info.file_size > limits.max_ratio * max(info.compress_size, 1):
-            raise PackageError(
-                f"Zip entry {info.filename!r} is compressed {info.file_size // max(info.compress_size, 1)}x "
-                f"(limit {limits.max_ratio:g}x): refused as a possible zip bomb."
-            )
-
-
-def extract_package(zip_path: Path, dest: Path, limits: PackageLimits = PackageLimits()) -> Path:
-    """Check every entry of ``zip_path``, then extract it into the new directory ``dest``.
-
-    Raises ``PackageError`` (and leaves no ``dest`` behind) for a refused package.
+    With ``rewrite`` the checked config, with the worker's forced settings, replaces the
+    file: what sleap-nn reads is exactly what was checked.
     """
-    dest = Path(dest)
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise PackageError(f"The package is not a readable zip file ({exc}).") from None
-    dest.mkdir(parents=True, exist_ok=False)
-    try:
-        with zf:
-            infos = zf.infolist()
-            _check_entries(infos, limits)
-            for info in infos:
-                rel = safe_relpath(info.filename, "Zip entry")
-                target = _inside(dest, rel)
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                _extract_one(zf, info, target, limits)
-    except PackageError:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise PackageError(f"The package could not be extracted ({exc.__class__.__name__}: {exc}).") from None
-    return dest
+    _require_file(job_dir, cfg_rel, "Training config")
+    path = inside(job_dir, cfg_rel)
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise PackageError(f"Training config {cfg_rel!r} is larger than {MAX_CONFIG_BYTES} bytes.")
+    cfg = load_yaml(path.read_bytes(), f"Training config {cfg_rel!r}")
+    if not isinstance(cfg, dict):
+        raise PackageError(f"Training config {cfg_rel!r} is not a mapping.")
+    extra = sorted(str(k) for k in cfg if k not in CONFIG_SECTIONS)
+    if extra:
+        raise PackageError(f"Training config {cfg_rel!r} has sections {', '.join(map(repr, extra))}; workers accept only "
+                           f"{', '.join(sorted(CONFIG_SECTIONS))} (no 'hydra' or 'defaults').")
+    for section in ("data_config", "model_config", "trainer_config"):
+        if cfg.get(section) is not None and not isinstance(cfg[section], dict):
+            raise PackageError(f"{section} in {cfg_rel} must be a mapping.")
+    _walk(cfg, "", cfg_rel)
+    for section, key in _CONFIG_PATH_FIELDS:
+        sec = cfg.get(section)
+        value = sec.get(key) if isinstance(sec, dict) else None
+        for item in value if isinstance(value, list) else [value]:
+            if item not in (None, ""):
+                safe_relpath(item, f"{section}.{key} in {cfg_rel}")
+    if rewrite:
+        data = cfg.get("data_config") or {}
+        cfg["data_config"] = data
+        # A cache outside the job dir is written and then deleted (train_imgs/val_imgs).
+        data["cache_img_path"] = str((Path(job_dir) / CACHE_DIR).resolve())
+        trainer = cfg.get("trainer_config") or {}
+        cfg["trainer_config"] = trainer
+        trainer["use_wandb"] = False
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return cfg
 
 
-def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, limits: PackageLimits) -> None:
-    # O_EXCL + O_NOFOLLOW: never write through a link or over a file already placed.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    written = 0
-    with zf.open(info) as src, os.fdopen(os.open(target, flags, 0o644), "wb") as out:
-        while chunk := src.read(limits.chunk_bytes):
-            written += len(chunk)
-            # The header's size may lie; stop at what it declared.
-            if written > info.file_size:
-                raise PackageError(f"Zip entry {info.filename!r} inflates past its declared size.")
-            out.write(chunk)
-
-
-# ---------------------------------------------------------------------------- plans
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """One model to train: its config file and where the trained model lands."""
-
-    cfg: str  # relative path of the sleap-nn config in the job dir
-    run_path: str  # relative model folder, e.g. models/single_instance.n=10
-    train_labels: str | None = None
-
-    @property
-    def ckpt_dir(self) -> str:
-        """Parent of ``run_path`` (``trainer_config.ckpt_dir``)."""
-        parent = PurePosixPath(self.run_path).parent.as_posix()
-        return parent if parent != "." else "."
-
-    @property
-    def run_name(self) -> str:
-        """Last part of ``run_path`` (``trainer_config.run_name``)."""
-        return PurePosixPath(self.run_path).name
-
-
-@dataclass(frozen=True)
-class InferenceJob:
-    """One inference request from ``jobs.yaml``."""
-
-    data_path: str
-    models: tuple[str, ...]
-    output_path: str
-    only_suggested_frames: bool = False
-    only_labeled_frames: bool = False
-    tracking: bool = False
-    type: str = "labels"
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    """What a package asks the worker to do."""
-
-    training: tuple[TrainJob, ...] = ()
-    inference: tuple[InferenceJob, ...] = field(default_factory=tuple)
-    source: str = JOBS_FILE
-
-
-_RUN_NAME_OK = re.compile(r"^[A-Za-z0-9_.=+\-]+$")
 # Config fields that name files to read: they must stay inside the job directory.
 _CONFIG_PATH_FIELDS = (
     ("data_config", "train_labels_path"),
@@ -210,45 +158,53 @@ _CONFIG_PATH_FIELDS = (
 )
 
 
-def _check_run_path(value: Any, what: str) -> str:
-    rel = safe_relpath(value, what)
-    for part in rel.split("/"):
-        # Parts go into Hydra overrides inside double quotes: keep them to a plain alphabet.
-        if not _RUN_NAME_OK.match(part):
-            raise PackageError(f"{what} {value!r} has characters other than letters, digits and _.=+-.")
-    return rel
-
-
-def _require_file(job_dir: Path, rel: str, what: str) -> None:
-    path = _inside(job_dir, rel)
-    if not path.is_file():
-        raise PackageError(f"{what} {rel!r} is not in the package.")
-
-
-def check_config(job_dir: Path, cfg_rel: str) -> dict[str, Any]:
-    """Load a sleap-nn config from the package and refuse paths that leave the job dir."""
-    _require_file(job_dir, cfg_rel, "Training config")
-    text = _inside(job_dir, cfg_rel).read_text(errors="replace")
-    if "${" in text:
-        # OmegaConf interpolations such as ${oc.env:...} would read the worker's environment.
-        raise PackageError(f"Training config {cfg_rel!r} uses '${{...}}' interpolation, which workers refuse.")
-    try:
-        cfg = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: hostile "[[[[..." nesting
-        raise PackageError(f"Training config {cfg_rel!r} is not valid YAML ({exc.__class__.__name__}).") from None
-    if not isinstance(cfg, dict):
-        raise PackageError(f"Training config {cfg_rel!r} is not a mapping.")
-    for section, key in _CONFIG_PATH_FIELDS:
-        sec = cfg.get(section)
-        value = sec.get(key) if isinstance(sec, dict) else None
+def _labels_paths(cfg: dict[str, Any]) -> list[str]:
+    data = cfg.get("data_config") if isinstance(cfg.get("data_config"), dict) else {}
+    out = []
+    for key in ("train_labels_path", "val_labels_path", "test_file_path"):
+        value = data.get(key)
         for item in value if isinstance(value, list) else [value]:
-            if item not in (None, ""):
-                safe_relpath(item, f"{section}.{key} in {cfg_rel}")
-    return cfg
+            if isinstance(item, str) and item:
+                out.append(safe_relpath(item, f"data_config.{key}"))
+    return out
 
 
-def load_plan(job_dir: Path) -> JobPlan:
-    """Read ``jobs.yaml`` (or, failing that, ``train-script.sh``) of an extracted package."""
+def check_labels_videos(job_dir: Path, labels_rel: str) -> None:
+    """Refuse a labels file whose videos are neither embedded in it nor files in the job dir."""
+    import sleap_io as sio  # heavy: only when a package is checked
+
+    path = inside(job_dir, labels_rel)
+    if not path.is_file():
+        raise PackageError(f"Labels {labels_rel!r} are not in the package.")
+    root = Path(job_dir).resolve()
+    try:
+        labels = sio.load_slp(str(path), open_videos=False)
+    except Exception as exc:  # a hostile or broken file: any error is a refusal
+        raise PackageError(f"Labels {labels_rel!r} cannot be read ({exc.__class__.__name__}).") from None
+    for i, video in enumerate(labels.videos):
+        names = video.filename if isinstance(video.filename, list) else [video.filename]
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise PackageError(f"Video {i} of {labels_rel!r} has no file name.")
+            # sleap-nn may open it relative to the working dir (the job dir) or to the labels file.
+            candidates = [Path(name)] if Path(name).is_absolute() else [root / name, path.parent / name]
+            for cand in candidates:
+                resolved = cand.resolve()
+                if not resolved.is_relative_to(root):
+                    raise PackageError(
+                        f"Video {i} of {labels_rel!r} is {name!r}, outside the package: workers only read frames "
+                        "embedded in the labels file or videos inside the package."
+                    )
+            if not any(c.resolve().is_file() for c in candidates):
+                raise PackageError(f"Video {i} of {labels_rel!r} ({name!r}) is not in the package.")
+
+
+def load_plan(job_dir: Path, *, rewrite_configs: bool = False) -> JobPlan:
+    """Read ``jobs.yaml`` (or, failing that, ``train-script.sh``) of an extracted package.
+
+    Checks every config (``check_config``; with ``rewrite_configs`` the checked version
+    replaces each file) and the videos of every labels file the plan names.
+    """
     job_dir = Path(job_dir)
     if (job_dir / JOBS_FILE).is_file():
         plan = _plan_from_jobs_yaml(job_dir)
@@ -258,65 +214,30 @@ def load_plan(job_dir: Path) -> JobPlan:
         raise PackageError(f"The package has neither {JOBS_FILE} nor {TRAIN_SCRIPT}: is it a SLEAP training package?")
     if not plan.training and not plan.inference:
         raise PackageError("The package asks for no training and no inference.")
+    labels: list[str] = []
     for job in plan.training:
-        check_config(job_dir, job.cfg)
+        cfg = check_config(job_dir, job.cfg, rewrite=rewrite_configs)
+        labels += _labels_paths(cfg)
         if job.train_labels:
             _require_file(job_dir, job.train_labels, "Training labels")
+            labels.append(job.train_labels)
     trained = {job.run_path for job in plan.training}
     for inf in plan.inference:
         _require_file(job_dir, inf.data_path, "Inference data")
+        labels.append(inf.data_path)
         for model in inf.models:
-            if model not in trained and not _inside(job_dir, model).is_dir():
+            if model not in trained and not inside(job_dir, model).is_dir():
                 raise PackageError(f"Inference model {model!r} is neither trained by this package nor included in it.")
+    for rel in dict.fromkeys(labels):
+        check_labels_videos(job_dir, rel)
     return plan
 
 
 def _plan_from_jobs_yaml(job_dir: Path) -> JobPlan:
-    try:
-        data = yaml.safe_load((job_dir / JOBS_FILE).read_text(errors="replace"))
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise PackageError(f"{JOBS_FILE} is not valid YAML ({exc.__class__.__name__}).") from None
-    if not isinstance(data, dict):
-        raise PackageError(f"{JOBS_FILE} must be a mapping with 'training' and/or 'inference'.")
-    training, inference = data.get("training") or [], data.get("inference") or []
-    if not isinstance(training, list) or not isinstance(inference, list):
-        raise PackageError(f"'training' and 'inference' in {JOBS_FILE} must be lists.")
-    train_jobs = []
-    for i, item in enumerate(training):
-        if not isinstance(item, dict):
-            raise PackageError(f"training[{i}] in {JOBS_FILE} must be a mapping.")
-        labels = item.get("train_labels")
-        if isinstance(labels, str) and any(c in labels for c in "\"'\\$"):
-            raise PackageError(f"training[{i}].train_labels {labels!r} contains quotes, '\\' or '$'.")
-        train_jobs.append(
-            TrainJob(
-                cfg=safe_relpath(item.get("cfg"), f"training[{i}].cfg"),
-                run_path=_check_run_path(item.get("run_path"), f"training[{i}].run_path"),
-                train_labels=safe_relpath(labels, f"training[{i}].train_labels") if labels else None,
-            )
-        )
-    inf_jobs = []
-    for i, item in enumerate(inference):
-        if not isinstance(item, dict):
-            raise PackageError(f"inference[{i}] in {JOBS_FILE} must be a mapping.")
-        models = item.get("models") or []
-        if not isinstance(models, list) or not models:
-            raise PackageError(f"inference[{i}].models must be a non-empty list.")
-        tracking = item.get("tracking") or {}
-        tracker = tracking.get("tracking.tracker") if isinstance(tracking, dict) else None
-        data_path = safe_relpath(item.get("data_path"), f"inference[{i}].data_path")
-        inf_jobs.append(
-            InferenceJob(
-                data_path=data_path,
-                models=tuple(_check_run_path(m, f"inference[{i}].models") for m in models),
-                output_path=safe_relpath(item.get("output_path") or f"{data_path}.predictions.slp", f"inference[{i}].output_path"),
-                only_suggested_frames=bool(item.get("only_suggested_frames")),
-                only_labeled_frames=bool(item.get("only_labeled_frames")),
-                tracking=bool(tracker) and str(tracker).lower() not in ("none", "null", "false"),
-                type=str(item.get("type") or "labels"),
-            )
-        )
-    return JobPlan(tuple(train_jobs), tuple(inf_jobs), JOBS_FILE)
+    path = job_dir / JOBS_FILE
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise PackageError(f"{JOBS_FILE} is larger than {MAX_CONFIG_BYTES} bytes.")
+    return parse_jobs(load_yaml(path.read_bytes(), JOBS_FILE))
 
 
 _OVERRIDE_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)=(.*)$")

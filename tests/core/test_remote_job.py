@@ -12,7 +12,8 @@ import pytest
 
 from sleap_rtc.core.files import ReceivedFile
 from sleap_rtc.core.phases import JobPhases, Phase
-from sleap_rtc.core.remote_job import JobFailedError, JobSession, JobSummary, _place_result
+from sleap_rtc.core.package import UnsafeArchiveError
+from sleap_rtc.core.remote_job import JobFailedError, JobSession, JobSummary, ResultRefused, _place_result
 
 
 def make_zip(path: Path, entries: dict[str, bytes]) -> Path:
@@ -30,22 +31,24 @@ def test_model_zip_is_unpacked_without_repeating_its_run_folder(tmp_path):
     assert not z.exists()
 
 
-def test_zip_entries_escaping_the_target_are_skipped(tmp_path):
-    z = make_zip(tmp_path / "in.zip", {"../../evil.txt": b"x", "/abs.txt": b"x", "ok.txt": b"fine"})
-    target = _place_result(z, tmp_path / "out", "model", "run.zip")
-    assert (target / "ok.txt").read_bytes() == b"fine"
-    assert sorted(p.name for p in tmp_path.rglob("*.txt")) == ["ok.txt"]
+def test_zip_entries_escaping_the_target_refuse_the_whole_result(tmp_path):
+    z = make_zip(tmp_path / "in.zip", {"../../evil.txt": b"x", "ok.txt": b"fine"})
+    with pytest.raises(UnsafeArchiveError, match=r"'\.\.'"):
+        _place_result(z, tmp_path / "out", "model", "run.zip")
+    assert sorted(p.name for p in tmp_path.rglob("*.txt")) == []
+    assert not (tmp_path / "out" / "models").exists()
 
 
-@pytest.mark.parametrize("name", ["..", "../x.slp", "/etc/passwd", "a\\..\\..\\b.slp", ""])
+@pytest.mark.parametrize("name", ["..", "../x.slp", "/etc/passwd", "a\\..\\..\\b.slp", "", ".hidden.slp"])
 def test_result_names_never_leave_the_output_dir(tmp_path, name):
     received = tmp_path / "incoming" / "recv.bin"
     received.parent.mkdir()
     received.write_bytes(b"data")
     out = tmp_path / "out"
     out.mkdir()
-    target = _place_result(received, out, "predictions", name)
-    assert target.parent == out and target.is_file() and target.read_bytes() == b"data"
+    with pytest.raises(ResultRefused):
+        _place_result(received, out, "predictions", name)
+    assert list(out.iterdir()) == []
 
 
 class _FakeChannel:
@@ -71,8 +74,9 @@ async def test_a_corrupt_model_zip_fails_the_job_with_a_clear_error(tmp_path):
         phases.advance(phase)
     session = JobSession(_FakeChannel(received), tmp_path / "pkg.zip", output_dir=tmp_path / "out", phases=phases)
     summary = JobSummary(worker="w", peer_id="worker-x", duration_s=0.0)
-    msg = {"type": "job_result", "job_id": session.job_id, "kind": "model", "name": "run.zip", "sha256": "s" * 64}
-    with pytest.raises(JobFailedError, match="run.zip could not be unpacked.*BadZipFile"):
+    msg = {"type": "job_result", "job_id": session.job_id, "kind": "model", "name": "run.zip", "sha256": "s" * 64,
+           "size": bogus.stat().st_size}
+    with pytest.raises(JobFailedError, match="run.zip could not be unpacked.*not a readable zip"):
         await session._receive_result(msg, summary)
     assert phases.phase == Phase.FAILED
 

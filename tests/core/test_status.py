@@ -115,3 +115,35 @@ async def test_broken_listener_does_not_break_the_guard():
 def test_lease_timeout_must_be_positive():
     with pytest.raises(ValueError):
         StatusGuard(lease_timeout=0)
+
+
+def test_w9_wasted_reservations_back_off_doubling_and_a_job_clears_it():
+    from sleap_rtc.core.status import BACKOFF_FORGET, BACKOFF_MAX, BACKOFF_START
+
+    now = [1000.0]
+    guard = StatusGuard()
+    guard.clock = lambda: now[0]
+    delays = []
+    for i in range(8):
+        r = guard.try_reserve("client-a")
+        assert r is not None
+        guard.release(r, "lease expired")  # no job_submit: wasted
+        delays.append(guard.backoff_remaining("client-a"))
+        assert guard.try_reserve("client-a") is None and guard.status == WorkerStatus.AVAILABLE
+        assert guard.try_reserve(f"client-b{i}") is not None  # others are not punished
+        guard.release(guard.reservation, "b done")
+        now[0] += delays[-1] + 0.1
+    assert delays[:3] == [BACKOFF_START, 2 * BACKOFF_START, 4 * BACKOFF_START] and max(delays) == BACKOFF_MAX
+    r = guard.try_reserve("client-a")
+    guard.note_submit(r)
+    guard.release(r, "job rejected")  # a job was asked for: no new back-off
+    assert guard.backoff_remaining("client-a") == 0
+    r = guard.try_reserve("client-a")
+    guard.mark_busy(r)
+    guard.release(r, "job done")
+    assert guard.backoff_remaining("client-a") == 0
+    r = guard.try_reserve("client-a")
+    guard.release(r, "wasted again")
+    assert guard.backoff_remaining("client-a") == BACKOFF_START, "a job forgives the history"
+    now[0] += BACKOFF_FORGET + 1
+    assert guard.backoff_remaining("client-a") == 0

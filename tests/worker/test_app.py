@@ -295,3 +295,159 @@ async def test_worker_key_is_persistent_and_advertised_in_banner_metadata_and_se
     finally:
         await again.close()
         await c.close()
+
+
+# ---------------------------------------------------------------------- hostile clients (W9, W10, W12, W13)
+
+
+async def _sdp_offer() -> tuple[RTCPeerConnection, str]:
+    pc = RTCPeerConnection()
+    pc.createDataChannel("x")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
+
+
+async def test_w9_replayed_offer_cannot_keep_the_worker_reserved(signaling_server, room, tmp_path):
+    """One offer frame, never followed by ICE, replayed as soon as the lease lapses."""
+    worker = await start_worker(signaling_server.url, room, tmp_path, lease_timeout=1.0)
+    c = await client(signaling_server.url, room)
+    errors: list[dict] = []
+    c.add_listener(lambda f: errors.append(f) if f.get("type") == MessageType.ERROR else None)
+    pc, sdp = await _sdp_offer()
+    offer = {"type": "offer", "sender": c.peer_id, "target": worker.peer_id, "sdp": sdp}
+    try:
+        await c.send(offer)
+        await wait_status(c, worker.peer_id, "reserved", timeout=5)
+        await wait_status(c, worker.peer_id, "available", timeout=10)
+        assert worker.guard.backoff_remaining(c.peer_id) > 20
+        for _ in range(3):  # the replays are refused and never reserve the worker
+            await c.send(offer)
+            await asyncio.sleep(0.3)
+            assert worker.guard.status == "available"
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(errors) < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(errors) == 3 and all(e["reason"] == WORKER_BUSY and "refuses offers" in e["message"] for e in errors)
+        # Another client is not punished for it.
+        other = await client(signaling_server.url, room)
+        try:
+            assert worker.guard.backoff_remaining(other.peer_id) == 0
+        finally:
+            await other.close()
+    finally:
+        await pc.close()
+        await c.close()
+        await worker.close()
+
+
+async def test_w10_silent_channel_is_released_and_backed_off(signaling_server, room, tmp_path):
+    worker = await start_worker(signaling_server.url, room, tmp_path, submit_idle_timeout=2.0)
+    c = await client(signaling_server.url, room)
+    try:
+        channel = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in", cache_dir=tmp_path / "cache")
+        t0 = asyncio.get_running_loop().time()
+        await wait_status(c, worker.peer_id, "available", timeout=15)  # was 300 s (submit_timeout)
+        assert asyncio.get_running_loop().time() - t0 < 12
+        await channel.close()
+        from sleap_rtc.core.transport_errors import WorkerBusyError
+
+        with pytest.raises(WorkerBusyError, match="refuses offers"):
+            await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in2", cache_dir=tmp_path / "cache2")
+    finally:
+        await c.close()
+        await worker.close()
+
+
+def _sparse(path: Path, size: int) -> Path:
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    return path
+
+
+async def test_w12_oversized_offers_refused_and_partials_cleaned(signaling_server, room, tmp_path):
+    from sleap_rtc.core.transport_errors import FileTransferError
+
+    worker = await start_worker(signaling_server.url, room, tmp_path)
+    c = await client(signaling_server.url, room)
+    try:
+        channel = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in", cache_dir=tmp_path / "cache")
+        # Over the per-file cap (the hash is never computed: the receiver refuses on the offer).
+        huge = _sparse(tmp_path / "huge.bin", worker.config.max_package_bytes + 1)
+        with pytest.raises(FileTransferError, match="at most"):
+            await asyncio.wait_for(channel.send_file(huge, sha256="a" * 64), 15)
+        assert not (worker.cache_dir / "partial").exists() or not list((worker.cache_dir / "partial").iterdir())
+        # A real partial upload, then a hang-up: nothing of it stays on the worker.
+        big = _sparse(tmp_path / "big.bin", 64 * 1024 * 1024)
+        started = asyncio.Event()
+        send = asyncio.ensure_future(channel.send_file(big, sha256="b" * 64,
+                                                       progress=lambda d, s: d > 4 * 1024 * 1024 and started.set()))
+        await asyncio.wait_for(started.wait(), 20)
+        assert list((worker.cache_dir / "partial").glob("*.part")), "the partial file exists while it arrives"
+        await channel.abort()
+        with pytest.raises(Exception):
+            await send
+        await wait_status(c, worker.peer_id, "available", timeout=20)
+        for _ in range(50):
+            if not list((worker.cache_dir / "partial").glob("*")):
+                break
+            await asyncio.sleep(0.1)
+        assert not list((worker.cache_dir / "partial").glob("*")), "a session's partial files go when it ends"
+    finally:
+        await c.close()
+        await worker.close()
+
+
+async def test_w12_offer_larger_than_the_free_disk_refused(signaling_server, room, tmp_path):
+    import shutil as _sh
+
+    from sleap_rtc.core.transport_errors import FileTransferError
+
+    worker = await start_worker(signaling_server.url, room, tmp_path, max_package_bytes=2**62)
+    c = await client(signaling_server.url, room)
+    try:
+        channel = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in", cache_dir=tmp_path / "cache")
+        free = _sh.disk_usage(tmp_path).free
+        path = tmp_path / "beyond-disk.bin"
+        try:
+            _sparse(path, free + 1024**3)
+        except OSError:
+            pytest.skip("this file system cannot hold a sparse file larger than its free space")
+        with pytest.raises(FileTransferError, match="free disk"):
+            await asyncio.wait_for(channel.send_file(path, sha256="c" * 64), 15)
+        assert not (worker.cache_dir / "partial").exists() or not list((worker.cache_dir / "partial").iterdir())
+    finally:
+        await c.close()
+        await worker.close()
+
+
+async def test_w13_concurrent_offers_are_capped(signaling_server, room, tmp_path):
+    from sleap_rtc.core.files import MAX_INCOMING
+
+    worker = await start_worker(signaling_server.url, room, tmp_path)
+    c = await client(signaling_server.url, room)
+    try:
+        channel = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in", cache_dir=tmp_path / "cache")
+        replies: list[dict] = []
+        original = channel.transfers.on_control
+        channel.transfers.on_control = lambda msg: (replies.append(msg), original(msg))
+        n = 40
+        for i in range(n):  # raw offers, none of them ever sent or finished
+            channel.send_control({"type": "file_offer", "transfer_id": 1001 + 2 * i, "name": f"f{i}", "size": 1 << 20,
+                                  "sha256": f"{i:064x}", "meta": {}})
+        deadline = asyncio.get_running_loop().time() + 15
+        while len(replies) < n and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        accepted = [m for m in replies if m["type"] == "file_accept"]
+        refused = [m for m in replies if m["type"] == "file_error" and m["reason"] == "too_many_transfers"]
+        assert len(accepted) == MAX_INCOMING and len(refused) == n - MAX_INCOMING
+        assert len(list((worker.cache_dir / "partial").glob("*.part"))) <= MAX_INCOMING
+        await channel.close()
+        await wait_status(c, worker.peer_id, "available", timeout=20)
+        for _ in range(50):
+            if not list((worker.cache_dir / "partial").glob("*")):
+                break
+            await asyncio.sleep(0.1)
+        assert not list((worker.cache_dir / "partial").glob("*"))
+    finally:
+        await c.close()
+        await worker.close()

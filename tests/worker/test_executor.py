@@ -179,10 +179,45 @@ async def test_an_unforeseen_error_is_a_clear_failure_not_a_crash(tmp_path, tiny
     dropped connection (which auto-select would read as a dead worker and retry elsewhere)."""
     import sleap_rtc.worker.executor as executor
 
-    def broken(_job_dir):
+    def broken(_job_dir, **_kw):
         raise AttributeError("'list' object has no attribute 'get'")
 
     monkeypatch.setattr(executor, "load_plan", broken)
     outcome = await JobExecutor("j-broken", command=FAKE).run(tiny_package, tmp_path / "job", Recorder())
     assert outcome.status == FAILED
     assert "could not run this job" in outcome.reason and "AttributeError" in outcome.reason
+
+
+PRINT_ENV = [sys.executable, "-c",
+             "import os, sys; print('SECRET=' + os.environ.get('SLEAP_RTC_TEST_SECRET', 'absent')); "
+             "print('HOME=' + os.environ.get('HOME', '')); sys.exit(5)"]
+
+
+async def test_w4_worker_environment_never_reaches_sleap_nn(tmp_path, tiny_package, monkeypatch):
+    """A config that makes sleap-nn print a variable gets nothing: the job's environment is an allowlist."""
+    monkeypatch.setenv("SLEAP_RTC_TEST_SECRET", "s3cr3t-only-in-the-worker-env")
+    rec = Recorder()
+    outcome = await asyncio.wait_for(JobExecutor("j-env", command=PRINT_ENV).run(tiny_package, tmp_path / "job", rec), 30)
+    lines = [m["line"] for m in rec.of(ChannelType.JOB_LOG)]
+    assert outcome.status == FAILED and "SECRET=absent" in lines, lines
+    assert not any("s3cr3t" in line for line in lines) and "s3cr3t" not in outcome.reason
+    home = next(line for line in lines if line.startswith("HOME="))[len("HOME="):]
+    assert Path(home).is_relative_to(tmp_path / "job"), "HOME points into the job dir"
+
+
+async def test_w8_job_stopped_at_the_wall_clock_limit(tmp_path, tiny_package):
+    ex = JobExecutor("j-long", command=FAKE, env={"FAKE_MODE": "slow"}, max_seconds=2.0)
+    t0 = asyncio.get_running_loop().time()
+    outcome = await asyncio.wait_for(ex.run(tiny_package, tmp_path / "job", Recorder()), 30)
+    assert outcome.status == FAILED and "--max-job-seconds" in outcome.reason and not outcome.results
+    assert asyncio.get_running_loop().time() - t0 < 15
+
+
+async def test_m3_job_dir_is_private(tmp_path, tiny_package):
+    import stat
+
+    outcome = await asyncio.wait_for(JobExecutor("j-modes", command=FAKE).run(tiny_package, tmp_path / "job", Recorder()), 30)
+    assert outcome.status == COMPLETED
+    assert stat.S_IMODE((tmp_path / "job").stat().st_mode) == 0o700
+    for path in [*(tmp_path / "job" / "work").glob("*.slp"), *outcome.results]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

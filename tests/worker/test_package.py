@@ -225,3 +225,110 @@ def test_train_script_with_a_non_mapping_trainer_config_gives_a_plan_or_a_clear_
         return  # refused with a message: fine
     (train,) = plan.training
     assert train.run_path == "models/single_instance"
+
+
+# ---------------------------------------------------------------------------- hostile configs (parsed)
+
+
+def _with_config(tmp_path: Path, tiny_package: Path, text: str, extra: dict[str, bytes] | None = None) -> Path:
+    """The tiny package with its config replaced by ``text`` (raw YAML), extracted."""
+    entries = package_entries(tiny_package)
+    entries["single_instance.yaml"] = text.encode()
+    entries.update(extra or {})
+    return extract_package(write_zip(tmp_path / "p.zip", entries), tmp_path / "job")
+
+
+def _tiny_config_text(tiny_package: Path) -> str:
+    return package_entries(tiny_package)["single_instance.yaml"].decode()
+
+
+@pytest.mark.parametrize("escaped", [r'"\x24{oc.env:SECRET}"', r'"\u0024{oc.env:SECRET}"', r'"\U00000024{oc.env:SECRET}"'])
+def test_w4_yaml_escaped_interpolation_refused(tmp_path, tiny_package, escaped):
+    """The text holds no "${": only the parsed string does (the old check read the text)."""
+    text = _tiny_config_text(tiny_package).replace("val_labels_path: null", f"val_labels_path: {escaped}")
+    assert "${" not in text and "oc.env" in text
+    job = _with_config(tmp_path, tiny_package, text)
+    with pytest.raises(PackageError, match="interpolation"):
+        load_plan(job)
+
+
+def test_w4_interpolation_in_a_key_or_a_list_refused(tmp_path, tiny_package):
+    for patch in ('  "\\x24{oc.env:SECRET}": 1\n', "  extra: [a, \"\\x24{oc.env:SECRET}\"]\n"):
+        text = _tiny_config_text(tiny_package).replace("data_config:\n", "data_config:\n" + patch, 1)
+        sub = tmp_path / str(len(patch))
+        sub.mkdir()
+        job = _with_config(sub, tiny_package, text)
+        with pytest.raises(PackageError, match="interpolation"):
+            load_plan(job)
+
+
+@pytest.mark.parametrize("value,match", [("/tmp/elsewhere", "absolute"), ("../../elsewhere", r"'\.\.'"), ("~/x", "absolute")])
+def test_w5_cache_img_path_outside_the_job_refused(tmp_path, tiny_package, value, match):
+    text = _tiny_config_text(tiny_package).replace(
+        "data_pipeline_fw: torch_dataset", f"data_pipeline_fw: torch_dataset_cache_img_disk\n  cache_img_path: {value}")
+    job = _with_config(tmp_path, tiny_package, text)
+    with pytest.raises(PackageError, match=match):
+        load_plan(job)
+
+
+def test_w5_cache_img_path_is_forced_inside_the_job_dir(tmp_path, tiny_package):
+    text = _tiny_config_text(tiny_package).replace(
+        "data_pipeline_fw: torch_dataset", "data_pipeline_fw: torch_dataset_cache_img_disk\n  cache_img_path: imgs")
+    job = _with_config(tmp_path, tiny_package, text)
+    load_plan(job, rewrite_configs=True)
+    cfg = yaml.safe_load((job / "single_instance.yaml").read_text())
+    cache = Path(cfg["data_config"]["cache_img_path"])
+    assert cache.is_absolute() and cache.is_relative_to(job.resolve())
+
+
+@pytest.mark.parametrize("section", [
+    "hydra:\n  searchpath: [file:///etc]\n",
+    "defaults:\n  - secret\n",
+    "something_else: 1\n",
+])
+def test_w6_hydra_and_defaults_refused(tmp_path, tiny_package, section):
+    job = _with_config(tmp_path, tiny_package, _tiny_config_text(tiny_package) + section)
+    with pytest.raises(PackageError, match="workers accept only"):
+        load_plan(job)
+
+
+def _labels_with_video(tmp_path: Path, tiny_package: Path, video_path: str) -> bytes:
+    import sleap_io as sio
+
+    src = tmp_path / "src.slp"
+    src.write_bytes(package_entries(tiny_package)["tiny.pkg.slp"])
+    labels = sio.load_slp(str(src), open_videos=False)
+    labels.replace_videos(old_videos=[labels.videos[0]], new_videos=[sio.Video(filename=video_path, open_backend=False)])
+    out = tmp_path / "hostile.slp"
+    sio.save_slp(labels, str(out), embed=False)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("video", ["/tmp/outside-the-job/secret.mp4", "../../outside/secret.mp4"])
+def test_w7_video_path_outside_the_job_refused(tmp_path, tiny_package, video):
+    entries = package_entries(tiny_package)
+    entries["tiny.pkg.slp"] = _labels_with_video(tmp_path, tiny_package, video)
+    job = extract_package(write_zip(tmp_path / "p.zip", entries), tmp_path / "job")
+    with pytest.raises(PackageError, match="outside the package"):
+        load_plan(job)
+
+
+def test_w7_video_inside_the_package_is_accepted(tmp_path, tiny_package):
+    entries = package_entries(tiny_package)
+    entries["tiny.pkg.slp"] = _labels_with_video(tmp_path, tiny_package, "videos/clip.mp4")
+    entries["videos/clip.mp4"] = b"not really a video, but inside the job"
+    job = extract_package(write_zip(tmp_path / "p.zip", entries), tmp_path / "job")
+    assert load_plan(job).training
+
+
+def test_embedded_frames_are_accepted(tmp_path, tiny_package):
+    job = extract_package(tiny_package, tmp_path / "job")
+    assert load_plan(job).training  # the tiny package's frames are embedded in tiny.pkg.slp
+
+
+def test_w8_wandb_forced_off(tmp_path, tiny_package):
+    text = _tiny_config_text(tiny_package).replace("use_wandb: false", "use_wandb: true\n  wandb:\n    wandb_mode: offline")
+    job = _with_config(tmp_path, tiny_package, text)
+    load_plan(job, rewrite_configs=True)
+    cfg = yaml.safe_load((job / "single_instance.yaml").read_text())
+    assert cfg["trainer_config"]["use_wandb"] is False
