@@ -23,7 +23,7 @@ import pytest
 from sleap_rtc.core import jobs_wire, transport
 from sleap_rtc.core.channel import default_cache_dir
 from sleap_rtc.core.package import jobs_document, write_package
-from sleap_rtc.core.protocol import MessageType, pack_chunk
+from sleap_rtc.core.protocol import MessageType, Prop, pack_chunk
 from sleap_rtc.core.remote_job import JobFailedError, RemoteJob
 from sleap_rtc.core.signaling import SignalingClient
 from sleap_rtc.local_room import sleap_rtc_argv
@@ -50,7 +50,12 @@ class HostileWorker:
     """
 
     def __init__(self, url, room, tmp, results, *, declare=None, send_bytes=0, hang_up=False):
-        props = {"worker_name": "gpu-2", "gpu_memory_mb": 80000, "gpu_model": "H200", "status": "available"}
+        from sleap_rtc.core.identity import fingerprint_of, generate_key
+
+        # A hostile worker with a real identity key: the identity check passes, the result checks must hold.
+        self.key = generate_key()
+        props = {"worker_name": "gpu-2", "gpu_memory_mb": 80000, "gpu_model": "H200", "status": "available",
+                 Prop.PUBLIC_KEY.value: self.key.public_key, Prop.FINGERPRINT.value: fingerprint_of(self.key.public_key)}
         self.sig = SignalingClient(url, room_id=room[0], token=room[1], role="worker", peer_id="worker-gpu-2-hostile",
                                    metadata={"tags": ["sleap-rtc"], "properties": props})
         self.tmp, self.results = tmp, results
@@ -76,6 +81,7 @@ class HostileWorker:
 
     async def _serve(self, frame):
         ch = await transport.accept(self.sig, frame, receive_dir=self.tmp / "hostile-in", cache_dir=self.tmp / "hostile-cache")
+        ch.prove_identity(self.key)
         original = ch.transfers.on_control
         ch.transfers.on_control = lambda m: (self.refusals.append(m) if m.get("type") == "file_error" else None, original(m))
         try:
