@@ -661,7 +661,8 @@ class RemoteJob:
                         f"Worker {exc.worker} stopped responding during {exc.stage} ({exc.reason}); "
                         f"trying the next best worker (job attempt {attempt}/{self.max_job_attempts})."
                     )
-                    self.phases.advance(Phase.SELECTING, f"{exc.worker} stopped responding")
+                    if self.phases.phase != Phase.SELECTING:  # a failed reconnect is already there
+                        self.phases.advance(Phase.SELECTING, f"{exc.worker} stopped responding")
         except (SelectionError, TransportError, JobError) as exc:
             if not self.phases.finished:
                 cancelled = isinstance(exc, JobCancelledError)

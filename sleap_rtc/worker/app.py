@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import re
 import shutil
@@ -138,6 +139,8 @@ def format_banner(room_id: str, token: str, peer_id: str, worker_token: str | No
 
 ATTACH_TIMEOUT = 10.0
 """Seconds a reconnected client has to send ``job_attach`` on its new channel."""
+MAX_OUTCOME_TRIES = 3
+"""Channels the results of one job are sent on at most (the client may reconnect meanwhile)."""
 
 
 class JobLink:
@@ -249,6 +252,9 @@ class Worker:
         self.signaling.add_state_listener(self._on_state)
         await self.signaling.connect()
         self._publisher = asyncio.create_task(self._publish_status(), name="worker-status-publisher")
+        # aiortc takes seconds to import on a busy machine: load it now, off the loop, so the
+        # first offer is not slower than the others (a failing one must fail within 10 s).
+        self._spawn(asyncio.to_thread(importlib.import_module, "sleap_rtc.core.transport"), "preload-transport")
         return format_banner(self.room_id, self.token, self.peer_id, self.worker_token, self.key.fingerprint)
 
     async def serve_forever(self) -> None:
@@ -307,9 +313,16 @@ class Worker:
         # The guard: check-and-reserve in one step, before any await.
         reservation = self.guard.try_reserve(sender)
         if reservation is None:
-            orphan = next((link for link in self._links.values() if link.client_peer_id == sender and link.channel.closed), None)
-            if orphan is not None:  # the client of the running job is back after an outage
-                self._spawn(self._reattach(frame, orphan), f"reattach-{sender}")
+            current = self.guard.reservation
+            if current is not None and current.client_peer_id == sender:
+                # Our own client offers again: its old channel is dead (an outage), even if
+                # this side has not noticed yet. A running job gets the new channel; a
+                # session before the job is replaced by a fresh one.
+                link = next((lk for lk in self._links.values() if lk.client_peer_id == sender), None)
+                if link is not None:
+                    self._spawn(self._reattach(frame, link), f"reattach-{sender}")
+                else:
+                    self._spawn(self._replace_session(frame, current), f"replace-{sender}")
                 return
             wait = self.guard.backoff_remaining(sender)
             status = self.guard.status.value
@@ -418,6 +431,16 @@ class Worker:
             shutil.rmtree(incoming, ignore_errors=True)
             self.guard.release(reservation, reason)
 
+    async def _replace_session(self, offer: dict[str, Any], reservation: Reservation) -> None:
+        """End the session of ``reservation`` (its channel is dead), then take ``offer`` anew."""
+        task = self._sessions.get(reservation.id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 10)
+        self.guard.release(reservation, "its client reconnected")
+        self._on_offer(offer)
+
     async def _reattach(self, offer: dict[str, Any], link: JobLink) -> None:
         """Accept the returning client's offer and hand the new channel to its running job."""
         from sleap_rtc.core import transport
@@ -442,8 +465,12 @@ class Worker:
                 return
             await channel.send(jobs_wire.job_accepted(link.job_id))
             log.info("job %s: client %s reattached", link.job_id, link.client_peer_id)
+            old = link.channel
             link.replace(channel)
             channel = None  # the job's session owns it now
+            if not old.closed:  # this side had not noticed the outage yet
+                with contextlib.suppress(Exception):
+                    await old.abort("the client reconnected on a new channel")
         except (TransportError, asyncio.TimeoutError, TimeoutError) as exc:
             log.warning("reattach of %s failed: %s", link.client_peer_id, exc)
         finally:
@@ -473,10 +500,9 @@ class Worker:
             self._clients[reservation.id] = (reservation.client_peer_id, link.left_room)
             try:
                 outcome = await self._run_job(link, job_id, package)
-                if link.channel.closed and (link.gone or not await link.wait_for_new(link.channel, self.config.reattach_grace)):
+                if not await self._deliver_outcome(link, outcome):
                     log.warning("job %s finished but its client did not come back; results kept in the job dir", job_id)
                     return
-                await self._send_outcome(link.channel, job_id, outcome)
                 self.jobs_done += 1
                 # Free for the next client now; the old channel only waits for the hang-up.
                 self.guard.release(reservation, f"job {outcome.status}")
@@ -493,6 +519,22 @@ class Worker:
             await asyncio.to_thread(prune_job_dirs, self.work_dir, self.config.keep_job_dirs)
             # The client's package stays cached (a re-run uploads nothing) until the cap.
             await asyncio.to_thread(prune_transfer_cache, self.cache_dir, max_bytes=self.config.cache_max_bytes)
+
+    async def _deliver_outcome(self, link: JobLink, outcome: JobOutcome) -> bool:
+        """Send the outcome to the job's client, again on its new channel if it reconnects
+        while (or before) the results go out; False when it is gone."""
+        for _ in range(MAX_OUTCOME_TRIES):
+            channel = link.channel
+            if channel.closed and (link.gone or not await link.wait_for_new(channel, self.config.reattach_grace)):
+                return False
+            try:
+                await self._send_outcome(link.channel, link.job_id, outcome)
+                return True
+            except TransportError as exc:
+                log.warning("job %s: sending the results failed (%s)", link.job_id, exc)
+                if not link.channel.closed:
+                    raise
+        return False
 
     async def _collect_files(self, channel: Any, files: dict[str, Any], arrived: asyncio.Event) -> None:
         while True:

@@ -166,8 +166,12 @@ class Case:
             raise AssertionError(f"client-train did not finish within {timeout:.0f} s:\n{self.transcript()}") from None
 
     def transcript(self) -> str:
-        """The client's output."""
+        """The end of the client's output (for failure messages)."""
         return "\n".join(self.client.lines[-60:]) if self.client else ""
+
+    def text(self) -> str:
+        """The client's whole output (for what it said)."""
+        return "\n".join(self.client.lines) if self.client else ""
 
     def line_time(self, pattern: str) -> float | None:
         """When the client first printed a line matching ``pattern`` (monotonic), or None."""

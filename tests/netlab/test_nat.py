@@ -88,7 +88,7 @@ def test_no_relay_fails_fast_naming_the_cause_and_frees_the_worker(lab, case):
     reserving, error = c.line_time(r"^Reserving worker"), c.line_time(r"Error")
     assert reserving is not None and error is not None, c.transcript()
     took = error - reserving
-    text = c.transcript()
+    text = c.text()
     assert "No TURN server configured" in text and "docs/deploy.md" in text, text
     assert "ICE closed" not in text and "srflx" in text, text  # real states and candidates
     c.record(fail_detect_s=round(took, 2))
@@ -123,9 +123,9 @@ def test_outage_mid_upload_resumes_on_the_same_worker(lab, case, tmp_path):
     back = time.monotonic()
     code = c.finish()
     assert_trained(c, code)
-    text = c.transcript()
+    text = c.text()
     resumed_at = re.search(r"Upload resumed at (\d+) of (\d+) MiB", text)
-    assert resumed_at and int(resumed_at.group(1)) >= CUT_AFTER_BYTES // 2**20, text
-    assert "Reconnected to gpu-lab" in text and "next best" not in text, text
+    assert resumed_at and int(resumed_at.group(1)) >= CUT_AFTER_BYTES // 2**20, c.transcript()
+    assert "Reconnected to gpu-lab" in text and "next best" not in text, c.transcript()
     resumed = c.line_time("Reconnected to gpu-lab")
     c.record(outage_s=OUTAGE, reconnected_after_link_back_s=round(resumed - back, 2) if resumed else None)

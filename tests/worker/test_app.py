@@ -448,6 +448,22 @@ async def test_w13_concurrent_offers_are_capped(signaling_server, room, tmp_path
                 break
             await asyncio.sleep(0.1)
         assert not list((worker.cache_dir / "partial").glob("*"))
+
+
+async def test_same_client_offering_again_replaces_its_dead_session(signaling_server, room, tmp_path):
+    # After an outage the client may notice its channel is dead before the worker does and
+    # offer again: the worker must take the new offer (not answer "busy" to its own client).
+    worker = await start_worker(signaling_server.url, room, tmp_path)
+    c = await client(signaling_server.url, room)
+    try:
+        first = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in1")
+        assert worker.guard.status == "reserved"
+        second = await transport.connect(c, worker.peer_id, timeout=20, receive_dir=tmp_path / "in2")
+        assert not second.closed
+        await asyncio.wait_for(first.wait_closed(), 10)  # the worker ended the old session
+        assert worker.guard.status == "reserved" and worker.guard.reservation.client_peer_id == c.peer_id
+        await second.close()
+        await wait_status(c, worker.peer_id, "available", timeout=15)
     finally:
         await c.close()
         await worker.close()
