@@ -290,9 +290,15 @@ async def main(opts) -> None:
         if fast is None:
             modes = [m for m in modes if "native" not in m and "mixed" not in m]
         rows = {mode: [] for mode in modes}
+        failures: dict[str, list[str]] = {}
         for i in range(opts.repeats):
             for mode in modes:
-                s, r = await one_run(mode, server.url, room, src, size, None, stripes=opts.stripes, fast=fast)
+                try:
+                    s, r = await one_run(mode, server.url, room, src, size, None, stripes=opts.stripes, fast=fast)
+                except (RuntimeError, asyncio.TimeoutError, subprocess.TimeoutExpired) as exc:
+                    failures.setdefault(mode, []).append(str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else repr(exc))
+                    print(f"  {mode} run {i + 1}: FAILED ({failures[mode][-1]})", flush=True)
+                    continue
                 rows[mode].append((size / s["seconds"] / 1e6, s, r))
                 print(f"  {mode} run {i + 1}: {rows[mode][-1][0]:.1f} MB/s", flush=True)
         profile = None
@@ -302,7 +308,10 @@ async def main(opts) -> None:
     finally:
         await server.stop()
     total = time.perf_counter() - t_all
+    rows = {m: runs for m, runs in rows.items() if runs}
     table = render(rows, opts, size, total, summarize_profile(profile) if profile and profile.exists() else None)
+    for mode, why in failures.items():
+        table += f"- {mode}: {len(why)} run(s) failed: {why[0]}\n"
     print(table)
     if opts.write:
         (ROOT / "docs" / "bench").mkdir(parents=True, exist_ok=True)

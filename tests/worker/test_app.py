@@ -448,6 +448,9 @@ async def test_w13_concurrent_offers_are_capped(signaling_server, room, tmp_path
                 break
             await asyncio.sleep(0.1)
         assert not list((worker.cache_dir / "partial").glob("*"))
+    finally:
+        await c.close()
+        await worker.close()
 
 
 async def test_same_client_offering_again_replaces_its_dead_session(signaling_server, room, tmp_path):
