@@ -74,6 +74,8 @@ class Reservation:
     confirmed: bool = False
     submitted: bool = False
     """The client asked for a job on it (a ``job_submit`` arrived), accepted or not."""
+    replaced: bool = False
+    """Its client came back on a new connection: ending it is no abandonment (no back-off)."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ class StatusGuard:
             return False
         self._cancel_lease()
         self._reservation = None
-        if not reservation.submitted:
+        if not reservation.submitted and not reservation.replaced:
             delay = self._penalise(reservation.client_peer_id)
             reason = f"{reason}; no job asked for, offers from {reservation.client_peer_id} refused for {delay:g} s"
         if self._status in (WorkerStatus.RESERVED, WorkerStatus.BUSY):

@@ -495,10 +495,11 @@ async def _open(
         try:
             await start(max(0.1, deadline - loop.time()))
             return
-        except (TimeoutError, asyncio.TimeoutError, PeerClosedError):
-            report = _report(attempt, peer, role, remote_sdp, True, loop.time())
-            log.warning("%s", report.message())
-            raise IceFailedError(report.message(), report) from None
+        except (TimeoutError, asyncio.TimeoutError, PeerClosedError) as exc:
+            report = _report(attempt, peer, role, remote_sdp, not isinstance(exc, PeerClosedError), loop.time())
+            text = f"{report.message()} The {attempt.conn.backend} connection reported: {exc}"
+            log.warning("%s", text)
+            raise IceFailedError(text, report) from None
     failed = loop.create_future()
 
     def on_state() -> None:

@@ -433,6 +433,7 @@ class Worker:
 
     async def _replace_session(self, offer: dict[str, Any], reservation: Reservation) -> None:
         """End the session of ``reservation`` (its channel is dead), then take ``offer`` anew."""
+        reservation.replaced = True  # the same client, back: no back-off for the old session
         task = self._sessions.get(reservation.id)
         if task is not None:
             task.cancel()
