@@ -516,6 +516,8 @@ class Worker:
                         await asyncio.wait_for(link.channel.close(), 5)
         finally:
             await cancel_and_wait([collector], HELPER_CLOSE_TIMEOUT_S)
+            if collector.done() and not collector.cancelled():
+                collector.exception()  # a channel that closed under it is not an error to report
             # Deleting whole job dirs can take a while: off the loop (the next client is waiting).
             await asyncio.to_thread(prune_job_dirs, self.work_dir, self.config.keep_job_dirs)
             # The client's package stays cached (a re-run uploads nothing) until the cap.
