@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 HEADLESS ?=
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-faults test-redis test-lab test-window bench screenshots clean
+.PHONY: env demo test test-faults test-redis test-native test-lab test-window bench screenshots clean
 
 env:
 	@scripts/ensure-env.sh >/dev/null
@@ -20,10 +20,10 @@ demo:
 
 # Tests draw offscreen (the window tests and screenshots use their own X display); `make demo`
 # opens a real window where there is a screen.
-test test-faults test-redis test-lab bench: export QT_QPA_PLATFORM ?= offscreen
+test test-faults test-redis test-native test-lab bench: export QT_QPA_PLATFORM ?= offscreen
 
 test:
-	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not redis and not netlab and not realwindow" $(PYTEST_ARGS)
+	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not redis and not native and not netlab and not realwindow" $(PYTEST_ARGS)
 
 test-faults:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m faults $(PYTEST_ARGS)
@@ -31,6 +31,11 @@ test-faults:
 # Three server instances on a real Redis (installs redis-server with apt when root).
 test-redis:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m redis $(or $(PYTEST_ARGS),tests/server)
+
+# aiortc (this env) <-> libdatachannel (a Python 3.12 side env, scripts/ensure-fast-env.sh);
+# skips with the reason where no Python 3.12 is available.
+test-native:
+	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m native tests/native $(PYTEST_ARGS)
 
 # The network lab (tests/netlab): namespaces, NAT routers, coturn; root only (skips otherwise).
 test-lab:

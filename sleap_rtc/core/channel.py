@@ -1,4 +1,5 @@
-"""The data-channel protocol: ``PeerChannel`` wraps one open aiortc ``RTCDataChannel``.
+"""The data-channel protocol: ``PeerChannel`` runs it over one backend ``Connection``
+(aiortc, libdatachannel or the in-memory test pair: see ``core.backends``).
 
 Obtain one from ``transport.connect`` (client) or ``transport.accept`` (worker). API:
 
@@ -41,17 +42,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import hashes
 
 from sleap_rtc.core.config import user_data_dir
 from sleap_rtc.core.files import LOW_WATER, FileReceipt, FileTransfers, Progress, ReceivedFile
 from sleap_rtc.core.identity import IdentityError, WorkerKey, make_proof, new_nonce, normalize_dtls_fingerprint, verify_proof
 from sleap_rtc.core.protocol import CHANNEL_VERSION, VERSION_MISMATCH, ChannelType, dumps
+from sleap_rtc.core.stripes import Stripes
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import ChannelVersionError, PeerClosedError, TransportError, WorkerIdentityError
 
-if TYPE_CHECKING:  # aiortc is heavy: importers of the defaults below must not pay for it
-    from aiortc import RTCDataChannel, RTCPeerConnection
+if TYPE_CHECKING:
+    from sleap_rtc.core.backends import Connection
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ IDENTITY_TIMEOUT = 10.0
 
 _FILE_TYPES = frozenset(
     {ChannelType.FILE_OFFER, ChannelType.FILE_ACCEPT, ChannelType.FILE_END, ChannelType.FILE_DONE,
-     ChannelType.FILE_ERROR, ChannelType.FILE_CANCEL}
+     ChannelType.FILE_ERROR, ChannelType.FILE_CANCEL, ChannelType.FILE_MISSING}
 )
+_STRIPE_TYPES = frozenset({ChannelType.STRIPE_REQUEST, ChannelType.STRIPE_GRANT})
 
 
 def default_receive_dir() -> Path:
@@ -89,8 +91,7 @@ class PeerChannel:
 
     def __init__(
         self,
-        pc: RTCPeerConnection,
-        dc: RTCDataChannel,
+        conn: Connection,
         *,
         local_peer_id: str,
         remote_peer_id: str,
@@ -101,8 +102,7 @@ class PeerChannel:
         dead_after: float = DEAD_AFTER,
         version: int = CHANNEL_VERSION,
     ):
-        self.pc = pc
-        self.dc = dc
+        self.conn = conn
         self.local_peer_id = local_peer_id
         self.remote_peer_id = remote_peer_id
         self.role = role
@@ -123,9 +123,12 @@ class PeerChannel:
         self._message_cb: Callable[[dict[str, Any]], Any] | None = None
         self._file_cb: Callable[[ReceivedFile], Any] | None = None
         self._low = asyncio.Event()
+        self._opened = loop.create_future()
         self._last_seen = time.monotonic()
         self._heartbeat: asyncio.Task | None = None
         self._pc_close: asyncio.Task | None = None
+        self.stripes = Stripes(self)
+        """Extra connections to the same peer for file payload (``core.stripes``)."""
         self.transfers = FileTransfers(
             self,
             receive_dir=Path(receive_dir) if receive_dir else default_receive_dir(),
@@ -133,22 +136,16 @@ class PeerChannel:
             odd_ids=role == "client",
             deliver=self._deliver_file,
         )
-        dc.bufferedAmountLowThreshold = LOW_WATER
-        dc.on("message", self._on_message)
-        dc.on("bufferedamountlow", self._low.set)
-        dc.on("close", lambda: self._shutdown("the data channel was closed by the peer"))
-        pc.on("connectionstatechange", self._on_pc_state)
+        conn.low_threshold = LOW_WATER
+        conn.set_handlers(self)
 
     # ------------------------------------------------------------------ public API
 
     async def start(self, timeout: float) -> None:
         """Wait for the channel to open, exchange ``hello``; raises on mismatch/timeout."""
         try:
-            if self.dc.readyState != "open":
-                opened = asyncio.get_running_loop().create_future()
-                self.dc.once("open", lambda: opened.done() or opened.set_result(None))
-                if self.dc.readyState != "open":
-                    await self.guard(opened, timeout)
+            if not self.conn.is_open:
+                await self.guard(asyncio.shield(self._opened), timeout)
             self._last_seen = time.monotonic()
             hello = {"type": ChannelType.HELLO.value, "version": self.version, "role": self.role, "peer_id": self.local_peer_id}
             if self.nonce is not None:
@@ -175,19 +172,13 @@ class PeerChannel:
         """``(local, remote)`` SHA-256 DTLS certificate fingerprints of this connection.
 
         The remote one is computed from the certificate the peer presented in the DTLS
-        handshake (not from the SDP the signaling server relayed). Raises
+        handshake (not from the SDP the signaling server relayed; see the backend). Raises
         ``WorkerIdentityError`` when the connection has no DTLS transport (yet).
         """
         try:
-            dtls = self.pc.sctp.transport
-            local = next(f for f in dtls.getLocalParameters().fingerprints if f.algorithm.lower() == "sha-256")
-            # aiortc has no public API for the peer's certificate; its SSL object holds the
-            # one the handshake verified, which is what must be bound (not the relayed SDP).
-            cert = dtls._ssl.get_peer_certificate(as_cryptography=True)
-            digest = cert.fingerprint(hashes.SHA256()).hex().upper()
-            remote = ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
-            return normalize_dtls_fingerprint(local.algorithm, local.value), normalize_dtls_fingerprint("sha-256", remote)
-        except (AttributeError, StopIteration, TypeError, ValueError) as exc:
+            (local_alg, local_value), (remote_alg, remote_value) = self.conn.dtls_fingerprints()
+            return normalize_dtls_fingerprint(local_alg, local_value), normalize_dtls_fingerprint(remote_alg, remote_value)
+        except (AttributeError, StopIteration, TypeError, ValueError, NotImplementedError) as exc:
             raise WorkerIdentityError(
                 f"Cannot read the DTLS certificates of the connection to {self.remote_peer_id} ({exc.__class__.__name__})."
             ) from None
@@ -323,7 +314,7 @@ class PeerChannel:
                 self.send_control({"type": ChannelType.BYE.value})
                 # Give the bye a moment to leave; a bounded wait, the peer may be gone.
                 deadline = time.monotonic() + 0.5
-                while self.dc.bufferedAmount > 0 and time.monotonic() < deadline:
+                while self.conn.buffered_amount > 0 and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
         await self.abort("closed locally")
 
@@ -339,7 +330,7 @@ class PeerChannel:
     @property
     def buffered_amount(self) -> int:
         """Bytes queued in the data channel and not yet sent."""
-        return self.dc.bufferedAmount
+        return self.conn.buffered_amount
 
     def send_control(self, msg: dict[str, Any]) -> None:
         """Send a control message now (sync); raises ``PeerClosedError`` when closed."""
@@ -352,7 +343,7 @@ class PeerChannel:
     async def drain(self, timeout: float) -> None:
         """Wait for ``bufferedamountlow``; ``PeerClosedError`` if the channel closes meanwhile."""
         self._low.clear()
-        if self.dc.bufferedAmount <= self.dc.bufferedAmountLowThreshold:
+        if self.conn.buffered_amount <= self.conn.low_threshold:
             return
         try:
             await self.guard(self._low.wait(), timeout)
@@ -389,12 +380,29 @@ class PeerChannel:
     def _send_raw(self, data: str | bytes) -> None:
         self._check_open()
         try:
-            self.dc.send(data)
-        except Exception as exc:  # aiortc raises InvalidStateError once the channel closed
+            self.conn.send(data)
+        except Exception as exc:  # the backend raises once the channel closed
             self._shutdown(f"send failed ({exc.__class__.__name__})")
             raise self._closed_error() from None
 
-    def _on_message(self, data: str | bytes) -> None:
+    # ------------------------------------------------------------------ backend events
+
+    def channel_open(self) -> None:
+        """Backend event: the data channel opened."""
+        if not self._opened.done():
+            self._opened.set_result(None)
+
+    def channel_low(self) -> None:
+        """Backend event: the send buffer drained to ``LOW_WATER``."""
+        self._low.set()
+        self.stripes.lane_low()
+
+    def channel_closed(self, reason: str) -> None:
+        """Backend event: the data channel or its connection closed."""
+        self._shutdown(reason)
+
+    def channel_message(self, data: str | bytes) -> None:
+        """Backend event: one message arrived (binary frames are file chunks)."""
         self._last_seen = time.monotonic()
         if isinstance(data, bytes):
             self.transfers.on_chunk(data)
@@ -425,6 +433,8 @@ class PeerChannel:
             self._shutdown(text)
         elif kind in _FILE_TYPES:
             self.transfers.on_control(msg)
+        elif kind in _STRIPE_TYPES:
+            self.stripes.on_control(msg)
         elif self._message_cb is not None:
             self._call(self._message_cb, msg)
         else:
@@ -444,9 +454,8 @@ class PeerChannel:
         except Exception:  # a broken callback must not take the channel down
             log.exception("channel callback failed")
 
-    def _on_pc_state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed"):
-            self._shutdown(f"the connection {self.pc.connectionState}")
+    async def _close_connections(self) -> None:
+        await asyncio.gather(self.stripes.close(), self.conn.close(), return_exceptions=True)
 
     async def _heartbeat_loop(self) -> None:
         beat = dumps({"type": ChannelType.HEARTBEAT.value})
@@ -472,4 +481,4 @@ class PeerChannel:
         if not self._hello.done():
             self._hello.set_exception(self._closed_error())
         self._hello.exception() if self._hello.done() and not self._hello.cancelled() else None
-        self._pc_close = asyncio.get_running_loop().create_task(self.pc.close())
+        self._pc_close = asyncio.get_running_loop().create_task(self._close_connections())

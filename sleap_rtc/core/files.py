@@ -12,6 +12,14 @@ by ``protocol.pack_chunk``, so nothing else can ever end up inside a file)::
                                                 or file_error {transfer_id, reason, message}
     either side, any time: file_cancel {transfer_id}
 
+A sender that may stripe (``core.stripes``) says ``repair: true`` in its offer; its chunks
+may then arrive out of order (each is written at its offset), and after ``file_end`` a
+receiver still missing bytes waits ``GAP_WAIT`` for stragglers, then answers
+``file_missing {transfer_id, ranges}``; the sender resends those ranges and ends again
+(at most ``MAX_REPAIR_ROUNDS`` times). The hash runs over the contiguous prefix as it
+grows (bytes that came early are read back from the partial file), and an interrupted
+transfer keeps only that prefix, so resume is unchanged.
+
 The receiver keeps two things under ``cache_dir``: ``files/<sha256>`` (completed files,
 so a re-sent unchanged file is answered with ``offset == size`` and moves no payload) and
 ``partial/<sha256>.part`` (bytes of an interrupted transfer, so a re-send after a
@@ -70,6 +78,7 @@ from sleap_rtc.core.protocol import (
     pack_chunk,
     unpack_chunk,
 )
+from sleap_rtc.core import chunkfile
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import (
     FileTransferError,
@@ -101,6 +110,16 @@ PARTIAL_MAX_AGE = 24 * 3600.0
 IN_USE_GRACE = 600.0
 """Completed files used within this many seconds are never pruned, whatever the cap."""
 
+GAP_WAIT = 1.0
+"""Seconds a receiver missing bytes at ``file_end`` waits for chunks still in flight on
+other stripes (no progress for this long: it asks for the missing ranges)."""
+MAX_REPAIR_ROUNDS = 8
+"""How often one transfer may ask for / resend missing ranges before it fails."""
+MAX_MISSING_RANGES = 1024
+"""Ranges named in one ``file_missing`` (the rest are asked for in the next round)."""
+MAX_PENDING_CHUNKS = 4096
+"""Chunks a receiver holds ahead of its contiguous prefix (on disk; only their offsets in
+memory): 256 MiB of look-ahead, far more than lanes x ``HIGH_WATER`` in flight."""
 MAX_FILE_BYTES = 64 * 1024**3
 """Default cap on one incoming file (a package or a result); a larger offer is refused."""
 MAX_INCOMING = 4
@@ -263,6 +282,7 @@ class _Outgoing:
     transfer_id: int
     accept: asyncio.Future
     done: asyncio.Future
+    missing: asyncio.Future | None = None
 
 
 @dataclass
@@ -279,6 +299,11 @@ class _Incoming:
     start: int = 0
     cached: bool = False
     ready: bool = False
+    repair: bool = False  # the sender may send out of order and answers file_missing
+    ending: bool = False  # file_end is being handled
+    rounds: int = 0
+    ahead: chunkfile.Ahead = field(default_factory=chunkfile.Ahead)
+    progressed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class FileTransfers:
@@ -320,6 +345,13 @@ class FileTransfers:
         self._outgoing: dict[int, _Outgoing] = {}
         self._incoming: dict[int, _Incoming] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.bytes_moved = 0
+        """Payload bytes sent plus received on this channel (the stripe policy samples it)."""
+
+    @property
+    def active(self) -> bool:
+        """True while any transfer runs, either direction."""
+        return bool(self._outgoing or self._incoming)
 
     # ------------------------------------------------------------------ sending
 
@@ -344,56 +376,106 @@ class FileTransfers:
         wire_name = sanitize_name(name if name is not None else path.name)
         loop = asyncio.get_running_loop()
         tid = next(self._ids)
-        st = _Outgoing(tid, loop.create_future(), loop.create_future())
+        st = _Outgoing(tid, loop.create_future(), loop.create_future(), loop.create_future())
         self._outgoing[tid] = st
         finished = False
+        stripes = getattr(self.link, "stripes", None)
         try:
             self.link.send_control(
                 {"type": ChannelType.FILE_OFFER.value, "transfer_id": tid, "name": wire_name,
-                 "size": size, "sha256": sha, "meta": dict(meta or {})}
+                 "size": size, "sha256": sha, "meta": dict(meta or {}), "repair": True}
             )
             accepted = await self.link.guard(st.accept, ACCEPT_TIMEOUT)
             offset = accepted.get("offset")
             if not isinstance(offset, int) or not 0 <= offset <= size:
                 raise FileTransferError(f"Receiver asked for an invalid offset {offset!r}.")
-            sent = await self._stream(path, st, offset, size, progress)
-            self.link.send_control({"type": ChannelType.FILE_END.value, "transfer_id": tid, "size": size})
-            await self.link.guard(st.done, DONE_TIMEOUT)
+            if stripes is not None:
+                stripes.transfer_started(size - offset)
+            with open(path, "rb") as fh:
+                sent = await self._stream(fh, path, st, [(offset, size - offset)], size, progress)
+                for _ in range(MAX_REPAIR_ROUNDS + 1):
+                    self.link.send_control({"type": ChannelType.FILE_END.value, "transfer_id": tid, "size": size})
+                    ranges = await self.link.guard(self._done_or_missing(st), DONE_TIMEOUT)
+                    if ranges is None:
+                        break
+                    if any(at + length > size for at, length in ranges):
+                        raise FileTransferError("The receiver asked for bytes beyond the end of the file.")
+                    log.info("resending %d range(s) of %r the receiver missed", len(ranges), wire_name)
+                    sent += await self._stream(fh, path, st, ranges, size, None)
+                else:
+                    raise FileTransferError(f"Transfer of {wire_name!r} still incomplete after {MAX_REPAIR_ROUNDS} repairs.")
             finished = True
             return FileReceipt(name=wire_name, size=size, sha256=sha, bytes_sent=sent, cached=bool(accepted.get("cached")))
         except TimeoutError:
             raise FileTransferError(f"Transfer of {wire_name!r} timed out waiting for the receiver.") from None
         finally:
             self._outgoing.pop(tid, None)
-            for fut in (st.accept, st.done):
-                if fut.done() and not fut.cancelled():
+            for fut in (st.accept, st.done, st.missing):
+                if fut is not None and fut.done() and not fut.cancelled():
                     fut.exception()  # mark retrieved: the error is already reported
             if not finished:
                 # Cancelled by our caller or failed: tell the receiver to drop its state.
                 with contextlib.suppress(Exception):
                     self.link.send_control({"type": ChannelType.FILE_CANCEL.value, "transfer_id": tid})
 
-    async def _stream(self, path: Path, st: _Outgoing, offset: int, size: int, progress: Progress | None) -> int:
+    async def _done_or_missing(self, st: _Outgoing) -> list[tuple[int, int]] | None:
+        """Wait for ``file_done`` (None) or ``file_missing`` (the ranges to resend)."""
+        await asyncio.wait({st.done, st.missing}, return_when=asyncio.FIRST_COMPLETED)
+        if st.done.done():
+            st.done.result()  # raises the receiver's refusal
+            return None
+        ranges = st.missing.result()
+        st.missing = asyncio.get_running_loop().create_future()
+        return ranges
+
+    async def _stream(
+        self, fh: Any, path: Path, st: _Outgoing, ranges: list[tuple[int, int]], size: int, progress: Progress | None
+    ) -> int:
+        """Send ``ranges`` of the file in ``CHUNK_SIZE`` frames, each to the least loaded lane
+        (the channel itself, or a stripe: ``core.stripes``); returns the payload bytes sent.
+
+        A stripe that fails a send is dropped and its chunk goes to another lane; chunks it
+        had in flight come back as ``file_missing`` ranges. Only the channel failing ends it.
+        """
         link = self.link
+        stripes = getattr(link, "stripes", None)
         tid = st.transfer_id
-        pos = offset
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            while pos < size:
-                if st.done.done():  # the receiver cancelled or failed the transfer
-                    st.done.result()
-                if link.buffered_amount > HIGH_WATER:
+        sent = 0
+        todo = [(pos, min(CHUNK_SIZE, start + length - pos)) for start, length in ranges
+                for pos in range(start, start + length, CHUNK_SIZE)]
+        todo.reverse()  # pop() from the end: in file order
+        while todo:
+            if st.done.done():  # the receiver cancelled or failed the transfer
+                st.done.result()
+            lanes = stripes.send_lanes() if stripes is not None and stripes.lanes else [link]
+            lane = min(lanes, key=lambda ln: ln.buffered_amount) if len(lanes) > 1 else link
+            if lane.buffered_amount > HIGH_WATER:
+                if lane is link and len(lanes) == 1:
                     await link.drain(STALL_TIMEOUT)
-                chunk = fh.read(min(CHUNK_SIZE, size - pos))
-                if not chunk:
-                    raise FileTransferError(f"{path} shrank while it was being sent.")
-                if link.chunk_filter is not None:
-                    chunk = link.chunk_filter(pos, chunk)
-                link.send_binary(pack_chunk(tid, pos, chunk))
-                pos += len(chunk)
-                if progress is not None:
-                    progress(pos, size)
-        return pos - offset
+                else:
+                    await stripes.drain_any(HIGH_WATER, STALL_TIMEOUT)
+                continue
+            pos, n = todo.pop()
+            fh.seek(pos)
+            chunk = fh.read(n)
+            if len(chunk) != n:
+                raise FileTransferError(f"{path} shrank while it was being sent.")
+            if link.chunk_filter is not None:
+                chunk = link.chunk_filter(pos, chunk)
+            try:
+                lane.send_binary(pack_chunk(tid, pos, chunk))
+            except PeerClosedError:
+                if lane is link:
+                    raise
+                todo.append((pos, n))  # a stripe died: this chunk goes elsewhere
+                continue
+            sent += n
+            self.bytes_moved += n
+            if progress is not None:
+                progress(min(size, pos + n), size)
+            if len(lanes) > 1 and sent % (16 * CHUNK_SIZE) == 0:
+                await asyncio.sleep(0)  # let the other lanes' events in
+        return sent
 
     # ------------------------------------------------------------------ receiving
 
@@ -406,12 +488,24 @@ class FileTransfers:
             log.warning("ignoring %s without an integer transfer_id", kind)
             return
         if kind == ChannelType.FILE_OFFER:
+            size = msg.get("size")
+            stripes = getattr(self.link, "stripes", None)
+            if stripes is not None and isinstance(size, int):
+                stripes.transfer_started(size)
             self._spawn(self._on_offer(msg))
         elif kind == ChannelType.FILE_END:
             st = self._incoming.get(tid)
-            if st is not None and st.ready:
-                st.ready = False  # a repeated file_end must not finish the file twice
+            if st is not None and st.ready and not st.ending:
+                st.ending = True  # a repeated file_end must not finish the file twice
                 self._spawn(self._on_end(st, msg))
+        elif kind == ChannelType.FILE_MISSING:
+            out = self._outgoing.get(tid)
+            ranges = chunkfile.parse_ranges(msg.get("ranges"))
+            if out is not None and out.missing is not None and not out.missing.done():
+                if ranges is None:
+                    self._fail_outgoing(out, FileTransferError("The receiver sent malformed missing ranges."))
+                else:
+                    out.missing.set_result(ranges)
         elif kind == ChannelType.FILE_ACCEPT:
             out = self._outgoing.get(tid)
             if out is not None and not out.accept.done():
@@ -449,16 +543,31 @@ class FileTransfers:
         if st is None or not st.ready:
             return  # a transfer that was cancelled or failed: late frames are expected
         n = len(payload)
-        if offset != st.pos or st.pos + n > st.size:
+        if st.repair and (offset + n <= st.pos or st.ahead.has(offset, n)):
+            return  # a duplicate (a resent range whose first copy arrived late)
+        if offset < st.pos or offset + n > st.size or (offset > st.pos and not st.repair):
             self._refuse(st, "bad_offset", f"Chunk at offset {offset} (+{n}) does not follow {st.pos} of {st.size}.")
             return
         try:
-            st.fh.write(payload)
+            if offset > st.pos:
+                problem = st.ahead.check(offset, n, MAX_PENDING_CHUNKS)
+                if problem:
+                    self._refuse(st, "bad_offset", problem)
+                    return
+                chunkfile.write_at(st.fh, offset, payload)
+                st.ahead.add(offset, n)
+            else:
+                chunkfile.write_at(st.fh, offset, payload)
+                st.hasher.update(payload)
+                st.pos += n
+                for at, length in st.ahead.pop_from(st.pos):  # bytes that came early, now in order
+                    st.hasher.update(chunkfile.read_at(st.fh, at, length))
+                    st.pos += length
         except OSError as exc:
             self._refuse(st, "write_failed", f"Cannot write {st.name!r}: {exc}")
             return
-        st.hasher.update(payload)
-        st.pos += n
+        self.bytes_moved += n
+        st.progressed.set()
 
     def discard_partials(self) -> list[Path]:
         """Remove the partial files this channel wrote that no transfer is writing now."""
@@ -491,6 +600,8 @@ class FileTransfers:
         for fut in (out.accept, out.done):
             if not fut.done():
                 fut.set_exception(exc)
+        if out.missing is not None and not out.missing.done():
+            out.missing.cancel()
 
     def _send(self, msg: dict[str, Any]) -> None:
         with contextlib.suppress(PeerClosedError):
@@ -507,6 +618,8 @@ class FileTransfers:
             return
         if st.fh is not None:
             with contextlib.suppress(OSError):
+                if not remove_partial and st.ahead:
+                    st.fh.truncate(st.pos)  # keep only the verified-in-order prefix for resume
                 st.fh.close()
             st.fh = None
         if remove_partial and st.part_path is not None:
@@ -566,7 +679,7 @@ class FileTransfers:
             log.warning("refusing offer %d of %r (%d bytes): %s", tid, name, size, text)
             self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": tid, "reason": reason, "message": text})
             return
-        st = _Incoming(tid, name, size, sha, meta)
+        st = _Incoming(tid, name, size, sha, meta, repair=msg.get("repair") is True)
         self._incoming[tid] = st
         try:
             cached = self._cached_path(sha)
@@ -595,6 +708,22 @@ class FileTransfers:
 
     async def _on_end(self, st: _Incoming, msg: dict[str, Any]) -> None:
         tid = st.transfer_id
+        if st.pos != st.size and st.repair and st.rounds < MAX_REPAIR_ROUNDS:
+            # Chunks may still be in flight on other stripes: wait while they keep coming.
+            while st.pos != st.size and self._incoming.get(tid) is st:
+                st.progressed.clear()
+                try:
+                    await asyncio.wait_for(st.progressed.wait(), GAP_WAIT)
+                except asyncio.TimeoutError:
+                    break
+            if self._incoming.get(tid) is not st:
+                return
+            if st.pos != st.size:
+                st.rounds += 1
+                st.ending = False
+                self._send({"type": ChannelType.FILE_MISSING.value, "transfer_id": tid,
+                            "ranges": st.ahead.gaps(st.pos, st.size, MAX_MISSING_RANGES)})
+                return
         if st.pos != st.size:
             self._refuse(st, "incomplete", f"Got {st.pos} of {st.size} bytes of {st.name!r}.")
             return

@@ -9,21 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sleap_rtc.core.protocol import ChannelType, ErrorCode, ProtocolError
+from sleap_rtc.core.protocol import CHANNEL_FIELDS, ChannelType, ErrorCode, ProtocolError
 
-# type -> required field -> accepted types
+# type -> required field -> accepted types: the job rows of the one data-channel table.
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    ChannelType.JOB_SUBMIT: {"job_id": str, "package": dict, "options": dict},
-    ChannelType.JOB_ACCEPTED: {"job_id": str},
-    ChannelType.JOB_REJECTED: {"job_id": str, "reason": str},
-    ChannelType.JOB_LOG: {"job_id": str, "line": str, "redraw": bool},
-    ChannelType.JOB_PROGRESS: {"job_id": str, "event": dict},
-    ChannelType.JOB_RESULT: {"job_id": str, "kind": str, "name": str, "sha256": str, "size": int},
-    ChannelType.JOB_COMPLETE: {"job_id": str, "results": list, "duration_s": (int, float)},
-    ChannelType.JOB_FAILED: {"job_id": str, "reason": str},
-    ChannelType.JOB_STOP: {"job_id": str},
-    ChannelType.JOB_CANCEL: {"job_id": str},
-    ChannelType.JOB_ATTACH: {"job_id": str},
+    kind: fields for kind, fields in CHANNEL_FIELDS.items() if kind.startswith("job_")
 }
 
 

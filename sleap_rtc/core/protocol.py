@@ -147,6 +147,14 @@ class ErrorCode(StrEnum):
 WORKER_BUSY = "worker_busy"
 """``reason`` of a worker's refusal of an offer, relayed to the client by the server."""
 
+OFFER_REF = "offer_ref"
+"""Field of an ``offer`` that its ``answer`` (or a peer's refusal) echoes, so that several
+offers to one peer in flight at once (the extra connections of a striped transfer) each
+get their own answer; the server strips ``id`` from relayed frames, so ``id`` cannot."""
+
+STRIPE_REFUSED = "stripe_refused"
+"""``reason`` of a worker's refusal of an extra-connection (stripe) offer it cannot admit."""
+
 VERSION_MISMATCH = "version_mismatch"
 """``reason`` of a data-channel ``error`` when the peers' ``CHANNEL_VERSION`` differ."""
 
@@ -306,32 +314,74 @@ def peer_info(peer_id: str, role: str, metadata: dict[str, Any], connected_at: f
 
 
 class ChannelType(StrEnum):
-    """``type`` of JSON control messages on the data channel."""
+    """``type`` of JSON control messages on the data channel; their fields: ``CHANNEL_FIELDS``."""
 
-    HELLO = "hello"  # {version, role, peer_id, nonce?}; a version mismatch closes the channel
-    IDENTITY_PROOF = "identity_proof"  # {public_key, signature}: worker -> client, see core.identity
-    HEARTBEAT = "heartbeat"  # {t}; either side, every few seconds
-    ERROR = "error"  # {reason, message}
+    HELLO = "hello"  # first message each way; a version mismatch closes the channel
+    IDENTITY_PROOF = "identity_proof"  # worker -> client: the hello nonce signed (core.identity)
+    HEARTBEAT = "heartbeat"  # either side, every few seconds; any frame counts as a sign of life
+    ERROR = "error"  # a refusal of the whole channel (reason: VERSION_MISMATCH)
     BYE = "bye"  # orderly hang-up
     # File transfer: sender offers, receiver answers with where to start.
-    FILE_OFFER = "file_offer"  # {transfer_id, name, size, sha256}
-    FILE_ACCEPT = "file_accept"  # {transfer_id, offset}; offset == size: cached, send nothing
-    FILE_END = "file_end"  # {transfer_id}
-    FILE_DONE = "file_done"  # {transfer_id, sha256, path?}: verified on the receiver
-    FILE_ERROR = "file_error"  # {transfer_id, reason}
-    FILE_CANCEL = "file_cancel"  # {transfer_id}
+    FILE_OFFER = "file_offer"
+    FILE_ACCEPT = "file_accept"  # offset == size and cached: the receiver has it, send nothing
+    FILE_END = "file_end"  # the sender has handed over every byte
+    FILE_MISSING = "file_missing"  # receiver: these ranges never came (a stripe died); resend them
+    FILE_DONE = "file_done"  # verified on the receiver
+    FILE_ERROR = "file_error"
+    FILE_CANCEL = "file_cancel"  # either side, any time
+    # Striping: extra peer connections to the same peer for file payload (core.stripes).
+    STRIPE_REQUEST = "stripe_request"  # client: may I open extra connections?
+    STRIPE_GRANT = "stripe_grant"  # worker: the token their offers carry (max 0: no)
     # Jobs.
-    JOB_SUBMIT = "job_submit"  # {job_id, package: {sha256, name}, options}
-    JOB_ACCEPTED = "job_accepted"  # {job_id}
-    JOB_REJECTED = "job_rejected"  # {job_id, reason}
-    JOB_LOG = "job_log"  # {job_id, line, redraw}: redraw=True replaces the previous line (\r)
-    JOB_PROGRESS = "job_progress"  # {job_id, event}: a sleap-nn training event, unchanged
-    JOB_RESULT = "job_result"  # {job_id, kind, name, sha256, size}: a result file follows
-    JOB_COMPLETE = "job_complete"  # {job_id, results: [...], duration_s}
-    JOB_FAILED = "job_failed"  # {job_id, reason}
-    JOB_STOP = "job_stop"  # {job_id}: finish the current epoch, save, send results
-    JOB_CANCEL = "job_cancel"  # {job_id}: kill now
-    JOB_ATTACH = "job_attach"  # {job_id}: on a new channel after an outage, follow the running job again
+    JOB_SUBMIT = "job_submit"
+    JOB_ACCEPTED = "job_accepted"
+    JOB_REJECTED = "job_rejected"
+    JOB_LOG = "job_log"  # redraw=True replaces the previous line (\r)
+    JOB_PROGRESS = "job_progress"  # event: a sleap-nn training event, unchanged
+    JOB_RESULT = "job_result"  # a result file follows, with this sha256
+    JOB_COMPLETE = "job_complete"
+    JOB_FAILED = "job_failed"
+    JOB_STOP = "job_stop"  # finish the current epoch, save, send results
+    JOB_CANCEL = "job_cancel"  # kill now
+    JOB_ATTACH = "job_attach"  # on a new channel after an outage, follow the running job again
+
+
+_INT = int
+_LIST = list
+_BOOL = bool
+CHANNEL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    ChannelType.HELLO: {"version": _INT, "role": _STR, "peer_id": _STR},
+    ChannelType.IDENTITY_PROOF: {"public_key": _STR, "signature": _STR},
+    ChannelType.HEARTBEAT: {},
+    ChannelType.ERROR: {"reason": _STR, "message": _STR},
+    ChannelType.BYE: {},
+    ChannelType.FILE_OFFER: {"transfer_id": _INT, "name": _STR, "size": _INT, "sha256": _STR, "meta": _OBJ},
+    ChannelType.FILE_ACCEPT: {"transfer_id": _INT, "offset": _INT, "cached": _BOOL},
+    ChannelType.FILE_END: {"transfer_id": _INT, "size": _INT},
+    ChannelType.FILE_MISSING: {"transfer_id": _INT, "ranges": _LIST},
+    ChannelType.FILE_DONE: {"transfer_id": _INT, "sha256": _STR, "name": _STR},
+    ChannelType.FILE_ERROR: {"transfer_id": _INT, "reason": _STR, "message": _STR},
+    ChannelType.FILE_CANCEL: {"transfer_id": _INT},
+    ChannelType.STRIPE_REQUEST: {},
+    ChannelType.STRIPE_GRANT: {"max": _INT},
+    ChannelType.JOB_SUBMIT: {"job_id": _STR, "package": _OBJ, "options": _OBJ},
+    ChannelType.JOB_ACCEPTED: {"job_id": _STR},
+    ChannelType.JOB_REJECTED: {"job_id": _STR, "reason": _STR},
+    ChannelType.JOB_LOG: {"job_id": _STR, "line": _STR, "redraw": _BOOL},
+    ChannelType.JOB_PROGRESS: {"job_id": _STR, "event": _OBJ},
+    ChannelType.JOB_RESULT: {"job_id": _STR, "kind": _STR, "name": _STR, "sha256": _STR, "size": _INT},
+    ChannelType.JOB_COMPLETE: {"job_id": _STR, "results": _LIST, "duration_s": (int, float)},
+    ChannelType.JOB_FAILED: {"job_id": _STR, "reason": _STR},
+    ChannelType.JOB_STOP: {"job_id": _STR},
+    ChannelType.JOB_CANCEL: {"job_id": _STR},
+    ChannelType.JOB_ATTACH: {"job_id": _STR},
+}
+"""The one table of data-channel control messages: type -> required field -> accepted types,
+exactly what the senders in ``channel``, ``files``, ``stripes`` and ``jobs_wire`` send.
+Optional fields: ``hello.nonce`` (str: the client's challenge for ``identity_proof``),
+``file_offer.repair`` (bool: the sender answers ``file_missing``),
+``job_log.stream`` (``stdout``/``stderr``), ``stripe_grant.token`` (str, when ``max`` > 0),
+``file_missing.ranges`` items are ``[offset, length]`` pairs."""
 
 
 CHUNK_HEADER = struct.Struct("!IQ")

@@ -28,6 +28,10 @@ opens in 0.4-1.8 s, ~4 s at 1 % loss); ICE ``failed`` ends the attempt earlier. 
 (``IceFailedError``) carries an ``IceReport``: the states recorded before teardown, the
 candidate types each side offered, and one hint (e.g. "no TURN server configured").
 
+Backends (``core.backends``): each side picks its own (libdatachannel when installed, else
+aiortc); both speak standard WebRTC. Extra connections for striped transfers
+(``core.stripes``) are set up by ``open_stripe``/``accept_stripe`` through the same room.
+
 Loopback-only hosts: aioice never offers 127.0.0.1 as a candidate, so on a host whose only
 interface is ``lo`` no connection can ever open (and aiortc never reports failure).
 ``connect``/``accept`` detect this up front and raise ``LoopbackOnlyError`` at once.
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -51,12 +56,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import ifaddr
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+from sleap_rtc.core.backends import Connection, choose_backend, make_connection
 from sleap_rtc.core.channel import PeerChannel
 from sleap_rtc.core.config import ConfigError, ice_servers_from_config
 from sleap_rtc.core.ice_report import IceReport, StateLog, candidate_types
-from sleap_rtc.core.protocol import CHANNEL_VERSION, WORKER_BUSY, ErrorCode, MessageType
+from sleap_rtc.core.protocol import CHANNEL_VERSION, OFFER_REF, WORKER_BUSY, ErrorCode, MessageType
 from sleap_rtc.core.transport_errors import (
     AnswerTimeoutError,
     ConnectionFailedError,
@@ -256,36 +261,37 @@ async def probe_ice_servers(servers: list[dict[str, Any]], timeout: float = PROB
     return [e for e, ok in zip(entries, oks) if ok]
 
 
-def _rtc_configuration(servers: list[dict[str, Any]]) -> RTCConfiguration:
-    # An explicit empty list matters: iceServers=None makes aiortc use Google's STUN.
-    return RTCConfiguration(
-        iceServers=[
-            RTCIceServer(urls=_server_urls(s), username=s.get("username"), credential=s.get("credential"))
-            for s in servers
-        ]
-    )
-
-
 @dataclass
 class _Attempt:
-    """One connection attempt: its peer connection and what is needed to explain a failure."""
+    """One connection attempt: its backend connection and what is needed to explain a failure."""
 
-    pc: RTCPeerConnection
+    conn: Connection
     configured: list[str]
     answered: list[str]
     states: StateLog = field(default_factory=StateLog)
     started: float = 0.0
+    local_sdp: str | None = None
+
+    @property
+    def pc(self) -> Any:
+        """aiortc's RTCPeerConnection (its state events explain failures); None for other backends."""
+        return getattr(self.conn, "pc", None) if self.conn.backend == "aiortc" else None
 
 
-async def _peer_connection(signaling: Any, ice_servers: list[dict[str, Any]] | None) -> _Attempt:
-    check_not_loopback_only()
+async def _peer_connection(signaling: Any, ice_servers: list[dict[str, Any]] | None, backend: str | None = None) -> _Attempt:
+    backend = choose_backend(backend)
     started = asyncio.get_running_loop().time()
+    if backend == "memory":  # the in-process test pair needs no network at all
+        return _Attempt(make_connection(backend, []), [], [], started=started)
+    if backend == "aiortc":  # libdatachannel does use loopback; aioice never does
+        check_not_loopback_only()
     await refresh_ice_servers(signaling)
     configured = resolve_ice_servers(ice_servers, signaling)
     servers = await probe_ice_servers(configured)  # again on every attempt: the network changes
-    attempt = _Attempt(RTCPeerConnection(_rtc_configuration(servers)), [e["urls"] for e in configured],
+    attempt = _Attempt(make_connection(backend, servers), [e["urls"] for e in configured],
                        [e["urls"] for e in servers], started=started)
-    attempt.states.attach(attempt.pc)
+    if attempt.pc is not None:
+        attempt.states.attach(attempt.pc)
     return attempt
 
 
@@ -302,63 +308,139 @@ async def connect(
     cache_dir: str | Path | None = None,
     version: int = CHANNEL_VERSION,
     ice_check_timeout: float = ICE_CHECK_TIMEOUT,
+    backend: str | None = None,
 ) -> PeerChannel:
     """Open a data channel to ``target_peer_id`` through the room (client side).
 
     ``signaling`` is a registered ``SignalingClient``. ``timeout`` bounds the whole set-up
     (offer -> answer -> ICE/DTLS -> hello); the ICE checks alone get ``ice_check_timeout``
     once the answer is in. ``receive_dir``/``cache_dir``: where incoming files and the
-    transfer cache go. ``version`` is for tests of the hello exchange.
+    transfer cache go. ``version`` is for tests of the hello exchange. ``backend`` forces
+    a transport backend (default: ``backends.choose_backend``).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    attempt = await _peer_connection(signaling, ice_servers)
-    pc = attempt.pc
+    attempt = await _peer_connection(signaling, ice_servers, backend)
+    conn = attempt.conn
     channel: PeerChannel | None = None
-    remove = None
     try:
-        dc = pc.createDataChannel(CHANNEL_LABEL, ordered=True)
         channel = PeerChannel(
-            pc, dc, local_peer_id=signaling.peer_id, remote_peer_id=target_peer_id, role="client",
+            conn, local_peer_id=signaling.peer_id, remote_peer_id=target_peer_id, role="client",
             receive_dir=receive_dir, cache_dir=cache_dir, version=version,
         )
-        await pc.setLocalDescription(await pc.createOffer())  # gathers (non-trickle)
-        offer_id = f"offer-{uuid.uuid4().hex[:12]}"
-        reply = loop.create_future()
-
-        def on_frame(frame: dict[str, Any]) -> None:
-            kind = frame.get("type")
-            from_target = frame.get("sender") in (None, target_peer_id)
-            if reply.done():
-                return
-            if kind == MessageType.ANSWER and frame.get("sender") == target_peer_id:
-                reply.set_result(frame)
-            elif kind == MessageType.ERROR and (frame.get("id") == offer_id or (frame.get("reason") == WORKER_BUSY and from_target)):
-                reply.set_result(frame)
-
-        remove = signaling.add_listener(on_frame)
-        await signaling.send(
-            {"type": MessageType.OFFER.value, "sender": signaling.peer_id, "target": target_peer_id,
-             "sdp": pc.localDescription.sdp, "id": offer_id}
-        )
-        try:
-            frame = await asyncio.wait_for(reply, max(0.0, deadline - loop.time()))
-        except asyncio.TimeoutError:
-            raise AnswerTimeoutError(f"Peer {target_peer_id} did not answer within {timeout:.0f} s.") from None
-        finally:
-            remove()
-        if frame.get("type") == MessageType.ERROR:
-            raise _error_from_frame(frame, target_peer_id)
-        if not isinstance(frame.get("sdp"), str):
-            raise ConnectionFailedError(f"Peer {target_peer_id} answered without an SDP.")
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=frame["sdp"], type="answer"))
+        attempt.local_sdp = await conn.offer(CHANNEL_LABEL)  # gathers (non-trickle)
+        frame = await exchange_offer(signaling, target_peer_id, attempt.local_sdp, deadline, timeout)
+        await conn.accept_answer(frame["sdp"])
         await _open(attempt, channel.start, deadline, loop.time() + ice_check_timeout, target_peer_id, "client", frame["sdp"])
+        channel.stripes.opener = functools.partial(
+            open_stripe, signaling, target_peer_id, ice_servers=ice_servers, timeout=timeout, backend=backend
+        )
         return channel
     except BaseException:
         if channel is not None:
             await channel.abort("connection set-up failed")
         else:
-            await pc.close()
+            await conn.close()
+        raise
+
+
+async def exchange_offer(
+    signaling: Any, target_peer_id: str, sdp: str, deadline: float, timeout: float, **extra: Any
+) -> dict[str, Any]:
+    """Send one ``offer`` (plus ``extra`` fields) to ``target_peer_id`` and return its ``answer``
+    frame; raises ``AnswerTimeoutError`` at ``deadline`` (loop time) and the matching error
+    for a relayed refusal (``WorkerBusyError``, ``PeerNotFoundError``, ...)."""
+    loop = asyncio.get_running_loop()
+    offer_id = f"offer-{uuid.uuid4().hex[:12]}"
+    reply = loop.create_future()
+
+    def on_frame(frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        from_target = frame.get("sender") in (None, target_peer_id)
+        if reply.done():
+            return
+        mine = frame.get(OFFER_REF) in (None, offer_id)  # an answer to another offer in flight is not ours
+        if kind == MessageType.ANSWER and frame.get("sender") == target_peer_id and mine:
+            reply.set_result(frame)
+        elif kind == MessageType.ERROR and (
+            frame.get("id") == offer_id or frame.get(OFFER_REF) == offer_id
+            or (frame.get("reason") == WORKER_BUSY and from_target and mine)
+        ):
+            reply.set_result(frame)
+
+    remove = signaling.add_listener(on_frame)
+    try:
+        await signaling.send(
+            {"type": MessageType.OFFER.value, "sender": signaling.peer_id, "target": target_peer_id,
+             "sdp": sdp, "id": offer_id, OFFER_REF: offer_id, **extra}
+        )
+        try:
+            frame = await asyncio.wait_for(reply, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise AnswerTimeoutError(f"Peer {target_peer_id} did not answer within {timeout:.0f} s.") from None
+    finally:
+        remove()
+    if frame.get("type") == MessageType.ERROR:
+        raise _error_from_frame(frame, target_peer_id)
+    if not isinstance(frame.get("sdp"), str):
+        raise ConnectionFailedError(f"Peer {target_peer_id} answered without an SDP.")
+    return frame
+
+
+async def open_stripe(
+    signaling: Any,
+    target_peer_id: str,
+    token: str,
+    *,
+    ice_servers: list[dict[str, Any]] | None = None,
+    timeout: float = 20.0,
+    backend: str | None = None,
+) -> Connection:
+    """Open one extra peer connection to ``target_peer_id`` for striped file payload (client
+    side): an ``offer`` carrying the worker's stripe ``token`` (``stripes``), through the same
+    room. Returns the open backend ``Connection`` (its handlers are set by the caller)."""
+    from sleap_rtc.core.stripes import STRIPE_LABEL, wait_open
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    conn = (await _peer_connection(signaling, ice_servers, backend)).conn
+    try:
+        opened = wait_open(conn)
+        sdp = await conn.offer(STRIPE_LABEL)
+        frame = await exchange_offer(signaling, target_peer_id, sdp, deadline, timeout, stripe=token)
+        await conn.accept_answer(frame["sdp"])
+        await asyncio.wait_for(opened, max(0.1, deadline - loop.time()))
+        return conn
+    except BaseException:
+        await conn.close()
+        raise
+
+
+async def accept_stripe(
+    signaling: Any,
+    offer_frame: dict[str, Any],
+    *,
+    ice_servers: list[dict[str, Any]] | None = None,
+    timeout: float = 20.0,
+    backend: str | None = None,
+) -> Connection:
+    """Answer a stripe ``offer`` (worker side, after the guard admitted its token) and return
+    the open backend ``Connection``."""
+    from sleap_rtc.core.stripes import wait_open
+
+    sender, sdp = offer_frame.get("sender"), offer_frame.get("sdp")
+    if not isinstance(sender, str) or not isinstance(sdp, str):
+        raise ConnectionFailedError("The offer frame has no 'sender' or no 'sdp'.")
+    conn = (await _peer_connection(signaling, ice_servers, backend)).conn
+    try:
+        opened = wait_open(conn)
+        answer_sdp = await conn.answer(sdp)
+        await signaling.send({"type": MessageType.ANSWER.value, "sender": signaling.peer_id, "target": sender,
+                              "sdp": answer_sdp, OFFER_REF: offer_frame.get(OFFER_REF)})
+        await asyncio.wait_for(opened, timeout)
+        return conn
+    except BaseException:
+        await conn.close()
         raise
 
 
@@ -372,6 +454,7 @@ async def accept(
     cache_dir: str | Path | None = None,
     version: int = CHANNEL_VERSION,
     ice_check_timeout: float = ICE_CHECK_TIMEOUT,
+    backend: str | None = None,
 ) -> PeerChannel:
     """Answer a relayed ``offer`` frame and return the open channel (worker side).
 
@@ -383,36 +466,19 @@ async def accept(
         raise ConnectionFailedError("The offer frame has no 'sender' or no 'sdp'.")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    attempt = await _peer_connection(signaling, ice_servers)
-    pc = attempt.pc
-    channel_box: list[PeerChannel] = []
-    got_channel = loop.create_future()
-
-    @pc.on("datachannel")
-    def on_datachannel(dc: Any) -> None:
-        if not got_channel.done():
-            channel_box.append(
-                PeerChannel(pc, dc, local_peer_id=signaling.peer_id, remote_peer_id=sender, role="worker",
-                            receive_dir=receive_dir, cache_dir=cache_dir, version=version)
-            )
-            got_channel.set_result(None)
-
-    async def channel_then_start(remaining: float) -> None:
-        await asyncio.wait_for(asyncio.shield(got_channel), remaining)
-        await channel_box[0].start(max(0.1, deadline - loop.time()))
-
+    attempt = await _peer_connection(signaling, ice_servers, backend)
+    conn = attempt.conn
+    channel = PeerChannel(conn, local_peer_id=signaling.peer_id, remote_peer_id=sender, role="worker",
+                          receive_dir=receive_dir, cache_dir=cache_dir, version=version)
     try:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        answer = {"type": MessageType.ANSWER.value, "sender": signaling.peer_id, "target": sender, "sdp": pc.localDescription.sdp}
+        attempt.local_sdp = await conn.answer(sdp)
+        answer = {"type": MessageType.ANSWER.value, "sender": signaling.peer_id, "target": sender,
+                  "sdp": attempt.local_sdp, OFFER_REF: offer_frame.get(OFFER_REF)}
         await signaling.send(answer)
-        await _open(attempt, channel_then_start, deadline, loop.time() + ice_check_timeout, sender, "worker", sdp)
-        return channel_box[0]
+        await _open(attempt, channel.start, deadline, loop.time() + ice_check_timeout, sender, "worker", sdp)
+        return channel
     except BaseException:
-        if channel_box:
-            await channel_box[0].abort("connection set-up failed")
-        else:
-            await pc.close()
+        await channel.abort("connection set-up failed")
         raise
 
 
@@ -425,6 +491,15 @@ async def _open(
     ends it at once. On failure raise ``IceFailedError`` with the states before teardown."""
     loop = asyncio.get_running_loop()
     pc = attempt.pc
+    if pc is None:  # a backend without aiortc's state events: the overall deadline alone
+        try:
+            await start(max(0.1, deadline - loop.time()))
+            return
+        except (TimeoutError, asyncio.TimeoutError, PeerClosedError) as exc:
+            report = _report(attempt, peer, role, remote_sdp, not isinstance(exc, PeerClosedError), loop.time())
+            text = f"{report.message()} The {attempt.conn.backend} connection reported: {exc}"
+            log.warning("%s", text)
+            raise IceFailedError(text, report) from None
     failed = loop.create_future()
 
     def on_state() -> None:
@@ -470,7 +545,7 @@ async def _open(
 
 def _report(attempt: _Attempt, peer: str, role: str, remote_sdp: str, timed_out: bool, now: float) -> IceReport:
     states = attempt.states
-    local = getattr(attempt.pc.localDescription, "sdp", None)
+    local = attempt.local_sdp
     return IceReport(
         peer=peer, role=role, elapsed=now - attempt.started, ice_state=states.ice,
         connection_state=states.connection, dtls_state=states.dtls, ice_connected=states.ice_connected,

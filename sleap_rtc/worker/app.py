@@ -6,7 +6,10 @@ Life of a connection:
    reserves atomically; a worker that is reserved/busy/in maintenance answers with
    ``busy_error_frame`` (seed Decision 6) and keeps running;
 2. ``transport.accept`` opens the data channel; the reservation (a lease) is confirmed
-   then, or released when the channel does not open within the lease timeout;
+   then, or released when the channel does not open within the lease timeout; from then
+   on the client may open extra connections for striped transfers (``core.stripes``):
+   offers carrying the token its channel granted pass the guard as part of the same
+   reservation, any other stripe offer is refused (``STRIPE_REFUSED``);
 3. the client sends the package (``send_file``) and ``job_submit``; the worker answers
    ``job_accepted``, becomes busy, runs ``JobExecutor`` (logs and training events
    streamed), sends each result (``job_result`` + ``send_file``) and ``job_complete`` (or
@@ -56,6 +59,8 @@ from sleap_rtc.core.protocol import (
     ProtocolError,
     Prop,
     ResultKind,
+    OFFER_REF,
+    STRIPE_REFUSED,
     Role,
     busy_error_frame,
 )
@@ -73,6 +78,8 @@ log = logging.getLogger(__name__)
 # (status publisher, message collector, job controller) has at most one request in flight.
 SESSIONS_CLOSE_TIMEOUT_S = 15.0
 HELPER_CLOSE_TIMEOUT_S = 2.0
+STRIPE_ACCEPT_TIMEOUT = 20.0
+"""Seconds an admitted extra connection (stripe) may take to open."""
 
 """``options.kind`` values a worker accepts in ``job_submit``."""
 
@@ -206,6 +213,7 @@ class Worker:
         self.key: WorkerKey | None = None  # the identity key, loaded (or made) by start()
         self._sessions: dict[int, asyncio.Task] = {}
         self._clients: dict[int, tuple[str, Callable[[], None]]] = {}  # reservation id -> (peer, on_left_room)
+        self._channels: dict[int, Any] = {}  # reservation id -> open PeerChannel (stripes attach to it)
         self._links: dict[str, JobLink] = {}  # running job id -> its channel link
         self._tasks: set[asyncio.Task] = set()
         self._dirty = asyncio.Event()
@@ -300,6 +308,9 @@ class Worker:
         sender = frame.get("sender")
         if not isinstance(sender, str) or not sender:
             return
+        if frame.get("stripe") is not None:  # an extra connection of a job already admitted
+            self._on_stripe_offer(frame, sender)
+            return
         # The guard: check-and-reserve in one step, before any await.
         reservation = self.guard.try_reserve(sender)
         if reservation is None:
@@ -329,6 +340,31 @@ class Worker:
         task = asyncio.get_running_loop().create_task(self._session(frame, reservation), name=f"session-{sender}")
         self._sessions[reservation.id] = task
         task.add_done_callback(lambda _t: self._sessions.pop(reservation.id, None))
+
+    def _on_stripe_offer(self, frame: dict[str, Any], sender: str) -> None:
+        """Admit an extra connection only for the reserved client's open channel, with the
+        token that channel granted and under its cap (``core.stripes``); refuse anything else."""
+        channel = next((ch for ch in self._channels.values() if ch.stripes.admits(frame.get("stripe"), sender)), None)
+        if channel is None:
+            log.warning("refusing an extra-connection offer from %s: no job of theirs grants it", sender)
+            refusal = {"type": MessageType.ERROR.value, "target": sender, OFFER_REF: frame.get(OFFER_REF),
+                       "reason": STRIPE_REFUSED, "message": "This worker has no striped transfer for you."}
+            self._spawn(self._send_quietly(refusal), "stripe-refusal")
+            return
+
+        async def attach() -> None:
+            from sleap_rtc.core import transport
+
+            try:
+                conn = await transport.accept_stripe(self.signaling, frame, ice_servers=self.config.ice_servers,
+                                                     timeout=STRIPE_ACCEPT_TIMEOUT)
+            except (TransportError, OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                channel.stripes.release()
+                log.info("an extra connection from %s did not open: %s", sender, exc)
+                return
+            channel.stripes.attach(conn)
+
+        self._spawn(attach(), f"stripe-{sender}")
 
     async def _send_quietly(self, frame: dict[str, Any]) -> None:
         try:
@@ -373,6 +409,8 @@ class Worker:
             # The room saying the client left is a hint, not proof (its signaling link may
             # have dropped while the data channel is fine): the channel decides.
             self._clients[reservation.id] = (reservation.client_peer_id, channel.suspect)
+            channel.stripes.allow()  # this client may stripe its transfers (same reservation)
+            self._channels[reservation.id] = channel
             await self._serve_job(channel, reservation)
         except PeerClosedError:
             reason = "client hung up"
@@ -389,6 +427,7 @@ class Worker:
             self._clients.pop(reservation.id, None)
             if channel is not None and channel.transfers.last_activity > baseline:
                 self.guard.note_activity(reservation)  # it sent file bytes: not a wasted reservation
+            self._channels.pop(reservation.id, None)
             if channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(channel.close(), 5)
@@ -398,12 +437,13 @@ class Worker:
             self.guard.release(reservation, reason)
 
     async def _replace_session(self, offer: dict[str, Any], reservation: Reservation) -> None:
-        """End the session of ``reservation`` (its channel is dead), then take ``offer`` anew."""
+        """End the session of ``reservation`` (its channel is dead), then take ``offer`` anew.
+
+        The old session counts as used only if its client used it (a message or file bytes):
+        a client replaying offers into sessions it never uses still backs off."""
         task = self._sessions.get(reservation.id)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 10)
+            await cancel_and_wait([task], SESSIONS_CLOSE_TIMEOUT_S)
         self.guard.release(reservation, "its client reconnected")
         self._on_offer(offer)
 
@@ -417,8 +457,9 @@ class Worker:
                 self.signaling, offer, ice_servers=self.config.ice_servers, timeout=self.config.lease_timeout,
                 receive_dir=self.work_dir / "incoming" / f"attach-{link.job_id}", cache_dir=self.cache_dir,
             )
+            channel.stripes.deny()  # a reattached channel carries logs and results, not stripes
             if self.key is not None:
-                channel.prove_identity(self.key)  # a returning client checks who it reconnected to, too
+                channel.prove_identity(self.key)  # the returning client checks it like the first time
             loop = asyncio.get_running_loop()
             deadline = loop.time() + ATTACH_TIMEOUT
             while True:
@@ -479,6 +520,8 @@ class Worker:
                         await asyncio.wait_for(link.channel.close(), 5)
         finally:
             await cancel_and_wait([collector], HELPER_CLOSE_TIMEOUT_S)
+            if collector.done() and not collector.cancelled():
+                collector.exception()  # a channel that closed under it is not an error to report
             # Deleting whole job dirs can take a while: off the loop (the next client is waiting).
             await asyncio.to_thread(prune_job_dirs, self.work_dir, self.config.keep_job_dirs)
             # The client's package stays cached (a re-run uploads nothing) until the cap.

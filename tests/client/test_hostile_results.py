@@ -23,9 +23,9 @@ import pytest
 from sleap_rtc.core import jobs_wire, transport
 from sleap_rtc.core.channel import default_cache_dir
 from sleap_rtc.core.package import jobs_document, write_package
-from sleap_rtc.core.protocol import MessageType, pack_chunk
+from sleap_rtc.core.protocol import MessageType, Prop, pack_chunk
 from sleap_rtc.core.credentials import RoomCredentials
-from sleap_rtc.core.identity import generate_key
+from sleap_rtc.core.identity import fingerprint_of, generate_key
 from sleap_rtc.core.job_policy import DirectWorker
 from sleap_rtc.core.job_runner import RemoteJob
 from sleap_rtc.core.remote_job import JobFailedError
@@ -54,14 +54,16 @@ class HostileWorker:
     """
 
     def __init__(self, url, room, tmp, results, *, declare=None, send_bytes=0, hang_up=False):
-        props = {"worker_name": "gpu-2", "gpu_memory_mb": 80000, "gpu_model": "H200", "status": "available"}
+        # A hostile worker with a real identity key: the identity check passes, the result checks must hold.
+        self.key = generate_key()
+        props = {"worker_name": "gpu-2", "gpu_memory_mb": 80000, "gpu_model": "H200", "status": "available",
+                 Prop.PUBLIC_KEY.value: self.key.public_key, Prop.FINGERPRINT.value: fingerprint_of(self.key.public_key)}
         self.sig = SignalingClient(url, room_id=room[0], token=room[1], role="worker", peer_id="worker-gpu-2-hostile",
                                    metadata={"tags": ["sleap-rtc"], "properties": props})
         self.tmp, self.results = tmp, results
         self.declare, self.send_bytes, self.hang_up = declare, send_bytes, hang_up
         self.task: asyncio.Task | None = None
         self.refusals: list[dict] = []
-        self.key = generate_key()  # it proves a key of its own: the attack is on the files
 
     async def __aenter__(self):
         await self.sig.connect()

@@ -210,6 +210,34 @@ async def test_busy_worker_refuses_and_keeps_serving_then_client_vanishes(signal
         await worker.close()
 
 
+async def test_extra_connections_join_the_reserved_job_and_nobody_else(signaling_server, room, tmp_path):
+    """Striping through the real worker: the reserved client's channel gets a grant and its
+    extra connections pass the guard (same reservation, worker stays reserved, not busy for
+    another client); a wrong token, or another client replaying the token, is refused."""
+    from sleap_rtc.core.transport_errors import ConnectionFailedError
+
+    worker = await start_worker(signaling_server.url, room, tmp_path)
+    sig = await client(signaling_server.url, room)
+    intruder = await client(signaling_server.url, room)
+    try:
+        ch = await transport.connect(sig, worker.peer_id, receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
+        assert await ch.stripes.ensure(3) == 3
+        token, _ = await ch.stripes._get_grant()
+        with pytest.raises(ConnectionFailedError, match="striped transfer"):
+            await transport.open_stripe(sig, worker.peer_id, "not-the-token", timeout=10)
+        with pytest.raises(ConnectionFailedError, match="striped transfer"):
+            await transport.open_stripe(intruder, worker.peer_id, token, timeout=10)
+        src = tmp_path / "p.bin"
+        src.write_bytes(os.urandom(3 * 1024 * 1024))
+        receipt = await ch.send_file(src)
+        assert receipt.bytes_sent == src.stat().st_size
+        assert await status_of(sig, worker.peer_id) == "reserved"  # one reservation, not three
+        await ch.close()
+        await wait_status(sig, worker.peer_id, "available")
+    finally:
+        await sig.close()
+        await intruder.close()
+        await worker.close()
 async def test_worker_key_is_persistent_and_advertised_in_banner_metadata_and_session_string(signaling_server, room, tmp_path):
     from sleap_rtc.core.credentials import decode_session_string
     from sleap_rtc.core.identity import KEY_FILE

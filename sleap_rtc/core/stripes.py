@@ -1,0 +1,367 @@
+"""Striped transfers: file payload over several peer connections to the same peer.
+
+One SCTP association backs off like one TCP Reno flow, so a lossy or long link starves a
+single data channel; independent associations recover most of it (docs/benchmarks.md).
+A ``PeerChannel`` therefore owns a ``Stripes``: zero or more extra peer connections
+("stripes", one data channel each) that carry only binary file frames. Control messages,
+hello, heartbeats and the file protocol stay on the channel itself (the primary).
+
+Admission (the extra connections belong to the same job, not to new clients):
+
+* the client asks on the open channel: ``stripe_request {}``;
+* the worker answers ``stripe_grant {max, token}`` when its runtime allowed striping for
+  this reservation (``Stripes.allow``), ``stripe_grant {max: 0}`` when it refused
+  (``Stripes.deny``); a request that comes before either is answered at that point;
+* each extra connection is an ordinary signaling ``offer`` carrying ``stripe: token``. The
+  worker's offer guard admits it only when the token belongs to a live channel with the
+  same (server-stamped) sender and fewer than ``max`` stripes, and hands the connection to
+  that channel; anything else is refused like a busy worker.
+
+Sending (``core.files``): chunks are dealt from one queue (the file, in order) to the least
+loaded open lane, the primary included, each lane flow-controlled on its own
+(``files.HIGH_WATER``), so memory stays bounded by lanes x HIGH_WATER. The receiver writes
+each chunk at its offset. A stripe that dies loses the chunks it had in flight; the
+receiver names the missing ranges (``file_missing``) after ``file_end`` and the sender
+resends them on the lanes still alive, so the transfer goes on while the primary lives.
+
+Growth (client side, while a transfer of at least ``STRIPE_MIN_BYTES`` runs): open up to
+``START_CONNECTIONS`` connections in all, then add one per ``SAMPLE_INTERVAL`` while the
+measured throughput grows by ``GROWTH``, up to ``MAX_CONNECTIONS`` (``RELAY_MAX_CONNECTIONS``
+when the path goes through a TURN relay, where each connection costs an allocation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from sleap_rtc.core.protocol import ChannelType
+from sleap_rtc.core.tasks import cancel_and_wait, spawn
+from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
+
+if TYPE_CHECKING:
+    from sleap_rtc.core.backends import Connection
+    from sleap_rtc.core.channel import PeerChannel
+
+log = logging.getLogger(__name__)
+
+STRIPE_LABEL = "sleap-rtc-stripe"
+"""Label of a stripe's data channel."""
+START_CONNECTIONS = 2
+"""Connections (primary included) a striped transfer starts with."""
+MAX_CONNECTIONS = 8
+"""Cap on connections (primary included) to one peer."""
+RELAY_MAX_CONNECTIONS = 2
+"""Cap when the primary goes through a TURN relay (each connection is one allocation)."""
+STRIPE_MIN_BYTES = 8 * 1024 * 1024
+"""Transfers smaller than this never open stripes (set-up would cost more than it gains)."""
+SAMPLE_INTERVAL = 1.5
+"""Seconds of throughput measured before deciding to add one more connection."""
+GROWTH = 1.10
+"""Add a connection only while the last one raised throughput by at least this factor."""
+GRANT_TIMEOUT = 10.0
+"""Seconds the client waits for ``stripe_grant``."""
+STRIPE_OPEN_TIMEOUT = 15.0
+"""Seconds one extra connection may take to open."""
+CLOSE_TIMEOUT = 5.0
+"""Seconds closing all stripes of a channel may take."""
+
+Opener = Callable[[str], Awaitable["Connection"]]
+"""``opener(token) -> Connection``: opens one extra connection (``transport.open_stripe``)."""
+
+
+def wait_open(conn: Connection) -> asyncio.Future:
+    """A future that resolves when ``conn`` opens and fails if it closes first.
+
+    Installs temporary handlers; the ``StripeLane`` built on ``conn`` replaces them.
+    """
+    fut = asyncio.get_running_loop().create_future()
+
+    class _Waiter:
+        def channel_open(self) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        def channel_message(self, data: str | bytes) -> None:
+            pass  # nothing is sent on a stripe before its lane exists
+
+        def channel_low(self) -> None:
+            pass
+
+        def channel_closed(self, reason: str) -> None:
+            if not fut.done():
+                fut.set_exception(PeerClosedError(f"The extra connection closed while opening: {reason}."))
+
+    conn.set_handlers(_Waiter())
+    if conn.is_open and not fut.done():
+        fut.set_result(None)
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return fut
+
+
+class StripeLane:
+    """One open stripe: a backend connection whose binary frames belong to ``owner``'s transfers."""
+
+    def __init__(self, conn: Connection, owner: Stripes):
+        from sleap_rtc.core.files import LOW_WATER
+
+        self.conn = conn
+        self.owner = owner
+        self.closed = False
+        self.opened_at = time.monotonic()
+        conn.low_threshold = LOW_WATER
+        conn.set_handlers(self)
+
+    # -- lane API used by files._stream
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued on this stripe."""
+        return self.conn.buffered_amount
+
+    @property
+    def low_threshold(self) -> int:
+        """The stripe's buffered-low threshold."""
+        return self.conn.low_threshold
+
+    @property
+    def usable(self) -> bool:
+        """True while the stripe can take frames."""
+        return not self.closed and self.conn.is_open
+
+    def send_binary(self, data: bytes) -> None:
+        """Send one binary frame; ``PeerClosedError`` once the stripe is gone."""
+        if self.closed:
+            raise PeerClosedError("The stripe is closed.")
+        try:
+            self.conn.send(data)
+        except Exception as exc:
+            self.channel_closed(f"send failed ({exc.__class__.__name__})")
+            raise PeerClosedError("The stripe closed.") from None
+
+    # -- backend events
+    def channel_open(self) -> None:
+        """The stripe opened (it normally is already)."""
+
+    def channel_message(self, data: str | bytes) -> None:
+        """A frame from the peer: binary frames go to the owner's transfers, text is ignored."""
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            self.owner.channel.transfers.on_chunk(bytes(data))
+        else:
+            log.warning("ignoring a text frame on a stripe from %s", self.owner.channel.remote_peer_id)
+
+    def channel_low(self) -> None:
+        """The stripe's buffer drained: wake a sender waiting for any lane."""
+        self.owner.lane_low()
+
+    def channel_closed(self, reason: str) -> None:
+        """The stripe died or was closed: drop it from the lanes."""
+        if self.closed:
+            return
+        self.closed = True
+        log.info("stripe to %s closed: %s", self.owner.channel.remote_peer_id, reason)
+        self.owner.lane_closed(self)
+
+
+class Stripes:
+    """The extra connections of one ``PeerChannel`` and the policy that adds them."""
+
+    def __init__(self, channel: PeerChannel):
+        self.channel = channel
+        self.lanes: list[StripeLane] = []
+        self.opener: Opener | None = None  # client side: set by transport.connect
+        self.token: str | None = None  # worker side: set by allow()
+        self.allowed = 0
+        self.max_connections = MAX_CONNECTIONS
+        self._admitted = 0
+        self._grant: asyncio.Future | None = None
+        self._low = asyncio.Event()
+        self._grower: asyncio.Task | None = None
+        self._opening: set[asyncio.Task] = set()
+        self._requested = False  # a stripe_request came before the runtime decided
+        self._decided = False
+
+    # ------------------------------------------------------------------ worker side
+
+    def allow(self, max_stripes: int = MAX_CONNECTIONS - 1) -> str:
+        """Let the peer open up to ``max_stripes`` extra connections; returns their token."""
+        self.allowed = max(0, max_stripes)
+        self.token = secrets.token_urlsafe(24)
+        self._decide()
+        return self.token
+
+    def deny(self) -> None:
+        """Refuse extra connections on this channel (answers a pending request with ``max: 0``)."""
+        self.allowed, self.token = 0, None
+        self._decide()
+
+    def _decide(self) -> None:
+        self._decided = True
+        if self._requested:
+            self._requested = False
+            self._send_grant()
+
+    def _send_grant(self) -> None:
+        grant: dict[str, Any] = {"type": ChannelType.STRIPE_GRANT.value, "max": 0}
+        if self.token is not None and self.allowed > 0:
+            grant = {**grant, "max": self.allowed, "token": self.token}
+        with contextlib.suppress(TransportError):
+            self.channel.send_control(grant)
+
+    def admits(self, token: Any, sender: Any) -> bool:
+        """Whether an offer with ``token`` from ``sender`` may become a stripe of this channel
+        (right token, same peer, channel open, under the cap); counts it when admitted."""
+        ok = (
+            isinstance(token, str) and self.token is not None and hmac.compare_digest(token, self.token)
+            and sender == self.channel.remote_peer_id and not self.channel.closed
+            and self._admitted < self.allowed
+        )
+        if ok:
+            self._admitted += 1
+        return ok
+
+    def release(self) -> None:
+        """An admitted stripe failed to open: free its place under the cap."""
+        self._admitted = max(0, self._admitted - 1)
+
+    # ------------------------------------------------------------------ both sides
+
+    def attach(self, conn: Connection) -> StripeLane:
+        """Adopt an open connection as a stripe of this channel."""
+        lane = StripeLane(conn, self)
+        if self.channel.closed:
+            spawn(conn.close(), name="stripe-close")
+            lane.closed = True
+            return lane
+        self.lanes.append(lane)
+        log.info("stripe %d to %s open (%s)", len(self.lanes), self.channel.remote_peer_id, conn.backend)
+        return lane
+
+    def send_lanes(self) -> list[Any]:
+        """Where file frames may go now: the channel itself, then each usable stripe."""
+        return [self.channel] + [lane for lane in self.lanes if lane.usable]
+
+    @property
+    def count(self) -> int:
+        """Open connections to the peer, the primary included."""
+        return 1 + sum(1 for lane in self.lanes if lane.usable)
+
+    async def drain_any(self, high_water: int, timeout: float) -> None:
+        """Wait until some lane buffers no more than ``high_water``; ``PeerClosedError`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._low.clear()
+            if any(lane.buffered_amount <= high_water for lane in self.send_lanes()):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PeerClosedError(f"The peer accepted no data for {timeout:.0f} s.")
+            try:
+                await self.channel.guard(self._low.wait(), left)
+            except TimeoutError:
+                raise PeerClosedError(f"The peer accepted no data for {timeout:.0f} s.") from None
+
+    def lane_low(self) -> None:
+        """Some lane's buffer drained (the primary's or a stripe's)."""
+        self._low.set()
+
+    def lane_closed(self, lane: StripeLane) -> None:
+        """Forget a dead stripe and wake the sender (its chunks are repaired at the end)."""
+        with contextlib.suppress(ValueError):
+            self.lanes.remove(lane)
+        self._low.set()
+
+    def on_control(self, msg: dict[str, Any]) -> None:
+        """Handle ``stripe_request`` (worker) and ``stripe_grant`` (client)."""
+        kind = msg.get("type")
+        if kind == ChannelType.STRIPE_REQUEST:
+            if self._decided:
+                self._send_grant()
+            else:  # the channel just opened: its runtime has not said yet whether it may stripe
+                self._requested = True
+        elif kind == ChannelType.STRIPE_GRANT and self._grant is not None and not self._grant.done():
+            self._grant.set_result(msg)
+
+    async def close(self) -> None:
+        """Close every stripe and stop growing; bounded by ``CLOSE_TIMEOUT``."""
+        tasks = [t for t in (self._grower, *self._opening) if t is not None]
+        await cancel_and_wait(tasks, CLOSE_TIMEOUT / 2)
+        lanes, self.lanes = self.lanes, []
+        if lanes:
+            await asyncio.wait([asyncio.ensure_future(lane.conn.close()) for lane in lanes], timeout=CLOSE_TIMEOUT / 2)
+
+    # ------------------------------------------------------------------ client side: growth
+
+    def transfer_started(self, size: int) -> None:
+        """A transfer of ``size`` bytes began (either direction): maybe start growing."""
+        if self.opener is None or size < STRIPE_MIN_BYTES or self.channel.closed:
+            return
+        if self._grower is None or self._grower.done():
+            self._grower = spawn(self._grow(), name=f"stripes-{self.channel.remote_peer_id}")
+
+    async def ensure(self, connections: int) -> int:
+        """Open extra connections until ``connections`` in all (capped); returns how many are open."""
+        token, allowed = await self._get_grant()
+        if token is None:
+            return self.count
+        want = min(connections, self._cap(allowed)) - self.count
+        if want > 0:
+            await asyncio.gather(*(self._open_one(token) for _ in range(want)), return_exceptions=True)
+        return self.count
+
+    def _cap(self, allowed: int) -> int:
+        cap = min(self.max_connections, MAX_CONNECTIONS, 1 + allowed)
+        if getattr(self.channel.conn, "relayed", None):
+            cap = min(cap, RELAY_MAX_CONNECTIONS)
+        return cap
+
+    async def _get_grant(self) -> tuple[str | None, int]:
+        if self._grant is None:
+            self._grant = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TransportError):
+                self.channel.send_control({"type": ChannelType.STRIPE_REQUEST.value})
+        try:
+            grant = await self.channel.guard(asyncio.shield(self._grant), GRANT_TIMEOUT)
+        except (TimeoutError, TransportError):
+            return None, 0
+        token, allowed = grant.get("token"), grant.get("max")
+        if not isinstance(token, str) or not isinstance(allowed, int) or allowed <= 0:
+            return None, 0
+        return token, allowed
+
+    async def _open_one(self, token: str) -> None:
+        assert self.opener is not None
+        task = asyncio.current_task()
+        if task is not None:
+            self._opening.add(task)
+        try:
+            conn = await asyncio.wait_for(self.opener(token), STRIPE_OPEN_TIMEOUT)
+            self.attach(conn)
+        except (TransportError, TimeoutError, OSError, ConnectionError) as exc:
+            log.info("an extra connection to %s did not open: %s", self.channel.remote_peer_id, exc)
+        finally:
+            if task is not None:
+                self._opening.discard(task)
+
+    async def _grow(self) -> None:
+        token, allowed = await self._get_grant()
+        if token is None:
+            return
+        transfers = self.channel.transfers
+        await self.ensure(START_CONNECTIONS)
+        best = 0.0
+        while not self.channel.closed and transfers.active and self.count < self._cap(allowed):
+            before, t0 = transfers.bytes_moved, time.monotonic()
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            rate = (transfers.bytes_moved - before) / max(1e-6, time.monotonic() - t0)
+            if rate < best * GROWTH or not transfers.active:
+                log.info("stripes to %s: %d connections (throughput stopped growing at %.1f MB/s)",
+                         self.channel.remote_peer_id, self.count, rate / 1e6)
+                return
+            best = rate
+            await self._open_one(token)

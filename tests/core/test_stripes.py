@@ -1,0 +1,215 @@
+"""Striped transfers (core.stripes + the out-of-order path of core.files) over the in-memory
+backend: hash, resume, a stripe killed mid-transfer, out-of-order arrival, admission, growth.
+A real aiortc striped transfer through the signaling server runs in test_stripes_real.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from sleap_rtc.core import stripes as stripes_mod
+from sleap_rtc.core.backends.memory import link, memory_pair
+from sleap_rtc.core.channel import PeerChannel
+from sleap_rtc.core.files import CHUNK_SIZE
+
+pytestmark = pytest.mark.timeout(60)
+MiB = 1 << 20
+
+
+class Pair:
+    """A client and a worker PeerChannel over memory, the worker allowing stripes."""
+
+    def __init__(self, tmp_path: Path, *, primary_delay: float = 0.0, stripe_delays=(0.0,), rate=None):
+        self.tmp = tmp_path
+        self.stripe_delays = list(stripe_delays)
+        self.rate = rate
+        self.stripe_conns = []
+        a, b = memory_pair(delay=primary_delay, rate=rate)
+        self.client = PeerChannel(a, local_peer_id="c", remote_peer_id="w", role="client",
+                                  receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
+        self.worker = PeerChannel(b, local_peer_id="w", remote_peer_id="c", role="worker",
+                                  receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
+        link(a, b)
+        self.client.stripes.opener = self.open_stripe
+
+    async def start(self):
+        await asyncio.gather(self.client.start(5), self.worker.start(5))
+        self.token = self.worker.stripes.allow(7)  # as the worker runtime does once the channel is up
+        return self
+
+    async def open_stripe(self, token: str):
+        delay = self.stripe_delays[len(self.stripe_conns) % len(self.stripe_delays)]
+        a, b = memory_pair(delay=delay, rate=self.rate)
+        if not self.worker.stripes.admits(token, "c"):
+            raise ConnectionError("refused")
+        self.worker.stripes.attach(b)
+        link(a, b)
+        self.stripe_conns.append(a)
+        return a
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def payload(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / "src" / "data.bin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+async def test_striped_upload_verified_and_spread_over_lanes(tmp_path):
+    pair = await Pair(tmp_path, rate=100e6).start()
+    assert await pair.client.stripes.ensure(4) == 4
+    src = payload(tmp_path, 12 * MiB + 123)
+    receipt = await pair.client.send_file(src)
+    got = await pair.worker.receive_file(5)
+    assert got.sha256 == receipt.sha256 == sha(src) == sha(got.path)
+    assert receipt.bytes_sent == src.stat().st_size
+    used = [c.sent_messages for c in pair.stripe_conns]
+    assert len(used) == 3 and all(n > 10 for n in used), used
+    await pair.client.close()
+
+
+async def test_striped_download_uses_the_same_lanes(tmp_path):
+    pair = await Pair(tmp_path, rate=100e6).start()
+    await pair.client.stripes.ensure(3)
+    src = payload(tmp_path, 9 * MiB)
+    receipt = await pair.worker.send_file(src)  # worker -> client over the client's stripes
+    got = await pair.client.receive_file(5)
+    assert got.sha256 == receipt.sha256 == sha(src)
+    assert len(pair.worker.stripes.lanes) == 2
+    await pair.client.close()
+
+
+async def test_out_of_order_arrival_is_written_by_offset(tmp_path):
+    # The stripe is slower than the primary, so its chunks land after later ones.
+    pair = await Pair(tmp_path, stripe_delays=(0.003,)).start()
+    await pair.client.stripes.ensure(2)
+    offsets = []
+    original = pair.worker.transfers.on_chunk
+
+    def spy(frame):
+        offsets.append(int.from_bytes(frame[4:12], "big"))
+        original(frame)
+
+    pair.worker.transfers.on_chunk = spy
+    src = payload(tmp_path, 4 * MiB + 17)
+    receipt = await pair.client.send_file(src)
+    got = await pair.worker.receive_file(5)
+    assert got.sha256 == receipt.sha256 == sha(src)
+    assert offsets != sorted(offsets), "the test did not produce out-of-order arrival"
+    await pair.client.close()
+
+
+async def test_a_stripe_killed_mid_transfer_does_not_fail_it(tmp_path):
+    pair = await Pair(tmp_path, rate=60e6, stripe_delays=(0.002,)).start()
+    await pair.client.stripes.ensure(3)
+    src = payload(tmp_path, 10 * MiB)
+    size = src.stat().st_size
+    killed = asyncio.Event()
+
+    def progress(done, total):
+        if done > size // 3 and not killed.is_set():
+            killed.set()
+            pair.stripe_conns[0].kill()  # its in-flight chunks are lost
+
+    receipt = await pair.client.send_file(src, progress=progress)
+    got = await pair.worker.receive_file(5)
+    assert killed.is_set()
+    assert got.sha256 == receipt.sha256 == sha(src)
+    assert receipt.bytes_sent > size  # the lost chunks were sent again
+    assert not pair.stripe_conns[0].is_open and not pair.client.closed
+    assert all(lane.conn is not pair.stripe_conns[0] for lane in pair.client.stripes.lanes)
+    await pair.client.close()
+
+
+async def test_resume_after_a_broken_striped_transfer_keeps_only_the_prefix(tmp_path):
+    pair = await Pair(tmp_path, rate=60e6, stripe_delays=(0.002,)).start()
+    await pair.client.stripes.ensure(3)
+    src = payload(tmp_path, 10 * MiB)
+    size = src.stat().st_size
+
+    async def kill_when_half_arrived():
+        while not any(st.pos > size // 2 for st in pair.worker.transfers._incoming.values()):
+            await asyncio.sleep(0.005)
+        pair.client.conn.kill()  # the whole channel dies, stripes with it
+
+    killer = asyncio.ensure_future(kill_when_half_arrived())
+    with pytest.raises(Exception):
+        await pair.client.send_file(src)
+    await asyncio.wait_for(killer, 5)
+    await asyncio.sleep(0.2)
+    part = next((tmp_path / "w-cache" / "partial").glob("*.part"))
+    kept = part.stat().st_size
+    assert 0 < kept < size and kept % CHUNK_SIZE == 0
+    assert hashlib.sha256(part.read_bytes()).digest() == hashlib.sha256(src.read_bytes()[:kept]).digest()
+
+    again = await Pair(tmp_path).start()
+    receipt = await again.client.send_file(src)
+    got = await again.worker.receive_file(5)
+    assert receipt.bytes_sent == size - kept and got.sha256 == sha(src)
+    await again.client.close()
+
+
+async def test_admission_needs_the_token_the_sender_and_room_under_the_cap(tmp_path):
+    pair = await Pair(tmp_path).start()
+    st = pair.worker.stripes
+    st.allow(2)
+    assert not st.admits("wrong", "c")
+    assert not st.admits(st.token, "someone-else")
+    assert st.admits(st.token, "c") and st.admits(st.token, "c")
+    assert not st.admits(st.token, "c")  # the cap
+    await pair.client.close()
+    st.release()
+    assert not st.admits(st.token, "c")  # closed channel
+
+
+async def test_no_grant_means_no_stripes(tmp_path):
+    pair = await Pair(tmp_path).start()
+    pair.worker.stripes.deny()  # a worker that does not stripe answers max 0
+    assert await pair.client.stripes.ensure(4) == 1
+    await pair.client.close()
+
+
+async def test_growth_adds_connections_while_throughput_grows(tmp_path, monkeypatch):
+    monkeypatch.setattr(stripes_mod, "SAMPLE_INTERVAL", 0.3)
+    monkeypatch.setattr(stripes_mod, "STRIPE_MIN_BYTES", 1 * MiB)
+    # Each connection is paced, so each added one adds throughput until the cap.
+    pair = await Pair(tmp_path, rate=8e6).start()
+    pair.client.stripes.max_connections = 4
+    src = payload(tmp_path, 16 * MiB)
+    receipt = await pair.client.send_file(src)
+    got = await pair.worker.receive_file(5)
+    assert got.sha256 == receipt.sha256
+    assert pair.client.stripes.count >= 3, pair.client.stripes.count
+    await pair.client.close()
+
+
+async def test_closing_the_channel_closes_its_stripes_within_bounds(tmp_path):
+    pair = await Pair(tmp_path).start()
+    await pair.client.stripes.ensure(4)
+    await asyncio.wait_for(pair.client.close(), 6)
+    assert all(not c.is_open for c in pair.stripe_conns)
+    assert pair.worker.stripes.lanes == [] or all(lane.closed for lane in pair.worker.stripes.lanes)
+
+
+async def test_a_request_before_the_runtime_decides_is_answered_when_it_does(tmp_path):
+    a, b = memory_pair()
+    client = PeerChannel(a, local_peer_id="c", remote_peer_id="w", role="client",
+                         receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
+    worker = PeerChannel(b, local_peer_id="w", remote_peer_id="c", role="worker",
+                         receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
+    link(a, b)
+    await asyncio.gather(client.start(5), worker.start(5))
+    asking = asyncio.ensure_future(client.stripes._get_grant())
+    await asyncio.sleep(0.05)  # the request is in; the worker has not decided yet
+    assert not asking.done()
+    token = worker.stripes.allow(3)
+    assert await asyncio.wait_for(asking, 2) == (token, 3)
+    await client.close()
