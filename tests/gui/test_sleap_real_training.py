@@ -80,12 +80,26 @@ def _alive(pids: set[int]) -> list[str]:
 
 
 @pytest.mark.timeout(180)
-async def test_run_training_in_sleap_trains_on_a_real_remote_worker(qapp, sleap_home, qtbot, tmp_path, wait_until):
+async def test_run_training_in_sleap_trains_on_a_real_remote_worker(qapp, sleap_home, qtbot, tmp_path, wait_until, monkeypatch):
     # ``qapp`` first: SLEAP's GUI imported before a QApplication exists on a machine without
     # a display picks matplotlib's Agg canvas, and its LossViewer cannot be built at all.
     from sleap.gui.widgets import mpl
 
-    from sleap_rtc.gui.sleap_attach import create_window
+    import sleap_io as sio
+
+    from sleap_rtc.gui.sleap_attach import RemoteTraining, create_window
+
+    # The job's temporary folder (and the predictions file in it) is removed once the job
+    # ends, so the returned predictions are read at the moment they are merged.
+    returned_files: list = []
+    merge = RemoteTraining.merge_predictions
+
+    def recording_merge(self, outcome):
+        if outcome.predictions is not None and Path(outcome.predictions).is_file():
+            returned_files.append(sio.load_slp(str(outcome.predictions)))
+        return merge(self, outcome)
+
+    monkeypatch.setattr(RemoteTraining, "merge_predictions", recording_merge)
 
     assert hasattr(mpl.Canvas, "setSizePolicy"), f"SLEAP's plots fell back to {mpl.Canvas.__name__} (headless import)"
 
@@ -113,7 +127,7 @@ async def test_run_training_in_sleap_trains_on_a_real_remote_worker(qapp, sleap_
         await asyncio.wait_for(starting, 90)
         seen_pids |= {child.popen.pid for child in room.children}
         try:
-            await _train_remotely(win, room, labels_path, seen_pids, wait_until)
+            await _train_remotely(win, room, labels_path, seen_pids, wait_until, returned_files)
         finally:
             await win.remote.session.leave()
             for dlg in list(win._child_windows.values()):
@@ -133,7 +147,7 @@ async def test_run_training_in_sleap_trains_on_a_real_remote_worker(qapp, sleap_
     print(f"whole test: {time.monotonic() - t0:.1f} s; {len(seen_pids)} processes checked")
 
 
-async def _train_remotely(win, room: LocalRoom, labels_path: Path, seen_pids: set[int], wait_until) -> None:
+async def _train_remotely(win, room: LocalRoom, labels_path: Path, seen_pids: set[int], wait_until, returned_files: list) -> None:
     # --- join the room; the dock lists the worker as available
     await win.remote.session.join(room.room_id, room.token)
     dock = win.remote.dock
@@ -225,9 +239,8 @@ async def _train_remotely(win, room: LocalRoom, labels_path: Path, seen_pids: se
     # --- the predictions came back and exactly what they hold was merged into the open labels.
     # (How many instances a 2-epoch model finds varies from run to run, sometimes none: the
     # merge is checked against the returned file, not against a count.)
-    import sleap_io as sio
-
-    returned = sio.load_slp(str(job.ctl.outcome.predictions))
+    assert len(returned_files) == 1, "the predictions file came back and was merged once"
+    returned = returned_files[0]
     assert [s.node_names for s in returned.skeletons] == [["head", "tail"]]
     predicted = {lf.frame_idx: sum(type(i).__name__ == "PredictedInstance" for i in lf.instances)
                  for lf in returned.labeled_frames}
