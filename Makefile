@@ -22,8 +22,13 @@ demo:
 # opens a real window where there is a screen.
 test test-faults test-redis test-native test-lab bench: export QT_QPA_PLATFORM ?= offscreen
 
+# The real-training GUI test gets a process of its own: aiortc objects of the in-process
+# stand-in workers of earlier GUI tests outlive their test's event loop.
+EXCLUDED := faults or redis or native or netlab or realwindow
+# (Exit 5, "no test collected", is fine for either half when PYTEST_ARGS picks tests.)
 test:
-	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m "not faults and not redis and not native and not netlab and not realwindow" $(PYTEST_ARGS)
+	@py=$$(scripts/ensure-env.sh) && { $$py -m pytest -q -m "not ($(EXCLUDED) or own_process)" $(PYTEST_ARGS) || [ $$? -eq 5 ]; }
+	@py=$$(scripts/ensure-env.sh) && { $$py -m pytest -q -m "own_process and not ($(EXCLUDED))" $(PYTEST_ARGS) || [ $$? -eq 5 ]; }
 
 test-faults:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m faults $(PYTEST_ARGS)

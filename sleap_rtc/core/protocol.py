@@ -288,7 +288,7 @@ def error_frame(code: ErrorCode | str, message: str, **extra: Any) -> dict[str, 
 
 
 def busy_error_frame(target: str, status: str, message: str | None = None) -> dict[str, Any]:
-    """A worker's refusal of an offer (seed Decision 6), relayed by the server to ``target``."""
+    """A worker's refusal of an offer (the v2.0 ``worker_busy`` error), relayed by the server to ``target``."""
     text = message or (
         f"Worker is currently {status}. Use --room-id and --token for worker discovery "
         "to pick an available worker."

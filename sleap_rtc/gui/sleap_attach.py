@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -492,6 +493,13 @@ def _unwrap_run(run: Path) -> Path:
     return run
 
 
+def _free_port() -> int:
+    """A loopback TCP port nobody listens on now (the OS picks it; a plain socket closes at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class RemoteTraining(QtCore.QObject):
     """One remote training started from SLEAP's dialog: package, LossViewer, job, results.
 
@@ -508,7 +516,9 @@ class RemoteTraining(QtCore.QObject):
         self.window, self.dlg, self.package, self.form = window, dlg, package, form
         self.out_dir = out_dir
         self.project_dir = Path(window.state["filename"]).parent
-        self.viewer = LossViewer(zmq_ports={"publish_port": 9001, "controller_port": 9000})
+        # Ports the OS says are free now: SLEAP's fixed defaults (9000/9001) may be held by
+        # another viewer, and its fallback re-binds ports its ZMQ sockets are still releasing.
+        self.viewer = LossViewer(zmq_ports={"publish_port": _free_port(), "controller_port": _free_port()})
         self.viewer.resize(600, 400)
         self.heads = list(package.run_paths)
         self.max_epochs: dict[str, int | None] = dict(form.get("_max_epochs") or {})

@@ -4,7 +4,8 @@ Life of a connection:
 
 1. an ``offer`` arrives (relayed by the server); ``StatusGuard.try_reserve`` checks and
    reserves atomically; a worker that is reserved/busy/in maintenance answers with
-   ``busy_error_frame`` (seed Decision 6) and keeps running;
+   ``busy_error_frame`` (an ``error`` with reason ``worker_busy`` and its status, the
+   v2.0 refusal that clients already understand) and keeps running;
 2. ``transport.accept`` opens the data channel; the reservation (a lease) is confirmed
    then, or released when the channel does not open within the lease timeout; from then
    on the client may open extra connections for striped transfers (``core.stripes``):
@@ -117,7 +118,7 @@ def safe_worker_name(name: str) -> str:
 def format_banner(
     room_id: str, token: str, peer_id: str, worker_token: str | None = None, fingerprint: str | None = None
 ) -> str:
-    """The credentials banner (seed Decision 4 format, plus the worker token and key fingerprint).
+    """The credentials banner (the v2.0 lines users paste, plus the worker token and key fingerprint).
 
     ``token`` is the client token: it is what the session string and the ``Token:`` line
     carry, since users paste them. The worker token goes on a separate line for whoever

@@ -68,7 +68,8 @@ COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 STDERR_TAIL_LINES = 15
 KILL_GRACE_S = 3.0
 STOP_REPEAT_S = 0.5  # a stop published before sleap-nn's SUB connected is lost: repeat it
-ZMQ_DRAIN_S = 0.5  # events still in flight when the process exits (e.g. train_end)
+ZMQ_DRAIN_S = 0.5  # events still in flight when the process exits, after a failure
+ZMQ_DRAIN_MAX_S = 5.0  # after a clean exit: until train_end came through (a loaded machine lags)
 DEFAULT_MAX_JOB_SECONDS = 24 * 3600.0
 """Wall-clock limit of one job (all its models and inference) unless the worker says otherwise."""
 ENV_ALLOWED = frozenset({
@@ -273,11 +274,14 @@ class JobExecutor:
             self._controller, self._stopped_current = pub, False
             argv = command + train_argv(job, sleap_nn="sleap-nn", publish_port=publish_port,
                                         controller_port=controller_port, accelerator=self.accelerator)[1:]
-            forward = asyncio.create_task(self._forward_events(sub), name=f"zmq-{self.job_id}")
+            train_end = asyncio.Event()
+            forward = asyncio.create_task(self._forward_events(sub, train_end), name=f"zmq-{self.job_id}")
             try:
                 rc, tail = await self._run_process(argv, work, on_start=self._stop_if_pending)
-                # Events still on their way when the process exits (train_end).
-                await asyncio.sleep(ZMQ_DRAIN_S)
+                # Events still on their way when the process exits: the last epoch_end and
+                # train_end are published just before it, and ZMQ delivers them later.
+                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                    await asyncio.wait_for(train_end.wait(), ZMQ_DRAIN_MAX_S if rc == 0 else ZMQ_DRAIN_S)
             finally:
                 await cancel_and_wait([forward], FORWARD_CLOSE_TIMEOUT_S)
             if self._stopped_current:
@@ -347,7 +351,7 @@ class JobExecutor:
             if not data:
                 return
 
-    async def _forward_events(self, sub: zmq.asyncio.Socket) -> None:
+    async def _forward_events(self, sub: zmq.asyncio.Socket, train_end: asyncio.Event) -> None:
         while True:
             raw = await sub.recv()
             try:
@@ -357,6 +361,8 @@ class JobExecutor:
                 continue
             if isinstance(event, dict):
                 await self._send(jobs_wire.job_progress(self.job_id, event))
+                if event.get("event") == "train_end":
+                    train_end.set()
 
     def _stop_if_pending(self) -> None:
         if self._stop_pending and self._controller is not None and self._proc is not None:

@@ -16,6 +16,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("SLEAP_SKIP_QT_FIX", "1")
 
 import pytest  # noqa: E402
+from polling import wait_until as wait_until_polling  # noqa: E402
 
 
 def _qasync_loop() -> asyncio.AbstractEventLoop:
@@ -35,23 +36,10 @@ def pytest_asyncio_loop_factories(config, item):
     return {"qasync": _qasync_loop}
 
 
-async def _wait_until(predicate, timeout: float = 5.0, interval: float = 0.01):
-    """Poll ``predicate`` on the running loop until truthy; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
 @pytest.fixture
 def wait_until():
     """``await wait_until(predicate, timeout)``: poll with asyncio.sleep, fail on timeout."""
-    return _wait_until
+    return wait_until_polling
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ from sleap_rtc.core.phases import Phase
 from sleap_rtc.gui.training_panel import PANEL_OBJECT_NAME, RemoteTrainingPanel
 from sleap_rtc.local_room import LocalRoom, free_port
 
-pytestmark = [pytest.mark.sleap, pytest.mark.slow]
+pytestmark = [pytest.mark.sleap, pytest.mark.slow, pytest.mark.own_process]
 
 TINY_LABELS = Path(__file__).resolve().parents[2] / "resources" / "tiny" / "labels.pkg.slp"
 WORKER = "cpu-worker"

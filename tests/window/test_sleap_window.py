@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from window_helpers import centre, wait_until
+from polling import wait_until
+from window_helpers import centre
 from fakes import start_fake_worker
 from job_fakes import FakeWorkers, ScriptedChannel
 from sleap_rtc.core.phases import Phase
