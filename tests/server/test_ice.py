@@ -85,6 +85,7 @@ def test_turn_config_matches_the_server_settings(tmp_path):
     assert "lt-cred-mech" not in conf and "user=" not in conf
 
 
+@pytest.mark.in_process  # sets the in-process hub's ICE settings
 async def test_server_mints_per_peer_credentials_only_for_registered_peers(signaling_server, connect, room):
     signaling_server.hub.ice = ice.IceSettings(turn=TURN, secret=SECRET, ttl=600)
     peer = await connect()
