@@ -112,6 +112,8 @@ class PeerChannel:
         self.dead_after = dead_after
         self.chunk_filter: Callable[[int, bytes], bytes] | None = None
         self.close_reason: str | None = None
+        self.went_silent = False
+        """True when the channel closed because the peer fell silent (an outage, maybe), not a hang-up."""
         loop = asyncio.get_running_loop()
         self._closed = loop.create_future()
         self._hello = loop.create_future()
@@ -463,6 +465,7 @@ class PeerChannel:
             await asyncio.sleep(self.heartbeat_interval)
             silent = time.monotonic() - self._last_seen
             if silent > self.dead_after:
+                self.went_silent = True
                 self._shutdown(f"no sign of life for {silent:.0f} s")
                 return
             with contextlib.suppress(TransportError):

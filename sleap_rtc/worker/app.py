@@ -432,10 +432,23 @@ class Worker:
             if channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(channel.close(), 5)
-                # No resume across sessions on the worker: what a session left half-sent goes.
-                channel.transfers.discard_partials()
+                # What a client that hung up left half-sent goes now; after an outage (the
+                # channel fell silent) it may come back within the grace and resume.
+                if channel.went_silent:
+                    self._spawn(self._discard_partials_later(list(channel.transfers.partials)), "discard-partials")
+                else:
+                    channel.transfers.discard_partials()
             shutil.rmtree(incoming, ignore_errors=True)
             self.guard.release(reservation, reason)
+
+    async def _discard_partials_later(self, partials: list[Path]) -> None:
+        """Remove ``partials`` that nobody resumed within ``reattach_grace`` (not written since)."""
+        await asyncio.sleep(self.config.reattach_grace)
+        cutoff = time.time() - self.config.reattach_grace
+        for path in partials:
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
 
     async def _replace_session(self, offer: dict[str, Any], reservation: Reservation) -> None:
         """End the session of ``reservation`` (its channel is dead), then take ``offer`` anew.

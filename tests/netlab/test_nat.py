@@ -125,7 +125,9 @@ def test_outage_mid_upload_resumes_on_the_same_worker(lab, case, tmp_path):
     assert_trained(c, code)
     text = c.text()
     resumed_at = re.search(r"Upload resumed at (\d+) of (\d+) MiB", text)
-    assert resumed_at and int(resumed_at.group(1)) >= CUT_AFTER_BYTES // 2**20, c.transcript()
+    # Striped uploads write by offset: the worker resumes from the contiguous prefix it hashed,
+    # which trails the bytes on its disk by the chunks still in flight on other lanes.
+    assert resumed_at and int(resumed_at.group(1)) >= CUT_AFTER_BYTES // 2**20 // 2, c.transcript()
     assert "Reconnected to gpu-lab" in text and "next best" not in text, c.transcript()
     resumed = c.line_time("Reconnected to gpu-lab")
     c.record(outage_s=OUTAGE, reconnected_after_link_back_s=round(resumed - back, 2) if resumed else None)
