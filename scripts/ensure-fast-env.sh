@@ -5,6 +5,7 @@
 # Exits 3 with a reason on stderr when no Python 3.12 is available (callers skip then).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
+source "$here/scripts/venv-lib.sh"
 py="${FAST_PYTHON:-}"
 if [ -z "$py" ]; then
   if command -v pyenv >/dev/null && [ -x "$(pyenv root)/versions/3.12.1/bin/python3.12" ]; then
@@ -17,19 +18,4 @@ if [ -z "$py" ]; then
   fi
 fi
 key="$( (cat "$here/requirements/fast.txt"; "$py" -V) | sha256sum | cut -c1-16)"
-cache="${SLEAP_RTC_ENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sleap-rtc}"
-env="$cache/fast-$key"
-mkdir -p "$cache"
-exec 9>"$cache/.lock-fast-$key"
-flock 9
-if [ ! -f "$env/.complete" ]; then
-  echo "[fast-env] creating $env (first run only, about a minute)" >&2
-  rm -rf "$env"
-  "$py" -m venv "$env"
-  "$env/bin/python" -m pip install -q -r "$here/requirements/fast.txt" >&2
-  touch "$env/.complete"
-fi
-if ! (cd / && "$env/bin/python" -c "import sleap_rtc, sys; sys.exit(0 if sleap_rtc.__file__.startswith('$here/') else 1)") 2>/dev/null; then
-  "$env/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here" >&2
-fi
-echo "$env/bin/python"
+ensure_venv fast-env fast "$key" "$py" "$here/requirements/fast.txt" "about a minute"
