@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,15 +28,11 @@ from sleap_rtc.core.signaling import SignalingClient
 from sleap_rtc.core.transport import accept, connect
 from sleap_rtc.server.app import start_server
 
+from _stats import latency_table
+
 ROOT = Path(__file__).resolve().parent.parent
 DTLS_A = "sha-256 " + ":".join(["AB"] * 32)
 DTLS_B = "sha-256 " + ":".join(["CD"] * 32)
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100) of ``values`` by nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def pure(rounds: int) -> dict[str, list[float]]:
@@ -99,23 +93,12 @@ async def live(rounds: int) -> dict[str, list[float]]:
 
 def report(results: dict[str, list[float]], rounds: int) -> str:
     """A markdown section with figures, baselines and ratios."""
-    ms = {k: [v * 1000 for v in vals] for k, vals in results.items()}
     rows = [
         ("Sign + verify one proof (Ed25519, pure)", "sign_verify", "SHA-256 of 1 KiB", "sha256"),
         ("Identity check after connect (real aiortc, loopback)", "check", "control message echo round trip, same channel", "echo"),
     ]
-    lines = [
-        "# Worker identity check",
-        "",
-        f"Command: `python benchmarks/identity.py --rounds {rounds} --write` "
-        f"({os.cpu_count()} cores, Python {platform.python_version()}; server, worker and client in one process).",
-        "",
-        "| measure | p50 ms | p99 ms | baseline | baseline p50 ms | ratio (p50) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for label, key, base_label, base in rows:
-        p50, p99, b50 = statistics.median(ms[key]), pct(ms[key], 99), statistics.median(ms[base])
-        lines.append(f"| {label} | {p50:.3f} | {p99:.3f} | {base_label} | {b50:.4f} | {p50 / b50:.1f}x |")
+    lines = latency_table("Worker identity check", f"python benchmarks/identity.py --rounds {rounds} --write",
+                          "server, worker and client in one process", rows, results, digits=3)
     lines += [
         "",
         "The check runs once per job, before the upload; the worker's proof is usually already",

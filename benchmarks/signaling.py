@@ -28,6 +28,8 @@ from pathlib import Path
 import psutil
 import websockets
 
+from _stats import pct
+
 ROOT = Path(__file__).resolve().parents[1]
 ECHO_SERVER = """
 import sys
@@ -42,12 +44,6 @@ app = web.Application()
 app.router.add_get("/", echo)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=lambda *a: print("ready", flush=True))
 """
-
-
-def pct(samples: list[float], q: float) -> float:
-    """The q-th percentile (0-100) of samples, in the samples' unit."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def raise_open_files(wanted: int) -> int:

@@ -36,6 +36,8 @@ from redis_cluster import Balancer, Instance, RedisServer, find_redis_server  # 
 
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient  # noqa: E402
 
+from _stats import pct  # noqa: E402
+
 # Limits raised so that the benchmark measures speed, not refusals (one address, many peers).
 OPEN_LIMITS = (
     "--max-peers-per-room", "1100", "--max-metadata-bytes", "4096", "--max-watchers-per-room", "1100",
@@ -44,12 +46,6 @@ OPEN_LIMITS = (
     "--max-sockets-per-address", "100000", "--register-timeout", "120",
 )
 META = {"tags": ["sleap-rtc", "training-worker"], "properties": {"gpu_memory_mb": 24576, "status": "available", "gpu_model": "A5000"}}
-
-
-def pct(samples: list[float], q: float) -> float:
-    """The q-th percentile (0-100) of samples."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def start(redis: RedisServer | None, count: int, *extra: str) -> list[Instance]:

@@ -55,7 +55,9 @@ _conn_ids = itertools.count(1)
 
 EVENT_FLUSH_INTERVAL = 0.05
 """Seconds between flushes of batched room events: a watcher that opted into
-``batch_events`` gets at most one ``room_events`` frame per interval, however busy the room."""
+``batch_events`` hears of a change in a quiet room at once, and of the changes that follow
+within this interval in one ``room_events`` frame at the next flush (at most about two
+frames per interval, however busy the room)."""
 
 MAX_EVENTS_PER_FRAME = 256
 """Most events in one ``room_events`` frame; the rest go out at the next flush."""
@@ -86,6 +88,8 @@ class Connection:
     """Whatever the I/O layer needs to reach the socket (the app's writer)."""
     outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Batched room events not sent yet, one per subject peer (coalesced)."""
+    last_events_at: float = float("-inf")
+    """When this watcher last got a ``room_events`` frame (hub clock)."""
 
 
 @dataclass(eq=False)
@@ -466,28 +470,44 @@ class Hub:
     def _event(self, peer: Peer, kind: MessageType) -> list[Action]:
         """``kind`` about ``peer`` to this instance's watchers of its room (not to itself)."""
         now_watchers: list[Connection] = []
+        quiet_watchers: list[Connection] = []
         frame: dict[str, Any] | None = None
         merged: dict[int, tuple[dict[str, Any], dict[str, Any] | None]] = {}  # watchers in one state share one result
+        now = self.clock()
         for p in self.backend.view(peer.room_id).values():
             if not p.events or p is peer or p.conn is None or p.peer_id == peer.peer_id:
                 continue
-            if p.batch:
-                frame = frame or {"type": kind.value, **peer.info()}
+            frame = frame or {"type": kind.value, **peer.info()}
+            if not p.batch:
+                now_watchers.append(p.conn)
+            elif not p.conn.outbox and now - p.conn.last_events_at >= EVENT_FLUSH_INTERVAL:
+                # Leading edge: a quiet watcher hears of a change at once; only the changes
+                # that follow within the interval wait for the next flush.
+                p.conn.last_events_at = now
+                quiet_watchers.append(p.conn)
+            else:
                 _coalesce(p.conn.outbox, peer.peer_id, frame, merged)
                 self._batched.add(p.conn)
-            else:
-                now_watchers.append(p.conn)
-        if not now_watchers:
-            return []
-        return [Send(now_watchers, {"type": kind.value, **peer.info()})]
+        actions: list[Action] = []
+        if now_watchers:
+            actions.append(Send(now_watchers, frame))
+        if quiet_watchers:
+            actions.append(Send(quiet_watchers, {"type": MessageType.ROOM_EVENTS.value, "events": [frame]}))
+        return actions
 
     def flush_events(self) -> list[Action]:
         """One ``room_events`` frame per watcher with batched events (call every ``EVENT_FLUSH_INTERVAL``).
 
+        A watcher that heard nothing for an interval got its first event at once (``_event``);
+        these frames carry what came after it, so each watcher gets at most about one frame
+        per interval however busy the room.
+
         Watchers waiting for the very same events share one ``Send`` (encoded once).
         """
         groups: dict[tuple[int, ...], tuple[list[Connection], list[dict[str, Any]]]] = {}
+        now = self.clock()
         for conn in list(self._batched):
+            conn.last_events_at = now
             outbox = conn.outbox
             if len(outbox) <= MAX_EVENTS_PER_FRAME:
                 events = list(outbox.values())
