@@ -32,9 +32,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def sleap_rtc_argv(*args: str) -> list[str]:
-    """The command line that runs ``sleap-rtc ARGS`` with this interpreter."""
-    return [sys.executable, "-m", "sleap_rtc", *args]
+def sleap_rtc_argv(*args: str, python: str | None = None) -> list[str]:
+    """The command line that runs ``sleap-rtc ARGS`` with ``python`` (default: this interpreter)."""
+    return [python or sys.executable, "-m", "sleap_rtc", *args]
 
 
 @dataclass
@@ -225,14 +225,19 @@ class LocalRoom:
         self.room_id, self.token, self.worker_token = body["room_id"], body["token"], body["worker_token"]
         return self.room_id, self.token
 
-    def start_worker(self, name: str, *extra: str, timeout: float = 60.0) -> ChildProcess:
-        """Start ``sleap-rtc worker`` in the room and wait for its session-string banner."""
+    def start_worker(self, name: str, *extra: str, timeout: float = 60.0, python: str | None = None,
+                     verbose: bool = False) -> ChildProcess:
+        """Start ``sleap-rtc worker`` in the room and wait for its session-string banner.
+
+        ``python`` runs it in another environment (the native-stack one of the interop
+        tests); ``verbose`` adds ``-v`` (INFO log lines, e.g. which transport backend each
+        channel uses)."""
         if self.room_id is None:
             self.create_room()
         work = self.work_dir / name
         argv = sleap_rtc_argv(
-            "worker", "--server", self.url, "--room-id", self.room_id, "--token", self.worker_token,
-            "--name", name, "--work-dir", str(work), *extra,
+            *(["-v"] if verbose else []), "worker", "--server", self.url, "--room-id", self.room_id, "--token", self.worker_token,
+            "--name", name, "--work-dir", str(work), *extra, python=python,
         )
         child = self.spawn(name, argv)
         child.wait_for_line(lambda line: SESSION_PREFIX in line, timeout)

@@ -167,6 +167,8 @@ class PeerChannel:
             await self.abort(text)
             raise ChannelVersionError(text)
         self.remote_hello = hello
+        # Which stack carries a job is a fact an operator (and the interop tests) must see.
+        log.info("channel to %s open over %s", self.remote_peer_id, self.conn.backend)
 
     # ------------------------------------------------------------------ identity
 

@@ -63,7 +63,13 @@ def worker_command(server: str | None, room_id: str | None, token: str | None, t
     if max_job_seconds is not None:
         config.max_job_seconds = max_job_seconds
     if capabilities.sleap_nn_version is None:
-        click.echo("[WARN] sleap-nn is not installed: jobs will fail until it is (pip install 'sleap-rtc[worker]').", err=True)
+        from sleap_rtc.worker.executor import find_sleap_nn
+
+        command = find_sleap_nn()
+        if command is None:
+            click.echo("[WARN] sleap-nn is not installed: jobs will fail until it is (pip install 'sleap-rtc[worker]').", err=True)
+        else:  # e.g. a native-stack worker env with sleap-nn installed in another one
+            click.echo(f"[INFO] sleap-nn is not in this Python environment; jobs run {command[0]}", err=True)
     try:
         asyncio.run(_serve(Worker(config, capabilities)))
     except SignalingError as exc:

@@ -2,10 +2,12 @@
 with libdatachannel, or 3.11 with aiortc). The backend comes from $SLEAP_RTC_BACKEND.
 
     python _native_peer.py worker URL ROOM TOKEN DIR
-        prints "PEER <id>", accepts one offer (allowing stripes), receives one file and
+        prints "PEER <id>", accepts one offer (allowing stripes), proves its identity
+        (``identity_proof`` over this connection's DTLS fingerprints), receives one file and
         prints "GOT <sha256> <backend>", sends that file back, waits for the hang-up.
     python _native_peer.py client URL ROOM TOKEN DIR TARGET FILE [STRIPES]
-        connects, opens STRIPES connections in all (default 1), sends FILE, prints
+        connects, verifies the worker's identity proof, opens STRIPES connections in all
+        (default 1), sends FILE, prints
         "SENT <sha256> <backend> <connections>", receives the file back, prints "GOT <sha256>".
 """
 
@@ -15,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from sleap_rtc.core.identity import generate_key
 from sleap_rtc.core.protocol import MessageType
 from sleap_rtc.core.signaling import SignalingClient
 from sleap_rtc.core.transport import accept, accept_stripe, connect
@@ -27,6 +30,7 @@ async def worker(url: str, room: str, token: str, base: Path) -> None:
     sig.add_listener(lambda f: offers.put_nowait(f) if f.get("type") == MessageType.OFFER else None)
     print("PEER", sig.peer_id, flush=True)
     ch = await accept(sig, await asyncio.wait_for(offers.get(), 60), receive_dir=base / "recv", cache_dir=base / "cache", timeout=30)
+    assert ch.prove_identity(generate_key()), "the client's hello carried no nonce"
     ch.stripes.allow(7)
 
     async def stripe_offers() -> None:
@@ -51,6 +55,7 @@ async def client(url: str, room: str, token: str, base: Path, target: str, path:
     sig = SignalingClient(url, room_id=room, token=token, role="client", events=False)
     await asyncio.wait_for(sig.connect(), 20)
     ch = await connect(sig, target, receive_dir=base / "crecv", cache_dir=base / "ccache", timeout=30)
+    await ch.verify_identity(10)  # WorkerIdentityError unless both stacks bind the same fingerprints
     if stripes > 1:
         await ch.stripes.ensure(stripes)
     receipt = await ch.send_file(path)

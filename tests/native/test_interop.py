@@ -21,21 +21,6 @@ ROOT = HERE.parent.parent
 PEER = HERE / "_native_peer.py"
 
 
-@pytest.fixture(scope="module")
-def fast_python() -> str:
-    """The side environment's python, or a skip saying why there is none."""
-    proc = subprocess.run([str(ROOT / "scripts" / "ensure-fast-env.sh")], capture_output=True, text=True, timeout=900)
-    if proc.returncode == 3:
-        pytest.skip(proc.stderr.strip().splitlines()[-1])
-    if proc.returncode != 0:
-        pytest.fail(f"ensure-fast-env.sh failed: {proc.stderr[-2000:]}")
-    python = proc.stdout.strip().splitlines()[-1]
-    probe = subprocess.run([python, "-c", "import aiolibdatachannel"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"aiolibdatachannel does not import in the side environment: {probe.stderr[-300:]}")
-    return python
-
-
 def env_for(backend: str) -> dict[str, str]:
     env = dict(os.environ)
     env["SLEAP_RTC_BACKEND"] = backend
@@ -86,3 +71,14 @@ async def test_interop_file_both_ways(signaling_server, room, tmp_path, fast_pyt
             if proc is not None and proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def test_native_single_connections_always_open(fast_python, tmp_path):
+    """libdatachannel at both ends, one connection each, 40 times in a row: every channel
+    opens and exchanges hello. The answering side used to miss the offerer's hello when it
+    arrived before the backend adopted the incoming channel (1 in 3 runs of the transfer
+    benchmark, about 1 in 40 here); see ``core/backends/libdatachannel.py``."""
+    proc = subprocess.run([fast_python, str(HERE / "_native_opens.py"), "40", str(tmp_path)], capture_output=True,
+                          text=True, timeout=200, env=env_for("libdatachannel"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OPENED 40" in proc.stdout, proc.stdout[-3000:]

@@ -31,6 +31,20 @@ def rtc_configuration(servers: list[dict[str, Any]]) -> RTCConfiguration:
     )
 
 
+def sha256_fingerprint_only(sdp: str) -> str:
+    """``sdp`` with only its SHA-256 DTLS fingerprint lines.
+
+    aiortc lists its certificate under SHA-256, -384 and -512; libdatachannel keeps one
+    of them (the SHA-512 one) and verifies the handshake against it, so the two ends would
+    bind different fingerprints of the same certificate into the identity proof
+    (``core.identity``) and a native-stack worker's proof would never verify. With one
+    algorithm offered, both ends bind (and verify) the SHA-256 one.
+    """
+    lines = sdp.split("\r\n")
+    kept = [line for line in lines if not line.startswith("a=fingerprint:") or line.lower().startswith("a=fingerprint:sha-256 ")]
+    return "\r\n".join(kept)
+
+
 class AiortcConnection:
     """A ``Connection`` on an aiortc ``RTCPeerConnection`` (see ``core.backends``)."""
 
@@ -55,7 +69,7 @@ class AiortcConnection:
         self._adopt(self.pc.createDataChannel(label, ordered=True))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self._tune()
-        return self.pc.localDescription.sdp
+        return sha256_fingerprint_only(self.pc.localDescription.sdp)
 
     async def accept_answer(self, sdp: str) -> None:
         """Apply the answer SDP."""
@@ -66,7 +80,7 @@ class AiortcConnection:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._tune()
-        return self.pc.localDescription.sdp
+        return sha256_fingerprint_only(self.pc.localDescription.sdp)
 
     # -- data
     def send(self, data: str | bytes) -> None:

@@ -3,9 +3,13 @@
 Linux and macOS arm64). It speaks standard WebRTC, so it talks to the aiortc backend.
 
 aiolibdatachannel hands incoming messages to a bounded queue that drops the oldest message
-when full, which would lose file chunks under load. This backend therefore takes messages
-straight from the wrapper's loop-side dispatcher (``DataChannel._handle_message``) and
-calls the layer above at once; the same goes for the buffered-amount-low event.
+when full, which would lose file chunks under load. This backend therefore replaces that
+queue with ``_Forward``, which calls the layer above at once; the same goes for the
+buffered-amount-low event. Replacing the queue, not the wrapper's dispatcher method,
+matters for the answering side: its channel object exists (and the offerer's first message,
+``hello``, may already be scheduled for the wrapper's own dispatcher) before this backend
+adopts it, and a message scheduled that early used to land in the dropped queue, so the
+channel never saw the peer's ``hello`` and failed to open (1 in 3 loopback runs).
 """
 
 from __future__ import annotations
@@ -48,6 +52,19 @@ class _LowEvent(asyncio.Event):
         """Set the event and report the low-water crossing."""
         super().set()
         self._callback()
+
+
+class _Forward:
+    """Stands in for the wrapper's receive queue: each message goes to ``deliver`` at once
+    (nothing queued, nothing dropped); the wrapper's close marker is not a message."""
+
+    def __init__(self, deliver: Any):
+        self._deliver = deliver
+
+    def put_nowait(self, item: Any) -> None:
+        """A message (``str``/``bytes``) from the wrapper's dispatcher."""
+        if isinstance(item, (str, bytes)):
+            self._deliver(item)
 
 
 class LibdatachannelConnection:
@@ -155,7 +172,10 @@ class LibdatachannelConnection:
     # -- internals
     def _adopt(self, dc: Any) -> None:
         self.dc = dc
-        dc._handle_message = self._on_message
+        early = dc._recv_queue  # what arrived before this backend took the channel over
+        dc._recv_queue = _Forward(self._on_message)
+        while not early.empty():
+            dc._recv_queue.put_nowait(early.get_nowait())
         dc._buffered_low_event = _LowEvent(self._on_low)
         dc.set_buffered_amount_low_threshold(self._low_threshold)
         self._tasks.append(spawn(self._watch_channel(dc), name="ldc-channel"))
