@@ -34,7 +34,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from sleap_rtc.core.credentials import NewRoom
 from sleap_rtc.core.protocol import SIGNALING_VERSION, ErrorCode, MessageType, dumps, error_frame
 from sleap_rtc.core.tasks import spawn
-from sleap_rtc.server.hub import EVENT_FLUSH_INTERVAL, Forward, Close, Connection, Hub, Send
+from sleap_rtc.server.hub import EVENT_FLUSH_INTERVAL, Forward, Close, Hub, Send
 from sleap_rtc.server.backend import Backend, Peer, SharedCounter
 from sleap_rtc.server.ice import IceSettings
 from sleap_rtc.server.limits import Limits, address_key

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import pytest
-
 from sleap_rtc.core.room import RoomView, worker_filters
 from sleap_rtc.core.signaling import ConnectionState, SignalingClient
 from sleap_rtc.server.app import start_server
