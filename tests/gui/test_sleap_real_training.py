@@ -79,7 +79,7 @@ def _alive(pids: set[int]) -> list[str]:
     return left
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(420)
 async def test_run_training_in_sleap_trains_on_a_real_remote_worker(qapp, sleap_home, qtbot, tmp_path, wait_until, monkeypatch):
     # ``qapp`` first: SLEAP's GUI imported before a QApplication exists on a machine without
     # a display picks matplotlib's Agg canvas, and its LossViewer cannot be built at all.
@@ -208,7 +208,7 @@ async def _train_remotely(win, room: LocalRoom, labels_path: Path, seen_pids: se
         seen_pids.update(_tree(worker.popen.pid))  # sleap-nn, while it runs
         record()
         await asyncio.sleep(0.1)
-        assert time.monotonic() - t_run < 120, f"job still in {job.ctl.phases.phase} after 120 s"
+        assert time.monotonic() - t_run < 300, f"job still in {job.ctl.phases.phase} after 300 s"
     print(f"remote job: {time.monotonic() - t_run:.1f} s; statuses {statuses}")
     assert job.ctl.phases.phase == Phase.DONE, job.ctl.error
     await wait_until(lambda: job.closed, 10)
