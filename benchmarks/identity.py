@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from sleap_rtc.core.identity import generate_key, make_proof, new_nonce, verify_proof
+from sleap_rtc.core.jobs_wire import job_log
 from sleap_rtc.core.protocol import MessageType
 from sleap_rtc.core.signaling import SignalingClient
 from sleap_rtc.core.transport import accept, connect
@@ -79,7 +80,7 @@ async def live(rounds: int) -> dict[str, list[float]]:
         wch = await asyncio.wait_for(accepted.get(), 10)
         for _ in range(5):
             start = time.perf_counter()
-            await ch.send({"type": "echo"})
+            await ch.send(job_log("echo", "ping"))
             await wch.send(await wch.receive(5))
             await ch.receive(5)
             out["echo"].append(time.perf_counter() - start)

@@ -132,6 +132,8 @@ async def child(args) -> None:
 
 
 async def send_raw(ch, mode: str, path: str, size: int) -> None:
+    from sleap_rtc.core.jobs_wire import job_log
+
     dc = ch.conn.dc  # raw modes: the aiortc backend's RTCDataChannel itself
     low = asyncio.Event()
     dc.bufferedAmountLowThreshold = 1 * MiB
@@ -149,11 +151,13 @@ async def send_raw(ch, mode: str, path: str, size: int) -> None:
             if not chunk:
                 break
             dc.send(chunk)
-    await ch.send({"type": "bench_end"})
-    assert (await ch.receive(120))["type"] == "bench_ok"
+    await ch.send(job_log("bench", "end"))
+    assert (await ch.receive(120))["line"] == "ok"
 
 
 async def receive_raw(ch, mode: str, work: Path, size: int) -> None:
+    from sleap_rtc.core.jobs_wire import job_log
+
     got = 0
     done = asyncio.get_running_loop().create_future()
     out = open(work / "old.bin", "wb") if mode == "old" else None
@@ -167,10 +171,10 @@ async def receive_raw(ch, mode: str, work: Path, size: int) -> None:
 
     ch.conn.dc.on("message", on_message)  # next to PeerChannel's own handler (which drops these)
     msg = await ch.receive(600)
-    assert msg["type"] == "bench_end" and got == size, (msg, got, size)
+    assert msg["line"] == "end" and got == size, (msg, got, size)
     if out is not None:
         out.close()
-    await ch.send({"type": "bench_ok"})
+    await ch.send(job_log("bench", "ok"))
 
 
 async def tcp_child(args, work: Path) -> None:

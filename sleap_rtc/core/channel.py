@@ -3,9 +3,10 @@
 
 Obtain one from ``transport.connect`` (client) or ``transport.accept`` (worker). API:
 
-* ``await ch.send(msg)``: send a JSON control message (a dict with a string ``type``).
-* ``await ch.receive(timeout=None) -> dict``: the next control message that is not channel
-  plumbing (hello, heartbeat, bye, file_*). ``ch.on_message(cb)`` instead calls ``cb(msg)``
+* ``await ch.send(msg)``: send a JSON control message, a row of ``protocol.CHANNEL_FIELDS``
+  (``ValueError`` for one the peer would refuse).
+* ``await ch.receive(timeout=None) -> dict``: the next valid control message that is not
+  channel plumbing (hello, heartbeat, bye, error, identity_proof, file_*, stripe_*). ``ch.on_message(cb)`` instead calls ``cb(msg)``
   for each one (once a callback is set, messages no longer queue for ``receive``).
 * ``await ch.send_file(path, *, name=None, meta=None, progress=None) -> FileReceipt``:
   streamed, verified, resumable, content-addressed (see ``files``). Cancel it by
@@ -17,25 +18,26 @@ Obtain one from ``transport.connect`` (client) or ``transport.accept`` (worker).
 
 Every wait raises ``PeerClosedError`` once the channel is closed, whoever closed it.
 
-Protocol: both sides send ``hello {version, role, peer_id}`` on open (the client's adds a
-fresh ``nonce``); a version mismatch is answered with ``error {reason: "version_mismatch"}``
-and both sides raise ``ChannelVersionError``. Worker identity (see ``core.identity``): once
-the hellos are exchanged the worker sends ``identity_proof {public_key, signature}``
+The protocol itself (hello/version, identity-proof state, heartbeat and silence deadlines,
+validation of every frame against ``protocol.CHANNEL_FIELDS``, which part gets which
+message) is ``core.channel_protocol.ChannelProtocol``, which does no I/O; this module is its
+driver: it feeds it the backend's frames and one timer, writes what it returns, and turns
+its events into futures, queues and callbacks. Worker identity (see ``core.identity``):
+once the hellos are exchanged the worker sends ``identity_proof {public_key, signature}``
 (``prove_identity``), a signature over both DTLS certificate fingerprints of this
-connection, both peer ids and the client's nonce; the client checks it with
-``await verify_identity(timeout)`` before it sends anything of value, and gets
-``WorkerIdentityError`` for a missing, malformed or non-verifying proof. Both sides send
-``heartbeat`` every ``HEARTBEAT_INTERVAL`` s; any frame counts as a sign of life, and a
-peer silent for ``DEAD_AFTER`` s is declared dead (aiortc itself would need ~32 s, and a
-sender blocked on a full buffer would wait forever). A peer's event loop must therefore never block for ``DEAD_AFTER`` seconds.
-``bye`` is an orderly hang-up.
+connection, both peer ids and the client's nonce; the client checks it with ``await
+verify_identity(timeout)`` before it sends anything of value, and gets
+``WorkerIdentityError`` for a missing, malformed or non-verifying proof. A version
+mismatch raises ``ChannelVersionError`` on both sides. A peer silent for ``DEAD_AFTER`` s
+is declared dead (aiortc itself would need ~32 s, and a sender blocked on a full buffer
+would wait forever), so a peer's event loop must never block for that long. ``bye`` is an
+orderly hang-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -43,10 +45,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
+from sleap_rtc.core import channel_protocol as cp
 from sleap_rtc.core.config import user_data_dir
 from sleap_rtc.core.files import LOW_WATER, FileReceipt, FileTransfers, Progress, ReceivedFile
 from sleap_rtc.core.identity import IdentityError, WorkerKey, make_proof, new_nonce, normalize_dtls_fingerprint, verify_proof
-from sleap_rtc.core.protocol import CHANNEL_VERSION, VERSION_MISMATCH, ChannelType, dumps
+from sleap_rtc.core.protocol import CHANNEL_VERSION, ChannelType, dumps
 from sleap_rtc.core.stripes import Stripes
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import ChannelVersionError, PeerClosedError, TransportError, WorkerIdentityError
@@ -59,16 +62,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 2.0
 """Seconds between our heartbeats."""
 DEAD_AFTER = 10.0
-"""Seconds of silence after which the peer is declared dead (noticed within ~12 s)."""
+"""Seconds of silence after which the peer is declared dead (at that moment, not a beat later)."""
 IDENTITY_TIMEOUT = 10.0
 """Seconds the client waits for the worker's ``identity_proof`` after the hellos."""
-
-_FILE_TYPES = frozenset(
-    {ChannelType.FILE_OFFER, ChannelType.FILE_ACCEPT, ChannelType.FILE_END, ChannelType.FILE_DONE,
-     ChannelType.FILE_ERROR, ChannelType.FILE_CANCEL, ChannelType.FILE_MISSING}
-)
-_STRIPE_TYPES = frozenset({ChannelType.STRIPE_REQUEST, ChannelType.STRIPE_GRANT})
-
 
 def default_receive_dir() -> Path:
     """Where received files go when no ``receive_dir`` is given."""
@@ -101,15 +97,19 @@ class PeerChannel:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         dead_after: float = DEAD_AFTER,
         version: int = CHANNEL_VERSION,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.conn = conn
         self.local_peer_id = local_peer_id
         self.remote_peer_id = remote_peer_id
         self.role = role
         self.version = version
-        self.remote_hello: dict[str, Any] | None = None
-        self.heartbeat_interval = heartbeat_interval
-        self.dead_after = dead_after
+        self.nonce: str | None = new_nonce() if role == "client" else None
+        self.protocol = cp.ChannelProtocol(
+            role=role, local_peer_id=local_peer_id, remote_peer_id=remote_peer_id, version=version,
+            heartbeat_interval=heartbeat_interval, dead_after=dead_after, nonce=self.nonce, clock=clock,
+        )
+        """The protocol state (``core.channel_protocol``) this channel drives."""
         self.chunk_filter: Callable[[int, bytes], bytes] | None = None
         self.close_reason: str | None = None
         self.went_silent = False
@@ -118,7 +118,6 @@ class PeerChannel:
         self._closed = loop.create_future()
         self._hello = loop.create_future()
         self._proof = loop.create_future()
-        self.nonce: str | None = new_nonce() if role == "client" else None
         self.remote_fingerprint: str | None = None  # set by verify_identity once it passed
         self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._files: asyncio.Queue[ReceivedFile] = asyncio.Queue()
@@ -126,8 +125,7 @@ class PeerChannel:
         self._file_cb: Callable[[ReceivedFile], Any] | None = None
         self._low = asyncio.Event()
         self._opened = loop.create_future()
-        self._last_seen = time.monotonic()
-        self._heartbeat: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._pc_close: asyncio.Task | None = None
         self.stripes = Stripes(self)
         """Extra connections to the same peer for file payload (``core.stripes``)."""
@@ -148,27 +146,35 @@ class PeerChannel:
         try:
             if not self.conn.is_open:
                 await self.guard(asyncio.shield(self._opened), timeout)
-            self._last_seen = time.monotonic()
-            hello = {"type": ChannelType.HELLO.value, "version": self.version, "role": self.role, "peer_id": self.local_peer_id}
-            if self.nonce is not None:
-                hello["nonce"] = self.nonce
-            self.send_control(hello)
-            self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
-            hello = await self.guard(self._hello, timeout)
+            self._send_raw(self.protocol.send_hello())
+            self._arm_timer()
+            await self.guard(self._hello, timeout)
+        except ChannelVersionError as exc:
+            with contextlib.suppress(TransportError):
+                self._flush()  # the refusal, if the mismatch was found here
+                await asyncio.sleep(0.05)  # let it leave before we tear down
+            await self.abort(str(exc))
+            raise
         except BaseException:
             await self.abort()
             raise
-        if hello.get("version") != self.version:
-            text = (f"Data-channel protocol version mismatch: we speak {self.version}, "
-                    f"peer {self.remote_peer_id} speaks {hello.get('version')!r}. Update the older side.")
-            with contextlib.suppress(TransportError):
-                self.send_control({"type": ChannelType.ERROR.value, "reason": VERSION_MISMATCH, "message": text})
-                await asyncio.sleep(0.05)  # let the refusal leave before we tear down
-            await self.abort(text)
-            raise ChannelVersionError(text)
-        self.remote_hello = hello
         # Which stack carries a job is a fact an operator (and the interop tests) must see.
         log.info("channel to %s open over %s", self.remote_peer_id, self.conn.backend)
+
+    @property
+    def remote_hello(self) -> dict[str, Any] | None:
+        """The peer's hello once it arrived (with its ``nonce`` on the worker side)."""
+        return self.protocol.remote_hello
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between our heartbeats."""
+        return self.protocol.heartbeat_interval
+
+    @property
+    def dead_after(self) -> float:
+        """Seconds of silence after which the peer is declared dead."""
+        return self.protocol.dead_after
 
     # ------------------------------------------------------------------ identity
 
@@ -245,16 +251,8 @@ class PeerChannel:
         ``peer_left`` arrives at once. It is only a hint because the signaling server going
         away (a restart) says the same while the peer-to-peer channel is healthy.
         """
-        if self.closed:
-            return
-        hinted = time.monotonic()
-
-        async def check() -> None:
-            await asyncio.sleep(grace)
-            if not self.closed and self._last_seen < hinted:
-                self._shutdown(f"the peer left the room and sent nothing for {grace:.0f} s")
-
-        spawn(check(), name=f"channel-suspect-{self.remote_peer_id}")
+        self.protocol.suspect(grace)
+        self._arm_timer()
 
     async def wait_closed(self, timeout: float | None = None) -> str:
         """Wait until the channel closes; returns ``close_reason``."""
@@ -262,10 +260,10 @@ class PeerChannel:
         return self.close_reason or ""
 
     async def send(self, msg: dict[str, Any]) -> None:
-        """Send one JSON control message; ``msg['type']`` must be a string."""
-        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-            raise ValueError("A control message is a dict with a string 'type'.")
-        self.send_control(msg)
+        """Send one JSON control message: ``PeerClosedError`` once closed, ``ValueError``
+        for one that is not a row of ``CHANNEL_FIELDS`` (the peer would refuse it)."""
+        self._check_open()  # a closed channel says so before it judges the message
+        self._send_raw(self.protocol.send_message(msg))
 
     async def receive(self, timeout: float | None = None) -> dict[str, Any]:
         """The next control message; ``TimeoutError`` after ``timeout``, ``PeerClosedError`` once closed."""
@@ -315,7 +313,7 @@ class PeerChannel:
         """Hang up in order: say ``bye`` to the peer, then close the connection."""
         if not self.closed:
             with contextlib.suppress(TransportError):
-                self.send_control({"type": ChannelType.BYE.value})
+                self._send_raw(self.protocol.send_bye())
                 # Give the bye a moment to leave; a bounded wait, the peer may be gone.
                 deadline = time.monotonic() + 0.5
                 while self.conn.buffered_amount > 0 and time.monotonic() < deadline:
@@ -406,43 +404,62 @@ class PeerChannel:
         self._shutdown(reason)
 
     def channel_message(self, data: str | bytes) -> None:
-        """Backend event: one message arrived (binary frames are file chunks)."""
-        self._last_seen = time.monotonic()
-        if isinstance(data, bytes):
-            self.transfers.on_chunk(data)
-            return
-        try:
-            msg = json.loads(data)
-        except (ValueError, RecursionError):  # RecursionError: hostile "[[[[..." nesting
-            log.warning("ignoring a non-JSON text frame from %s", self.remote_peer_id)
-            return
-        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-            log.warning("ignoring a control message without a type from %s", self.remote_peer_id)
-            return
-        kind = msg["type"]
-        if kind == ChannelType.HEARTBEAT:
-            return
-        if kind == ChannelType.HELLO:
-            if not self._hello.done():
-                self._hello.set_result(msg)
-        elif kind == ChannelType.IDENTITY_PROOF:
-            if not self._proof.done():  # the first proof counts; a second one is noise
-                self._proof.set_result(msg)
-        elif kind == ChannelType.BYE:
-            self._shutdown("the peer hung up")
-        elif kind == ChannelType.ERROR and msg.get("reason") == VERSION_MISMATCH:
-            text = str(msg.get("message") or "The peer refused our data-channel protocol version.")
-            if not self._hello.done():
-                self._hello.set_exception(ChannelVersionError(text))
-            self._shutdown(text)
-        elif kind in _FILE_TYPES:
-            self.transfers.on_control(msg)
-        elif kind in _STRIPE_TYPES:
-            self.stripes.on_control(msg)
-        elif self._message_cb is not None:
-            self._call(self._message_cb, msg)
-        else:
-            self._messages.put_nowait(msg)
+        """Backend event: one message arrived; the protocol says what it is."""
+        self._handle(self.protocol.receive(data))
+
+    def _handle(self, events: list[cp.Event]) -> None:
+        """Write what the protocol wants written, then act on its events, in order."""
+        with contextlib.suppress(TransportError):
+            self._flush()
+        for event in events:
+            if isinstance(event, cp.MessageReceived):
+                if self._message_cb is not None:
+                    self._call(self._message_cb, event.message)
+                else:
+                    self._messages.put_nowait(event.message)
+            elif isinstance(event, cp.ChunkReceived):
+                self.transfers.on_chunk(event.data)
+            elif isinstance(event, cp.FileControl):
+                self.transfers.on_control(event.message)
+            elif isinstance(event, cp.StripeControl):
+                self.stripes.on_control(event.message)
+            elif isinstance(event, cp.HelloReceived):
+                if not self._hello.done():
+                    self._hello.set_result(event.hello)
+            elif isinstance(event, cp.ProofReceived):
+                if not self._proof.done():
+                    self._proof.set_result(event.proof)
+            elif isinstance(event, cp.HelloRefused):
+                if not self._hello.done():  # start() lets the refusal leave, then closes
+                    self._hello.set_exception(event.error)
+            elif isinstance(event, cp.FrameRejected):
+                log.warning("refused a frame from %s: %s", self.remote_peer_id, event.reason)
+            elif isinstance(event, cp.PeerError):
+                log.warning("%s refused a frame of ours (%s): %s", self.remote_peer_id, event.reason, event.message[:300])
+            elif isinstance(event, cp.Closed):
+                self.went_silent = event.silent
+                if event.error is not None and not self._hello.done():
+                    self._hello.set_exception(event.error)
+                self._shutdown(event.reason)
+
+    def _flush(self) -> None:
+        for frame in self.protocol.data_to_send():
+            self._send_raw(frame)
+
+    def _arm_timer(self) -> None:
+        """(Re)schedule the one timer for the protocol's next deadline."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self.protocol.next_deadline()
+        if due is not None and not self.closed:
+            delay = max(0.0, due - self.protocol.clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._handle(self.protocol.on_timer())
+        self._arm_timer()
 
     def _deliver_file(self, received: ReceivedFile) -> None:
         if self._file_cb is not None:
@@ -461,18 +478,6 @@ class PeerChannel:
     async def _close_connections(self) -> None:
         await asyncio.gather(self.stripes.close(), self.conn.close(), return_exceptions=True)
 
-    async def _heartbeat_loop(self) -> None:
-        beat = dumps({"type": ChannelType.HEARTBEAT.value})
-        while not self.closed:
-            await asyncio.sleep(self.heartbeat_interval)
-            silent = time.monotonic() - self._last_seen
-            if silent > self.dead_after:
-                self.went_silent = True
-                self._shutdown(f"no sign of life for {silent:.0f} s")
-                return
-            with contextlib.suppress(TransportError):
-                self._send_raw(beat)
-
     def _shutdown(self, reason: str) -> None:
         """Mark closed (first reason wins), wake every waiter, tear the connection down."""
         if self._closed.done():
@@ -480,8 +485,9 @@ class PeerChannel:
         self.close_reason = reason
         self._closed.set_result(None)
         log.info("channel to %s closed: %s", self.remote_peer_id, reason)
-        if self._heartbeat is not None and self._heartbeat is not asyncio.current_task():
-            self._heartbeat.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.transfers.on_closed()
         if not self._hello.done():
             self._hello.set_exception(self._closed_error())

@@ -9,24 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from sleap_rtc.core.channel_protocol import message_problem
 from sleap_rtc.core.protocol import CHANNEL_FIELDS, ChannelType, ErrorCode, ProtocolError
-
-# type -> required field -> accepted types: the job rows of the one data-channel table.
-_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    kind: fields for kind, fields in CHANNEL_FIELDS.items() if kind.startswith("job_")
-}
 
 
 def validate_job_message(msg: Any) -> dict[str, Any]:
     """Check a received job message; raises ``ProtocolError`` naming the bad field."""
-    # The str check first: an unhashable 'type' (a list from a hostile peer) must not
-    # turn the dict lookup into a TypeError.
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str) or msg["type"] not in _FIELDS:
-        raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"Not a job message: {str(msg.get('type') if isinstance(msg, dict) else msg)[:64]!r}.")
-    for name, types in _FIELDS[msg["type"]].items():
-        value = msg.get(name)
-        if not isinstance(value, types) or (types is int and isinstance(value, bool)):
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"'{msg['type']}' needs field '{name}' of the right type.")
+    kind = msg.get("type") if isinstance(msg, dict) else None
+    if not isinstance(kind, str) or not kind.startswith("job_") or kind not in CHANNEL_FIELDS:
+        raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"Not a job message: {str(kind if isinstance(msg, dict) else msg)[:64]!r}.")
+    problem = message_problem(msg)  # the job rows of the one data-channel table
+    if problem is not None:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{problem[0].upper()}{problem[1:]}.")
     if msg["type"] == ChannelType.JOB_SUBMIT:
         pkg = msg["package"]
         if not isinstance(pkg.get("sha256"), str) or not isinstance(pkg.get("name"), str):

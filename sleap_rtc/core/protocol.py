@@ -157,6 +157,9 @@ STRIPE_REFUSED = "stripe_refused"
 
 VERSION_MISMATCH = "version_mismatch"
 """``reason`` of a data-channel ``error`` when the peers' ``CHANNEL_VERSION`` differ."""
+INVALID_CHANNEL_MESSAGE = "invalid_message"
+"""``reason`` of a data-channel ``error`` refusing one frame that breaks ``CHANNEL_FIELDS``
+(the channel stays open; see ``core.channel_protocol``)."""
 
 SHA256_MISMATCH = "sha256_mismatch"
 """``reason`` of a ``file_error`` when the received bytes do not hash to the offered SHA-256."""
@@ -319,7 +322,7 @@ class ChannelType(StrEnum):
     HELLO = "hello"  # first message each way; a version mismatch closes the channel
     IDENTITY_PROOF = "identity_proof"  # worker -> client: the hello nonce signed (core.identity)
     HEARTBEAT = "heartbeat"  # either side, every few seconds; any frame counts as a sign of life
-    ERROR = "error"  # a refusal of the whole channel (reason: VERSION_MISMATCH)
+    ERROR = "error"  # reason VERSION_MISMATCH: the channel is refused; INVALID_CHANNEL_MESSAGE: one frame is
     BYE = "bye"  # orderly hang-up
     # File transfer: sender offers, receiver answers with where to start.
     FILE_OFFER = "file_offer"
@@ -377,7 +380,8 @@ CHANNEL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     ChannelType.JOB_ATTACH: {"job_id": _STR},
 }
 """The one table of data-channel control messages: type -> required field -> accepted types,
-exactly what the senders in ``channel``, ``files``, ``stripes`` and ``jobs_wire`` send.
+exactly what the senders in ``channel_protocol``, ``channel``, ``files``, ``stripes`` and
+``jobs_wire`` send, and what ``channel_protocol`` lets through to them.
 Optional fields: ``hello.nonce`` (str: the client's challenge for ``identity_proof``),
 ``file_offer.repair`` (bool: the sender answers ``file_missing``),
 ``job_log.stream`` (``stdout``/``stderr``), ``stripe_grant.token`` (str, when ``max`` > 0),

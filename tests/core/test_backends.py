@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sleap_rtc.core import backends
+from sleap_rtc.core import backends, jobs_wire
 from sleap_rtc.core.backends.memory import link, memory_pair
 from sleap_rtc.core.channel import PeerChannel
 from sleap_rtc.core.files import HIGH_WATER
@@ -35,7 +35,7 @@ async def channels(tmp_path: Path, **kw) -> tuple[PeerChannel, PeerChannel]:
 async def test_hello_messages_and_bye(tmp_path):
     client, worker = await channels(tmp_path)
     assert client.remote_hello["role"] == "worker" and worker.remote_hello["peer_id"] == "c"
-    await client.send({"type": "job_submit", "job_id": "j1"})
+    await client.send(jobs_wire.job_accepted("j1"))
     assert (await worker.receive(2))["job_id"] == "j1"
     await client.close()
     assert await worker.wait_closed(2) == "the peer hung up"

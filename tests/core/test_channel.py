@@ -32,7 +32,9 @@ async def test_receive_timeout_bad_message_and_callback(signaling_server, room, 
             await worker.receive(0.2)
         with pytest.raises(ValueError, match="string 'type'"):
             await client.send({"no": "type"})
-        await client.send({"type": "early"})
+        with pytest.raises(ValueError, match="unknown message type 'early'"):
+            await client.send({"type": "early"})  # not in the table: the peer would refuse it
+        await client.send(jobs_wire.job_log("j", "early"))
         await asyncio.sleep(0.2)
         got: list[dict] = []
         worker.on_message(got.append)  # queued messages are handed over first
@@ -41,7 +43,7 @@ async def test_receive_timeout_bad_message_and_callback(signaling_server, room, 
             if len(got) == 2:
                 break
             await asyncio.sleep(0.05)
-        assert got == [{"type": "early"}, {"type": "job_log", "job_id": "j", "line": "epoch 1 40%", "redraw": True}]
+        assert got == [jobs_wire.job_log("j", "early"), {"type": "job_log", "job_id": "j", "line": "epoch 1 40%", "redraw": True}]
 
 
 async def test_local_close_fails_pending_waits(signaling_server, room, tmp_path):
@@ -92,8 +94,8 @@ async def test_suspect_keeps_a_live_peer(signaling_server, room, tmp_path):
         cch.suspect(4.5)  # heartbeats arrive every 2 s
         await asyncio.sleep(5.5)
         assert not cch.closed
-        await cch.send({"type": "ping_test"})
-        assert (await wch.receive(timeout=5))["type"] == "ping_test"
+        await cch.send(jobs_wire.job_log("j", "still here"))
+        assert (await wch.receive(timeout=5))["line"] == "still here"
 
 
 async def test_suspect_declares_a_frozen_peer_dead_quickly(signaling_server, room, tmp_path):

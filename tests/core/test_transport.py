@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _peers import Worker, pair, registered  # noqa: E402
 
-from sleap_rtc.core import transport  # noqa: E402
+from sleap_rtc.core import jobs_wire, transport  # noqa: E402
 from sleap_rtc.core.protocol import busy_error_frame  # noqa: E402
 from sleap_rtc.core.transport import connect, probe_ice_servers  # noqa: E402
 from sleap_rtc.core.transport_errors import (  # noqa: E402
@@ -35,9 +35,10 @@ async def test_connect_and_exchange_messages_both_ways(signaling_server, room, t
         assert client.remote_peer_id == worker.local_peer_id
         assert worker.remote_peer_id == client.local_peer_id
         assert client.remote_hello["role"] == "worker" and worker.remote_hello["role"] == "client"
-        await client.send({"type": "job_submit", "job_id": "j1"})
-        assert await worker.receive(5) == {"type": "job_submit", "job_id": "j1"}
-        await worker.send({"type": "job_accepted", "job_id": "j1"})
+        submit = jobs_wire.job_submit("j1", {"sha256": "a" * 64, "name": "p.zip"})
+        await client.send(submit)
+        assert await worker.receive(5) == submit
+        await worker.send(jobs_wire.job_accepted("j1"))
         assert (await client.receive(5))["type"] == "job_accepted"
 
 
@@ -107,7 +108,7 @@ async def test_remote_hang_up_wakes_pending_receive(signaling_server, room, tmp_
         assert time.monotonic() - t0 < 3
         assert client.closed
         with pytest.raises(PeerClosedError):
-            await client.send({"type": "x"})
+            await client.send(jobs_wire.job_accepted("j1"))
 
 
 async def test_unreachable_stun_is_bounded(signaling_server, room, tmp_path):

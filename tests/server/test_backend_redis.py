@@ -156,8 +156,8 @@ async def test_instance_killed_mid_job_peers_resume_elsewhere_and_the_job_runs_o
         async def stream() -> None:
             i = 0
             while True:
-                await cch.send({"type": "job_progress", "job_id": "j", "event": i})
-                echoed.append((await cch.receive(30))["event"])
+                await cch.send({"type": "job_progress", "job_id": "j", "event": {"i": i}})
+                echoed.append((await cch.receive(30))["event"]["i"])
                 i += 1
                 await asyncio.sleep(0.05)
 
