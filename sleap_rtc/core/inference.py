@@ -337,7 +337,9 @@ class RemoteInference:
             else:
                 sha = await asyncio.to_thread(self.memo.sha256, video.path)
                 entry["video"] = {"sha256": sha, "suffix": Path(video.path).suffix.lower()}
-                uploads.append(Upload(Path(video.path), Path(video.path).name, sha, "video",
+                # The wire name carries the hash: two videos of one name never meet on the worker.
+                wire = f"{Path(video.path).stem[:40]}-{sha[:12]}{Path(video.path).suffix.lower()}"
+                uploads.append(Upload(Path(video.path), wire, sha, "video",
                                       progress=_video_progress(self.callbacks, i, video)))
             entries.append(entry)
         try:
