@@ -29,7 +29,15 @@ from sleap_rtc.core.inference import (
 from sleap_rtc.core.job_policy import Auto
 from sleap_rtc.core.remote_job import JobFailedError
 
-from test_job_runner import FakeSignaling, peer
+from test_job_runner import FakeSignaling
+from test_job_runner import peer as bare_peer
+
+
+def peer(pid, mem, **kw):
+    """A worker of this sleap-rtc: it takes videos, data-root references and model ids."""
+    p = bare_peer(pid, mem, **kw)
+    p["metadata"]["properties"]["inference_inputs"] = ["video", "data_root", "model_id"]
+    return p
 
 
 class Seen(InferenceCallbacks):
@@ -153,6 +161,23 @@ async def test_a_job_that_fails_midway_keeps_the_videos_already_returned(tmp_pat
         await running.run()
     assert [a.index for a in running.returned] == [0]
     assert running.returned[0].path.read_bytes() == b"predictions 0"
+
+
+async def test_an_older_worker_is_explained_not_sent_videos(tmp_path, inputs):
+    from sleap_rtc.core.inference import explain_unsupported
+    from sleap_rtc.core.remote_job import JobRejectedError
+    from sleap_rtc.core.room import WorkerInfo
+
+    videos, model = inputs
+    old = bare_peer("w-old", 8000)
+    request = InferenceRequest(videos=(VideoTarget(videos[0]),), models=(ModelSource(path=model),))
+    info = WorkerInfo(peer_id="w-old", role="worker", metadata=old["metadata"])
+    assert "older sleap-rtc" in " ".join(explain_unsupported(info, request))
+    assert explain_unsupported(WorkerInfo(peer_id="w1", role="worker", metadata=peer("w1", 1)["metadata"]), request) == []
+    workers = FakeWorkers(default=script())
+    with pytest.raises(JobRejectedError, match="older sleap-rtc"):
+        await job(tmp_path, request, workers, Seen(), FakeSignaling([old])).run()
+    assert workers.channels[0].uploads == []  # nothing was sent
 
 
 @pytest.mark.parametrize("make, words", [
