@@ -166,3 +166,31 @@ def test_an_upload_killed_midway_resumes_from_what_the_worker_kept(room, remote_
     assert m, out[-3000:]
     videos_sent, _ = sent(out)
     assert 0 < videos_sent < size, (videos_sent, size)
+
+
+@pytest.mark.timeout(600)
+def test_a_projects_suggested_frames_are_predicted_and_merged_keeping_user_labels(room, remote_model, tmp_path):
+    import numpy as np
+    import sleap_io as sio
+
+    video_path = make_video(tmp_path / "cam.mp4", 40)
+    video = sio.Video.from_filename(str(video_path))
+    skeleton = sio.Skeleton(["head", "tail"])
+    user = sio.Instance.from_numpy(np.array([[30.0, 60.0], [40.0, 64.0]]), skeleton=skeleton)
+    labels = sio.Labels(videos=[video], skeletons=[skeleton],
+                        labeled_frames=[sio.LabeledFrame(video=video, frame_idx=5, instances=[user])])
+    labels.suggestions = [sio.SuggestionFrame(video=video, frame_idx=i) for i in (5, 10, 11, 30)]
+    project = tmp_path / "project.slp"
+    labels.save(str(project))
+
+    done = track(room, "track", str(project), "-m", str(remote_model), "--only-suggested", "--peak-threshold", "0")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    merged = sio.load_slp(str(tmp_path / "project.predictions.slp"))
+    by_frame = {lf.frame_idx: lf for lf in merged.labeled_frames}
+    # Suggested frames without user labels got predictions; the user's frame kept its instance.
+    assert sorted(f for f, lf in by_frame.items() if lf.predicted_instances) == [10, 11, 30]
+    assert len(by_frame[5].user_instances) == 1 and not by_frame[5].predicted_instances
+    assert Path(merged.videos[0].filename).resolve() == video_path.resolve()
+    assert "merged 3 predicted frame(s) into project.predictions.slp (user labels kept)" in out
+    assert sio.load_slp(str(project)).labeled_frames[0].frame_idx == 5  # the project itself is untouched
