@@ -110,7 +110,8 @@ def report(f: dict, command: str) -> str:
         f"tiny project's, trained on that worker first (`client-train`, {f['train_s']:.0f} s). Each figure is the",
         "wall time from starting the command to the predictions on disk, sleap-nn's start-up",
         "(imports, model load) included; the baseline is local `sleap-nn track` on the same video,",
-        "measured in the same run.",
+        "measured in the same run. Load average (1 min) {:.1f} at the start, {:.1f} at the end: the".format(*f["load"]),
+        "machine is shared, so the ratios carry a few seconds of noise each.",
         "",
         "| run | time to predictions | vs local | bytes sent (video / model) |",
         "|---|---|---|---|",
@@ -138,7 +139,9 @@ def main() -> int:
     if sleap_nn() is None:
         print("sleap-nn is not installed", file=sys.stderr)
         return 1
+    load_before = os.getloadavg()[0]
     figures = bench(args.frames)
+    figures["load"] = (load_before, os.getloadavg()[0])
     text = report(figures, f"python benchmarks/inference.py --frames {args.frames} --write")
     print(text)
     if args.write:
