@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, list[str] | None] = {
     "gui_lag": [],
     "identity": [],
     "channel_protocol": [],
+    "inference": [],
 }
 SECTION_FILES = {"gui_lag": "gui"}  # script name -> section file name, where they differ
 
