@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sleap_rtc.server.app import RunningServer, start_server
@@ -37,11 +39,9 @@ async def room(signaling_server: RunningServer) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def trained_model() -> "Path":
+def trained_model() -> Path:
     """The tiny model trained by the real sleap-nn (``tests/videos.py``), at most once per
     sleap-nn version and package: kept in ``~/.cache/sleap-rtc/test-models``."""
-    from pathlib import Path
-
     from videos import sleap_nn, trained_model as train
 
     if sleap_nn() is None:
@@ -52,7 +52,7 @@ def trained_model() -> "Path":
 
 
 @pytest.fixture(scope="session")
-def tiny_video(tmp_path_factory) -> "Path":
+def tiny_video(tmp_path_factory) -> Path:
     """A real 200-frame 128x128 mp4 (``tests/videos.make_video``), shared by the session."""
     from videos import make_video
 
