@@ -7,7 +7,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-
 from sleap_rtc.core.protocol import ChannelType
 from sleap_rtc.worker.executor import CANCELLED, COMPLETED, FAILED, JobExecutor
 from worker_helpers import write_zip
