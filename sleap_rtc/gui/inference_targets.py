@@ -128,16 +128,14 @@ def inference_options(form: Mapping[str, Any]) -> dict[str, Any]:
     """SLEAP's inference options from the dialog's form, as sleap-nn ``track`` option names.
 
     The same choices SLEAP's own runner turns into ``sleap predict`` flags: an option the
-    user left at "Default" is absent from the form and so from the answer.
+    user left at "Default" is absent from the form and so from the answer. The Accelerator
+    setting is left out: it names this computer's hardware, and the worker uses its own.
     """
     opts: dict[str, Any] = {}
     for key, name in (("_batch_size", "batch_size"), ("_peak_threshold", "peak_threshold"),
                       ("_max_instances", "max_instances")):
         if form.get(key) is not None:
             opts[name] = form[key]
-    device = form.get("trainer_config.trainer_accelerator")
-    if device and device != "auto":
-        opts["device"] = str(device)
     tracker = form.get("tracking.tracker") or "none"
     if tracker != "none":
         opts["tracking"] = True

@@ -201,6 +201,10 @@ def window_class() -> type:
             dlg = self._child_windows.get(mode)
             if mode == "training" and dlg is not None:
                 inject_panel(self, dlg)
+            elif mode == "inference" and dlg is not None:
+                from sleap_rtc.gui.sleap_inference import inject_inference_panel
+
+                inject_inference_panel(self, dlg)
 
     _WINDOW_CLASS = RemoteMainWindow
     return RemoteMainWindow
@@ -712,19 +716,13 @@ class RemoteTraining(QtCore.QObject):
             return 0
         import sleap_io as sio
 
+        from sleap_rtc.gui.sleap_inference import merge_video_predictions
+
         predicted = sio.load_slp(str(outcome.predictions))
         labels = self.window.labels
-        frames = []
-        for lf in predicted.labeled_frames:
-            idx = predicted.videos.index(lf.video)
-            if idx >= len(labels.videos):
-                continue
-            preds = [inst for inst in lf.instances if type(inst).__name__ == "PredictedInstance"]
-            if preds:
-                frames.append(sio.LabeledFrame(video=labels.videos[idx], frame_idx=lf.frame_idx, instances=preds))
-        if not frames:
-            return 0
-        new = sio.Labels(labeled_frames=frames, videos=list(labels.videos), skeletons=list(labels.skeletons))
-        mode = "replace_predictions" if self.form.get("_prediction_mode") == "replace" else "keep_both"
-        labels.merge(new, track="name", frame=mode)
-        return len(frames)
+        mode = "replace" if self.form.get("_prediction_mode") == "replace" else "add"
+        merged = 0
+        for idx, video in enumerate(predicted.videos[: len(labels.videos)]):
+            frames = [lf for lf in predicted.labeled_frames if lf.video is video]
+            merged += merge_video_predictions(labels, frames, idx, mode)
+        return merged

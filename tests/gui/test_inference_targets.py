@@ -141,7 +141,7 @@ def test_sleaps_inference_options_map_to_sleap_nn_names():
             "tracking.max_tracks": 2, "tracking.post_connect_single_breaks": 1, "tracking.robust": 0.95,
             "tracking.similarity": "iou"}
     assert inference_options(form) == {
-        "batch_size": 8, "peak_threshold": 0.3, "device": "cpu", "tracking": True, "track_matching_method": "hungarian",
+        "batch_size": 8, "peak_threshold": 0.3, "tracking": True, "track_matching_method": "hungarian",
         "tracking_window_size": 5, "candidates_method": "local_queues", "max_tracks": 2, "use_flow": True,
         "post_connect_single_breaks": True, "tracking_target_instance_count": 2, "scoring_reduction": "robust_quantile",
         "robust_best_instance": 0.95, "features": "bboxes", "scoring_method": "iou"}
