@@ -71,6 +71,7 @@ from sleap_rtc.core.remote_job import (
     JobError,
     JobSession,
     JobSummary,
+    Upload,
     WorkerLostError,
 )
 from sleap_rtc.core.retry import Allowed, Move, Origin, Outcome, classify, next_move
@@ -89,6 +90,10 @@ log = logging.getLogger(__name__)
 
 MAX_MOVES = 50
 """Retry-table moves one job may take in all (asks, waits, next-bests): a hard bound."""
+
+PrepareFn = Callable[[WorkerInfo], Awaitable[tuple[Path, list[Upload]]]]
+"""``await prepare(worker) -> (package, uploads)``: the package and the files sent on their own
+before it, made for the chosen worker (an inference asks for what that worker lacks)."""
 
 ConnectFn = Callable[[SignalingClient, str, Path, float], Awaitable[Any]]
 """``await connect(signaling, peer_id, receive_dir, timeout) -> channel`` (injected in tests)."""
@@ -160,6 +165,7 @@ class RemoteJob:
         connect: ConnectFn | None = None,
         reconnect_grace: float = RECONNECT_GRACE,
         known_workers: KnownWorkers | None = None,
+        prepare: PrepareFn | None = None,
     ):
         if signaling is None and not server_url:
             raise ValueError("RemoteJob needs a live signaling connection or a server URL.")
@@ -181,6 +187,7 @@ class RemoteJob:
         """Same-worker reconnects so far (each one after a lost link)."""
         self._resume_on: tuple[WorkerInfo, Any] | None = None  # (worker, channel) after a reconnect
         self._attach_job: str | None = None  # the job to follow again after a reconnect
+        self._prepare = prepare
         self.known = known_workers if known_workers is not None else KnownWorkers()
         self._training = TrainingEvents(self.callbacks)
         self.session: JobSession | None = None
@@ -533,12 +540,15 @@ class RemoteJob:
             if not attach:  # a reattached job goes on with the same model; a fresh run starts over
                 self._training.reset(worker.name)
             self.worker = worker
+            uploads: list[Upload] = []
+            if self._prepare is not None:  # also on a reattach: used if the worker no longer has the job
+                self.package, uploads = await self._prepare(worker)
             self.session = JobSession(
                 channel, self.package, output_dir=self.results_dir, kind=self.kind, worker=worker,
                 phases=self.phases, on_upload=lambda p: call(self.callbacks.upload, p),
                 on_log=lambda line: call(self.callbacks.log, line), on_progress=self._training,
                 on_file=lambda path: call(self.callbacks.file, path), models_subdir=self.models_subdir,
-                on_decision=self._decide, attach_job_id=attach,
+                on_decision=self._decide, attach_job_id=attach, uploads=uploads,
             )
             if self._stop_early:
                 self.session.stop_requested = True

@@ -9,6 +9,13 @@ plan workers read::
     training:  [{cfg: <head>.yaml, run_path: models/<run>, train_labels: <name>.pkg.slp}]
     inference: [{data_path: ..., models: [models/<run>, ...], output_path: ..., ...}]
 
+An inference entry may instead name a video that travels on its own (``video: {sha256,
+suffix}``, the worker places it at ``videos/<sha256><suffix>``) or lies on a worker's data
+root (``video: {root, path, size, sample}``, ``core.data_roots``), with ``frames`` (inclusive
+``[first, last]`` ranges, at most ``MAX_FRAME_RANGES``; absent: every frame), ``model_ids``
+(sha256 of deterministic model zips, ``write_model_zip``, sent on their own or held by the
+worker) and ``options`` (``core.track_options``). At most ``MAX_VIDEOS`` entries per plan.
+
 ``write_package`` writes one, ``read_plan``/``parse_jobs`` read ``jobs.yaml`` into a
 ``JobPlan`` (every path checked by ``safe_relpath``), and ``expected_results`` says which
 result files a worker may send back for it (the client refuses any other).
@@ -41,6 +48,9 @@ from typing import Any
 
 import yaml
 
+from sleap_rtc.core.data_roots import ROOT_NAME, DataRootError, check_root_path
+from sleap_rtc.core.track_options import check_options
+
 JOBS_FILE = "jobs.yaml"
 """The plan inside a package (what workers read)."""
 TRAIN_SCRIPT = "train-script.sh"
@@ -68,6 +78,17 @@ FILE_MODE = 0o600
 """Mode of every extracted file: only the owner reads job data."""
 DIR_MODE = 0o700
 """Mode of every directory ``safe_extract`` creates."""
+
+MAX_VIDEOS = 256
+"""Most inference entries (videos) one plan may hold."""
+MAX_FRAME_RANGES = 100_000
+"""Most separate frame ranges one inference entry may name."""
+MAX_FRAME_INDEX = 2**31 - 1
+"""Largest frame index a plan may name."""
+MODEL_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+"""Timestamp of every entry of a model zip: the same folder gives the same bytes (and id)."""
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
 
 RUN_NAME_OK = re.compile(r"^[A-Za-z0-9_.=+\-]+$")
 """The alphabet of a run name part (they go into Hydra overrides inside double quotes)."""
@@ -271,6 +292,14 @@ class InferenceJob:
     only_labeled_frames: bool = False
     tracking: bool = False
     type: str = "labels"
+    video: dict[str, Any] | None = None
+    """A video sent on its own (``sha256``, ``suffix``) or on a data root (``root``, ``path``,
+    ``size``, ``sample``); ``None``: ``data_path`` is a file of the package."""
+    frames: tuple[tuple[int, int], ...] | None = None
+    """Inclusive frame ranges; ``None``: every frame."""
+    model_ids: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    """Checked ``core.track_options`` for sleap-nn track."""
 
 
 @dataclass(frozen=True)
@@ -320,19 +349,40 @@ def parse_jobs(data: Any) -> JobPlan:
                 train_labels=safe_relpath(labels, f"training[{i}].train_labels") if labels else None,
             )
         )
+    if len(inference) > MAX_VIDEOS:
+        raise PackageError(f"{JOBS_FILE} asks for {len(inference)} inferences; at most {MAX_VIDEOS} are allowed.")
     inf_jobs = []
     for i, item in enumerate(inference):
         if not isinstance(item, dict):
             raise PackageError(f"inference[{i}] in {JOBS_FILE} must be a mapping.")
         models = item.get("models") or []
-        if not isinstance(models, list) or not models:
-            raise PackageError(f"inference[{i}].models must be a non-empty list.")
+        if not isinstance(models, list):
+            raise PackageError(f"inference[{i}].models must be a list.")
         tracking = item.get("tracking") or {}
         tracker = tracking.get("tracking.tracker") if isinstance(tracking, dict) else None
-        data_path = safe_relpath(item.get("data_path"), f"inference[{i}].data_path")
+        video = _parse_video(item.get("video"), f"inference[{i}].video")
+        model_ids = item.get("model_ids") or []
+        if not isinstance(model_ids, list) or len(model_ids) > 8 or not all(isinstance(m, str) and _SHA.match(m) for m in model_ids):
+            raise PackageError(f"inference[{i}].model_ids must be a list of at most 8 sha256 ids.")
+        if not models and not model_ids:
+            raise PackageError(f"inference[{i}] names no model.")
+        if video is None:
+            data_path = safe_relpath(item.get("data_path"), f"inference[{i}].data_path")
+        elif "sha256" in video:
+            data_path = f"videos/{video['sha256']}{video['suffix']}"
+        else:
+            data_path = f"videos/root-{i}"
+        try:
+            options = check_options(item.get("options") or {})
+        except ValueError as exc:
+            raise PackageError(f"inference[{i}].options: {exc}") from None
         inf_jobs.append(
             InferenceJob(
                 data_path=data_path,
+                video=video,
+                frames=_parse_frames(item.get("frames"), f"inference[{i}].frames"),
+                model_ids=tuple(model_ids),
+                options=options,
                 models=tuple(check_run_path(m, f"inference[{i}].models") for m in models),
                 output_path=safe_relpath(item.get("output_path") or f"{data_path}{PREDICTIONS_SUFFIX}",
                                          f"inference[{i}].output_path"),
@@ -343,6 +393,90 @@ def parse_jobs(data: Any) -> JobPlan:
             )
         )
     return JobPlan(tuple(train_jobs), tuple(inf_jobs), JOBS_FILE)
+
+
+def _parse_video(value: Any, what: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise PackageError(f"{what} must be a mapping.")
+    if "sha256" in value:
+        sha, suffix = value.get("sha256"), value.get("suffix")
+        if not isinstance(sha, str) or not _SHA.match(sha):
+            raise PackageError(f"{what}.sha256 must be 64 lowercase hex digits.")
+        if not isinstance(suffix, str) or not _SUFFIX.match(suffix):
+            raise PackageError(f"{what}.suffix must be a short file extension such as '.mp4'.")
+        return {"sha256": sha, "suffix": suffix}
+    root, size, sample = value.get("root"), value.get("size"), value.get("sample")
+    if not isinstance(root, str) or not ROOT_NAME.match(root):
+        raise PackageError(f"{what} names neither an uploaded video (sha256) nor a data root.")
+    try:
+        path = check_root_path(value.get("path"))
+    except DataRootError as exc:
+        raise PackageError(f"{what}.path: {exc}") from None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise PackageError(f"{what}.size must be a non-negative integer.")
+    if not isinstance(sample, str) or not _SHA.match(sample):
+        raise PackageError(f"{what}.sample must be 64 lowercase hex digits.")
+    return {"root": root, "path": path, "size": size, "sample": sample}
+
+
+def _parse_frames(value: Any, what: str) -> tuple[tuple[int, int], ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or len(value) > MAX_FRAME_RANGES:
+        raise PackageError(f"{what} must be a list of 1 to {MAX_FRAME_RANGES} [first, last] ranges.")
+    out = []
+    for pair in value:
+        ok = isinstance(pair, list) and len(pair) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_FRAME_INDEX for v in pair)
+        if not ok or pair[0] > pair[1]:
+            raise PackageError(f"{what} holds {str(pair)[:40]!r}, not a [first, last] pair of frame indexes.")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+def frame_ranges(frames: Iterable[int]) -> list[tuple[int, int]]:
+    """Frame indexes as sorted inclusive ``(first, last)`` ranges (duplicates merged)."""
+    out: list[tuple[int, int]] = []
+    for f in sorted(set(int(f) for f in frames)):
+        if out and f == out[-1][1] + 1:
+            out[-1] = (out[-1][0], f)
+        else:
+            out.append((f, f))
+    return out
+
+
+def write_model_zip(folder: str | os.PathLike, dest: str | os.PathLike) -> tuple[Path, str]:
+    """Zip a model folder so that the same files always give the same bytes: entries at the
+    top level (no folder name), sorted, stored (no compression), fixed time and mode.
+
+    Returns ``(dest, sha256)``: the sha256 is the model's id on workers (``model_ids``).
+    Links and empty folders are left out; an empty model is a ``PackageError``.
+    """
+    import hashlib
+
+    folder, dest = Path(folder), Path(dest)
+    files = sorted((p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()),
+                   key=lambda p: p.relative_to(folder).as_posix())
+    if not files:
+        raise PackageError(f"Model folder {folder} holds no files.")
+    if len(files) > MAX_ENTRIES:
+        raise PackageError(f"Model folder {folder} holds more than {MAX_ENTRIES} files.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
+        for path in files:
+            info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=MODEL_ZIP_DATE)
+            info.create_system = 3  # the same on every OS
+            info.external_attr = (stat.S_IFREG | FILE_MODE) << 16
+            with open(path, "rb") as src, zf.open(info, "w", force_zip64=True) as out:
+                shutil.copyfileobj(src, out, EXTRACT_CHUNK_BYTES)
+    os.chmod(dest, FILE_MODE)
+    hasher = hashlib.sha256()
+    with open(dest, "rb") as fh:
+        while chunk := fh.read(EXTRACT_CHUNK_BYTES):
+            hasher.update(chunk)
+    return dest, hasher.hexdigest()
 
 
 def read_plan(package_zip: str | os.PathLike) -> JobPlan | None:
@@ -432,6 +566,7 @@ def read_entry(package_zip: str | os.PathLike, name: str, max_bytes: int = 16 * 
 
 
 __all__ = [
+    "MAX_FRAME_INDEX", "MAX_FRAME_RANGES", "MAX_VIDEOS", "MODEL_ZIP_DATE", "frame_ranges", "write_model_zip",
     "DIR_MODE", "ENTRY_RATIO_FLOOR", "EXTRACT_CHUNK_BYTES", "ExpectedResults", "ExtractLimits", "FILE_MODE",
     "InferenceJob", "JOBS_FILE", "JobPlan", "MAX_ENTRIES", "MAX_ENTRY_RATIO", "MAX_TOTAL_BYTES", "MAX_TOTAL_RATIO",
     "MODELS_DIR", "PREDICTIONS_SUFFIX", "PackageError", "RUN_NAME_OK", "TOTAL_RATIO_FLOOR", "TRAIN_SCRIPT", "TrainJob",

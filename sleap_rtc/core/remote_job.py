@@ -124,6 +124,20 @@ class UploadProgress:
     eta_s: float | None
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file sent before the package, on its own (content-addressed: the worker may have it).
+
+    ``kind`` says what it is (``video``, ``model``); ``progress(UploadProgress, cached)`` is
+    called while it goes and once at the end (``cached``: nothing moved)."""
+
+    path: Path
+    name: str
+    sha256: str
+    kind: str
+    progress: Callable[..., Any] | None = None
+
+
 @dataclass
 class JobSummary:
     """What a finished job left behind, for the final summary and the GUI."""
@@ -135,6 +149,9 @@ class JobSummary:
     models_dir: Path | None = None
     predictions: Path | None = None
     stopped_early: bool = False
+    model_ids: dict[str, str] = field(default_factory=dict)
+    """Run name -> id of each trained model (the sha256 of its zip): the worker keeps it,
+    so an inference with ``ModelSource(model_id=...)`` or the same folder sends no model bytes."""
 
 
 LogCallback = Callable[[str], Any]
@@ -174,8 +191,12 @@ class JobSession:
         models_subdir: str = "models",
         on_decision: LogCallback | None = None,
         attach_job_id: str | None = None,
+        uploads: list[Upload] | tuple[Upload, ...] = (),
     ):
         self.channel = channel
+        self.uploads = list(uploads)
+        self.receipts: list[tuple[Any, str]] = []
+        """``(FileReceipt, kind)`` of every file this session sent (the package's kind: ``package``)."""
         self.on_decision = on_decision
         self.attach_job_id = attach_job_id
         self.package = Path(package)
@@ -325,6 +346,28 @@ class JobSession:
             self.phases.advance(Phase.CANCELLED if cancelled else Phase.FAILED, str(exc))
         return exc
 
+    async def _send_uploads(self) -> None:
+        """The files sent on their own, each content-addressed (a cached one moves nothing)."""
+        for up in self.uploads:
+            t0 = time.monotonic()
+
+            def progress(done: int, size: int, up: Upload = up, t0: float = t0) -> None:
+                rate = done / max(time.monotonic() - t0, 1e-6)
+                _call(up.progress, UploadProgress(done, size, rate, (size - done) / rate if rate > 0 else None))
+                self.phases.update(f"{up.name} {100 * done // max(size, 1)}%")
+
+            receipt = await self.channel.send_file(up.path, name=up.name, sha256=up.sha256,
+                                                   meta={"kind": up.kind}, progress=progress)
+            self.receipts.append((receipt, up.kind))
+            offset = receipt.size - receipt.bytes_sent
+            if receipt.cached:
+                _call(self.on_decision, f"{up.name}: the worker has it already (nothing sent).")
+            elif 0 < offset < receipt.size:
+                _call(self.on_decision, f"{up.name}: " + describe_resume(offset, receipt.size))
+            elapsed = max(time.monotonic() - t0, 1e-6)
+            _call(up.progress, UploadProgress(receipt.size, receipt.size, receipt.bytes_sent / elapsed, 0.0),
+                  receipt.cached)
+
     async def _upload(self) -> Any:
         total = self.package.stat().st_size
         detail = f"{self.package.name} ({total:,} bytes)"
@@ -332,6 +375,7 @@ class JobSession:
             self.phases.update(detail)
         else:
             self.phases.advance(Phase.UPLOADING, detail)
+        await self._send_uploads()
         t0 = time.monotonic()
 
         def progress(done: int, size: int) -> None:
@@ -342,6 +386,7 @@ class JobSession:
             self.phases.update(f"{100 * done // max(size, 1)}%")
 
         receipt = await self.channel.send_file(self.package, progress=progress)
+        self.receipts.append((receipt, "package"))
         offset = receipt.size - receipt.bytes_sent
         if 0 < offset < receipt.size and not receipt.cached:
             _call(self.on_decision, describe_resume(offset, receipt.size))
@@ -435,6 +480,7 @@ class JobSession:
             summary.predictions = path
         elif path.is_dir():
             summary.models_dir = path.parent
+            summary.model_ids[name.removesuffix(".zip")] = sha
         _call(self.on_file, path)
         return path
 
@@ -502,5 +548,5 @@ def describe_resume(offset: int, size: int) -> str:
 
 __all__ = [
     "JobCancelledError", "JobError", "JobFailedError", "JobRejectedError", "JobSession", "JobSummary",
-    "TRACK", "TRAIN", "UploadProgress", "WorkerLostError",
+    "TRACK", "TRAIN", "Upload", "UploadProgress", "WorkerLostError",
 ]
