@@ -60,6 +60,7 @@ class ScriptedChannel:
         self.files: asyncio.Queue = asyncio.Queue()
         self.sent: list[dict[str, Any]] = []
         self.package: bytes | None = None
+        self.uploads: list[tuple[str, dict[str, Any]]] = []
         self.job_id = ""
         self.attached = False
         self.stopped = asyncio.Event()
@@ -68,13 +69,17 @@ class ScriptedChannel:
 
     # ---------------------------------------------------------------- client side (PeerChannel)
 
-    async def send_file(self, path: Path, progress: Callable[[int, int], Any] | None = None, name: str | None = None) -> Receipt:
+    async def send_file(self, path: Path, progress: Callable[[int, int], Any] | None = None, name: str | None = None,
+                        sha256: str | None = None, meta: dict[str, Any] | None = None) -> Receipt:
         data = Path(path).read_bytes()
         if progress:
             progress(len(data) // 2, len(data))
             progress(len(data), len(data))
-        self.package = data
-        return Receipt(hashlib.sha256(data).hexdigest(), name or Path(path).name, len(data), len(data))
+        if meta is None:  # the package; files sent on their own carry what they are (meta kind)
+            self.package = data
+        else:
+            self.uploads.append((name or Path(path).name, dict(meta)))
+        return Receipt(sha256 or hashlib.sha256(data).hexdigest(), name or Path(path).name, len(data), len(data))
 
     async def send(self, msg: dict[str, Any]) -> None:
         if self.closed:

@@ -20,10 +20,16 @@ training is (``sleap_attach.RemoteMainWindow._show_learning_dialog``):
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qtpy import QtCore
+
+from sleap_rtc.core.phases import Phase
 from sleap_rtc.gui.inference_targets import (
     TARGET_LABELS,
     TargetError,
@@ -109,7 +115,8 @@ def read_dialog(dlg: Any, labels: Any) -> DialogInference:
     """The remote request SLEAP's Inference dialog describes (raises ``TargetError`` with SLEAP's words)."""
     form, selection = _selection(dlg)
     target = selection.target_key
-    problem = unservable_pipeline_text(form.get("_pipeline", ""))
+    # The full key ("tracking-only", "movenet-lightning"): the form's short "_pipeline" is "" for them.
+    problem = unservable_pipeline_text(getattr(dlg.pipeline_form_widget, "current_pipeline_key", "") or "")
     if problem:
         raise TargetError(problem)
     selected = dlg.get_selected_frames_to_predict(form)
@@ -220,7 +227,168 @@ def on_inference_run_clicked(window: Any, dlg: Any, panel: Any) -> None:
         dlg.run()
         return
     try:
-        RemoteInference.start(window, dlg, panel)
+        RemoteInferenceRun.start(window, dlg, panel)
     except Exception as exc:  # shown, never swallowed; the dialog stays usable
         log.info("remote inference could not start: %s", exc)
         show_error(dlg if dlg.isVisible() else window, "Remote inference", exc)
+
+
+# ---------------------------------------------------------------------------------- the job
+
+
+def core_request(asked: DialogInference) -> Any:
+    """Core's ``InferenceRequest`` for what the dialog asked (``key``: the project's video index)."""
+    from sleap_rtc.core.inference import InferenceOptions, InferenceRequest, ModelSource, VideoTarget
+
+    opts = dict(asked.options)
+    fixed = {name: opts.pop(name, None) for name in ("peak_threshold", "batch_size", "max_instances")}
+    tracking = bool(opts.pop("tracking", False))
+    return InferenceRequest(
+        videos=tuple(VideoTarget(v.path, frames=None if v.frames is None else tuple(v.frames), key=str(v.index))
+                     for v in asked.videos),
+        models=tuple(ModelSource(path=p) for p in asked.model_dirs),
+        options=InferenceOptions(tracking=tracking, tracker=opts, **fixed),
+    )
+
+
+def unsent_options(asked: DialogInference) -> list[str]:
+    """SLEAP inference settings that sleap-nn's ``track`` on the worker does not take."""
+    from sleap_rtc.core.inference import unsupported_options
+
+    return unsupported_options(asked.options)
+
+
+class RemoteInferenceRun(QtCore.QObject):
+    """One remote inference started from SLEAP (Run Inference…, or after a remote training).
+
+    Merges each video's predictions into the open project as it lands, with SLEAP's merge
+    (``merge_video_predictions``), tells SLEAP's window (its ``_handle_learning_finished``:
+    redraw, an undoable "new predictions" change) and keeps the file in the project's
+    ``predictions/`` folder under SLEAP's own name. What was merged stays if the job later
+    fails or is cancelled. The job's temporary folder is removed when it ends.
+    """
+
+    def __init__(self, window: Any, dlg: Any, asked: DialogInference):
+        super().__init__(window)
+        self.window, self.dlg, self.asked = window, dlg, asked
+        self.project_dir = Path(window.state["filename"]).parent
+        self.out_dir = Path(tempfile.mkdtemp(prefix="sleap-rtc-infer-results-"))
+        self.ctl: Any = None
+        self.merged: dict[int, int] = {}
+        """Frames with new predictions per project video index, as merged so far."""
+        self.kept: list[Path] = []
+        """The predictions files kept in the project's ``predictions/`` folder."""
+        self.summary = ""
+        self._cleared = False
+
+    @classmethod
+    def start(cls, window: Any, dlg: Any, panel: Any) -> RemoteInferenceRun:
+        """Validate the dialog, close it, and run the inference on a worker (from a plain slot)."""
+        from sleap_rtc.gui.session import SessionState
+
+        if window.remote.session.state != SessionState.CONNECTED:
+            raise RuntimeError("Join a room first: Remote ▸ Join room… (or untick 'Predict on a remote worker').")
+        asked = read_dialog(dlg, window.labels)
+        dlg.accept()
+        return cls.submit(window, dlg, asked)
+
+    @classmethod
+    def submit(cls, window: Any, dlg: Any, asked: DialogInference, worker_id: str | None = None) -> RemoteInferenceRun:
+        """Run ``asked`` remotely (on ``worker_id`` if given) and present it in the dock."""
+        run = cls(window, dlg, asked)
+        request = core_request(asked)
+        try:
+            run.ctl = window.remote.submit_inference(request, run.out_dir, worker_id=worker_id)
+        except BaseException:
+            shutil.rmtree(run.out_dir, ignore_errors=True)
+            raise
+        run.ctl.video_predictions.connect(run.on_video_predictions)
+        run.ctl.succeeded.connect(run._on_success)
+        run.ctl.ended.connect(run._on_ended)
+        if run.ctl.panel is not None:
+            n = len(asked.videos)
+            what = f"{target_name(asked.target)}" + (f", {n} videos" if n > 1 else "")
+            run.ctl.panel.title_label.setText(f"<b>Predicting: {what}</b>")
+            dropped = unsent_options(asked)
+            if dropped:
+                run.ctl.panel.set_summary("Not available on the worker, left at sleap-nn's default: " + ", ".join(dropped))
+        window.remote_jobs.append(run)
+        return run
+
+    # ------------------------------------------------------------------ predictions
+
+    def on_video_predictions(self, found: Any) -> None:
+        """A video's predictions landed: merge them now, keep the file in ``predictions/``."""
+        import sleap_io as sio
+
+        try:
+            index = int(found.video.key)
+            predicted = sio.load_slp(str(found.path))
+            labels = self.window.labels
+            if self.asked.clear_all_first and not self._cleared:
+                labels.remove_predictions()
+            self._cleared = True
+            n = merge_video_predictions(labels, predicted.labeled_frames, index, self.asked.prediction_mode)
+            self.merged[index] = self.merged.get(index, 0) + n
+            self.kept.append(self._keep(Path(found.path), labels.videos[index]))
+        except Exception as exc:
+            log.exception("could not merge remote predictions")
+            from sleap_rtc.gui.bridge import show_error
+
+            show_error(self.window, "Remote inference", exc)
+            return
+        # SLEAP's own "inference finished" path: redraw and an undoable "new predictions" change.
+        self.dlg._handle_learning_finished.emit(n)
+
+    def _keep(self, path: Path, video: Any) -> Path:
+        """Move the predictions into ``<project>/predictions/`` as SLEAP names its own."""
+        from sleap_rtc.core.files import place_new
+
+        folder = self.project_dir / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%y%m%d_%H%M%S")
+        source = Path(str(getattr(video, "filename", "") or path.name)).name
+        return place_new(path, folder / f"{source}.{stamp}.predictions.slp")
+
+    @property
+    def new_frames(self) -> int:
+        """Frames with new predictions merged so far."""
+        return sum(self.merged.values())
+
+    def summary_text(self, finished: bool) -> str:
+        """One line: frames predicted, and for an early end what was kept."""
+        n = self.new_frames
+        videos = len(self.merged)
+        text = f"{n} frame{'s' if n != 1 else ''} predicted"
+        if len(self.asked.videos) > 1:
+            text += f" in {videos} of {len(self.asked.videos)} videos"
+        if finished:
+            return f"Finished: {text}."
+        return f"Kept what came back: {text}." if n else "No predictions came back."
+
+    def _on_success(self, summary: Any) -> None:
+        self.summary = self.summary_text(True)
+        moved = getattr(summary, "video_bytes_sent", None)
+        if moved == 0:
+            self.summary += " No video was sent: the worker had them."
+        if self.ctl is not None and self.ctl.panel is not None:
+            self.ctl.panel.mark_step(Phase.PREDICTING, True)
+            self.ctl.panel.set_summary(self.summary)
+        self._status(self.summary)
+        self._finish()
+
+    def _on_ended(self, phase: str) -> None:
+        self.summary = self.summary_text(False)
+        if self.ctl is not None and self.ctl.panel is not None and self.merged:
+            text = self.ctl.panel.status_label.text()
+            self.ctl.panel.set_summary(f"{text} {self.summary}".strip())
+        self._status(self.summary)
+        self._finish()
+
+    def _status(self, text: str) -> None:
+        status_bar = getattr(self.window, "statusBar", None)
+        if callable(status_bar):
+            status_bar().showMessage(text, 15000)
+
+    def _finish(self) -> None:
+        shutil.rmtree(self.out_dir, ignore_errors=True)

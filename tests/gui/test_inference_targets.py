@@ -7,7 +7,6 @@ user-labeled and predicted frames), as Run Inference… would use it.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from sleap_rtc.gui.inference_targets import (
@@ -22,29 +21,7 @@ from sleap_rtc.gui.inference_targets import (
 
 pytestmark = pytest.mark.sleap
 
-N0, N1 = 12, 7
-
-
-def make_two_video_project(folder):
-    """A saved project: two mp4 videos (12 and 7 frames), user labels on 0/3/6 of the first, a
-    prediction on frame 9 of the first and frame 2 of the second, suggestions 4 and 6."""
-    import sleap_io as sio
-
-    rng = np.random.default_rng(1)
-    videos = []
-    for name, n in (("a.mp4", N0), ("b.mp4", N1)):
-        sio.save_video((rng.random((n, 32, 32, 1)) * 255).astype("uint8"), str(folder / name))
-        videos.append(sio.load_video(str(folder / name)))
-    skeleton = sio.Skeleton(["head", "tail"])
-    pts = np.array([[5.0, 5.0], [20.0, 20.0]])
-    lfs = [sio.LabeledFrame(video=videos[0], frame_idx=i, instances=[sio.Instance.from_numpy(pts, skeleton=skeleton)])
-           for i in (0, 3, 6)]
-    lfs += [sio.LabeledFrame(video=v, frame_idx=i, instances=[sio.PredictedInstance.from_numpy(pts, skeleton=skeleton, score=0.9)])
-            for v, i in ((videos[0], 9), (videos[1], 2))]
-    suggestions = [sio.SuggestionFrame(video=videos[0], frame_idx=i) for i in (4, 6)]
-    path = folder / "two.slp"
-    sio.save_slp(sio.Labels(labeled_frames=lfs, videos=videos, skeletons=[skeleton], suggestions=suggestions), str(path))
-    return path
+from sleap_projects import N0, N1, make_two_video_project
 
 
 @pytest.fixture

@@ -1,0 +1,241 @@
+"""SLEAP's Run Inference… with "Predict on a remote worker": SLEAP 1.6.6's real window and
+Inference dialog, core's real ``RemoteInference``, an in-memory stand-in worker.
+
+The stand-in answers the inference package like a worker (progress events per video, one
+predictions file per video) so the GUI's part is checked fast: the panel, the request made
+from SLEAP's Inference Target, the progress in the dock's panel, the per-video merge, and
+what an interrupted job keeps. The same path with a real worker process and real sleap-nn
+runs in ``test_sleap_real_inference.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import yaml
+
+from job_fakes import FakeWorkers, ScriptedChannel
+from sleap_projects import N0, N1, fake_trained_model, make_two_video_project
+from sleap_rtc.core.phases import Phase
+from sleap_rtc.gui.training_panel import PANEL_OBJECT_NAME, RemoteTrainingPanel
+
+from fakes import start_fake_worker
+
+pytestmark = pytest.mark.sleap
+
+
+class InferringWorker(FakeWorkers):
+    """Predicts every frame its plan asks for: progress events, then that video's .slp.
+
+    ``hold_after`` videos: the worker then stops answering (until cancelled)."""
+
+    def __init__(self, videos: list, hold_after: int | None = None):
+        super().__init__()
+        self.videos = videos
+        self.hold_after = hold_after
+        self.plans: list[dict] = []
+        self.default = self.infer
+
+    async def infer(self, ch: ScriptedChannel) -> None:
+        import sleap_io as sio
+
+        with zipfile.ZipFile(io.BytesIO(ch.package)) as zf:
+            plan = yaml.safe_load(zf.read("jobs.yaml"))
+        self.plans.append(plan)
+        await ch.accept()
+        for i, entry in enumerate(plan["inference"]):
+            if self.hold_after is not None and i >= self.hold_after:
+                await asyncio.Event().wait()
+            path, n = self.videos[i]
+            frames = [f for a, b in entry["frames"] for f in range(a, b + 1)] if entry.get("frames") else list(range(n))
+            for done in range(0, len(frames) + 1, max(1, len(frames) // 3)):
+                await ch.event({"event": "inference_progress", "video": i, "n_processed": done, "n_total": len(frames),
+                                "rate": 25.0, "eta": (len(frames) - done) / 25.0})
+                await asyncio.sleep(0.01)
+            video = sio.load_video(str(path))
+            skeleton = sio.Skeleton(["head", "tail"])
+            lfs = [sio.LabeledFrame(video=video, frame_idx=f, instances=[sio.PredictedInstance.from_numpy(
+                np.array([[1.0 + f, 2.0], [3.0, 4.0]]), skeleton=skeleton, score=0.5)]) for f in frames]
+            buf = ch.receive_dir / f"pred-{i}.slp"
+            ch.receive_dir.mkdir(parents=True, exist_ok=True)
+            sio.save_slp(sio.Labels(labeled_frames=lfs, videos=[video], skeletons=[skeleton]), str(buf))
+            await ch.result_file("predictions", entry["output_path"], buf.read_bytes())
+        await ch.complete()
+
+
+@pytest.fixture
+def project(tmp_path, sleap_home):
+    path = make_two_video_project(tmp_path)
+    fake_trained_model(path)
+    return path
+
+
+@pytest.fixture
+def open_window(qapp):
+    """``open_window(project, url, workers)``: SLEAP's window; closed here, without SLEAP's modal
+    "save changes?" question (merged predictions are unsaved changes), which nobody answers
+    offscreen (so not given to qtbot, which closes its widgets before fixtures end)."""
+    from sleap_rtc.gui.bridge import _alive
+    from sleap_rtc.gui.sleap_attach import create_window
+
+    opened = []
+
+    def open_(project, url, workers=None):
+        win = create_window(str(project), server_url=url, connect=workers.connect if workers else None)
+        opened.append(win)
+        return win
+
+    yield open_
+    for win in opened:
+        if _alive(win):
+            for dlg in list(win._child_windows.values()):
+                if dlg is not None and _alive(dlg):
+                    dlg.close()
+            win.state["has_changes"] = False
+            win._close_decided = True  # no job question either: the session is gone
+            win.close()
+            win.deleteLater()
+
+
+def inference_dialog(win, target: str):
+    """SLEAP's Inference dialog as Predict > Run Inference… opens it, with ``target`` picked."""
+    win._show_learning_dialog("inference")
+    dlg = win._child_windows["inference"]
+    dlg.pipeline_form_widget.current_pipeline = "single"
+    dropdown = dlg.frame_target_selector.target_dropdown
+    dropdown.setCurrentIndex(dropdown.findData(target))
+    assert dlg.frame_target_selector.get_selection().target_key == target
+    return dlg, dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
+
+
+def qtbot_boxes():
+    """The message boxes open now (an error shown instead of a start)."""
+    from qtpy import QtWidgets
+
+    return [w for w in QtWidgets.QApplication.topLevelWidgets() if isinstance(w, QtWidgets.QMessageBox) and w.isVisible()]
+
+
+def _predicted(labels, video) -> dict[int, int]:
+    return {lf.frame_idx: len(lf.predicted_instances) for lf in labels.find(video) if lf.predicted_instances}
+
+
+async def test_all_videos_are_predicted_remotely_and_merged_video_by_video(open_window, project, signaling_server, room, wait_until):
+    import sleap_io as sio
+
+    videos = [(project.parent / "a.mp4", N0), (project.parent / "b.mp4", N1)]
+    workers = InferringWorker(videos)
+    win = open_window(project, signaling_server.url, workers)
+    worker = await start_fake_worker(signaling_server.url, room, "gpu-a")
+    try:
+        await win.remote.session.join(*room)
+        await wait_until(lambda: win.remote.dock.model.rowCount() == 1, 5)
+        dlg, panel = inference_dialog(win, "all_videos")
+        assert panel is not None and panel.title() == "Remote inference"
+        dlg.frame_target_selector.skip_user_labeled_cb.setChecked(False)  # predict the labeled frames too
+        panel.remote_check.setChecked(True)
+        assert panel.notes() == []
+        labels = win.labels
+        user_before = [(lf.frame_idx, len(lf.user_instances)) for lf in labels.find(labels.videos[0]) if lf.user_instances]
+        merges = []
+        dlg._handle_learning_finished.connect(merges.append)
+        assert dlg.run_button.isEnabled(), dlg.message_widget.text()
+        dlg.run_button.click()
+        assert not dlg.isVisible(), [w.text() for w in qtbot_boxes()]  # the dialog closed; the job is in the dock
+        run = win.remote_jobs[-1]
+        ctl = run.ctl
+        assert ctl.panel in win.remote.dock.job_panels()
+        assert ctl.panel.steps.item(6).isHidden()  # no Training step in an inference
+        lines = []
+        ctl.inference_progress.connect(lambda _p: lines.append(ctl.panel.training_label.text()))
+        await wait_until(lambda: ctl.phases.finished and (run.summary or ctl.error), 30)
+        assert ctl.phases.phase == Phase.DONE, ctl.error
+        # --- the request: both videos whole, the model from the dialog, sent as files of their own
+        entries = workers.plans[0]["inference"]
+        assert len(entries) == 2 and all("frames" not in e for e in entries)
+        assert all(len(e["model_ids"]) == 1 for e in entries)
+        # --- progress in the panel: frames of the total, FPS, ETA, which video
+        assert any("Predicted" in t and f"/{N0} frames" in t and "FPS" in t and "ETA" in t and "video 1 of 2" in t for t in lines), lines
+        # --- every frame of both videos predicted, merged one video at a time; user instances kept
+        assert _predicted(labels, labels.videos[0]).keys() == set(range(N0))
+        assert _predicted(labels, labels.videos[1]).keys() == set(range(N1))
+        assert [(lf.frame_idx, len(lf.user_instances)) for lf in labels.find(labels.videos[0]) if lf.user_instances] == user_before
+        # SLEAP's default merge here is "Replace predictions": frame 9's earlier prediction was replaced
+        assert dlg.frame_target_selector.get_selection().prediction_mode == "replace"
+        assert _predicted(labels, labels.videos[0])[9] == 1
+        assert merges == [N0, N1]
+        assert run.summary.startswith(f"Finished: {N0 + N1} frames predicted in 2 of 2 videos")
+        assert ctl.panel.status_label.text() == run.summary
+        kept = sorted(p.name for p in (project.parent / "predictions").iterdir())
+        assert len(kept) == 2 and kept[0].startswith("a.mp4.") and kept[1].startswith("b.mp4.")
+        assert sio.load_slp(str(project.parent / "predictions" / kept[0])).videos[0].filename.endswith("a.mp4")
+        assert not run.out_dir.exists()
+        assert win.state["has_changes"]
+    finally:
+        await win.remote.session.leave()
+        await worker.close()
+
+
+async def test_a_cancelled_inference_keeps_the_videos_that_came_back(open_window, project, signaling_server, room, wait_until):
+    videos = [(project.parent / "a.mp4", N0), (project.parent / "b.mp4", N1)]
+    workers = InferringWorker(videos, hold_after=1)
+    win = open_window(project, signaling_server.url, workers)
+    worker = await start_fake_worker(signaling_server.url, room, "gpu-a")
+    try:
+        await win.remote.session.join(*room)
+        await wait_until(lambda: win.remote.dock.model.rowCount() == 1, 5)
+        dlg, panel = inference_dialog(win, "all_videos")
+        panel.remote_check.setChecked(True)
+        dlg.run_button.click()
+        run = win.remote_jobs[-1]
+        await wait_until(lambda: run.merged.get(0), 30)
+        run.ctl.panel.cancel_button.click()
+        await wait_until(lambda: run.ctl.phases.finished and run.summary, 10)
+        assert run.ctl.phases.phase == Phase.CANCELLED
+        labels = win.labels
+        # SLEAP's default here skips user-labeled frames (0, 3, 6): every other frame came back
+        assert _predicted(labels, labels.videos[0]).keys() == set(range(N0)) - {0, 3, 6}
+        assert _predicted(labels, labels.videos[1]) == {2: 1}  # only the project's own earlier prediction
+        assert run.summary == f"Kept what came back: {N0 - 3} frames predicted in 1 of 2 videos."
+        assert run.summary in run.ctl.panel.status_label.text()
+        assert workers.channels[-1].cancelled.is_set() or workers.channels[-1].closed
+    finally:
+        await win.remote.session.leave()
+        await worker.close()
+
+
+async def test_targets_the_worker_cannot_serve_are_explained_before_run(open_window, tmp_path, sleap_home, signaling_server,
+                                                                         room, monkeypatch):
+    """An embedded (.pkg.slp) video and SLEAP's tracking-only pipeline: notes in SLEAP's words,
+    and Run starts nothing."""
+    import sleap_rtc.gui.bridge as bridge
+
+    shown = []
+    monkeypatch.setattr(bridge, "show_error", lambda parent, title, exc: shown.append(str(exc)))
+    project = make_two_video_project(tmp_path)
+    import sleap_io as sio
+
+    embedded = tmp_path / "emb.pkg.slp"
+    sio.load_slp(str(project)).save(str(embedded), embed=True)
+    fake_trained_model(embedded)
+    win = open_window(embedded, signaling_server.url)
+    try:
+        await win.remote.session.join(*room)
+        win.state["video"] = win.labels.videos[0]
+        dlg, panel = inference_dialog(win, "video")
+        panel.remote_check.setChecked(True)
+        notes = " ".join(panel.notes())
+        assert "Video 1's frames are embedded in emb.pkg.slp" in notes and "File ▸ Add Videos…" in notes
+        dlg.run_button.click()
+        assert win.remote_jobs == [] and shown and "embedded" in shown[0]
+        assert dlg.isVisible()
+        combo = dlg.pipeline_form_widget._pipeline_combo  # SLEAP's "Inference Pipeline Type"
+        combo.setCurrentIndex(combo.findData("tracking-only"))
+        assert "retracks the project's own predictions" in " ".join(panel.notes())
+        panel.remote_check.setChecked(False)
+        assert panel.notes() == []
+    finally:
+        await win.remote.session.leave()
