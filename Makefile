@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 HEADLESS ?=
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-faults test-redis test-native test-lab test-window bench screenshots clean
+.PHONY: env demo test test-infer test-faults test-redis test-native test-lab test-window bench screenshots clean
 
 env:
 	@scripts/ensure-env.sh >/dev/null
@@ -20,15 +20,19 @@ demo:
 
 # Tests draw offscreen (the window tests and screenshots use their own X display); `make demo`
 # opens a real window where there is a screen.
-test test-faults test-redis test-native test-lab bench: export QT_QPA_PLATFORM ?= offscreen
+test test-infer test-faults test-redis test-native test-lab bench: export QT_QPA_PLATFORM ?= offscreen
 
 # The real-training GUI test gets a process of its own: aiortc objects of the in-process
 # stand-in workers of earlier GUI tests outlive their test's event loop.
-EXCLUDED := faults or redis or native or netlab or realwindow
+EXCLUDED := faults or redis or native or netlab or realwindow or infer
 # (Exit 5, "no test collected", is fine for either half when PYTEST_ARGS picks tests.)
 test:
 	@py=$$(scripts/ensure-env.sh) && { $$py -m pytest -q -m "not ($(EXCLUDED) or own_process)" $(PYTEST_ARGS) || [ $$? -eq 5 ]; }
 	@py=$$(scripts/ensure-env.sh) && { $$py -m pytest -q -m "own_process and not ($(EXCLUDED))" $(PYTEST_ARGS) || [ $$? -eq 5 ]; }
+
+# Real inference on mp4 videos through the CLI, a real worker and sleap-nn (several minutes).
+test-infer:
+	@py=$$(scripts/ensure-env.sh) && PATH="$$(dirname $$py):$$PATH" $$py -m pytest -q -m infer $(PYTEST_ARGS)
 
 test-faults:
 	@py=$$(scripts/ensure-env.sh) && $$py -m pytest -q -m faults $(PYTEST_ARGS)

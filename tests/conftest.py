@@ -34,3 +34,26 @@ async def room(signaling_server: RunningServer) -> tuple[str, str]:
     """A room created on ``signaling_server``: ``(room_id, worker_token)`` (admits every role);
     ``.token`` is its client token."""
     return await signaling_server.create_room()
+
+
+@pytest.fixture(scope="session")
+def trained_model() -> "Path":
+    """The tiny model trained by the real sleap-nn (``tests/videos.py``), at most once per
+    sleap-nn version and package: kept in ``~/.cache/sleap-rtc/test-models``."""
+    from pathlib import Path
+
+    from videos import sleap_nn, trained_model as train
+
+    if sleap_nn() is None:
+        pytest.skip("sleap-nn is not installed")
+    root = Path.home() / ".cache" / "sleap-rtc" / "test-models"
+    root.mkdir(parents=True, exist_ok=True)
+    return train(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_video(tmp_path_factory) -> "Path":
+    """A real 200-frame 128x128 mp4 (``tests/videos.make_video``), shared by the session."""
+    from videos import make_video
+
+    return make_video(tmp_path_factory.mktemp("videos") / "moving-square.mp4", 200)

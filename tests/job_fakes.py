@@ -60,7 +60,10 @@ class ScriptedChannel:
         self.files: asyncio.Queue = asyncio.Queue()
         self.sent: list[dict[str, Any]] = []
         self.package: bytes | None = None
-        self.uploads: list[tuple[str, dict[str, Any]]] = []
+        self.uploads: list[dict[str, Any]] = []
+        """Every file offered: name, sha256, meta, size (the package last)."""
+        self.held: set[str] = set()
+        """sha256 of the files this worker has (``FakeWorkers`` shares one set per worker)."""
         self.job_id = ""
         self.attached = False
         self.stopped = asyncio.Event()
@@ -70,16 +73,21 @@ class ScriptedChannel:
     # ---------------------------------------------------------------- client side (PeerChannel)
 
     async def send_file(self, path: Path, progress: Callable[[int, int], Any] | None = None, name: str | None = None,
-                        sha256: str | None = None, meta: dict[str, Any] | None = None) -> Receipt:
+                        sha256: str | None = None, meta: dict | None = None) -> Receipt:
         data = Path(path).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        assert sha256 in (None, digest), "the sender's hash must be the file's"
+        self.uploads.append({"name": name or Path(path).name, "sha256": digest, "meta": dict(meta or {}),
+                             "size": len(data)})
+        if not meta:
+            self.package = data
+        if digest in self.held:  # content-addressed: the worker has it, nothing moves
+            return Receipt(digest, name or Path(path).name, len(data), 0, cached=True)
         if progress:
             progress(len(data) // 2, len(data))
             progress(len(data), len(data))
-        if meta is None:  # the package; files sent on their own carry what they are (meta kind)
-            self.package = data
-        else:
-            self.uploads.append((name or Path(path).name, dict(meta)))
-        return Receipt(sha256 or hashlib.sha256(data).hexdigest(), name or Path(path).name, len(data), len(data))
+        self.held.add(digest)
+        return Receipt(digest, name or Path(path).name, len(data), len(data))
 
     async def send(self, msg: dict[str, Any]) -> None:
         if self.closed:
@@ -185,6 +193,8 @@ class FakeWorkers:
         self.default = default
         self.attempts: list[str] = []
         self.channels: list[ScriptedChannel] = []
+        self.held: dict[str, set[str]] = {}
+        """Per worker, the sha256 of the files it received (its transfer cache)."""
 
     async def connect(self, signaling: Any, peer_id: str, receive_dir: Path, timeout: float) -> ScriptedChannel:
         self.attempts.append(peer_id)
@@ -198,5 +208,6 @@ class FakeWorkers:
         if how == "timeout":
             raise AnswerTimeoutError(f"{peer_id} did not answer")
         channel = ScriptedChannel(peer_id, how, receive_dir)
+        channel.held = self.held.setdefault(peer_id, set())
         self.channels.append(channel)
         return channel

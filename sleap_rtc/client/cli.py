@@ -148,31 +148,90 @@ def _predictions_target(data: Path, output: Path | None) -> tuple[Path, Path | N
     return output, None
 
 
+TARGET_FLAGS = ("only_labeled", "only_suggested", "frames", "video", "random_count", "all_videos")
+
+
 @click.command("client-track")
-@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-m", "--model", "models", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-m", "--model", "models", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="A trained model (folder or .zip); repeat for top-down (centroid + instance).")
+@click.option("--model-id", "model_ids", multiple=True, metavar="ID",
+              help="A model the worker holds (the id a remote training printed); no model bytes are sent.")
 @connection_options
 @click.option("--output", type=click.Path(path_type=Path), metavar="DIR|FILE.slp",
-              help="A folder for the predictions, or the predictions file itself (default: next to DATA).")
-def track_command(data: Path, models: tuple[Path, ...], output: Path | None, server: str | None, **opts: Any) -> None:
-    """Run inference with trained MODELs on DATA (.slp) on a remote worker.
+              help="A folder for the predictions, or the predictions file itself (default: next to the input).")
+@click.option("--frames", metavar="SPEC", help="Only these frames, e.g. 0-99,120 (of each video; of --video for a project).")
+@click.option("--only-labeled", is_flag=True, help="Project: the user-labeled frames.")
+@click.option("--only-suggested", is_flag=True, help="Project: the suggested frames without user labels.")
+@click.option("--video", type=click.IntRange(min=0), metavar="N", help="Project: only video N (0 = first).")
+@click.option("--random", "random_count", type=click.IntRange(min=1), metavar="N", help="Project: N random frames of --video.")
+@click.option("--all-videos", is_flag=True, help="Project: every frame of every video.")
+@click.option("--peak-threshold", type=click.FloatRange(0, 1), help="Minimum confidence of a peak (sleap-nn default 0.2).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), help="Frames predicted at a time.")
+@click.option("--max-instances", type=click.IntRange(1, 1000), help="Most instances per frame.")
+@click.option("--tracking", is_flag=True, help="Run sleap-nn's tracker on the predictions.")
+@click.option("--track-option", "track_options", multiple=True, metavar="NAME=VALUE",
+              help="Another sleap-nn track option (e.g. max_tracks=2, track_matching_method=greedy); repeatable.")
+@click.option("--data-root", "data_roots", multiple=True, metavar="NAME=PREFIX",
+              help="Videos under PREFIX are on the worker's data root NAME: not uploaded. Repeatable.")
+@click.option("--remember-data-roots", is_flag=True, help="Remember the --data-root mappings for later runs.")
+def track_command(inputs: tuple[Path, ...], models: tuple[Path, ...], model_ids: tuple[str, ...], output: Path | None,
+                  server: str | None, **opts: Any) -> None:
+    """Run inference with trained MODELs on a remote worker, on a SLEAP project (.slp) or
+    on video files (every frame unless --frames).
 
-    Brings back DATA's predictions (``<data stem>.predictions.slp``, or FILE.slp).
+    Brings back the predictions: ``<video stem>.predictions.slp`` per video, or for a
+    project ``<project stem>.predictions.slp`` (the project with the predictions merged in,
+    user labels kept). A video the worker already has is not sent again; one on a data
+    root the worker declares (``--data-root``) is not sent at all.
 
     \b
-    Example:
-      sleap-rtc track labels.slp --model models/single_instance --room-id R --token T --auto-select
+    Examples:
+      sleap-rtc track session1.mp4 -m models/single_instance --room-id R --token T --auto-select
+      sleap-rtc track labels.slp -m models/centroid -m models/instance --only-suggested --room-id R --token T
+      sleap-rtc track /mnt/lab/v.mp4 -m M --data-root lab=/mnt/lab --room-id R --token T --auto-select
     """
+    targets = {k: opts.pop(k) for k in TARGET_FLAGS}
+    infer = {k: opts.pop(k) for k in ("peak_threshold", "batch_size", "max_instances", "tracking", "track_options",
+                                      "data_roots", "remember_data_roots")}
+    if not models and not model_ids:
+        raise click.UsageError("Give at least one trained model with --model (or --model-id).")
     plan = _plan(opts)
     url = _server(server)
+    slps = [p for p in inputs if p.suffix == ".slp"]
+    if slps and len(inputs) > 1:
+        raise click.UsageError("Give one .slp project, or one or more video files.")
+    if slps and not any(targets.values()) and not infer["data_roots"]:
+        _track_package(plan, url, slps[0], models, model_ids, output, infer)
+        return
+    from sleap_rtc.client import track_run
+
+    try:
+        code = asyncio.run(track_run.run_videos(plan, url, list(inputs), list(models), list(model_ids), output,
+                                                targets, infer, policy_for(plan, Console()), hint_for))
+    except track_run.UsageProblem as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(code)
+
+
+def _track_package(plan: ConnectionPlan, url: str, data: Path, models: tuple[Path, ...], model_ids: tuple[str, ...],
+                   output: Path | None, infer: dict[str, Any]) -> None:
+    """A project whose frames travel in the package (the ``.pkg.slp`` way, SLEAP's export)."""
+    if model_ids:
+        raise click.UsageError("--model-id needs a video target (a video file, or --all-videos/--frames on a project).")
     results_dir, predictions = _predictions_target(data, output)
     if results_dir.exists() and not results_dir.is_dir():
         raise click.UsageError(f"--output {results_dir} is a file, not a folder.")
+    from sleap_rtc.client.track_run import inference_options
+
+    try:
+        options = inference_options(infer).as_dict()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     work = Path(tempfile.mkdtemp(prefix="sleap-rtc-track-"))
     try:
         try:
-            package = build_track_package(data, list(models), work)
+            package = build_track_package(data, list(models), work, options=options)
         except TrackPackageError as exc:
             raise click.UsageError(str(exc)) from None
         code = asyncio.run(_run(plan, url, package, results_dir, TRACK, predictions_path=predictions))

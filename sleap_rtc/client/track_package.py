@@ -36,7 +36,7 @@ def predictions_name(data: Path) -> str:
     return f"{Path(data).stem}{PREDICTIONS_SUFFIX}"
 
 
-def build_track_package(data: Path, models: list[Path], work_dir: Path) -> Path:
+def build_track_package(data: Path, models: list[Path], work_dir: Path, *, options: dict | None = None) -> Path:
     """Write the inference package into ``work_dir`` and return its path."""
     data = Path(data)
     if data.suffix != ".slp":
@@ -67,6 +67,7 @@ def build_track_package(data: Path, models: list[Path], work_dir: Path) -> Path:
             raise TrackPackageError(f"Model {model} is empty.")
         for f in files:
             entries[f"{MODELS_DIR}/{name}/{f.relative_to(folder).as_posix()}"] = f
-    jobs = jobs_document(inference=[{"data_path": data.name, "models": names, "output_path": predictions_name(data)}])
+    jobs = jobs_document(inference=[{"data_path": data.name, "models": names, "output_path": predictions_name(data),
+                                     "options": dict(options or {})}])
     write_package(out, entries, jobs)
     return out

@@ -28,8 +28,9 @@ import platformdirs
 
 from sleap_rtc.core.config import APP_NAME
 from sleap_rtc.core.file_hashes import sampled_digest
+from sleap_rtc.core.protocol import Prop
 
-DATA_ROOTS_PROP = "data_roots"
+DATA_ROOTS_PROP = Prop.DATA_ROOTS.value
 """Worker metadata property: the names of its data roots (a flat list of strings)."""
 MAX_ROOTS = 32
 """Most data roots one worker declares (and one client maps)."""

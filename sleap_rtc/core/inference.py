@@ -66,7 +66,8 @@ from sleap_rtc.core.package import (
     write_model_zip,
     write_package,
 )
-from sleap_rtc.core.remote_job import TRACK, JobSummary, Upload, UploadProgress
+from sleap_rtc.core.remote_job import TRACK, JobRejectedError, JobSummary, Upload, UploadProgress
+from sleap_rtc.core.protocol import Prop
 from sleap_rtc.core.room import WorkerInfo
 from sleap_rtc.core.track_options import TRACK_OPTIONS, check_options
 
@@ -238,6 +239,28 @@ def unsupported_options(names: Iterable[str]) -> list[str]:
     return [n for n in names if n not in TRACK_OPTIONS]
 
 
+def explain_unsupported(worker: WorkerInfo, request: InferenceRequest) -> list[str]:
+    """Why ``worker`` cannot run ``request``, in sentences for the user (empty: it can).
+
+    For "explained before Run": an older worker that takes only packaged frames (no
+    ``inference_inputs`` advertised), one without inference, a model id it cannot know.
+    """
+    props = (worker.metadata or {}).get("properties", {}) if worker.metadata else {}
+    name = worker.name
+    problems = []
+    types = props.get(Prop.SUPPORTED_JOB_TYPES.value)
+    if isinstance(types, list) and "inference" not in types:
+        problems.append(f"{name} does not run inference.")
+    inputs = props.get(Prop.INFERENCE_INPUTS.value)
+    inputs = inputs if isinstance(inputs, list) else []
+    if "video" not in inputs:
+        problems.append(f"{name} runs an older sleap-rtc that predicts only frames inside a package (a .pkg.slp), "
+                        "not whole videos; update it to predict on videos.")
+    elif any(m.model_id is not None for m in request.models) and "model_id" not in inputs:
+        problems.append(f"{name} cannot use models it holds by id; choose the model folder instead.")
+    return problems
+
+
 class RemoteInference:
     """One remote inference job (module docstring); ``run()`` once, ``cancel()`` any time."""
 
@@ -282,8 +305,12 @@ class RemoteInference:
         await self.job.cancel()
 
     async def run(self) -> InferenceSummary:
-        """Select a worker, send what it lacks, follow the inference, collect the predictions."""
+        """Select a worker, send what it lacks, follow the inference, collect the predictions.
+
+        Raises what ``RemoteJob.run`` raises, or ``InferenceRequestError`` for a model that
+        cannot be zipped (before anything connects)."""
         try:
+            await self._models()
             summary = await self.job.run()
         finally:
             shutil.rmtree(self._work, ignore_errors=True)
@@ -311,6 +338,9 @@ class RemoteInference:
 
     async def _prepare(self, worker: WorkerInfo) -> tuple[Path, list[Upload]]:
         """The package and the uploads for ``worker`` (its data roots decide what moves)."""
+        problems = explain_unsupported(worker, self.request) if worker.metadata else []
+        if problems:
+            raise JobRejectedError(" ".join(problems))
         offered = worker.metadata.get("properties", {}).get(DATA_ROOTS_PROP) if worker.metadata else None
         offered = [r for r in offered if isinstance(r, str)] if isinstance(offered, list) else []
         uploads: list[Upload] = []
@@ -337,7 +367,9 @@ class RemoteInference:
             else:
                 sha = await asyncio.to_thread(self.memo.sha256, video.path)
                 entry["video"] = {"sha256": sha, "suffix": Path(video.path).suffix.lower()}
-                uploads.append(Upload(Path(video.path), Path(video.path).name, sha, "video",
+                # The wire name carries the hash: two videos of one name never meet on the worker.
+                wire = f"{Path(video.path).stem[:40]}-{sha[:12]}{Path(video.path).suffix.lower()}"
+                uploads.append(Upload(Path(video.path), wire, sha, "video",
                                       progress=_video_progress(self.callbacks, i, video)))
             entries.append(entry)
         try:
@@ -449,5 +481,5 @@ def frames_of(targets: Sequence[VideoTarget]) -> int | None:
 __all__ = [
     "INFERENCE_PROGRESS", "InferenceCallbacks", "InferenceOptions", "InferenceProgress", "InferenceRequest",
     "InferenceRequestError", "InferenceSummary", "ModelSource", "RemoteInference", "VideoPredictions", "VideoTarget",
-    "VideoUpload", "check_request", "frames_of", "predictions_name", "unsupported_options",
+    "VideoUpload", "check_request", "explain_unsupported", "frames_of", "predictions_name", "unsupported_options",
 ]

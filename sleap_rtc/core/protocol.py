@@ -105,6 +105,8 @@ class Prop(StrEnum):
     SUPPORTED_JOB_TYPES = "supported_job_types"
     PUBLIC_KEY = "public_key"  # the worker's Ed25519 identity key, base64 (core.identity)
     FINGERPRINT = "fingerprint"  # SHA256:... of that key
+    DATA_ROOTS = "data_roots"  # names of the worker's read-only video folders (core.data_roots)
+    INFERENCE_INPUTS = "inference_inputs"  # what inference entries may name: video, data_root, model_id
 
 
 class Tag(StrEnum):

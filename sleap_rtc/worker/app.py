@@ -28,7 +28,15 @@ than ``submit_idle_timeout``; a reservation the client never used (no ICE, or ne
 message or a file byte) puts it in back-off
 (``core.status``). A file offer larger than ``max_package_bytes`` or than the free disk is
 refused, at most ``core.files.MAX_INCOMING`` files arrive at once, and the partial files of
-a session are removed when it ends. A job runs at most ``max_job_seconds``.
+a session are removed when it ends (a video's are kept for a later resume, under the
+cache's cap and age). A job runs at most ``max_job_seconds``.
+
+Inference on videos: the client sends each video and model as a file of its own before the
+package (``core.inference``); the job may use those files, videos on the declared
+``data_roots`` (read-only; their names advertised as the ``data_roots`` property), and
+models held in the transfer cache (``worker.inputs``). Each video's predictions are sent
+as soon as they exist. A trained model's zip is kept in the transfer cache under its
+sha256 (its id, in ``job_complete``), so inference with it sends no model bytes.
 
 Status changes are published with ``update_metadata``; the signaling client re-registers
 with the current metadata after a reconnect. ``error`` frames from the server are logged,
@@ -41,11 +49,12 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +79,9 @@ from sleap_rtc.core.status import DEFAULT_LEASE_TIMEOUT, Reservation, StatusGuar
 from sleap_rtc.core.tasks import cancel_and_wait, spawn
 from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
 from sleap_rtc.worker.capabilities import Capabilities
+from sleap_rtc.core.data_roots import DATA_ROOTS_PROP
 from sleap_rtc.worker.executor import COMPLETED, DEFAULT_MAX_JOB_SECONDS, JobExecutor, JobOutcome
+from sleap_rtc.worker.inputs import JobInputs
 from sleap_rtc.worker.jobdirs import DEFAULT_KEEP, new_job_dir, private_dir, prune_job_dirs
 
 log = logging.getLogger(__name__)
@@ -108,6 +119,7 @@ class WorkerConfig:
     cache_max_bytes: int = CACHE_MAX_BYTES  # transfer cache cap, applied after each job
     ice_servers: list[dict[str, Any]] | None = None
     executor_factory: Callable[[str], JobExecutor] | None = None
+    data_roots: dict[str, Path] = field(default_factory=dict)  # name -> folder read by inference
 
 
 def safe_worker_name(name: str) -> str:
@@ -217,6 +229,8 @@ class Worker:
         self._channels: dict[int, Any] = {}  # reservation id -> open PeerChannel (stripes attach to it)
         self._links: dict[str, JobLink] = {}  # running job id -> its channel link
         self._tasks: set[asyncio.Task] = set()
+        self._sent: dict[Path, dict[str, Any]] = {}  # result file -> its job_result entry
+        self._video_shas: set[str] = set()  # offers that said kind=video (their partials are kept)
         self._dirty = asyncio.Event()
         self._closed = asyncio.Event()
         self._publisher: asyncio.Task | None = None
@@ -248,7 +262,7 @@ class Worker:
         name = safe_worker_name(self.capabilities.worker_name)
         self.signaling = SignalingClient(
             self.config.server_url, room_id=self.room_id, token=self.worker_token, role=Role.WORKER.value,
-            peer_id=new_peer_id(Role.WORKER.value, name), metadata=self.capabilities.metadata(self.guard.status),
+            peer_id=new_peer_id(Role.WORKER.value, name), metadata=self._metadata(),
         )
         self.signaling.add_listener(self._on_frame)
         self.signaling.add_state_listener(self._on_state)
@@ -258,6 +272,13 @@ class Worker:
         # first offer is not slower than the others (a failing one must fail within 10 s).
         importlib.import_module("sleap_rtc.core.transport")
         return format_banner(self.room_id, self.token, self.peer_id, self.worker_token, self.key.fingerprint)
+
+    def _metadata(self) -> dict[str, Any]:
+        """The registered metadata: capabilities, status and the data roots' names."""
+        metadata = self.capabilities.metadata(self.guard.status)
+        if self.config.data_roots:
+            metadata["properties"][DATA_ROOTS_PROP] = sorted(self.config.data_roots)
+        return metadata
 
     async def serve_forever(self) -> None:
         """Run until ``close()`` (or the room is gone for good)."""
@@ -403,6 +424,7 @@ class Worker:
                 channel.prove_identity(self.key)  # the client uploads nothing before checking it
             # The package is the largest file a client sends: nothing larger is accepted.
             channel.transfers.max_file_bytes = self.config.max_package_bytes
+            channel.transfers.accept_offer = self._note_offer
             baseline = channel.transfers.last_activity
             if not self.guard.confirm(reservation):
                 reason = "lease expired before the channel opened"
@@ -434,12 +456,21 @@ class Worker:
                     await asyncio.wait_for(channel.close(), 5)
                 # What a client that hung up left half-sent goes now; after an outage (the
                 # channel fell silent) it may come back within the grace and resume.
+                videos = {p for p in channel.transfers.partials if p.name.removesuffix(".part") in self._video_shas}
                 if channel.went_silent:
-                    self._spawn(self._discard_partials_later(list(channel.transfers.partials)), "discard-partials")
+                    self._spawn(self._discard_partials_later(list(channel.transfers.partials - videos)), "discard-partials")
                 else:
+                    # A video's partial stays for a resume later (pruned by age and cap).
+                    channel.transfers.partials -= videos
                     channel.transfers.discard_partials()
             shutil.rmtree(incoming, ignore_errors=True)
             self.guard.release(reservation, reason)
+
+    def _note_offer(self, name: str, size: int, sha256: str, meta: dict) -> None:
+        """Accepts every offer (the limits are checked before); remembers which are videos."""
+        if meta.get("kind") == "video" and len(self._video_shas) < 10_000:
+            self._video_shas.add(sha256)
+        return None
 
     async def _discard_partials_later(self, partials: list[Path]) -> None:
         """Remove ``partials`` that nobody resumed within ``reattach_grace`` (not written since)."""
@@ -518,7 +549,7 @@ class Worker:
             self._links[job_id] = link
             self._clients[reservation.id] = (reservation.client_peer_id, link.left_room)
             try:
-                outcome = await self._run_job(link, job_id, package)
+                outcome = await self._run_job(link, job_id, package, files)
                 if not await self._deliver_outcome(link, outcome):
                     log.warning("job %s finished but its client did not come back; results kept in the job dir", job_id)
                     return
@@ -619,7 +650,7 @@ class Worker:
                 raise JobRefused("The package announced in job_submit never arrived; send the file first.") from None
         return Path(files[sha].path)
 
-    async def _run_job(self, link: JobLink, job_id: str, package: Path) -> JobOutcome:
+    async def _run_job(self, link: JobLink, job_id: str, package: Path, files: dict[str, Any]) -> JobOutcome:
         factory = self.config.executor_factory or (lambda jid: JobExecutor(jid, max_seconds=self.config.max_job_seconds))
         executor = factory(job_id)
 
@@ -649,9 +680,20 @@ class Worker:
                         executor.cancel()
                         return
 
+        async def deliver(result: Path) -> bool:
+            # A video's predictions, sent while the next video runs; kept for the end on failure.
+            try:
+                self._sent[result] = await self._send_result(link.channel, job_id, result)
+                return True
+            except TransportError as exc:
+                log.info("job %s: %s kept for the end (%s)", job_id, result.name, exc)
+                return False
+
+        inputs = JobInputs(received={sha: Path(f.path) for sha, f in files.items()}, cache_dir=self.cache_dir,
+                           data_roots=dict(self.config.data_roots))
         controller = asyncio.create_task(control())
         try:
-            return await executor.run(package, new_job_dir(self.work_dir, job_id), emit)
+            return await executor.run(package, new_job_dir(self.work_dir, job_id), emit, inputs=inputs, deliver=deliver)
         except asyncio.CancelledError:
             executor.cancel()
             raise
@@ -662,15 +704,40 @@ class Worker:
 
     async def _send_outcome(self, channel: Any, job_id: str, outcome: JobOutcome) -> None:
         if outcome.status != COMPLETED:
+            self._sent.clear()
             await channel.send(jobs_wire.job_failed(job_id, outcome.reason or outcome.status))
             return
         entries = []
         for path in outcome.results:
-            kind = ResultKind.PREDICTIONS if path.suffix == ".slp" else ResultKind.MODEL
-            size, hasher = await asyncio.to_thread(sha256_file, path)
-            sha = hasher.hexdigest()
-            entry = {"kind": kind, "name": path.name, "sha256": sha, "size": size}
-            await channel.send(jobs_wire.job_result(job_id, **entry))
-            await channel.send_file(path, name=path.name, sha256=sha)
-            entries.append(entry)
+            if path in outcome.delivered:
+                entries.append(self._sent.pop(path))
+                continue
+            entries.append(await self._send_result(channel, job_id, path))
         await channel.send(jobs_wire.job_complete(job_id, entries, outcome.duration_s))
+
+    async def _send_result(self, channel: Any, job_id: str, path: Path) -> dict[str, Any]:
+        """Announce and send one result file; a model's zip is also kept in the transfer
+        cache under its sha256 (its id: a later inference with it sends no model bytes)."""
+        kind = ResultKind.PREDICTIONS if path.suffix == ".slp" else ResultKind.MODEL
+        size, hasher = await asyncio.to_thread(sha256_file, path)
+        sha = hasher.hexdigest()
+        if kind == ResultKind.MODEL:
+            await asyncio.to_thread(_hold, path, self.cache_dir / "files" / sha)
+        entry = {"kind": kind, "name": path.name, "sha256": sha, "size": size}
+        await channel.send(jobs_wire.job_result(job_id, **entry))
+        await channel.send_file(path, name=path.name, sha256=sha)
+        return entry
+
+
+def _hold(src: Path, held: Path) -> None:
+    """Copy ``src`` into the cache as ``held`` (written under a temporary name, then renamed)."""
+    if held.is_file():
+        return
+    held.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = held.with_name(f".{held.name}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, held)
+    finally:
+        tmp.unlink(missing_ok=True)

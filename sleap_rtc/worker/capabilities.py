@@ -76,8 +76,13 @@ class Capabilities:
                 Prop.STATUS.value: str(WorkerStatus(status).value),
                 Prop.MAX_CONCURRENT_JOBS.value: int(self.max_concurrent_jobs),
                 Prop.SUPPORTED_JOB_TYPES.value: list(self.job_types),
+                Prop.INFERENCE_INPUTS.value: list(INFERENCE_INPUTS),
             },
         }
+
+
+INFERENCE_INPUTS = ("video", "data_root", "model_id")
+"""What this worker's inference entries may name besides package files (``core.inference``)."""
 
 
 def package_version(name: str) -> str | None:

@@ -30,12 +30,15 @@ from sleap_rtc.core.config import ConfigError, load_config, resolve_server, user
               help="Index of the GPU to advertise (as NVML numbers them); it must exist.")
 @click.option("--max-job-seconds", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Stop and fail a job that runs longer than this (default: 86400, one day).")
+@click.option("--data-root", "data_roots", multiple=True, metavar="NAME=PATH",
+              help="A folder of videos this worker reads for inference instead of receiving them (read-only; "
+                   "repeatable). Clients map their own path of it with --data-root NAME=PREFIX.")
 @click.option("--lease-timeout", type=click.FloatRange(min=0, min_open=True), default=None, hidden=True,
               help="Seconds a reservation waits for the data channel (tests shorten it).")
 def worker_command(server: str | None, room_id: str | None, token: str | None, token_file: Path | None,
                    create_room_secret: str | None, name: str | None,
                    work_dir: Path | None, gpu: int | None, max_job_seconds: float | None,
-                   lease_timeout: float | None) -> None:
+                   data_roots: tuple[str, ...], lease_timeout: float | None) -> None:
     """Serve SLEAP training and inference jobs from this GPU machine."""
     from sleap_rtc.core.credentials import ENV_WORKER_TOKEN, CredentialsError, resolve_token
 
@@ -45,6 +48,12 @@ def worker_command(server: str | None, room_id: str | None, token: str | None, t
         raise click.UsageError(str(exc)) from None
     if bool(room_id) != bool(token):
         raise click.UsageError("Both --room-id and --token must be provided together")
+    from sleap_rtc.core.data_roots import DataRootError, worker_roots
+
+    try:
+        roots = worker_roots(data_roots)
+    except DataRootError as exc:
+        raise click.UsageError(str(exc)) from None
     # Heavy imports only after the arguments are known to be valid.
     from sleap_rtc.core.signaling import SignalingError
     from sleap_rtc.worker.app import Worker, WorkerConfig
@@ -56,7 +65,7 @@ def worker_command(server: str | None, room_id: str | None, token: str | None, t
         raise click.UsageError(str(exc)) from None
     config = WorkerConfig(
         server_url=resolve_server(server), work_dir=work_dir or _configured_work_dir(),
-        room_id=room_id, token=token, name=name, create_room_secret=create_room_secret,
+        room_id=room_id, token=token, name=name, create_room_secret=create_room_secret, data_roots=roots,
     )
     if lease_timeout is not None:
         config.lease_timeout = lease_timeout
@@ -93,6 +102,8 @@ async def _serve(worker) -> None:
         click.echo(f"[INFO] Worker {caps.worker_name} ({caps.gpu.model}, {caps.gpu.memory_mb} MB) "
                    f"registered as {worker.peer_id}")
         click.echo(banner)
+        for root, folder in sorted(worker.config.data_roots.items()):
+            click.echo(f"[INFO] Data root {root}: {folder} (read-only, for inference)")
         await worker.serve_forever()
     finally:
         click.echo("[INFO] Worker stopping.")

@@ -12,7 +12,13 @@ checks), reads its plan, and for each model:
    LossViewer);
 4. zips ``models/<run_name>/`` as a result file.
 
-Then it runs ``sleap-nn track`` for each inference request and returns the predictions.
+Then it runs ``sleap-nn track`` for each inference request and returns the predictions. An
+inference on a video (sent on its own, or on a data root: ``worker.inputs``) runs with
+sleap-nn's ``--gui`` JSON progress, forwarded as ``job_progress`` events
+``{"event": "inference_progress", "video": n, "n_processed", "n_total", "rate", "eta"}``,
+and its predictions are handed to ``deliver`` as soon as that video is done (the worker
+sends them while the next video runs), so a job that fails later keeps them. A trained
+model's result zip is ``core.package.write_model_zip``'s (its sha256 is the model's id).
 ``stop()`` asks sleap-nn to end the current model's training cleanly (its
 ``{"command": "stop"}``: the model is kept, like SLEAP's Stop button); ``cancel()``
 terminates the process group. A job that runs longer than ``max_seconds`` (the worker's
@@ -35,7 +41,6 @@ import shutil
 import signal
 import sys
 import time
-import zipfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +53,8 @@ from sleap_rtc.children import die_with_parent
 from sleap_rtc.core import jobs_wire
 from sleap_rtc.core.tasks import cancel_and_wait
 from sleap_rtc.worker.logstream import LineSplitter
-from sleap_rtc.core.package import FILE_MODE
+from sleap_rtc.core.package import FILE_MODE, write_model_zip
+from sleap_rtc.worker.inputs import InputError, JobInputs
 from sleap_rtc.worker.package import (
     InferenceJob,
     PackageError,
@@ -63,6 +69,10 @@ from sleap_rtc.worker.package import (
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
+Deliver = Callable[[Path], Awaitable[bool]]
+"""``await deliver(result) -> sent``: send one result now (False: keep it for the end)."""
+INFERENCE_PROGRESS = "inference_progress"
+"""``event`` of the ``job_progress`` messages of a video inference (``core.inference``)."""
 
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 STDERR_TAIL_LINES = 15
@@ -92,6 +102,8 @@ class JobOutcome:
     reason: str = ""
     stopped_early: bool = False
     duration_s: float = 0.0
+    delivered: list[Path] = field(default_factory=list)
+    """Results already sent while the job ran (listed in ``results`` too)."""
 
 
 def find_sleap_nn() -> list[str] | None:
@@ -101,16 +113,6 @@ def find_sleap_nn() -> list[str] | None:
         return [found]
     local = Path(sys.executable).with_name("sleap-nn")
     return [str(local)] if local.exists() else None
-
-
-def zip_folder(folder: Path, dest: Path) -> Path:
-    """Zip ``folder`` as ``<folder name>/...`` into ``dest`` (the model's result file)."""
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                zf.write(path, Path(folder.name) / path.relative_to(folder))
-    os.chmod(dest, FILE_MODE)
-    return dest
 
 
 def child_env(job_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -167,6 +169,10 @@ class JobExecutor:
         self._stopped_any = False
         self._cancelled = False
         self._emit_failures = 0
+        self._video_index: int | None = None  # the video whose --gui progress lines come now
+        self._inputs = JobInputs()
+        self._deliver: Deliver | None = None
+        self._delivered: list[Path] = []
 
     # ------------------------------------------------------------------ control
 
@@ -200,10 +206,17 @@ class JobExecutor:
 
     # ------------------------------------------------------------------ run
 
-    async def run(self, package_zip: Path, job_dir: Path, emit: Emit) -> JobOutcome:
-        """Run the package in ``job_dir`` (created; must not exist); never raises for job errors."""
+    async def run(self, package_zip: Path, job_dir: Path, emit: Emit, *, inputs: JobInputs | None = None,
+                  deliver: Deliver | None = None) -> JobOutcome:
+        """Run the package in ``job_dir`` (created; must not exist); never raises for job errors.
+
+        ``inputs``: videos and models named outside the package; ``deliver``: sends a video's
+        predictions as soon as they exist."""
         started = time.monotonic()
         self._emit = emit
+        self._inputs = inputs or JobInputs()
+        self._deliver = deliver
+        self._delivered: list[Path] = []
         timer = None
         if self.max_seconds is not None and self.max_seconds > 0:
             timer = asyncio.get_running_loop().call_later(self.max_seconds, self._time_up)
@@ -226,7 +239,7 @@ class JobExecutor:
             reason = (f"The job ran longer than this worker's limit of {self.max_seconds:g} s per job "
                       "(--max-job-seconds) and was stopped.")
         outcome = JobOutcome(status, results if status == COMPLETED else [], reason, self._stopped_any,
-                             time.monotonic() - started)
+                             time.monotonic() - started, delivered=list(self._delivered))
         log.info("job %s %s in %.1f s %s", self.job_id, outcome.status, outcome.duration_s, outcome.reason)
         return outcome
 
@@ -254,12 +267,22 @@ class JobExecutor:
             model_dir = work / job.run_path
             if not model_dir.is_dir():
                 raise _JobFailed(f"sleap-nn finished but wrote no model folder {job.run_path!r}.")
-            results.append(await asyncio.to_thread(zip_folder, model_dir, results_dir / f"{job.run_name}.zip"))
+            zipped, _sha = await asyncio.to_thread(write_model_zip, model_dir, results_dir / f"{job.run_name}.zip")
+            results.append(zipped)
         for n, inf in enumerate(plan.inference, 1):
             if self._cancelled:
                 raise _JobFailed("cancelled")
-            await self._log(f"Running inference {n}/{len(plan.inference)} on {inf.data_path}")
-            results.append(await self._track(command, inf, work, results_dir))
+            try:
+                data = await asyncio.to_thread(self._inputs.video, inf, work) if inf.video is not None else None
+                models = list(inf.models) + [await asyncio.to_thread(self._inputs.model, m, work) for m in inf.model_ids]
+            except InputError as exc:
+                raise _JobFailed(f"Inference {n} was refused: {exc}") from None
+            await self._log(f"Running inference {n}/{len(plan.inference)} on {Path(data or inf.data_path).name}")
+            result = await self._track(command, inf, work, results_dir, data=data, models=models,
+                                       video_index=n - 1 if inf.video is not None else None)
+            results.append(result)
+            if inf.video is not None and self._deliver is not None and await self._deliver(result):
+                self._delivered.append(result)
         return results
 
     async def _train(self, command: list[str], job: TrainJob, work: Path) -> None:
@@ -296,8 +319,11 @@ class JobExecutor:
             pub.close(linger=0)
             ctx.term()
 
-    async def _track(self, command: list[str], inf: InferenceJob, work: Path, results_dir: Path) -> Path:
-        argv = command + track_argv(inf, sleap_nn="sleap-nn", device=self.device)[1:]
+    async def _track(self, command: list[str], inf: InferenceJob, work: Path, results_dir: Path, *,
+                     data: str | None = None, models: list[str] | None = None, video_index: int | None = None) -> Path:
+        argv = command + track_argv(inf, sleap_nn="sleap-nn", device=self.device, data=data, models=models,
+                                    progress_json=video_index is not None)[1:]
+        self._video_index = video_index
         rc, tail = await self._run_process(argv, work)
         if rc != 0:
             raise _JobFailed(_failure_reason(f"Inference on {inf.data_path}", rc, tail))
@@ -345,6 +371,10 @@ class JobExecutor:
             data = await stream.read(65536)
             lines = splitter.feed(data) if data else splitter.flush()
             for line, redraw in lines:
+                event = _progress_event(line, self._video_index) if name == "stdout" else None
+                if event is not None:
+                    await self._send(jobs_wire.job_progress(self.job_id, event))
+                    continue
                 if not redraw:
                     tail.append(line)
                 await self._send(jobs_wire.job_log(self.job_id, line, redraw, stream=name))
@@ -392,6 +422,24 @@ class JobExecutor:
             self._emit_failures += 1
             if self._emit_failures == 1:
                 log.warning("job %s: could not send a message (%s); continuing", self.job_id, exc)
+
+
+def _progress_event(line: str, video_index: int | None) -> dict[str, Any] | None:
+    """sleap-nn's ``--gui`` progress line as an ``inference_progress`` event (else ``None``)."""
+    if video_index is None or not line.startswith("{") or "n_processed" not in line:
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    event: dict[str, Any] = {"event": INFERENCE_PROGRESS, "video": video_index}
+    for key in ("n_processed", "n_total", "rate", "eta"):
+        value = data.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            event[key] = value
+    return event
 
 
 def _child_setup() -> None:

@@ -48,6 +48,7 @@ from sleap_rtc.core.package import (
     safe_extract,
     safe_relpath,
 )
+from sleap_rtc.core.track_options import options_argv
 
 PackageLimits = ExtractLimits
 """The worker's bounds on a package (``core.package.ExtractLimits``)."""
@@ -223,6 +224,8 @@ def load_plan(job_dir: Path, *, rewrite_configs: bool = False) -> JobPlan:
             labels.append(job.train_labels)
     trained = {job.run_path for job in plan.training}
     for inf in plan.inference:
+        if inf.video is not None:
+            continue  # a video placed (or a data-root file checked) by the worker, not a labels file
         _require_file(job_dir, inf.data_path, "Inference data")
         labels.append(inf.data_path)
         for model in inf.models:
@@ -335,18 +338,35 @@ def train_argv(
     return argv
 
 
-def track_argv(job: InferenceJob, *, sleap_nn: str = "sleap-nn", device: str | None = None) -> list[str]:
-    """``sleap-nn track -i DATA -m MODEL... -o OUT`` for one inference request."""
-    argv = [sleap_nn, "track", "-i", job.data_path]
-    for model in job.models:
+def frames_arg(ranges: tuple[tuple[int, int], ...]) -> str:
+    """sleap-nn's ``--frames``: ``a-b`` for one range, else a comma list (it takes no mix)."""
+    if len(ranges) == 1 and ranges[0][0] != ranges[0][1]:
+        return f"{ranges[0][0]}-{ranges[0][1]}"
+    return ",".join(str(f) for first, last in ranges for f in range(first, last + 1))
+
+
+def track_argv(job: InferenceJob, *, sleap_nn: str = "sleap-nn", device: str | None = None,
+               data: str | None = None, models: list[str] | None = None, progress_json: bool = False) -> list[str]:
+    """``sleap-nn track -i DATA -m MODEL... -o OUT`` for one inference request.
+
+    ``data``/``models``: where the worker placed the video and the model folders (else the
+    package's paths); ``progress_json``: sleap-nn's ``--gui`` JSON progress lines on stdout.
+    """
+    argv = [sleap_nn, "track", "-i", data or job.data_path]
+    for model in models if models is not None else job.models:
         argv += ["-m", model]
     argv += ["-o", job.output_path]
+    if job.frames is not None:
+        argv += ["--frames", frames_arg(job.frames)]
+    argv += options_argv(job.options)
+    if progress_json:
+        argv.append("--gui")
     if device:
         argv += ["-d", device]
     if job.only_suggested_frames:
         argv.append("--only_suggested_frames")
     if job.only_labeled_frames:
         argv.append("--only_labeled_frames")
-    if job.tracking:
+    if job.tracking and "--tracking" not in argv:
         argv.append("--tracking")
     return argv

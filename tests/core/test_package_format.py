@@ -139,3 +139,78 @@ def test_m3_extracted_files_are_private(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     for path in [out / "a" / "b.txt", out / "c.txt"]:
         assert stat.S_IMODE(path.stat().st_mode) == FILE_MODE, path
+
+
+# ---------------------------------------------------------------------------- video entries
+
+SHA = "ab" * 32
+
+
+def video_plan(**item):
+    from sleap_rtc.core.package import parse_jobs
+
+    return parse_jobs({"inference": [{"model_ids": [SHA], "output_path": "0.v.predictions.slp", **item}]})
+
+
+def test_video_entries_name_their_video_frames_models_and_options():
+    from sleap_rtc.core.package import frame_ranges
+
+    sent = video_plan(video={"sha256": SHA, "suffix": ".mp4"}, frames=[list(r) for r in frame_ranges([5, 1, 2, 3, 9])],
+                      options={"peak_threshold": 0.5}).inference[0]
+    assert sent.data_path == f"videos/{SHA}.mp4" and sent.frames == ((1, 3), (5, 5), (9, 9))
+    assert sent.model_ids == (SHA,) and sent.models == () and sent.options == {"peak_threshold": 0.5}
+    on_root = video_plan(video={"root": "lab", "path": "a/b.mp4", "size": 10, "sample": SHA}).inference[0]
+    assert on_root.video == {"root": "lab", "path": "a/b.mp4", "size": 10, "sample": SHA} and on_root.frames is None
+    assert expected_results(video_plan(video={"sha256": SHA, "suffix": ".mp4"})).predictions == {"0.v.predictions.slp"}
+
+
+@pytest.mark.parametrize("item, words", [
+    ({"video": {"sha256": "xyz", "suffix": ".mp4"}}, "64 lowercase hex"),
+    ({"video": {"sha256": SHA, "suffix": "/../x"}}, "short file extension"),
+    ({"video": {"root": "lab", "path": "../../etc/passwd", "size": 1, "sample": SHA}}, "climbs out"),
+    ({"video": {"root": "lab", "path": "/etc/passwd", "size": 1, "sample": SHA}}, "absolute path"),
+    ({"video": {"root": "l a b", "path": "x", "size": 1, "sample": SHA}}, "neither an uploaded video"),
+    ({"video": {"sha256": SHA, "suffix": ".mp4"}, "frames": [[5, 1]]}, "not a \\[first, last\\] pair"),
+    ({"video": {"sha256": SHA, "suffix": ".mp4"}, "frames": [[-1, 3]]}, "not a \\[first, last\\] pair"),
+    ({"video": {"sha256": SHA, "suffix": ".mp4"}, "frames": []}, "1 to 100000"),
+    ({"video": {"sha256": SHA, "suffix": ".mp4"}, "model_ids": ["../x"]}, "sha256 ids"),
+    ({"video": {"sha256": SHA, "suffix": ".mp4"}, "model_ids": []}, "names no model"),
+    ({"video": {"sha256": SHA, "suffix": ".mp4"}, "options": {"output_path": "/x"}}, "Unknown inference option"),
+])
+def test_hostile_video_entries_are_refused(item, words):
+    with pytest.raises(PackageError, match=words):
+        video_plan(**item)
+
+
+def test_too_many_videos_are_refused():
+    from sleap_rtc.core.package import MAX_VIDEOS, parse_jobs
+
+    item = {"video": {"sha256": SHA, "suffix": ".mp4"}, "model_ids": [SHA], "output_path": "x.predictions.slp"}
+    with pytest.raises(PackageError, match=f"at most {MAX_VIDEOS}"):
+        parse_jobs({"inference": [item] * (MAX_VIDEOS + 1)})
+
+
+def test_a_model_zip_is_the_same_bytes_for_the_same_files(tmp_path):
+    import os
+
+    from sleap_rtc.core.package import write_model_zip
+
+    a = tmp_path / "single_instance.n=10"
+    (a / "viz").mkdir(parents=True)
+    (a / "best.ckpt").write_bytes(b"weights" * 1000)
+    (a / "viz" / "x.png").write_bytes(b"png")
+    b = tmp_path / "elsewhere" / "single_instance.n=10-2"  # a copy under another name, other mtimes
+    (b / "viz").mkdir(parents=True)
+    (b / "viz" / "x.png").write_bytes(b"png")
+    (b / "best.ckpt").write_bytes(b"weights" * 1000)
+    os.utime(b / "best.ckpt", (1, 1))
+    (zip_a, sha_a), (zip_b, sha_b) = write_model_zip(a, tmp_path / "a.zip"), write_model_zip(b, tmp_path / "b.zip")
+    assert sha_a == sha_b and zip_a.read_bytes() == zip_b.read_bytes()
+    with zipfile.ZipFile(zip_a) as zf:
+        assert zf.namelist() == ["best.ckpt", "viz/x.png"]
+    (b / "best.ckpt").write_bytes(b"other weights")
+    assert write_model_zip(b, tmp_path / "c.zip")[1] != sha_a
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PackageError, match="holds no files"):
+        write_model_zip(empty, tmp_path / "d.zip")

@@ -3,7 +3,8 @@
 ``train CFG overrides...``: connects a PUB to ``trainer_config.zmq.publish_port`` and a SUB
 to ``controller_port`` (as sleap-nn does), publishes train_begin / epoch_begin / epoch_end /
 train_end, draws a ``\\r`` progress bar, stops early on ``{"command": "stop"}``, and writes
-``<ckpt_dir>/<run_name>/best.ckpt``. ``track -i D -m M -o OUT``: writes OUT.
+``<ckpt_dir>/<run_name>/best.ckpt``. ``track -i D -m M -o OUT``: writes OUT (its argv as
+JSON, for the tests to read); with ``--gui`` it first prints sleap-nn's JSON progress lines.
 ``FAKE_MODE``: ``ok`` (default), ``fail`` (exit 3 with an error on stderr), ``slow``
 (many epochs, for stop/cancel tests); ``FAKE_EPOCHS`` overrides the number of epochs.
 """
@@ -73,7 +74,11 @@ def track(args):
     if os.environ.get("FAKE_MODE") == "fail_track":
         print("ValueError: no model found", file=sys.stderr)
         sys.exit(1)
-    Path(out).write_bytes(b"fake predictions")
+    if "--gui" in args:
+        total = 8
+        for n in range(2, total + 1, 2):
+            print(json.dumps({"n_processed": n, "n_total": total, "rate": 40.0, "eta": (total - n) / 40}), flush=True)
+    Path(out).write_text(json.dumps(args))
     print(f"wrote {out}")
 
 

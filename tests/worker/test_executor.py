@@ -51,11 +51,11 @@ async def test_fake_training_streams_progress_and_returns_models(tmp_path, tiny_
     epoch_ends = [e for e in events if e["event"] == "epoch_end"]
     assert len(epoch_ends) == 2 and "train/loss" in epoch_ends[0]["logs"]
     assert all(m["job_id"] == "job1" for m in rec.messages)
-    # Results: the model zip (with best.ckpt under its run folder) and the predictions.
+    # Results: the model zip (best.ckpt at its top) and the predictions.
     names = [p.name for p in outcome.results]
     assert names == ["single_instance.n=10.zip", "tiny.pkg.slp.predictions.slp"]
     with zipfile.ZipFile(outcome.results[0]) as zf:
-        assert "single_instance.n=10/best.ckpt" in zf.namelist()
+        assert "best.ckpt" in zf.namelist()  # a model zip holds the files at its top
 
 
 async def test_progress_bar_redraws_are_flagged(tmp_path, tiny_package):
@@ -100,7 +100,7 @@ async def test_stop_ends_training_cleanly_and_keeps_model(tmp_path, tiny_package
     assert len(epochs) < 20  # it did not run its 200 epochs
     assert rec.of(ChannelType.JOB_PROGRESS)[-1]["event"]["event"] == "train_end"
     with zipfile.ZipFile(outcome.results[0]) as zf:
-        assert "single_instance.n=10/best.ckpt" in zf.namelist()
+        assert "best.ckpt" in zf.namelist()  # a model zip holds the files at its top
 
 
 async def test_stop_before_training_starts_applies_to_first_model(tmp_path, tiny_package):
@@ -221,3 +221,62 @@ async def test_m3_job_dir_is_private(tmp_path, tiny_package):
     assert stat.S_IMODE((tmp_path / "job").stat().st_mode) == 0o700
     for path in [*(tmp_path / "job" / "work").glob("*.slp"), *outcome.results]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+async def test_video_inference_streams_frame_progress_and_delivers_each_video_at_once(tmp_path):
+    import hashlib
+    import json
+
+    from sleap_rtc.core.package import jobs_document, write_model_zip, write_package
+    from sleap_rtc.worker.inputs import JobInputs
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "training_config.yaml").write_text("model_config: {}\n")
+    (model / "best.ckpt").write_bytes(b"w")
+    model_zip, model_id = write_model_zip(model, tmp_path / "model.zip")
+    received = {model_id: model_zip}
+    entries = []
+    for n in range(2):
+        video = tmp_path / f"v{n}.mp4"
+        video.write_bytes(f"video {n}".encode())
+        sha = hashlib.sha256(video.read_bytes()).hexdigest()
+        received[sha] = video
+        entries.append({"video": {"sha256": sha, "suffix": ".mp4"}, "model_ids": [model_id], "models": [],
+                        "output_path": f"{n}.predictions.slp", "frames": [[0, 3], [7, 7]],
+                        "options": {"peak_threshold": 0.1, "batch_size": 2, "tracking": True}})
+    package = write_package(tmp_path / "p.zip", {}, jobs_document(inference=entries))
+    delivered: list[tuple[str, int]] = []
+    rec = Recorder()
+
+    async def deliver(path: Path) -> bool:
+        progress = [m for m in rec.of(ChannelType.JOB_PROGRESS) if m["event"]["event"] == "inference_progress"]
+        delivered.append((path.name, len(progress)))
+        return True
+
+    ex = JobExecutor("vid", command=FAKE)
+    outcome = await asyncio.wait_for(ex.run(package, tmp_path / "job", rec, inputs=JobInputs(received=received),
+                                            deliver=deliver), 30)
+    assert outcome.status == COMPLETED, outcome.reason
+    # Each video's predictions went out as soon as it was done, before the next one's progress.
+    assert delivered == [("0.predictions.slp", 4), ("1.predictions.slp", 8)]
+    assert outcome.delivered == outcome.results
+    events = [m["event"] for m in rec.of(ChannelType.JOB_PROGRESS)]
+    assert events[0] == {"event": "inference_progress", "video": 0, "n_processed": 2, "n_total": 8, "rate": 40.0,
+                         "eta": 0.15}
+    assert [e["video"] for e in events] == [0] * 4 + [1] * 4
+    assert not any('"n_processed"' in m["line"] for m in rec.of(ChannelType.JOB_LOG))  # progress, not log lines
+    argv = json.loads(outcome.results[0].read_text())
+    assert argv[argv.index("--frames") + 1] == "0,1,2,3,7"
+    assert argv[argv.index("--peak_threshold") + 1] == "0.1" and "--tracking" in argv and "--gui" in argv
+    assert argv[argv.index("-m") + 1] == f"models/m-{model_id[:16]}"
+
+
+async def test_video_inference_refuses_a_video_it_was_never_sent(tmp_path):
+    from sleap_rtc.core.package import jobs_document, write_package
+
+    package = write_package(tmp_path / "p.zip", {}, jobs_document(inference=[{
+        "video": {"sha256": "d" * 64, "suffix": ".mp4"}, "model_ids": ["e" * 64], "output_path": "x.predictions.slp"}]))
+    outcome = await JobExecutor("vid", command=FAKE).run(package, tmp_path / "job", Recorder())
+    assert outcome.status == FAILED
+    assert "Inference 1 was refused" in outcome.reason and "never sent" in outcome.reason

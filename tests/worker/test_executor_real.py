@@ -41,8 +41,8 @@ async def test_real_sleap_nn_trains_streams_progress_and_predicts(tmp_path, tiny
     model_zip, predictions = outcome.results
     with zipfile.ZipFile(model_zip) as zf:
         names = zf.namelist()
-    assert "single_instance.n=10/best.ckpt" in names
-    assert "single_instance.n=10/training_config.yaml" in names
+    # A deterministic model zip: the files at the top (its sha256 is the model's id).
+    assert "best.ckpt" in names and "training_config.yaml" in names
 
     import sleap_io as sio
 
