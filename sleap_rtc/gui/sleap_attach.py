@@ -19,7 +19,9 @@ SLEAP has no plugin mechanism, so we attach from our own launcher through privat
 Inference Target (SLEAP's own control in the training dialog): *Current frame*, *Selected
 clip*, *Random sample*, *Suggestions*, *User labeled* and *Frames with predictions* are
 served remotely (those frames travel in the package, as its suggestions); *Entire video*
-and *All videos* are explained in the panel before Run.
+and *All videos* are predicted after training by a second, inference job on the worker that
+trained the model (``sleap_inference.RemoteInferenceRun``: the videos travel on their own,
+the model does not move). A video that cannot be sent is explained in the panel before Run.
 """
 
 from __future__ import annotations
@@ -328,7 +330,11 @@ def _plain_config(cfg: Any) -> dict[str, Any]:
 PACKAGED_TARGETS = frozenset({"frame", "clip", "random", "random_video", "predicted"})
 """Inference Targets served by packing their frames into the package as its suggestions."""
 
-REMOTE_TARGETS = PACKAGED_TARGETS | {"suggestions", "user_labeled", "nothing"}
+AFTER_TRAINING_TARGETS = frozenset({"video", "all_videos"})
+"""Inference Targets predicted after training by a second, inference job on the same worker
+with the model it just trained (the videos travel on their own; no model bytes)."""
+
+REMOTE_TARGETS = PACKAGED_TARGETS | AFTER_TRAINING_TARGETS | {"suggestions", "user_labeled", "nothing"}
 """Every Inference Target a remote job serves (keys of SLEAP's ``FrameTargetSelector``)."""
 
 MAX_PACKAGED_FRAMES = 2000
@@ -358,6 +364,16 @@ def served_target_labels(dlg: Any) -> list[str]:
 
 def unserved_target_text(dlg: Any, key: str) -> str:
     """Why this Inference Target is not served remotely, in SLEAP's own control names; ``""`` if it is."""
+    if key in AFTER_TRAINING_TARGETS:
+        from sleap_rtc.gui.sleap_inference import TargetError, read_targets
+
+        try:
+            read_targets(dlg, dlg.labels)
+        except TargetError as exc:
+            return str(exc)
+        except Exception:  # the dialog is mid-edit: nothing to say yet
+            return ""
+        return ""
     if key in REMOTE_TARGETS or not key:
         return ""
     served = ", ".join(f"<i>{t}</i>" for t in served_target_labels(dlg) if t != target_label(dlg, "nothing"))
@@ -373,9 +389,10 @@ def remote_inference_request(target: str | None, frames: dict | None = None) -> 
 
     *Suggestions* and *User labeled* travel in the package already; the other served
     targets (``PACKAGED_TARGETS``) put their ``frames`` ({video: [frame, ...]}) in the
-    package as its suggestions. Whole videos are refused with SLEAP's control names.
+    package as its suggestions. Whole videos (``AFTER_TRAINING_TARGETS``) are predicted by
+    a second job after training: the package itself trains only.
     """
-    if target in (None, "", "nothing"):
+    if target in (None, "", "nothing") or target in AFTER_TRAINING_TARGETS:
         return None
     if target == "suggestions":
         return InferenceRequest(only_suggested_frames=True)
@@ -464,6 +481,10 @@ def package_from_dialog(window: Any, dlg: Any, out_dir: Path) -> tuple[PackageIn
         n_labeled=len(labels.user_labeled_frames),
         inference=inference,
     )
+    if target in AFTER_TRAINING_TARGETS:
+        from sleap_rtc.gui.sleap_inference import read_targets
+
+        form["_infer_after"] = read_targets(dlg, labels)  # refused now, before anything is sent
     form["_predict_target"] = target
     form["_max_epochs"] = {h.head: _max_epochs(h.config) for h in heads}
     form["_predict_frames"] = sum(len(v or []) for v in (frames or {}).values())
@@ -532,6 +553,8 @@ class RemoteTraining(QtCore.QObject):
         self._head_index = -1  # index in self.heads of the model now training
         self._restart_note = ""  # set when the job moved to another worker mid-run
         self.new_frames = 0
+        self.predict_after: Any = None  # the task submitting the inference after training, if any
+        self.inference_run: Any = None  # that inference (a ``RemoteInferenceRun``) once submitted
         self.installed: list[Path] = []
         self.summary = ""
         self.closed = False
@@ -641,8 +664,12 @@ class RemoteTraining(QtCore.QObject):
         try:
             self.installed = self.install_models(outcome)
             self.new_frames = self.merge_predictions(outcome)
+            self.predict_after = self.start_inference_after(outcome)
             self.summary = self.summary_text(outcome)
-            if self.ctl is not None and self.ctl.panel is not None:
+            if self.ctl is not None and self.ctl.panel is not None and self.predict_after is not None:
+                self.ctl.panel.mark_step(Phase.PREDICTING, False, "next, in the Remote inference job below")
+                self.ctl.panel.set_summary(self.summary)
+            elif self.ctl is not None and self.ctl.panel is not None:
                 predicted = outcome.predictions is not None
                 asked = self.form.get("_predict_target") not in (None, "", "nothing")
                 self.ctl.panel.mark_step(Phase.PREDICTING, predicted, "" if predicted else
@@ -658,6 +685,35 @@ class RemoteTraining(QtCore.QObject):
             self._finish()
         self.dlg._handle_learning_finished.emit(self.new_frames)
 
+    INFER_AFTER_WAIT_S = 30.0
+    """How long the inference after training waits for the worker to show itself free again."""
+
+    def start_inference_after(self, outcome: JobSummary) -> Any:
+        """*Entire video* / *All videos*: predict them now with the models just installed, on
+        the worker that trained them (it holds them: no model bytes move); returns the task
+        that submits it once the room shows that worker free again. ``None`` otherwise."""
+        asked = self.form.get("_infer_after")
+        if asked is None or not self.installed:
+            return None
+        import asyncio
+        import contextlib
+
+        from sleap_rtc.gui.bridge import run_coro
+        from sleap_rtc.gui.sleap_inference import RemoteInferenceRun
+
+        asked.model_dirs = list(self.installed)
+        peer = outcome.peer_id
+
+        async def submit() -> Any:
+            room = self.window.remote.session.room
+            if room is not None:  # the worker publishes "available" just after the job ends
+                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                    await room.wait_for(lambda view: getattr(view.get(peer), "available", False), self.INFER_AFTER_WAIT_S)
+            self.inference_run = RemoteInferenceRun.submit(self.window, self.dlg, asked, worker_id=peer)
+            return self.inference_run
+
+        return run_coro(submit(), parent=self.window, title="Remote inference")
+
     def summary_text(self, outcome: JobSummary) -> str:
         """One line: where the model(s) went and how many frames were predicted."""
         if self.installed:
@@ -667,7 +723,9 @@ class RemoteTraining(QtCore.QObject):
             text = "Finished, but no model came back"
         if outcome.stopped_early:
             text += " (stopped early)"
-        if self.form.get("_predict_target") not in (None, "", "nothing") or self.new_frames:
+        if getattr(self, "predict_after", None) is not None:
+            text += "; predicting the videos in a Remote inference job"
+        elif self.form.get("_predict_target") not in (None, "", "nothing") or self.new_frames:
             text += f"; {self.new_frames} frame{'s' if self.new_frames != 1 else ''} predicted"
         return text + "."
 

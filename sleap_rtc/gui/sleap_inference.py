@@ -111,14 +111,11 @@ def _selection(dlg: Any) -> tuple[dict[str, Any], Any]:
     return form, selection
 
 
-def read_dialog(dlg: Any, labels: Any) -> DialogInference:
-    """The remote request SLEAP's Inference dialog describes (raises ``TargetError`` with SLEAP's words)."""
+def read_targets(dlg: Any, labels: Any) -> DialogInference:
+    """The frames, options and merge settings of SLEAP's learning dialog (Training or
+    Inference), without models (``model_dirs`` empty); ``TargetError`` in SLEAP's words."""
     form, selection = _selection(dlg)
     target = selection.target_key
-    # The full key ("tracking-only", "movenet-lightning"): the form's short "_pipeline" is "" for them.
-    problem = unservable_pipeline_text(getattr(dlg.pipeline_form_widget, "current_pipeline_key", "") or "")
-    if problem:
-        raise TargetError(problem)
     selected = dlg.get_selected_frames_to_predict(form)
     frames = frames_per_video(selected, labels.videos, target=target, user_labeled=user_labeled_frames(labels.labeled_frames),
                               exclude_user_labeled=bool(form.get("_exclude_user_labeled")))
@@ -131,30 +128,52 @@ def read_dialog(dlg: Any, labels: Any) -> DialogInference:
         if problem:
             raise TargetError(problem)
         videos.append(VideoToPredict(index, video_file(video), idx, int(len(video))))
-    infos = dlg.get_every_head_config_data(form)
-    model_dirs = []
-    for info in infos:
-        path = getattr(info, "path", None)
-        if not path or not getattr(info, "has_trained_model", True):
-            raise TargetError(f"The {info.head_name} model is not trained yet: choose a trained model in its tab.")
-        p = Path(path)
-        model_dirs.append(p.parent if p.suffix in (".yaml", ".yml", ".json") else p)
     return DialogInference(
-        target=target, videos=videos, model_dirs=model_dirs, options=inference_options(form),
+        target=target, videos=videos, model_dirs=[], options=inference_options(form),
         prediction_mode=selection.prediction_mode, clear_all_first=bool(form.get("_clear_all_first")),
         total_frames=count_frames(frames, labels.videos), form=form,
     )
 
 
-def inference_notes(dlg: Any, labels: Any) -> list[str]:
-    """The panel's notes before Run: what the worker cannot serve, in SLEAP's words."""
+def read_dialog(dlg: Any, labels: Any) -> DialogInference:
+    """The remote request SLEAP's Inference dialog describes (raises ``TargetError`` with SLEAP's words)."""
+    # The full key ("tracking-only", "movenet-lightning"): the form's short "_pipeline" is "" for them.
+    problem = unservable_pipeline_text(getattr(dlg.pipeline_form_widget, "current_pipeline_key", "") or "")
+    if problem:
+        raise TargetError(problem)
+    asked = read_targets(dlg, labels)
+    for info in dlg.get_every_head_config_data(asked.form):
+        path = getattr(info, "path", None)
+        if not path or not getattr(info, "has_trained_model", True):
+            raise TargetError(f"The {info.head_name} model is not trained yet: choose a trained model in its tab.")
+        p = Path(path)
+        asked.model_dirs.append(p.parent if p.suffix in (".yaml", ".yml", ".json") else p)
+    return asked
+
+
+def inference_notes(dlg: Any, labels: Any, worker: Any = None, candidates: list | None = None) -> list[str]:
+    """The panel's notes before Run: what the worker cannot serve, in SLEAP's words.
+
+    ``worker`` is the one picked (``None``: auto-select among ``candidates``, the room's
+    available workers): a worker that cannot run this inference is named with why (core's
+    ``explain_unsupported``); under auto-select only when none of them can.
+    """
     try:
-        read_dialog(dlg, labels)
+        asked = read_dialog(dlg, labels)
     except TargetError as exc:
         return [str(exc)]
     except Exception:  # the dialog is mid-edit (a tab not built yet): nothing to say
         return []
-    return []
+    from sleap_rtc.core.inference import explain_unsupported
+
+    request = core_request(asked)
+    targets = [worker] if worker is not None else list(candidates or [])
+    problems = [explain_unsupported(w, request) for w in targets]
+    if not targets or not all(problems):
+        return []
+    if worker is not None:
+        return problems[0]
+    return ["No available worker of this room can run this inference: " + " ".join(p for ps in problems for p in ps)]
 
 
 def merge_video_predictions(labels: Any, labeled_frames: Any, video_index: int, prediction_mode: str) -> int:
@@ -216,7 +235,11 @@ def inject_inference_panel(window: Any, dlg: Any) -> Any:
 
 def refresh_inference_notes(window: Any, dlg: Any, panel: Any) -> None:
     """The panel's notes while "Predict on a remote worker" is ticked (none otherwise)."""
-    panel.set_notes(inference_notes(dlg, window.labels) if panel.remote_enabled() else [])
+    if not panel.remote_enabled():
+        panel.set_notes([])
+        return
+    room = panel.session.room
+    panel.set_notes(inference_notes(dlg, window.labels, panel.chosen_worker(), room.available() if room is not None else []))
 
 
 def on_inference_run_clicked(window: Any, dlg: Any, panel: Any) -> None:
@@ -289,6 +312,10 @@ class RemoteInferenceRun(QtCore.QObject):
         if window.remote.session.state != SessionState.CONNECTED:
             raise RuntimeError("Join a room first: Remote ▸ Join room… (or untick 'Predict on a remote worker').")
         asked = read_dialog(dlg, window.labels)
+        room = window.remote.session.room
+        refused = inference_notes(dlg, window.labels, panel.chosen_worker(), room.available() if room is not None else [])
+        if refused:
+            raise TargetError(" ".join(refused))
         dlg.accept()
         return cls.submit(window, dlg, asked)
 

@@ -207,6 +207,30 @@ async def test_a_cancelled_inference_keeps_the_videos_that_came_back(open_window
         await worker.close()
 
 
+async def test_a_worker_that_predicts_no_videos_is_explained_before_run(open_window, project, signaling_server, room,
+                                                                       wait_until, monkeypatch):
+    import sleap_rtc.gui.bridge as bridge
+
+    shown = []
+    monkeypatch.setattr(bridge, "show_error", lambda parent, title, exc: shown.append(str(exc)))
+    workers = InferringWorker([])
+    win = open_window(project, signaling_server.url, workers)
+    old = await start_fake_worker(signaling_server.url, room, "old-gpu", inference_inputs=None)
+    try:
+        await win.remote.session.join(*room)
+        await wait_until(lambda: win.remote.dock.model.rowCount() == 1, 5)
+        dlg, panel = inference_dialog(win, "all_videos")
+        panel.remote_check.setChecked(True)
+        notes = " ".join(panel.notes())
+        assert "No available worker of this room can run this inference" in notes and "old-gpu runs an older sleap-rtc" in notes
+        dlg.run_button.click()
+        assert win.remote_jobs == [] and workers.attempts == [] and "older sleap-rtc" in shown[0]
+        assert dlg.isVisible()
+    finally:
+        await win.remote.session.leave()
+        await old.close()
+
+
 async def test_targets_the_worker_cannot_serve_are_explained_before_run(open_window, tmp_path, sleap_home, signaling_server,
                                                                          room, monkeypatch):
     """An embedded (.pkg.slp) video and SLEAP's tracking-only pipeline: notes in SLEAP's words,
@@ -239,3 +263,58 @@ async def test_targets_the_worker_cannot_serve_are_explained_before_run(open_win
         assert panel.notes() == []
     finally:
         await win.remote.session.leave()
+
+
+class TrainThenInferWorker(InferringWorker):
+    """Trains a package's model (one epoch, the model folder back), predicts an inference plan."""
+
+    async def infer(self, ch: ScriptedChannel) -> None:
+        with zipfile.ZipFile(io.BytesIO(ch.package)) as zf:
+            plan = yaml.safe_load(zf.read("jobs.yaml"))
+        if not plan.get("training"):
+            return await super().infer(ch)
+        self.plans.append(plan)
+        await ch.accept()
+        for job in plan["training"]:
+            await ch.event({"event": "train_begin", "what": "single_instance"})
+            await ch.epoch("single_instance", 0, 0.5)
+        for job in plan["training"]:
+            await ch.result_model(job["run_path"].split("/")[-1], {"best.ckpt": b"weights", "training_config.yaml": b"a: 1\n"})
+        await ch.complete()
+
+
+async def test_entire_video_after_remote_training_is_predicted_on_the_same_worker_with_its_model(
+        open_window, tmp_path, sleap_home, signaling_server, room, wait_until):
+    project = make_two_video_project(tmp_path)
+    workers = TrainThenInferWorker([(tmp_path / "a.mp4", N0)])
+    win = open_window(project, signaling_server.url, workers)
+    worker = await start_fake_worker(signaling_server.url, room, "gpu-a")
+    try:
+        await win.remote.session.join(*room)
+        await wait_until(lambda: win.remote.dock.model.rowCount() == 1, 5)
+        win.state["video"] = win.labels.videos[0]
+        win._show_learning_dialog("training")
+        dlg = win._child_windows["training"]
+        dlg.pipeline_form_widget.current_pipeline = "single"
+        dropdown = dlg.frame_target_selector.target_dropdown
+        dropdown.setCurrentIndex(dropdown.findData("video"))
+        dlg.frame_target_selector.skip_user_labeled_cb.setChecked(False)
+        panel = dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
+        panel.remote_check.setChecked(True)
+        assert panel.notes() == []
+        dlg.run_button.click()
+        training = win.remote_jobs[-1]
+        await wait_until(lambda: training.inference_run is not None, 30)
+        run = training.inference_run
+        assert "predicting the videos in a Remote inference job" in training.summary
+        await wait_until(lambda: run.ctl.phases.finished and run.summary, 30)
+        assert run.ctl.phases.phase == Phase.DONE, run.ctl.error
+        # the second job: the same worker, the model folder the training just installed, whole video
+        assert run.ctl.worker.peer_id == training.ctl.worker.peer_id
+        assert run.asked.model_dirs == training.installed
+        assert [c.remote_peer_id for c in workers.channels] == [training.ctl.worker.peer_id] * 2
+        assert "frames" not in workers.plans[-1]["inference"][0] and "training" not in workers.plans[-1]
+        assert _predicted(win.labels, win.labels.videos[0]).keys() == set(range(N0))
+    finally:
+        await win.remote.session.leave()
+        await worker.close()
