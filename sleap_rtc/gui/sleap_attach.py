@@ -473,6 +473,10 @@ def package_from_dialog(window: Any, dlg: Any, out_dir: Path) -> tuple[PackageIn
     inference = remote_inference_request(target, frames)
     labels_file = Path(window.state["filename"])
     labels = window.labels
+    if target in AFTER_TRAINING_TARGETS:
+        from sleap_rtc.gui.sleap_inference import read_targets
+
+        form["_infer_after"] = read_targets(dlg, labels)  # refused now, before anything is built or sent
     info = build_training_package(
         out_dir / f"{labels_file.name}.training_job.zip",
         labels_stem=labels_file.name.removesuffix(".slp").removesuffix(".pkg"),  # "x.pkg.slp" -> "x"
@@ -481,10 +485,6 @@ def package_from_dialog(window: Any, dlg: Any, out_dir: Path) -> tuple[PackageIn
         n_labeled=len(labels.user_labeled_frames),
         inference=inference,
     )
-    if target in AFTER_TRAINING_TARGETS:
-        from sleap_rtc.gui.sleap_inference import read_targets
-
-        form["_infer_after"] = read_targets(dlg, labels)  # refused now, before anything is sent
     form["_predict_target"] = target
     form["_max_epochs"] = {h.head: _max_epochs(h.config) for h in heads}
     form["_predict_frames"] = sum(len(v or []) for v in (frames or {}).values())

@@ -313,7 +313,7 @@ async def test_entire_video_after_remote_training_is_predicted_on_the_same_worke
         assert run.ctl.worker.peer_id == training.ctl.worker.peer_id
         assert run.asked.model_dirs == training.installed
         assert [c.remote_peer_id for c in workers.channels] == [training.ctl.worker.peer_id] * 2
-        assert "frames" not in workers.plans[-1]["inference"][0] and "training" not in workers.plans[-1]
+        assert "frames" not in workers.plans[-1]["inference"][0] and not workers.plans[-1].get("training")
         assert _predicted(win.labels, win.labels.videos[0]).keys() == set(range(N0))
     finally:
         await win.remote.session.leave()
