@@ -235,7 +235,7 @@ def ask_about_running_jobs(window: Any, running: list) -> QtWidgets.QMessageBox:
     box = QtWidgets.QMessageBox(window)
     box.setObjectName("sleap_rtc_close_box")
     box.setIcon(QtWidgets.QMessageBox.Question)
-    box.setWindowTitle("Remote training is running")
+    box.setWindowTitle("A remote job is running")
     box.setText(
         ("A remote job is" if n == 1 else f"{n} remote jobs are") + " still running on a worker. "
         "What should happen to " + ("it" if n == 1 else "them") + "?"
