@@ -4,7 +4,8 @@ machine, the baseline, measured in the same run; and the bytes each remote run m
 
 Runs, one after the other (the machine has two cores):
 
-1. local: ``sleap-nn track -i VIDEO -m MODEL -d cpu`` (the baseline);
+1. local: ``sleap-nn track -i VIDEO -m MODEL -d cpu`` (the baseline; run again after the
+   remote runs, and the mean of both taken);
 2. remote, first run: the video (and nothing else: the model was trained on that worker)
    is uploaded, then predicted;
 3. remote, second run: the same video again, which moves 0 bytes;
@@ -77,9 +78,12 @@ def bench(frames: int) -> dict:
                                                      *creds), room.env)
         model = work / "m" / RUN_NAME
         options = ["--peak_threshold", "0", "--batch_size", "4"]
-        local_s, _ = timed([sleap_nn(), "track", "-i", str(video), "-m", str(model), "-o", str(work / "local.slp"),
-                            "-d", "cpu", *options], room.env)
-        figures["local_s"] = local_s
+
+        def local(n: int) -> float:
+            return timed([sleap_nn(), "track", "-i", str(video), "-m", str(model), "-o", str(work / f"local{n}.slp"),
+                          "-d", "cpu", *options], room.env)[0]
+
+        before = local(1)
         remote = ["--peak-threshold", "0", "--batch-size", "4", *creds]
         for key, target, extra in (("first", video, ()), ("second", video, ()),
                                    ("root", on_root, ("--data-root", f"lab={lab}"))):
@@ -87,6 +91,11 @@ def bench(frames: int) -> dict:
                                                 str(work / f"out-{key}"), *extra, *remote), room.env)
             figures[f"{key}_s"] = seconds
             figures[f"{key}_bytes"] = bytes_sent(out)
+        # Local before and after the remote runs: the baseline is their mean (a shared
+        # machine's load drifts during the run).
+        after = local(2)
+        figures["local_runs"] = (before, after)
+        figures["local_s"] = (before + after) / 2
     finally:
         room.stop()
     return figures
@@ -110,11 +119,13 @@ def report(f: dict, command: str) -> str:
         f"tiny project's, trained on that worker first (`client-train`, {f['train_s']:.0f} s). Each figure is the",
         "wall time from starting the command to the predictions on disk, sleap-nn's start-up",
         "(imports, model load) included; the baseline is local `sleap-nn track` on the same video,",
-        "measured in the same run.",
+        "measured in the same run. Load average (1 min) {:.1f} at the start, {:.1f} at the end: the".format(*f["load"]),
+        "machine is shared with other jobs, so each figure carries tens of seconds of noise.",
         "",
         "| run | time to predictions | vs local | bytes sent (video / model) |",
         "|---|---|---|---|",
-        row("Baseline: local `sleap-nn track -d cpu`", f["local_s"], None),
+        row("Baseline: local `sleap-nn track -d cpu` (mean of {:.1f} s before, {:.1f} s after)".format(
+            *f["local_runs"]), f["local_s"], None),
         row("Remote, first run (video uploaded)", f["first_s"], f["first_bytes"]),
         row("Remote, second run (same video)", f["second_s"], f["second_bytes"]),
         row("Remote, video on the worker's data root", f["root_s"], f["root_bytes"]),
@@ -122,9 +133,12 @@ def report(f: dict, command: str) -> str:
         "The model bytes are 0 on every run: the worker kept the model it trained, and the",
         "client's copy zips to the same bytes (the same id). On the second run the video moves 0",
         "bytes (the worker's transfer cache answers its sha256) and the client does not read it",
-        "again (its hash memo). What remains over local is the room (join, select, connect,",
-        "identity proof) and the worker's own sleap-nn start; on a GPU worker the inference",
-        "itself would be the part that shrinks.",
+        "again (its hash memo); from a data root nothing moves either. What a remote run adds",
+        "over local is the room (join, select, connect, identity proof: about a second on",
+        "loopback, `docs/bench/connect.md`) and the upload; the rest is the same sleap-nn start",
+        "and inference on the same CPU. Read the ratios against the spread of the two local runs",
+        "of the same command ({:.1f} s vs {:.1f} s here): on a loaded machine that spread can be".format(*f["local_runs"]),
+        "larger than any difference between remote and local.",
         "",
     ])
 
@@ -138,7 +152,9 @@ def main() -> int:
     if sleap_nn() is None:
         print("sleap-nn is not installed", file=sys.stderr)
         return 1
+    load_before = os.getloadavg()[0]
     figures = bench(args.frames)
+    figures["load"] = (load_before, os.getloadavg()[0])
     text = report(figures, f"python benchmarks/inference.py --frames {args.frames} --write")
     print(text)
     if args.write:

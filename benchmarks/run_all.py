@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, list[str] | None] = {
     "connect": [],
     "gui_lag": [],
     "identity": [],
+    "inference": [],
 }
 SECTION_FILES = {"gui_lag": "gui"}  # script name -> section file name, where they differ
 

@@ -343,6 +343,9 @@ class Display(JobCallbacks):
         self._print(f"  duration   {s.duration_s:.1f} s", highlight=False)
         if s.models_dir is not None:
             self._print(f"  models     {s.models_dir}", highlight=False)
+        for run, model_id in s.model_ids.items():
+            # The id names the model on that worker: `track --model-id` sends no model bytes.
+            self._print(f"  model id   {run}: {model_id}", highlight=False)
         if s.predictions is not None:
             self._print(f"  predictions {s.predictions}", highlight=False)
         self._print(f"  files      {len(s.files)}", highlight=False)

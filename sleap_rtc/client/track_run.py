@@ -26,6 +26,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from sleap_rtc.client.cli import Display
 from sleap_rtc.client.track_targets import (
     TargetError,
     merge_into,
@@ -79,28 +80,13 @@ def inference_options(infer: dict[str, Any]) -> InferenceOptions:
     return options
 
 
-class InferenceDisplay(InferenceCallbacks):
+class InferenceDisplay(Display, InferenceCallbacks):
     """The terminal lines of an inference (module docstring), on top of the job's ``Display``."""
 
-    def __init__(self, display: Any):
-        self._display = display
-        self._last: dict[int, float] = {}
+    def __init__(self, console: Console):
+        super().__init__(console)
+        self._shown: dict[int, tuple[float, int]] = {}  # video -> (when, frames) of its last line
         self._uploaded: set[int] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._display, name)
-
-    def phase(self, change: Any) -> None:
-        """Phases, as the job's display shows them."""
-        self._display.phase(change)
-
-    def decision(self, text: str) -> None:
-        """Selection decisions."""
-        self._display.decision(text)
-
-    def log(self, line: str) -> None:
-        """Worker log lines."""
-        self._display.log(line)
 
     def upload(self, progress: Any) -> None:
         """The package itself is a few hundred bytes: not shown."""
@@ -109,28 +95,29 @@ class InferenceDisplay(InferenceCallbacks):
         """One line per video when its upload is settled."""
         name = escape(Path(upload.video.path).name)
         if upload.root is not None:
-            self._display._print(f"  {name}: on the worker's data root {upload.root} (not uploaded)", highlight=False)
+            self._print(f"  {name}: on the worker's data root {upload.root} (not uploaded)", highlight=False)
         elif upload.cached:
-            self._display._print(f"  {name}: already on the worker (0 bytes sent)", highlight=False)
+            self._print(f"  {name}: already on the worker (0 bytes sent)", highlight=False)
         elif upload.done >= upload.total and upload.index not in self._uploaded:
             self._uploaded.add(upload.index)
-            self._display._print(f"  {name}: uploaded {upload.total:,} bytes ({upload.rate / 1e6:.1f} MB/s)",
+            self._print(f"  {name}: uploaded {upload.total:,} bytes ({upload.rate / 1e6:.1f} MB/s)",
                                  highlight=False)
 
     def inference_progress(self, p: InferenceProgress) -> None:
         """Frames done of total, FPS and ETA, at most every ``PROGRESS_EVERY_S`` per video."""
         now = time.monotonic()
         done = p.frames_total and p.frames_done >= p.frames_total
-        if not done and now - self._last.get(p.index, 0.0) < PROGRESS_EVERY_S:
+        when, frames = self._shown.get(p.index, (0.0, -1))
+        if frames == p.frames_done or (not done and now - when < PROGRESS_EVERY_S):
             return
-        self._last[p.index] = now
+        self._shown[p.index] = (now, p.frames_done)
         eta = f", ETA {p.eta_s:.0f} s" if p.eta_s is not None and not done else ""
-        self._display._print(f"  {escape(Path(p.video.path).name)}: {p.frames_done}/{p.frames_total} frames, "
+        self._print(f"  {escape(Path(p.video.path).name)}: {p.frames_done}/{p.frames_total} frames, "
                              f"{p.fps:.1f} FPS{eta}", highlight=False)
 
     def video_predictions(self, found: VideoPredictions) -> None:
         """A video's predictions arrived."""
-        self._display._print(f"  {escape(Path(found.video.path).name)}: predictions received", highlight=False)
+        self._print(f"  {escape(Path(found.video.path).name)}: predictions received", highlight=False)
 
 
 def _targets(inputs: list[Path], targets: dict[str, Any]):
@@ -170,8 +157,6 @@ async def run_videos(plan: Any, url: str, inputs: list[Path], models: list[Path]
                      output: Path | None, targets: dict[str, Any], infer: dict[str, Any], policy: Any,
                      hint_for: Any) -> int:
     """Run the inference; the exit code (``UsageProblem`` before anything moves)."""
-    from sleap_rtc.client.cli import Display
-
     chosen = _targets(inputs, targets)
     folder, out_file = _destinations(inputs, output, chosen.project)
     if folder.exists() and not folder.is_dir():
@@ -188,11 +173,10 @@ async def run_videos(plan: Any, url: str, inputs: list[Path], models: list[Path]
         options=inference_options(infer), data_roots=roots,
     )
     console = Console()
-    display = Display(console)
     incoming = Path(tempfile.mkdtemp(prefix=".sleap-rtc-predictions-", dir=_writable(folder)))
     try:
         job = RemoteInference(request, credentials=RoomCredentials(plan.room_id, plan.token), server_url=url,
-                              results_dir=incoming, policy=policy, callbacks=InferenceDisplay(display))
+                              results_dir=incoming, policy=policy, callbacks=InferenceDisplay(console))
     except InferenceRequestError as exc:
         raise UsageProblem(str(exc)) from None
     started = time.monotonic()

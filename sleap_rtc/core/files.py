@@ -333,6 +333,8 @@ class FileTransfers:
         """Free disk an accepted offer must leave."""
         self.accept_offer = accept_offer
         """The owner's own offer check (``OfferCheck``), or ``None``."""
+        self.link_kinds: frozenset[str] = frozenset()
+        """Offer ``meta.kind`` values delivered as hard links to the cached file (``_place``)."""
         self.partials: set[Path] = set()
         """Partial files this channel created or resumed (``discard_partials`` removes them)."""
         self.last_activity = time.monotonic()
@@ -754,12 +756,19 @@ class FileTransfers:
 
     def _place(self, st: _Incoming) -> Path:
         """Copy the cached file to the destination atomically (a copy, not a link, so that
-        editing the received file can never corrupt the cache)."""
+        editing the received file can never corrupt the cache). A file whose offer's
+        ``meta.kind`` is in ``link_kinds`` (the worker's videos: only ever read) is
+        hard-linked where it can be: a copy of a large video per job would cost what the
+        cache saves."""
         _private_dir(self.receive_dir)
         dest = self.receive_dir / st.name
         tmp = self.receive_dir / f".{st.name}.{st.transfer_id}.tmp"
         try:
-            shutil.copyfile(self._cached_path(st.sha256), tmp)
+            if st.meta.get("kind") in self.link_kinds:
+                with contextlib.suppress(OSError):
+                    os.link(self._cached_path(st.sha256), tmp)
+            if not tmp.exists():
+                shutil.copyfile(self._cached_path(st.sha256), tmp)
             os.chmod(tmp, PRIVATE_FILE_MODE)
             os.replace(tmp, dest)
         finally:

@@ -45,7 +45,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,13 +289,13 @@ class RemoteInference:
         self.returned: list[VideoPredictions] = []
         """Predictions that arrived so far (kept when the job fails or is cancelled later)."""
         self.memo = hash_memo or HashMemo(default_cache_dir() / HASH_MEMO_FILE)
-        self._work = Path(tempfile.mkdtemp(prefix="sleap-rtc-infer-"))
+        self._work = Path(tempfile.gettempdir())  # run() makes the job's own folder
         self._names = {predictions_name(i, v.path): i for i, v in enumerate(request.videos)}
         self._from_roots: list[int] = []
         self._model_ids: list[str] = []
         self._model_zips: list[tuple[str, Path | None]] | None = None
         self.job = RemoteJob(
-            self._work / "unused.zip", credentials=credentials, results_dir=self.results_dir, policy=policy,
+            self._work / "inference.zip", credentials=credentials, results_dir=self.results_dir, policy=policy,
             callbacks=_Relay(self), server_url=server_url, signaling=signaling, room=room, kind=TRACK,
             connect_timeout=connect_timeout, connect=connect, known_workers=known_workers, prepare=self._prepare,
         )
@@ -309,6 +309,7 @@ class RemoteInference:
 
         Raises what ``RemoteJob.run`` raises, or ``InferenceRequestError`` for a model that
         cannot be zipped (before anything connects)."""
+        self._work = Path(tempfile.mkdtemp(prefix="sleap-rtc-infer-"))
         try:
             await self._models()
             summary = await self.job.run()
@@ -445,7 +446,8 @@ def _model_zip(path: Path, work: Path) -> tuple[Path, str]:
 
 class _Relay(JobCallbacks):
     """The ``RemoteJob`` callbacks of an inference: inference events to the per-video hooks,
-    everything else to the caller's callbacks unchanged."""
+    everything else to the caller's callbacks unchanged (``__getattribute__``, because
+    ``JobCallbacks`` defines every hook, so a plain ``__getattr__`` would never be asked)."""
 
     def __init__(self, owner: RemoteInference):
         self._owner = owner
@@ -471,15 +473,8 @@ class _Relay(JobCallbacks):
         call(self._cb.upload, progress)
 
 
-def frames_of(targets: Sequence[VideoTarget]) -> int | None:
-    """Frames asked for in all (``None`` when some video is asked for whole)."""
-    if any(t.frames is None for t in targets):
-        return None
-    return sum(len(t.frames or ()) for t in targets)
-
-
 __all__ = [
     "INFERENCE_PROGRESS", "InferenceCallbacks", "InferenceOptions", "InferenceProgress", "InferenceRequest",
     "InferenceRequestError", "InferenceSummary", "ModelSource", "RemoteInference", "VideoPredictions", "VideoTarget",
-    "VideoUpload", "check_request", "explain_unsupported", "frames_of", "predictions_name", "unsupported_options",
+    "VideoUpload", "check_request", "explain_unsupported", "predictions_name", "unsupported_options",
 ]

@@ -425,6 +425,7 @@ class Worker:
             # The package is the largest file a client sends: nothing larger is accepted.
             channel.transfers.max_file_bytes = self.config.max_package_bytes
             channel.transfers.accept_offer = self._note_offer
+            channel.transfers.link_kinds = frozenset({"video"})  # read-only inputs: no copy per job
             baseline = channel.transfers.last_activity
             if not self.guard.confirm(reservation):
                 reason = "lease expired before the channel opened"

@@ -278,8 +278,15 @@ class JobExecutor:
             except InputError as exc:
                 raise _JobFailed(f"Inference {n} was refused: {exc}") from None
             await self._log(f"Running inference {n}/{len(plan.inference)} on {Path(data or inf.data_path).name}")
-            result = await self._track(command, inf, work, results_dir, data=data, models=models,
-                                       video_index=n - 1 if inf.video is not None else None)
+            try:
+                result = await self._track(command, inf, work, results_dir, data=data, models=models,
+                                           video_index=n - 1 if inf.video is not None else None)
+            finally:
+                if inf.video is not None and "sha256" in inf.video:
+                    # The cache keeps the video; the job dir (kept for a while) need not.
+                    inside_video = work / inf.data_path
+                    if not any(o.data_path == inf.data_path for o in plan.inference[n:]):
+                        inside_video.unlink(missing_ok=True)
             results.append(result)
             if inf.video is not None and self._deliver is not None and await self._deliver(result):
                 self._delivered.append(result)

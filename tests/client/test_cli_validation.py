@@ -70,13 +70,19 @@ def test_train_validation(no_network, package, command, args, message):
     assert usage_message(result.output) == message
 
 
-@pytest.mark.parametrize("args,message", CASES[:4])
-def test_track_validation(no_network, tmp_path, args, message):
-    data = tmp_path / "d.slp"
+def inputs(tmp_path, name: str) -> tuple:
+    """A data file ``name`` and a model folder (neither is read during validation)."""
+    data = tmp_path / name
     data.write_bytes(b"x")
     model = tmp_path / "m"
     model.mkdir()
     (model / "best.ckpt").write_bytes(b"x")
+    return data, model
+
+
+@pytest.mark.parametrize("args,message", CASES[:4])
+def test_track_validation(no_network, tmp_path, args, message):
+    data, model = inputs(tmp_path, "d.slp")
     result = CliRunner().invoke(main, ["track", str(data), "-m", str(model), *args])
     assert result.exit_code == 2, result.output
     assert usage_message(result.output) == message
@@ -120,3 +126,34 @@ def test_valid_options_reach_the_runner(monkeypatch, package, tmp_path):
     result = CliRunner().invoke(main, ["train", str(package), "--room-id", "r", "--token", "t", "--auto-select"])
     assert result.exit_code == 0, result.output
     assert calls == [(SelectionMode.AUTO, "ws://env:1/ws", package, package.parent / "pkg.models", "train")]
+
+
+TRACK_VIDEO_CASES = [
+    (["--only-labeled"], "--only-labeled, --only-suggested, --video, --random and --all-videos need a .slp project."),
+    (["--frames", "9-2"], "--frames '9-2': the range 9-2 runs backwards."),
+    (["--frames", "a"], "--frames 'a': 'a' is neither a frame nor a range such as 0-99."),
+    (["--track-option", "output_path=/etc"], "--track-option 'output_path=/etc': NAME=VALUE with NAME one of "),
+    (["--track-option", "max_tracks=0"], "Inference option max_tracks=0 is outside 1..1000."),
+    (["--data-root", "lab"], "--data-root 'lab' must be NAME=PATH."),
+]
+
+
+@pytest.mark.parametrize("args,message", TRACK_VIDEO_CASES)
+def test_track_on_videos_validation(no_network, tmp_path, args, message):
+    video, model = inputs(tmp_path, "v.mp4")
+    result = CliRunner().invoke(main, ["track", str(video), "-m", str(model), "--room-id", "r", "--token", "t",
+                                       "--auto-select", *args])
+    assert result.exit_code == 2, result.output
+    assert usage_message(result.output).startswith(message)
+
+
+def test_track_needs_a_model_and_one_project(no_network, tmp_path):
+    data = tmp_path / "d.slp"
+    data.write_bytes(b"x")
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    creds = ["--room-id", "r", "--token", "t", "--auto-select"]
+    result = CliRunner().invoke(main, ["track", str(video), *creds])
+    assert result.exit_code == 2 and "Give at least one trained model" in result.output
+    result = CliRunner().invoke(main, ["track", str(data), str(video), "-m", str(video), *creds])
+    assert result.exit_code == 2 and "Give one .slp project, or one or more video files." in result.output

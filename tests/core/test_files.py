@@ -136,6 +136,19 @@ async def test_resend_unchanged_file_moves_no_payload(signaling_server, room, tm
     assert got.cached and got.path.name == "copy.bin" and sha(got.path) == first.sha256
 
 
+async def test_a_kind_the_receiver_links_is_delivered_as_a_link_to_the_cache(signaling_server, room, tmp_path):
+    path = make_file(tmp_path / "v.mp4", MiB + 3)
+    async with pair(signaling_server.url, room, tmp_path) as (client, worker):
+        worker.transfers.link_kinds = frozenset({"video"})
+        await client.send_file(path, meta={"kind": "video"})
+        linked = await worker.receive_file(5)
+        await client.send_file(path, name="other.bin")  # no kind: a copy, as always
+        copied = await worker.receive_file(5)
+    cached = worker.transfers.cache_dir / "files" / sha(path)
+    assert os.path.samefile(linked.path, cached) and not os.path.samefile(copied.path, cached)
+    assert sha(linked.path) == sha(copied.path) == sha(path)
+
+
 async def test_resume_after_dropped_connection(signaling_server, room, tmp_path):
     path = make_file(tmp_path / "r.bin", 12 * MiB)
     async with pair(signaling_server.url, room, tmp_path) as (client, worker):
