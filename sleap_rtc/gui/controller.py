@@ -7,11 +7,11 @@ in background tasks, and submits a package through a ``RemoteJobController``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from qtpy import QtCore, QtWidgets
 
@@ -108,18 +108,33 @@ class RemoteGui(QtCore.QObject):
 
         The job runs on the session's live connection; the returned controller presents it.
         """
+        return self._submit(RemoteJobController, Path(package), results_dir, on_progress=on_progress, show_dialog=show_dialog)
+
+    def submit_inference(self, request: Any, results_dir: str | Path | None = None, *,
+                         worker_id: str | None = None) -> RemoteJobController:
+        """Run core's ``InferenceRequest`` on a worker of the room (``worker_id``, else the dock's
+        selection, else the best); the returned ``RemoteInferenceController`` presents it."""
+        from sleap_rtc.gui.remote_inference import RemoteInferenceController
+
+        return self._submit(RemoteInferenceController, request, results_dir, worker_id=worker_id)
+
+    def _submit(self, controller: type, what: Any, results_dir: str | Path | None, *, on_progress: Callable | None = None,
+                show_dialog: bool = True, worker_id: str | None = None) -> RemoteJobController:
         creds = self.session.credentials
         if creds is None or self.session.state != SessionState.CONNECTED or self.session.signaling is None:
             raise RuntimeError("Join a room first (Remote ▸ Join room…).")
         worker = self.dock.selected_worker()
-        ctl = RemoteJobController(
-            Path(package),
+        if worker_id is not None:
+            room = self.session.room
+            worker = room.get(worker_id) if room is not None else None
+        ctl = controller(
+            what,
             Path(results_dir) if results_dir else Path(tempfile.mkdtemp(prefix="sleap-rtc-results-")),
             credentials=creds,
             signaling=self.session.signaling,
             room=self.session.room,
             server_url=self.session.server_url,
-            worker_id=worker.peer_id if worker else None,
+            worker_id=worker.peer_id if worker else worker_id,
             connect=self.connect,
             parent_widget=self.window,
             show_dialog=show_dialog,

@@ -90,6 +90,30 @@ def format_since(since: float | None, now: float | None = None) -> str:
     return f"since {time.strftime('%H:%M', time.localtime(since))} ({ago})"
 
 
+def format_eta(seconds: float | None) -> str:
+    """``7s``, ``3m 05s``, ``2h 04m`` (SLEAP's own inference dialog's ETA style); ``""`` if unknown."""
+    if seconds is None or seconds < 0:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes >= 60:
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def inference_line(done: int, total: int | None, fps: float | None, eta_s: float | None, video: str = "") -> str:
+    """``Predicted 120/300 frames · 25.3 FPS · ETA 7s · video 1 of 2`` (SLEAP's progress words)."""
+    parts = [f"Predicted {done:,}/{total:,} frames" if total else f"Predicted {done:,} frames"]
+    if fps is not None:
+        parts.append(f"{fps:.1f} FPS")
+    eta = format_eta(eta_s)
+    if eta:
+        parts.append(f"ETA {eta}")
+    if video:
+        parts.append(video)
+    return " · ".join(parts)
+
+
 def training_line(model: str, index: int, total: int, epoch: int, max_epochs: int | None,
                   train_loss: float | None, val_loss: float | None) -> str:
     """``centroid (model 1 of 2) · epoch 3 of 10 · loss 0.0123 · val 0.015`` (epoch from 1)."""
@@ -150,6 +174,7 @@ class JobPanel(QtWidgets.QFrame):
         self.max_epochs: dict[str, int | None] = {}
         self._model_index = 0
         self._model_name = ""
+        self._predicting_shown = False  # the bar shows frames predicted (not the upload's %)
         self.ctl: Any = None
 
         self.title_label = QtWidgets.QLabel(f"<b>{title}</b>")
@@ -342,6 +367,22 @@ class JobPanel(QtWidgets.QFrame):
         self.training_label.setText(text)
         self.training_label.setVisible(bool(text))
 
+    def set_inference_progress(self, done: int, total: int | None, fps: float | None = None,
+                               eta_s: float | None = None, video: str = "") -> None:
+        """Frames predicted so far, FPS and ETA (the line under the steps) and the progress bar."""
+        self.set_training(inference_line(done, total, fps, eta_s, video))
+        self._predicting_shown = bool(total)
+        if total:
+            self.progress.setVisible(True)
+            self.progress.setValue(int(100 * min(done, total) / total))
+
+    def hide_step(self, phase: Phase) -> None:
+        """Leave a step out of the list (an inference job has no Training step)."""
+        self.steps.item(_ORDER[phase]).setHidden(True)
+        rows = self.steps.sizeHintForRow(0) or 18
+        shown = sum(not self.steps.item(i).isHidden() for i in range(self.steps.count()))
+        self.steps.setFixedHeight(rows * shown + 6)
+
     def set_summary(self, text: str) -> None:
         """The one-line end summary (where the model went, how many frames were predicted)."""
         self.status_label.setText(text)
@@ -494,7 +535,7 @@ class JobPanel(QtWidgets.QFrame):
                 self.progress.setValue(int(float(change.detail.rstrip("%"))))
             except ValueError:
                 pass
-        elif phase not in (Phase.UPLOADING, Phase.DOWNLOADING):
+        elif not (phase == Phase.PREDICTING and self._predicting_shown):
             self.progress.setVisible(False)
         if phase == Phase.RESERVING and change.detail:
             self.set_worker(change.detail)

@@ -44,7 +44,7 @@ from sleap_rtc.core.job_policy import (
 )
 from sleap_rtc.core.job_runner import ConnectFn, JobHandle, RemoteJob
 from sleap_rtc.core.phases import JobPhases, Phase
-from sleap_rtc.core.remote_job import JobSummary, UploadProgress
+from sleap_rtc.core.remote_job import UploadProgress
 from sleap_rtc.core.retry import Outcome
 from sleap_rtc.core.room import RoomView
 from sleap_rtc.core.selection import NoWorkersError
@@ -117,8 +117,12 @@ class RemoteJobController(QtCore.QObject):
     attempt (tests inject one). ``signaling`` / ``room``: the session's live ones.
     """
 
+    PANEL_TITLE = "Remote training"
+    """The title of the job's panel in the dock."""
+
     succeeded = QtCore.Signal(object)
-    """The job finished; carries core's ``JobSummary`` (models_dir, predictions, files …)."""
+    """The job finished; carries core's ``JobSummary`` (models_dir, predictions, files …),
+    or the runner's own summary (an inference's ``InferenceSummary``)."""
     ended = QtCore.Signal(str)
     """The job failed or was cancelled; carries the phase value (``failed``/``cancelled``)."""
     progress = QtCore.Signal(dict)
@@ -167,20 +171,21 @@ class RemoteJobController(QtCore.QObject):
             from sleap_rtc.core.room import WorkerInfo
 
             first = Pick(WorkerInfo(worker_id, "worker", {}))
-        self.job = RemoteJob(
-            Path(package),
+        self.runner = self._make_runner(
+            package,
             credentials=credentials,
             results_dir=Path(results_dir),
             policy=Interactive(self._choose, first=first),
-            callbacks=_Signals(self),
             server_url=server_url,
             signaling=signaling,
             room=room,
             connect=connect,
         )
+        self.job: RemoteJob = getattr(self.runner, "job", self.runner)
+        """Core's ``RemoteJob`` (phases, worker, handle, stop) of what ``runner`` runs."""
         self.phases: JobPhases = self.job.phases
         self.task: asyncio.Task | None = None
-        self.outcome: JobSummary | None = None
+        self.outcome: Any = None  # the runner's summary once it finished
         self.error = ""
         self.pending: ChoiceRequest | None = None
         """The question the retry table is asking now (``None``: nothing to answer)."""
@@ -188,9 +193,14 @@ class RemoteJobController(QtCore.QObject):
         self.dialog: JobPanel | None = None
         if show_dialog:
             kwargs = {} if selection_timeout_s is None else {"selection_timeout_s": selection_timeout_s}
-            self.dialog = JobPanel(self.phases, None, room=room, **kwargs)
+            self.dialog = JobPanel(self.phases, None, room=room, title=self.PANEL_TITLE, **kwargs)
             self.dialog.present(self)
         self.panel = self.dialog
+
+    def _make_runner(self, package: Any, **kwargs: Any) -> Any:
+        """What ``start`` runs: core's ``RemoteJob`` on a package (an inference controller
+        builds core's ``RemoteInference`` on a request instead)."""
+        return RemoteJob(Path(package), callbacks=_Signals(self), **kwargs)
 
     # ------------------------------------------------------------------ control
 
@@ -265,7 +275,7 @@ class RemoteJobController(QtCore.QObject):
 
     async def _run(self) -> None:
         try:
-            self.outcome = await self.job.run()
+            self.outcome = await self.runner.run()
         except asyncio.CancelledError:
             if not self.phases.finished:
                 self.phases.advance(Phase.CANCELLED)

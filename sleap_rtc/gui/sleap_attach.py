@@ -19,7 +19,9 @@ SLEAP has no plugin mechanism, so we attach from our own launcher through privat
 Inference Target (SLEAP's own control in the training dialog): *Current frame*, *Selected
 clip*, *Random sample*, *Suggestions*, *User labeled* and *Frames with predictions* are
 served remotely (those frames travel in the package, as its suggestions); *Entire video*
-and *All videos* are explained in the panel before Run.
+and *All videos* are predicted after training by a second, inference job on the worker that
+trained the model (``sleap_inference.RemoteInferenceRun``: the videos travel on their own,
+the model does not move). A video that cannot be sent is explained in the panel before Run.
 """
 
 from __future__ import annotations
@@ -201,6 +203,10 @@ def window_class() -> type:
             dlg = self._child_windows.get(mode)
             if mode == "training" and dlg is not None:
                 inject_panel(self, dlg)
+            elif mode == "inference" and dlg is not None:
+                from sleap_rtc.gui.sleap_inference import inject_inference_panel
+
+                inject_inference_panel(self, dlg)
 
     _WINDOW_CLASS = RemoteMainWindow
     return RemoteMainWindow
@@ -229,7 +235,7 @@ def ask_about_running_jobs(window: Any, running: list) -> QtWidgets.QMessageBox:
     box = QtWidgets.QMessageBox(window)
     box.setObjectName("sleap_rtc_close_box")
     box.setIcon(QtWidgets.QMessageBox.Question)
-    box.setWindowTitle("Remote training is running")
+    box.setWindowTitle("A remote job is running")
     box.setText(
         ("A remote job is" if n == 1 else f"{n} remote jobs are") + " still running on a worker. "
         "What should happen to " + ("it" if n == 1 else "them") + "?"
@@ -324,7 +330,11 @@ def _plain_config(cfg: Any) -> dict[str, Any]:
 PACKAGED_TARGETS = frozenset({"frame", "clip", "random", "random_video", "predicted"})
 """Inference Targets served by packing their frames into the package as its suggestions."""
 
-REMOTE_TARGETS = PACKAGED_TARGETS | {"suggestions", "user_labeled", "nothing"}
+AFTER_TRAINING_TARGETS = frozenset({"video", "all_videos"})
+"""Inference Targets predicted after training by a second, inference job on the same worker
+with the model it just trained (the videos travel on their own; no model bytes)."""
+
+REMOTE_TARGETS = PACKAGED_TARGETS | AFTER_TRAINING_TARGETS | {"suggestions", "user_labeled", "nothing"}
 """Every Inference Target a remote job serves (keys of SLEAP's ``FrameTargetSelector``)."""
 
 MAX_PACKAGED_FRAMES = 2000
@@ -354,6 +364,16 @@ def served_target_labels(dlg: Any) -> list[str]:
 
 def unserved_target_text(dlg: Any, key: str) -> str:
     """Why this Inference Target is not served remotely, in SLEAP's own control names; ``""`` if it is."""
+    if key in AFTER_TRAINING_TARGETS:
+        from sleap_rtc.gui.sleap_inference import TargetError, read_targets
+
+        try:
+            read_targets(dlg, dlg.labels)
+        except TargetError as exc:
+            return str(exc)
+        except Exception:  # the dialog is mid-edit: nothing to say yet
+            return ""
+        return ""
     if key in REMOTE_TARGETS or not key:
         return ""
     served = ", ".join(f"<i>{t}</i>" for t in served_target_labels(dlg) if t != target_label(dlg, "nothing"))
@@ -369,9 +389,10 @@ def remote_inference_request(target: str | None, frames: dict | None = None) -> 
 
     *Suggestions* and *User labeled* travel in the package already; the other served
     targets (``PACKAGED_TARGETS``) put their ``frames`` ({video: [frame, ...]}) in the
-    package as its suggestions. Whole videos are refused with SLEAP's control names.
+    package as its suggestions. Whole videos (``AFTER_TRAINING_TARGETS``) are predicted by
+    a second job after training: the package itself trains only.
     """
-    if target in (None, "", "nothing"):
+    if target in (None, "", "nothing") or target in AFTER_TRAINING_TARGETS:
         return None
     if target == "suggestions":
         return InferenceRequest(only_suggested_frames=True)
@@ -452,6 +473,10 @@ def package_from_dialog(window: Any, dlg: Any, out_dir: Path) -> tuple[PackageIn
     inference = remote_inference_request(target, frames)
     labels_file = Path(window.state["filename"])
     labels = window.labels
+    if target in AFTER_TRAINING_TARGETS:
+        from sleap_rtc.gui.sleap_inference import read_targets
+
+        form["_infer_after"] = read_targets(dlg, labels)  # refused now, before anything is built or sent
     info = build_training_package(
         out_dir / f"{labels_file.name}.training_job.zip",
         labels_stem=labels_file.name.removesuffix(".slp").removesuffix(".pkg"),  # "x.pkg.slp" -> "x"
@@ -528,6 +553,8 @@ class RemoteTraining(QtCore.QObject):
         self._head_index = -1  # index in self.heads of the model now training
         self._restart_note = ""  # set when the job moved to another worker mid-run
         self.new_frames = 0
+        self.predict_after: Any = None  # the task submitting the inference after training, if any
+        self.inference_run: Any = None  # that inference (a ``RemoteInferenceRun``) once submitted
         self.installed: list[Path] = []
         self.summary = ""
         self.closed = False
@@ -637,8 +664,12 @@ class RemoteTraining(QtCore.QObject):
         try:
             self.installed = self.install_models(outcome)
             self.new_frames = self.merge_predictions(outcome)
+            self.predict_after = self.start_inference_after(outcome)
             self.summary = self.summary_text(outcome)
-            if self.ctl is not None and self.ctl.panel is not None:
+            if self.ctl is not None and self.ctl.panel is not None and self.predict_after is not None:
+                self.ctl.panel.mark_step(Phase.PREDICTING, False, "next, in the Remote inference job below")
+                self.ctl.panel.set_summary(self.summary)
+            elif self.ctl is not None and self.ctl.panel is not None:
                 predicted = outcome.predictions is not None
                 asked = self.form.get("_predict_target") not in (None, "", "nothing")
                 self.ctl.panel.mark_step(Phase.PREDICTING, predicted, "" if predicted else
@@ -654,6 +685,35 @@ class RemoteTraining(QtCore.QObject):
             self._finish()
         self.dlg._handle_learning_finished.emit(self.new_frames)
 
+    INFER_AFTER_WAIT_S = 30.0
+    """How long the inference after training waits for the worker to show itself free again."""
+
+    def start_inference_after(self, outcome: JobSummary) -> Any:
+        """*Entire video* / *All videos*: predict them now with the models just installed, on
+        the worker that trained them (it holds them: no model bytes move); returns the task
+        that submits it once the room shows that worker free again. ``None`` otherwise."""
+        asked = self.form.get("_infer_after")
+        if asked is None or not self.installed:
+            return None
+        import asyncio
+        import contextlib
+
+        from sleap_rtc.gui.bridge import run_coro
+        from sleap_rtc.gui.sleap_inference import RemoteInferenceRun
+
+        asked.model_dirs = list(self.installed)
+        peer = outcome.peer_id
+
+        async def submit() -> Any:
+            room = self.window.remote.session.room
+            if room is not None:  # the worker publishes "available" just after the job ends
+                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                    await room.wait_for(lambda view: getattr(view.get(peer), "available", False), self.INFER_AFTER_WAIT_S)
+            self.inference_run = RemoteInferenceRun.submit(self.window, self.dlg, asked, worker_id=peer)
+            return self.inference_run
+
+        return run_coro(submit(), parent=self.window, title="Remote inference")
+
     def summary_text(self, outcome: JobSummary) -> str:
         """One line: where the model(s) went and how many frames were predicted."""
         if self.installed:
@@ -663,7 +723,9 @@ class RemoteTraining(QtCore.QObject):
             text = "Finished, but no model came back"
         if outcome.stopped_early:
             text += " (stopped early)"
-        if self.form.get("_predict_target") not in (None, "", "nothing") or self.new_frames:
+        if getattr(self, "predict_after", None) is not None:
+            text += "; predicting the videos in a Remote inference job"
+        elif self.form.get("_predict_target") not in (None, "", "nothing") or self.new_frames:
             text += f"; {self.new_frames} frame{'s' if self.new_frames != 1 else ''} predicted"
         return text + "."
 
@@ -712,19 +774,13 @@ class RemoteTraining(QtCore.QObject):
             return 0
         import sleap_io as sio
 
+        from sleap_rtc.gui.sleap_inference import merge_video_predictions
+
         predicted = sio.load_slp(str(outcome.predictions))
         labels = self.window.labels
-        frames = []
-        for lf in predicted.labeled_frames:
-            idx = predicted.videos.index(lf.video)
-            if idx >= len(labels.videos):
-                continue
-            preds = [inst for inst in lf.instances if type(inst).__name__ == "PredictedInstance"]
-            if preds:
-                frames.append(sio.LabeledFrame(video=labels.videos[idx], frame_idx=lf.frame_idx, instances=preds))
-        if not frames:
-            return 0
-        new = sio.Labels(labeled_frames=frames, videos=list(labels.videos), skeletons=list(labels.skeletons))
-        mode = "replace_predictions" if self.form.get("_prediction_mode") == "replace" else "keep_both"
-        labels.merge(new, track="name", frame=mode)
-        return len(frames)
+        mode = "replace" if self.form.get("_prediction_mode") == "replace" else "add"
+        merged = 0
+        for idx, video in enumerate(predicted.videos[: len(labels.videos)]):
+            frames = [lf for lf in predicted.labeled_frames if lf.video is video]
+            merged += merge_video_predictions(labels, frames, idx, mode)
+        return merged

@@ -23,21 +23,26 @@ NOTE_COLOUR = "#ef6c00"
 
 
 class RemoteTrainingPanel(QtWidgets.QGroupBox):
-    """"Train on a remote worker" checkbox, room, worker chooser and notes."""
+    """"Train on a remote worker" checkbox, room, worker chooser and notes.
+
+    SLEAP's Inference dialog gets the same panel with its own words (``title``, ``check_text``:
+    "Remote inference", "Predict on a remote worker")."""
 
     join_requested = QtCore.Signal()
     """The user pressed "Join room…" in the panel (not in a room yet)."""
     notes_wanted = QtCore.Signal()
     """Something the notes depend on changed (remote ticked, worker, room)."""
 
-    def __init__(self, dock: RemoteTrainingDock, parent: QtWidgets.QWidget | None = None):
-        super().__init__("Remote training", parent)
+    def __init__(self, dock: RemoteTrainingDock, parent: QtWidgets.QWidget | None = None, *,
+                 title: str = "Remote training", check_text: str = "Train on a remote worker",
+                 tooltip: str = "Run sends the training package to a GPU worker of the room."):
+        super().__init__(title, parent)
         self.setObjectName(PANEL_OBJECT_NAME)
         self.dock = dock
         self.session = dock.session
-        self.remote_check = QtWidgets.QCheckBox("Train on a remote worker")
+        self.remote_check = QtWidgets.QCheckBox(check_text)
         self.remote_check.setObjectName("remote_check")
-        self.remote_check.setToolTip("Run sends the training package to a GPU worker of the room.")
+        self.remote_check.setToolTip(tooltip)
         self.room_label = QtWidgets.QLabel()
         self.room_label.setObjectName("room_label")
         self.worker_combo = QtWidgets.QComboBox()

@@ -5,8 +5,10 @@ from __future__ import annotations
 from sleap_rtc.core.signaling import SignalingClient
 
 
-def worker_metadata(name: str, gpu: str = "NVIDIA RTX A5000", memory_mb: int = 24576, status: str = "available") -> dict:
-    """Metadata as a real worker advertises it."""
+def worker_metadata(name: str, gpu: str = "NVIDIA RTX A5000", memory_mb: int = 24576, status: str = "available",
+                    inference_inputs: tuple[str, ...] | None = ("video", "data_root", "model_id")) -> dict:
+    """Metadata as a real worker advertises it (``inference_inputs=None``: an older worker)."""
+    extra = {} if inference_inputs is None else {"inference_inputs": list(inference_inputs)}
     return {
         "tags": ["sleap-rtc", "training-worker"],
         "properties": {
@@ -15,6 +17,7 @@ def worker_metadata(name: str, gpu: str = "NVIDIA RTX A5000", memory_mb: int = 2
             "gpu_memory_mb": memory_mb,
             "status": status,
             "hostname": f"{name}.lab",
+            **extra,
         },
     }
 

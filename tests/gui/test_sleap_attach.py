@@ -308,33 +308,40 @@ async def test_returned_predictions_are_merged_into_the_open_labels(window, tmp_
 
 
 @pytest.mark.parametrize("window", [FakeRemoteWorker(epochs=1)], indirect=True)
-async def test_whole_video_targets_are_explained_before_run(window, signaling_server, room, wait_until, monkeypatch):
-    """"Entire video" is not served remotely: the panel says so in SLEAP's words before Run,
-    and Run refuses it without starting anything."""
+async def test_whole_video_targets_are_predicted_after_training_unless_the_video_cannot_be_sent(
+        window, project, signaling_server, room, wait_until, monkeypatch):
+    """"Entire video" trains first and predicts in a second job (the package trains only);
+    a video file missing here is explained in SLEAP's words before Run, which starts nothing."""
     import sleap_rtc.gui.sleap_attach as attach
 
     shown = []
     monkeypatch.setattr(attach, "show_error", lambda parent, title, exc: shown.append(str(exc)))
     await window.remote.session.join(*room)
+    video = project.parent / "clip.mp4"
     try:
         dlg = training_dialog(window, predict_on="video")
         dlg.pipeline_form_widget.current_pipeline = "single"
         panel = dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
         panel.remote_check.setChecked(True)
+        assert panel.notes() == []
+        assert attach.remote_inference_request("video") is None  # the package itself trains only
+        video.rename(video.with_suffix(".moved"))
+        panel.notes_wanted.emit()
         notes = " ".join(panel.notes())
-        assert "Inference Target <i>Entire video</i> is not available" in notes
-        assert "Current frame" in notes and "Predict On" not in notes
+        assert "Video 1's file" in notes and "is not on this computer" in notes and "File ▸ Replace Videos…" in notes
         dlg.run_button.click()
         assert window.remote_jobs == []
-        assert shown and "Inference Target" in shown[0] and "Predict On" not in shown[0]
-        # choosing a served target clears the note
+        assert shown and "is not on this computer" in shown[0] and "Predict On" not in shown[0]
+        # a target served from the package clears the note
         dropdown = dlg.frame_target_selector.target_dropdown
-        dropdown.setCurrentIndex(dropdown.findData("frame"))
-        assert not any("not available" in n for n in panel.notes())
+        dropdown.setCurrentIndex(dropdown.findData("user_labeled"))
+        assert panel.notes() == []
         assert attach.remote_inference_request("user_labeled").only_labeled_frames
         assert attach.remote_inference_request("suggestions").only_suggested_frames
         assert attach.remote_inference_request("nothing") is None
     finally:
+        if video.with_suffix(".moved").exists():
+            video.with_suffix(".moved").rename(video)
         await window.remote.session.leave()
 
 

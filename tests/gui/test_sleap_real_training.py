@@ -30,7 +30,8 @@ import pytest
 
 from sleap_rtc.core.phases import Phase
 from sleap_rtc.gui.training_panel import PANEL_OBJECT_NAME, RemoteTrainingPanel
-from sleap_rtc.local_room import LocalRoom, free_port
+from real_room import window_with_room
+from sleap_rtc.local_room import LocalRoom
 
 pytestmark = [pytest.mark.sleap, pytest.mark.slow, pytest.mark.own_process]
 
@@ -87,7 +88,7 @@ async def test_run_training_in_sleap_trains_on_a_real_remote_worker(qapp, sleap_
 
     import sleap_io as sio
 
-    from sleap_rtc.gui.sleap_attach import RemoteTraining, create_window
+    from sleap_rtc.gui.sleap_attach import RemoteTraining
 
     # The job's temporary folder (and the predictions file in it) is removed once the job
     # ends, so the returned predictions are read at the moment they are merged.
@@ -112,19 +113,8 @@ async def test_run_training_in_sleap_trains_on_a_real_remote_worker(qapp, sleap_
     seen_pids: set[int] = set()
     room = LocalRoom(tmp_path / "room")
     with room:
-        room.port = free_port()
-
-        def start_room() -> None:
-            room.start_server(room.port)
-            room.create_room()
-            room.start_worker(WORKER)
-
-        # The worker's imports overlap with SLEAP building its window.
-        starting = asyncio.ensure_future(asyncio.to_thread(start_room))
-        await asyncio.sleep(0)
-        win = create_window(str(labels_path), server_url=room.url)
+        win = await window_with_room(room, labels_path, WORKER)
         qtbot.addWidget(win)
-        await asyncio.wait_for(starting, 90)
         seen_pids |= {child.popen.pid for child in room.children}
         try:
             await _train_remotely(win, room, labels_path, seen_pids, wait_until, returned_files)

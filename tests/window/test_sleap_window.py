@@ -154,17 +154,22 @@ def remote_training_dialog(win, target: str = "nothing"):
     return dlg, dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
 
 
+async def tick_remote_and_run(xdisplay, win, dlg, panel):
+    """Real clicks on SLEAP's (modal) dialog: tick the remote box, press Run; the job started."""
+    await shown(dlg)
+    await click(xdisplay, panel.remote_check)
+    assert panel.remote_check.isChecked(), f"a real click on SLEAP's {dlg.windowTitle()!r} did not land"
+    await click(xdisplay, dlg.run_button)
+    await wait_until(lambda: win.remote_jobs, 5)
+    return win.remote_jobs[-1]
+
+
 @pytest.mark.parametrize("sleap_window", [TrainingWorkers(hold=True)], indirect=True)
 async def test_main_window_stays_usable_and_the_loss_viewer_opens_on_top(xdisplay, sleap_window):
     win, workers, _members = sleap_window
     dock = win.remote.dock
     dlg, panel = remote_training_dialog(win)
-    await shown(dlg)
-    await click(xdisplay, panel.remote_check)
-    assert panel.remote_check.isChecked(), "a real click on SLEAP's (modal) training dialog did not land"
-    await click(xdisplay, dlg.run_button)
-    await wait_until(lambda: win.remote_jobs, 5)
-    job = win.remote_jobs[-1]
+    job = await tick_remote_and_run(xdisplay, win, dlg, panel)
     viewer_id = await shown(job.viewer)
     await wait_until(lambda: job.ctl.phases.phase == Phase.TRAINING, 10)
     # the LossViewer is the active and the top window, as for SLEAP's local training
@@ -289,3 +294,55 @@ async def test_a_save_after_a_merge_keeps_the_project_trainable(xdisplay, sleap_
     await wait_until(lambda: len(win.remote_jobs) == 2, 5)
     again = win.remote_jobs[-1]
     await wait_until(lambda: again.ctl.phases.phase == Phase.DONE, 20)
+
+
+async def test_run_inference_closes_its_dialog_and_the_job_runs_in_the_dock(xdisplay, sleap_home, tmp_path,
+                                                                          signaling_server, room):
+    """Predict > Run Inference… with the remote box ticked, by real clicks: SLEAP's (modal)
+    Inference dialog closes, nothing modal stays, the dock's panel shows the frames done
+    while the main window takes clicks, and a real click on Cancel ends the job."""
+    from inference_fakes import InferringWorker
+    from sleap_projects import fake_trained_model
+    from sleap_rtc.gui.sleap_attach import create_window
+    from sleap_rtc.gui.training_panel import PANEL_OBJECT_NAME, RemoteTrainingPanel
+
+    project = demo_project(tmp_path / "demo")
+    fake_trained_model(project)
+    workers = InferringWorker([(project.parent / "tiny.mp4", 20)], hold_after=0)
+    win = create_window(str(project), server_url=signaling_server.url, connect=workers.connect)
+    win.showMaximized()
+    await shown(win)
+    await win.remote.session.join(*room)
+    member = await start_fake_worker(signaling_server.url, room, "gpu-a")
+    try:
+        dock = win.remote.dock
+        dock.show()
+        dock.raise_()
+        await wait_until(lambda: dock.model.rowCount() == 1, 5)
+        win._menu_actions["inference"].trigger()
+        dlg = win._child_windows["inference"]
+        dlg.pipeline_form_widget.current_pipeline = "single"
+        dropdown = dlg.frame_target_selector.target_dropdown
+        dropdown.setCurrentIndex(dropdown.findData("video"))
+        run = await tick_remote_and_run(xdisplay, win, dlg, dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME))
+        await wait_until(lambda: "Predicted 10/20 frames" in run.ctl.panel.training_label.text(), 10)
+        assert not dlg.isVisible()
+        main_id = int(win.winId())
+        assert "_NET_WM_STATE_MODAL" not in "".join(xdisplay.window_state(w) for w in xdisplay.stacking() if w != main_id)
+        assert dock.job_panels() and dock.job_panels()[0] is run.ctl.panel
+        before = dock.show_busy_check.isChecked()
+        await click(xdisplay, dock.show_busy_check)
+        assert dock.show_busy_check.isChecked() != before, "the dock did not take a click while the inference ran"
+        await click(xdisplay, run.ctl.panel.cancel_button)
+        await wait_until(lambda: run.ctl.phases.phase == Phase.CANCELLED and run.summary, 10)
+        assert run.summary == "No predictions came back."
+    finally:
+        await win.remote.session.leave()
+        await member.close()
+        for dlg in list(win._child_windows.values()):
+            if dlg is not None:
+                dlg.close()
+        win.state["has_changes"] = False
+        win._close_decided = True
+        win.close()
+        await asyncio.sleep(0.2)
