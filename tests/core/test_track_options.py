@@ -30,3 +30,12 @@ def test_known_options_become_flags_and_defaults_are_left_out():
 def test_anything_else_is_refused_with_its_name(opts, words):
     with pytest.raises(OptionError, match=words):
         check_options(opts)
+
+
+def test_the_overlap_filter_takes_sleaps_method_and_threshold():
+    # SLEAP's inference dialog sets all three; sleap-nn 0.3.5 has a flag for each.
+    opts = {"filter_overlapping": True, "filter_overlapping_method": "oks", "filter_overlapping_threshold": 0.7}
+    assert options_argv(opts) == ["--filter_overlapping", "--filter_overlapping_method", "oks",
+                                  "--filter_overlapping_threshold", "0.7"]
+    with pytest.raises(OptionError, match="must be one of iou, oks"):
+        check_options({"filter_overlapping_method": "area"})
