@@ -353,6 +353,11 @@ class FileTransfers:
         """True while any transfer runs, either direction."""
         return bool(self._outgoing or self._incoming)
 
+    def incoming_progress(self) -> list[tuple[str, int, int]]:
+        """``(name, verified, size)`` of each file being received: ``verified`` is the
+        contiguous prefix hashed so far (bytes that arrived early are not counted yet)."""
+        return [(st.name, st.pos, st.size) for st in self._incoming.values() if st.ready]
+
     # ------------------------------------------------------------------ sending
 
     async def send_file(
