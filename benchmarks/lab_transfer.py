@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tests" / "netlab"))
 from lab import SIGNALING_PORT, TURN_PORT, Addresses, Lab, build_nfqdelay, install_tools  # noqa: E402
 
 SECTION = ROOT / "docs" / "bench" / "lab_transfer.md"
-PEER = ROOT / "benchmarks" / "_lab_transfer_peer.py"
+PEER = ROOT / "tests" / "netlab" / "_transfer_peer.py"
 PREFIX = "lxg"
 """Namespaces are ``lxg<pid>-<role>`` (not the netlab tests' ``srtc``): a dead run's are removed."""
 ADDRESSES = Addresses(pub="198.51.100.1", rlab_wan="198.51.100.2", rhome_wan="198.51.100.3",
@@ -260,7 +260,8 @@ def render(cells: dict, setups: dict, opts, modes: list[str], links: list, notes
                 lines.append(f"| {label} | - | {why} | | | | | {'MISS' if mode in MODES else ''} |")
                 continue
             med = statistics.median(mbs(r) for r in ok)
-            runs = ", ".join(f"{mbs(r):.2f}{'' if r.get('complete', True) else '*'}" for r in ok)
+            runs = ", ".join(f"{mbs(r):.2f}" + ("" if r.get("complete", True) else "*") +
+                             (f" [{r['received'] / r['s'] / 1e6:.2f}]" if "received" in r else "") for r in ok)
             runs += f" ({len(failed)} failed)" if failed else ""
             vs_cubic = f"{med / cubic_mbs:.2f}" if cubic_mbs else "-"
             if mode in TCP_MODES:
@@ -273,7 +274,8 @@ def render(cells: dict, setups: dict, opts, modes: list[str], links: list, notes
             goal = f">= {want:g}x" + (" and > CUBIC" if loss else "")
             lines.append(f"| {label} | {med:.2f} | {runs} | {med / link_mbs:.2f} | {vs_cubic} | {conns} | {goal} | {verdict} |")
         lines.append("")
-    lines += ["`*`: cut at the time bound (the verified prefix counts).", ""]
+    lines += ["`*`: cut at the time bound (the verified prefix counts); in brackets: MB/s of all bytes that arrived,",
+              "including those ahead of the prefix (striped lanes deliver out of order).", ""]
     if setups:
         lines += [f"### Connection set-up: {STRIPES_SETUP} connections vs one (target < 1.5x)", "",
                   f"`transport.connect`, then `stripes.ensure({STRIPES_SETUP})` (the extra ones open in parallel). Median s.", "",

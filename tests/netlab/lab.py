@@ -253,10 +253,10 @@ class Lab:
                 self.ns(router, "tc", "qdisc", "add", "dev", "wan0", "root", "tbf", "rate", f"{rate_mbit}mbit",
                         "burst", TBF_BURST, "limit", TBF_LIMIT)
 
-    def impair(self, nfqdelay: Path, rtt_ms: float, loss_pct: float) -> None:
+    def impair(self, nfqdelay: Path | None, rtt_ms: float = 0, loss_pct: float = 0) -> None:
         """Delay every path by ``rtt_ms`` and drop ``loss_pct`` % of packets each way: one
-        ``nfqdelay`` per router holds what comes from its LAN for half the RTT. ``rtt_ms``
-        and ``loss_pct`` 0 stop the delay lines (queued packets then pass unhindered)."""
+        ``nfqdelay`` per router holds what comes from its LAN for half the RTT.
+        ``impair(None)`` stops the delay lines (the link is then unimpaired)."""
         for child in self.delay_lines:
             child.popen.terminate()  # nfqdelay releases what it holds on SIGTERM
             child.popen.wait(5)
@@ -264,7 +264,7 @@ class Lab:
         self.delay_lines.clear()
         for router in (self.rlab, self.rhome):
             self.ns(router, "iptables", "-t", "raw", "-F", "PREROUTING")
-        if not rtt_ms and not loss_pct:
+        if nfqdelay is None or (not rtt_ms and not loss_pct):
             return
         for seed, router in enumerate((self.rlab, self.rhome), start=1):
             child = self.spawn(router, f"nfqdelay-{router}", [str(nfqdelay), "0", f"{rtt_ms / 2:g}", f"{loss_pct:g}", str(seed)],

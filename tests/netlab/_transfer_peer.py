@@ -1,4 +1,5 @@
-"""One peer of ``benchmarks/lab_transfer.py``, run inside a lab namespace by whichever Python
+"""One peer of a lab transfer (``benchmarks/lab_transfer.py``, ``test_transfer.py``), run
+inside a lab namespace by whichever Python
 the mode needs (3.11 for aiortc, the 3.12 side env for libdatachannel; the backend comes
 from ``$SLEAP_RTC_BACKEND``). Each measurement prints one ``RESULT {json}`` line.
 
@@ -7,8 +8,10 @@ from ``$SLEAP_RTC_BACKEND``). Each measurement prints one ``RESULT {json}`` line
     serves every offer in turn as the product's worker does (``transport.accept``, stripes
     allowed, stripe offers admitted by token). ROLE ``recv``: receive the client's file,
     bounded by MAX_S. ROLE ``send``: send FILE to the client, then wait for its hang-up.
-``client URL ROOM TOKEN PEER DIR ROLE FILE STRIPED MAX_S``
+``client URL ROOM TOKEN PEER DIR ROLE FILE STRIPED MAX_S [CUT_AFTER_MIB]``
     connects once; STRIPED ``1`` leaves the product's stripe growth on, ``0`` turns it off.
+    CUT_AFTER_MIB (aiortc, ROLE ``send``): once that much was handed out, black-hole the
+    first stripe's UDP port on this host, both ways (prints ``CUT <port>``).
     ROLE ``send``: send FILE (the worker measures); ROLE ``recv``: receive the worker's
     file, bounded by MAX_S; ROLE ``setup``: time ``connect`` and then ``stripes.ensure(N)``
     with N = STRIPED (no transfer).
@@ -24,7 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,12 +65,32 @@ async def receive_bounded(ch, max_s: float) -> dict:
         await asyncio.wait([task], timeout=POLL_S)
     if task.done():
         got = task.result()  # raises what the transfer failed with
-        return {"name": got.name, "bytes": got.size, "s": time.monotonic() - (t0 or time.monotonic()), "complete": True,
+        return {"name": got.name, "bytes": got.size, "sha256": got.sha256, "s": time.monotonic() - (t0 or time.monotonic()), "complete": True,
                 "connections": connections, "backend": ch.conn.backend}
     elapsed = time.monotonic() - t0
     task.cancel()
-    return {"name": name, "bytes": verified or 0, "s": elapsed, "complete": False, "connections": connections,
-            "backend": ch.conn.backend}
+    # "received" counts bytes that arrived ahead of the verified prefix too (striped lanes).
+    return {"name": name, "bytes": verified or 0, "received": ch.transfers.bytes_moved, "s": elapsed, "complete": False,
+            "connections": connections, "backend": ch.conn.backend}
+
+
+async def cut_first_stripe(ch) -> None:
+    """Drop every UDP packet of the first stripe's nominated ICE socket on this host (its path
+    goes silent; nothing closes it). aiortc only: reads aioice's private state."""
+    for _ in range(200):  # growth may still be opening the first stripe
+        lanes = [lane for lane in ch.stripes.lanes if lane.usable]
+        if lanes:
+            break
+        await asyncio.sleep(POLL_S)
+    else:
+        print("CUT none: no stripe opened", flush=True)
+        return
+    ice = lanes[0].conn.pc.sctp.transport.transport.iceGatherer._connection
+    pair = next(iter(ice._nominated.values()))
+    port = pair.protocol.transport.get_extra_info("sockname")[1]
+    for chain, match in (("OUTPUT", "--sport"), ("INPUT", "--dport")):
+        subprocess.run(["iptables", "-I", chain, "-p", "udp", match, str(port), "-j", "DROP"], check=True, timeout=10)
+    print("CUT", port, flush=True)
 
 
 async def worker(url: str, secret: str, base: str, role: str, path: str, max_s: str) -> None:
@@ -123,9 +149,11 @@ async def worker(url: str, secret: str, base: str, role: str, path: str, max_s: 
             print(f"run {n} failed: {exc!r}", flush=True)
             await ch.close()
         current.clear()
+        shutil.rmtree(d, ignore_errors=True)  # a grid moves gigabytes: keep none of it
 
 
-async def client(url: str, room: str, token: str, peer: str, base: str, role: str, path: str, striped: str, max_s: str) -> None:
+async def client(url: str, room: str, token: str, peer: str, base: str, role: str, path: str, striped: str, max_s: str,
+                 cut_after_mib: str = "0") -> None:
     from sleap_rtc.core import transport
     from sleap_rtc.core.signaling import SignalingClient
 
@@ -143,8 +171,14 @@ async def client(url: str, room: str, token: str, peer: str, base: str, role: st
         if striped != "1":
             ch.stripes.opener = None  # one connection: no growth
         if role == "send":
+            cut: list = []
+
+            def progress(done: int, _size: int) -> None:
+                if float(cut_after_mib) and not cut and done >= float(cut_after_mib) * (1 << 20):
+                    cut.append(asyncio.ensure_future(cut_first_stripe(ch)))
+
             try:
-                await ch.send_file(path)
+                await ch.send_file(path, progress=progress)
             except Exception as exc:  # the worker stops at its time bound: expected
                 print(f"send ended: {exc.__class__.__name__}", flush=True)
             print("SENT", ch.stripes.count, flush=True)
@@ -186,6 +220,9 @@ def tcp_send(host: str, port: str, cc: str, max_bytes: str, max_s: str) -> None:
 
 
 if __name__ == "__main__":
+    # What the stripe policy decided (opened, failed, stopped growing) goes to the transcript.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stdout)
+    logging.getLogger("sleap_rtc.core.stripes").setLevel(logging.INFO)
     mode, *args = sys.argv[1:]
     if mode == "tcp-recv":
         tcp_recv(*args)
