@@ -44,6 +44,8 @@ def lossy(lab):
     finally:
         lab.impair(None)
         lab.shape(0)
+        for chain in ("INPUT", "OUTPUT"):  # the path cut's rules on the client host
+            lab.ns(lab.home, "iptables", "-F", chain)
 
 
 def upload(lab, tmp_path: Path, cut: bool) -> tuple[dict, str, list[str]]:
