@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -41,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "netlab"))
 
-from lab import SIGNALING_PORT, TURN_PORT, Addresses, Lab, build_nfqdelay, install_tools  # noqa: E402
+from lab import SIGNALING_PORT, TURN_PORT, Addresses, Lab, build_nfqdelay, remove_stale_labs, unavailable  # noqa: E402
 
 SECTION = ROOT / "docs" / "bench" / "lab_transfer.md"
 PEER = ROOT / "tests" / "netlab" / "_transfer_peer.py"
@@ -98,15 +97,6 @@ def fast_python() -> str | None:
     """The Python 3.12 side env with libdatachannel (scripts/ensure-fast-env.sh), or None."""
     proc = subprocess.run([str(ROOT / "scripts" / "ensure-fast-env.sh")], capture_output=True, text=True, timeout=600)
     return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
-
-
-def remove_stale_labs() -> None:
-    """Delete namespaces a dead run of this benchmark left behind."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20).stdout
-    for name in (line.split()[0] for line in listing.splitlines() if line.strip()):
-        m = re.fullmatch(rf"{PREFIX}(\d+)-(pub|rlab|rhome|lab|home)", name)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
 
 
 def results_after(child, start: int, timeout: float) -> dict:
@@ -318,10 +308,7 @@ def main() -> int:
     parser.add_argument("--no-setup", action="store_true", help="skip the set-up time measurement")
     parser.add_argument("--write", action="store_true", help="update docs/bench/lab_transfer.md")
     opts = parser.parse_args()
-    if os.geteuid() != 0:
-        print("the network lab needs root", file=sys.stderr)
-        return 2
-    reason = install_tools()
+    reason = unavailable()
     if reason:
         print(reason, file=sys.stderr)
         return 2
@@ -340,7 +327,7 @@ def main() -> int:
     tcp_modes = [cc for cc in TCP_MODES if cc in available]
     if "bbr" not in tcp_modes:
         notes.append("TCP BBR is not available in this kernel (`modprobe tcp_bbr` failed or no module): no BBR row.\n")
-    remove_stale_labs()
+    remove_stale_labs(PREFIX)
     work = Path(tempfile.mkdtemp(prefix="lab-transfer-"))
     lab = Lab(f"{PREFIX}{os.getpid()}", ADDRESSES)
     cells: dict = {}

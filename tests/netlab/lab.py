@@ -29,8 +29,10 @@ its namespaces). Needs root, iproute2 and iptables; ``impair`` also gcc and libn
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +99,24 @@ def build_nfqdelay(out_dir: Path, timeout: float = 300) -> Path:
     if proc.returncode != 0:
         raise RuntimeError(f"cannot build nfqdelay (needs {', '.join(NFQDELAY_PACKAGES)}): {proc.stderr.strip()[-300:]}")
     return binary
+
+
+def unavailable() -> str | None:
+    """Why the lab cannot run here (not Linux, not root, tools missing and not installable), or None."""
+    if not sys.platform.startswith("linux"):
+        return "the network lab needs Linux network namespaces"
+    if os.geteuid() != 0:
+        return "the network lab needs root (network namespaces, iptables); CI runs it as root"
+    return install_tools()
+
+
+def remove_stale_labs(prefix: str) -> None:
+    """Delete namespaces ``<prefix><pid>-<role>`` whose run (``pid``) is gone."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=CMD_TIMEOUT).stdout
+    for name in (line.split()[0] for line in listing.splitlines() if line.strip()):
+        m = re.fullmatch(rf"{re.escape(prefix)}(\d+)-(pub|rlab|rhome|lab|home)", name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=CMD_TIMEOUT)
 
 
 def missing_tools() -> list[str]:
