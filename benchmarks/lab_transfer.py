@@ -383,4 +383,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: main's finally already removed the lab
+        print("interrupted: the lab's namespaces and processes are gone", file=sys.stderr)
+        sys.exit(130)
