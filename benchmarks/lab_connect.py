@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "netlab"))
 
-from lab import PUB_IP, SERVER_URL, SIGNALING_PORT, STUN, TURN_TCP, TURN_UDP, TURNS, Lab, install_tools  # noqa: E402
+from lab import PUB_IP, SERVER_URL, SIGNALING_PORT, STUN, TURN_TCP, TURN_UDP, TURNS, Lab, unavailable  # noqa: E402
 
 SECTION = ROOT / "docs" / "bench" / "netlab.md"
 PEER = ROOT / "benchmarks" / "_lab_peer.py"
@@ -139,10 +139,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", choices=list(CASES))
     parser.add_argument("--write", action="store_true", help="update docs/bench/netlab.md")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("the network lab needs root", file=sys.stderr)
-        return 2
-    reason = install_tools()
+    reason = unavailable()
     if reason:
         print(reason, file=sys.stderr)
         return 2

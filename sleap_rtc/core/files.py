@@ -95,6 +95,13 @@ HIGH_WATER = 4 * 1024 * 1024
 """The sender pauses while the channel buffers more than this."""
 LOW_WATER = 1 * 1024 * 1024
 """``bufferedAmountLowThreshold``: the sender resumes when the buffer drains below this."""
+LANE_QUEUE_S = 0.25
+"""Striped: seconds of its own measured throughput each lane may hold queued (at least
+``LANE_MIN_QUEUE``, at most ``HIGH_WATER``). The receiver's verified prefix waits for the
+slowest lane's queue, so a fixed 4 MiB per lane held 16 s of data on a lane moving 0.25 MB/s
+(1 % loss): see docs/bench/lab_transfer.md."""
+LANE_MIN_QUEUE = 256 * 1024
+"""Striped: what a lane may always hold queued (a lane just opened has no measured rate)."""
 
 ACCEPT_TIMEOUT = 60.0
 """Seconds to wait for ``file_accept`` (the receiver may re-hash a large partial file)."""
@@ -306,6 +313,55 @@ class _Incoming:
     progressed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class _LaneQueues:
+    """How much each lane of a striped send may hold queued: ``LANE_QUEUE_S`` of what it
+    drained since it joined this stream (``LANE_MIN_QUEUE`` .. ``HIGH_WATER``). A slow lane
+    thus holds little, so the receiver's in-order prefix does not wait seconds behind it,
+    while a fast one keeps enough to never run dry. Each lane's buffered-low threshold is a
+    quarter of its allowance, so the sender wakes while the lane still has data to send."""
+
+    def __init__(self) -> None:
+        self._given: dict[int, tuple[Any, float, int]] = {}  # id(lane) -> (lane, first send, bytes given)
+
+    def allowance(self, lane: Any) -> int:
+        """Bytes ``lane`` may hold queued now."""
+        entry = self._given.get(id(lane))
+        if entry is None:
+            return LANE_MIN_QUEUE
+        _lane, t0, given = entry
+        rate = max(0, given - lane.buffered_amount) / max(1e-3, time.monotonic() - t0)
+        return int(min(HIGH_WATER, max(LANE_MIN_QUEUE, rate * LANE_QUEUE_S)))
+
+    def fits(self, lane: Any) -> bool:
+        """Whether ``lane`` has room for one more chunk."""
+        return lane.buffered_amount + CHUNK_SIZE <= self.allowance(lane)
+
+    def pick(self, lanes: list[Any]) -> Any:
+        """The lane with the most room (relative to its allowance), or None when all are full."""
+        best, best_room = None, 0.0
+        for lane in lanes:
+            allowance = self.allowance(lane)
+            room = (allowance - lane.buffered_amount - CHUNK_SIZE) / allowance
+            if room >= 0 and (best is None or room > best_room):
+                best, best_room = lane, room
+            threshold = allowance // 4
+            conn = getattr(lane, "conn", None)
+            if conn is not None and abs(conn.low_threshold - threshold) > threshold // 4:
+                conn.low_threshold = threshold
+        return best
+
+    def sent(self, lane: Any, n: int) -> None:
+        """``n`` payload bytes were handed to ``lane``."""
+        entry = self._given.get(id(lane))
+        self._given[id(lane)] = (lane, entry[1], entry[2] + n) if entry else (lane, time.monotonic(), n)
+
+    def reset(self, link: Any) -> None:
+        """Back to one lane: the channel's own threshold again (``LOW_WATER``)."""
+        conn = getattr(link, "conn", None)
+        if conn is not None and conn.low_threshold != LOW_WATER:
+            conn.low_threshold = LOW_WATER
+
+
 class FileTransfers:
     """Both directions of file transfer on one channel (owned by a ``PeerChannel``).
 
@@ -355,6 +411,11 @@ class FileTransfers:
         """True while any transfer runs, either direction."""
         return bool(self._outgoing or self._incoming)
 
+    def incoming_progress(self) -> list[tuple[str, int, int]]:
+        """``(name, verified, size)`` of each file being received: ``verified`` is the
+        contiguous prefix hashed so far (bytes that arrived early are not counted yet)."""
+        return [(st.name, st.pos, st.size) for st in self._incoming.values() if st.ready]
+
     # ------------------------------------------------------------------ sending
 
     async def send_file(
@@ -383,6 +444,8 @@ class FileTransfers:
         finished = False
         stripes = getattr(self.link, "stripes", None)
         try:
+            if stripes is not None:
+                stripes.prepare(size)
             self.link.send_control(
                 {"type": ChannelType.FILE_OFFER.value, "transfer_id": tid, "name": wire_name,
                  "size": size, "sha256": sha, "meta": dict(meta or {}), "repair": True}
@@ -446,37 +509,46 @@ class FileTransfers:
         todo = [(pos, min(CHUNK_SIZE, start + length - pos)) for start, length in ranges
                 for pos in range(start, start + length, CHUNK_SIZE)]
         todo.reverse()  # pop() from the end: in file order
-        while todo:
-            if st.done.done():  # the receiver cancelled or failed the transfer
-                st.done.result()
-            lanes = stripes.send_lanes() if stripes is not None and stripes.lanes else [link]
-            lane = min(lanes, key=lambda ln: ln.buffered_amount) if len(lanes) > 1 else link
-            if lane.buffered_amount > HIGH_WATER:
-                if lane is link and len(lanes) == 1:
-                    await link.drain(STALL_TIMEOUT)
+        queues = _LaneQueues()
+        try:
+            while todo:
+                if st.done.done():  # the receiver cancelled or failed the transfer
+                    st.done.result()
+                lanes = stripes.send_lanes() if stripes is not None and stripes.lanes else [link]
+                if len(lanes) == 1:
+                    lane = link
+                    if link.buffered_amount > HIGH_WATER:
+                        queues.reset(link)
+                        await link.drain(STALL_TIMEOUT)
+                        continue
                 else:
-                    await stripes.drain_any(HIGH_WATER, STALL_TIMEOUT)
-                continue
-            pos, n = todo.pop()
-            fh.seek(pos)
-            chunk = fh.read(n)
-            if len(chunk) != n:
-                raise FileTransferError(f"{path} shrank while it was being sent.")
-            if link.chunk_filter is not None:
-                chunk = link.chunk_filter(pos, chunk)
-            try:
-                lane.send_binary(pack_chunk(tid, pos, chunk))
-            except PeerClosedError:
-                if lane is link:
-                    raise
-                todo.append((pos, n))  # a stripe died: this chunk goes elsewhere
-                continue
-            sent += n
-            self.bytes_moved += n
-            if progress is not None:
-                progress(min(size, pos + n), size)
-            if len(lanes) > 1 and sent % (16 * CHUNK_SIZE) == 0:
-                await asyncio.sleep(0)  # let the other lanes' events in
+                    lane = queues.pick(lanes)
+                    if lane is None:
+                        await stripes.drain_any(queues.fits, STALL_TIMEOUT)
+                        continue
+                pos, n = todo.pop()
+                fh.seek(pos)
+                chunk = fh.read(n)
+                if len(chunk) != n:
+                    raise FileTransferError(f"{path} shrank while it was being sent.")
+                if link.chunk_filter is not None:
+                    chunk = link.chunk_filter(pos, chunk)
+                try:
+                    lane.send_binary(pack_chunk(tid, pos, chunk))
+                except PeerClosedError:
+                    if lane is link:
+                        raise
+                    todo.append((pos, n))  # a stripe died: this chunk goes elsewhere
+                    continue
+                queues.sent(lane, n)
+                sent += n
+                self.bytes_moved += n
+                if progress is not None:
+                    progress(min(size, pos + n), size)
+                if len(lanes) > 1 and sent % (16 * CHUNK_SIZE) == 0:
+                    await asyncio.sleep(0)  # let the other lanes' events in
+        finally:
+            queues.reset(link)
         return sent
 
     # ------------------------------------------------------------------ receiving

@@ -18,16 +18,19 @@ Admission (the extra connections belong to the same job, not to new clients):
   that channel; anything else is refused like a busy worker.
 
 Sending (``core.files``): chunks are dealt from one queue (the file, in order) to the least
-loaded open lane, the primary included, each lane flow-controlled on its own
-(``files.HIGH_WATER``), so memory stays bounded by lanes x HIGH_WATER. The receiver writes
+loaded open lane, the primary included, each lane flow-controlled on its own (a queue
+of ``files.LANE_QUEUE_S`` of its measured rate, at most ``files.HIGH_WATER``), so memory
+stays bounded by lanes x HIGH_WATER. The receiver writes
 each chunk at its offset. A stripe that dies loses the chunks it had in flight; the
 receiver names the missing ranges (``file_missing``) after ``file_end`` and the sender
 resends them on the lanes still alive, so the transfer goes on while the primary lives.
 
-Growth (client side, while a transfer of at least ``STRIPE_MIN_BYTES`` runs): open up to
-``START_CONNECTIONS`` connections in all, then add one per ``SAMPLE_INTERVAL`` while the
-measured throughput grows by ``GROWTH``, up to ``MAX_CONNECTIONS`` (``RELAY_MAX_CONNECTIONS``
-when the path goes through a TURN relay, where each connection costs an allocation).
+Growth (client side, while a transfer of at least ``STRIPE_MIN_BYTES`` runs; the grant is
+asked for before the file's first chunk, ``prepare``): open up to ``START_CONNECTIONS``
+connections in all, then add one per ``SAMPLE_INTERVAL`` while the measured throughput grows
+by ``GROWTH``, up to ``MAX_CONNECTIONS`` (``RELAY_MAX_CONNECTIONS`` when the path goes
+through a TURN relay, where each connection costs an allocation). Lab figures for these
+numbers, and for growth rules that were tried and measured no better: docs/bench/lab_transfer.md.
 """
 
 from __future__ import annotations
@@ -251,12 +254,13 @@ class Stripes:
         """Open connections to the peer, the primary included."""
         return 1 + sum(1 for lane in self.lanes if lane.usable)
 
-    async def drain_any(self, high_water: int, timeout: float) -> None:
-        """Wait until some lane buffers no more than ``high_water``; ``PeerClosedError`` after ``timeout``."""
+    async def drain_any(self, fits: Callable[[Any], bool], timeout: float) -> None:
+        """Wait until ``fits(lane)`` for some lane (checked on each lane's buffered-low event);
+        ``PeerClosedError`` after ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
             self._low.clear()
-            if any(lane.buffered_amount <= high_water for lane in self.send_lanes()):
+            if any(fits(lane) for lane in self.send_lanes()):
                 return
             left = deadline - time.monotonic()
             if left <= 0:
@@ -297,6 +301,19 @@ class Stripes:
 
     # ------------------------------------------------------------------ client side: growth
 
+    def prepare(self, size: int) -> None:
+        """A transfer of ``size`` bytes is about to be offered: ask for the grant now, ahead
+        of the file's first chunk. Asked later, ``stripe_request`` waits behind the chunks
+        already queued on the channel: up to ``HIGH_WATER``, over 20 s on a lossy long link,
+        which outlasted ``GRANT_TIMEOUT`` (docs/bench/lab_transfer.md)."""
+        if self.opener is not None and size >= STRIPE_MIN_BYTES and not self.channel.closed and self._grant is None:
+            self._request_grant()
+
+    def _request_grant(self) -> None:
+        self._grant = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TransportError):
+            self.channel.send_control({"type": ChannelType.STRIPE_REQUEST.value})
+
     def transfer_started(self, size: int) -> None:
         """A transfer of ``size`` bytes began (either direction): maybe start growing."""
         if self.opener is None or size < STRIPE_MIN_BYTES or self.channel.closed:
@@ -322,9 +339,7 @@ class Stripes:
 
     async def _get_grant(self) -> tuple[str | None, int]:
         if self._grant is None:
-            self._grant = asyncio.get_running_loop().create_future()
-            with contextlib.suppress(TransportError):
-                self.channel.send_control({"type": ChannelType.STRIPE_REQUEST.value})
+            self._request_grant()
         try:
             grant = await self.channel.guard(asyncio.shield(self._grant), GRANT_TIMEOUT)
         except (TimeoutError, TransportError):

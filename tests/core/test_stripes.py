@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sleap_rtc.core import files as files_mod
 from sleap_rtc.core import stripes as stripes_mod
 from sleap_rtc.core.backends.memory import link, memory_pair
 from sleap_rtc.core.channel import PeerChannel
@@ -213,3 +214,47 @@ async def test_a_request_before_the_runtime_decides_is_answered_when_it_does(tmp
     token = worker.stripes.allow(3)
     assert await asyncio.wait_for(asking, 2) == (token, 3)
     await client.close()
+
+
+async def test_the_grant_is_asked_before_the_first_chunk(tmp_path, monkeypatch):
+    # On a slow link a stripe_request sent once streaming began waits behind HIGH_WATER of
+    # chunks (2 s here), longer than the grant may take: no stripe would ever open.
+    monkeypatch.setattr(stripes_mod, "GRANT_TIMEOUT", 1.0)
+    monkeypatch.setattr(stripes_mod, "SAMPLE_INTERVAL", 0.3)
+    monkeypatch.setattr(stripes_mod, "STRIPE_MIN_BYTES", 1 * MiB)
+    pair = await Pair(tmp_path, rate=2e6).start()
+    src = payload(tmp_path, 12 * MiB)
+    receipt = await pair.client.send_file(src)
+    got = await pair.worker.receive_file(5)
+    assert got.sha256 == receipt.sha256 == sha(src)
+    assert pair.stripe_conns, "no stripe opened: the grant came too late"
+    await pair.client.close()
+
+
+class _Lane:
+    """A lane's buffer only (unit test of the per-lane allowance)."""
+
+    def __init__(self):
+        self.buffered_amount = 0
+        self.conn = self
+        self.low_threshold = files_mod.LOW_WATER
+
+
+async def test_each_lane_may_queue_a_quarter_second_of_its_own_rate():
+    queues = files_mod._LaneQueues()
+    fast, slow, new = _Lane(), _Lane(), _Lane()
+    queues.sent(fast, 8 * MiB)
+    queues.sent(slow, 1 * MiB)
+    await asyncio.sleep(0.5)
+    fast.buffered_amount = 2 * MiB  # drained 6 MiB in 0.5 s: 12 MB/s
+    slow.buffered_amount = 1 * MiB - 64 * 1024  # drained 64 KiB: a lossy lane
+    assert queues.allowance(new) == files_mod.LANE_MIN_QUEUE
+    assert queues.allowance(slow) == files_mod.LANE_MIN_QUEUE
+    assert 1.5 * MiB < queues.allowance(fast) <= 3.2 * MiB  # 0.25 s of ~12 MB/s (less if the sleep ran long)
+    assert queues.pick([slow, fast]) is fast  # the slow lane is over its allowance
+    assert queues.pick([slow, fast, new]) is new  # the most room relative to its allowance
+    assert slow.low_threshold == files_mod.LANE_MIN_QUEUE // 4 and fast.low_threshold < files_mod.LOW_WATER
+    fast.buffered_amount = slow.buffered_amount = new.buffered_amount = 4 * MiB
+    assert queues.pick([slow, fast, new]) is None and not any(queues.fits(x) for x in (slow, fast, new))
+    queues.reset(fast)
+    assert fast.low_threshold == files_mod.LOW_WATER

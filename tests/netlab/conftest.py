@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lab import PUB_IP, SERVER_URL, SIGNALING_PORT, TURN_PORT, TURNS_PORT, Lab, install_tools, sh  # noqa: E402
+from lab import PUB_IP, SERVER_URL, SIGNALING_PORT, TURN_PORT, TURNS_PORT, Lab, remove_stale_labs, sh, unavailable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_PACKAGE = ROOT / "resources" / "tiny" / "tiny.training_job.zip"
@@ -38,21 +38,15 @@ RESULTS_ENV = "SLEAP_RTC_LAB_RESULTS"
 """When set: a JSON-lines file each case appends its measured times to (benchmarks/lab_connect.py)."""
 
 
-def _skip_reason() -> str | None:
-    if not sys.platform.startswith("linux"):
-        return "the network lab needs Linux network namespaces"
-    if os.geteuid() != 0:
-        return "the network lab needs root (network namespaces, iptables); CI runs it as root"
-    return install_tools()
 
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     """The namespaces with coturn running in the public segment."""
-    reason = _skip_reason()
+    reason = unavailable()
     if reason:
         pytest.skip(reason)
-    remove_stale_labs()
+    remove_stale_labs(PREFIX)
     lab = Lab(f"{PREFIX}{os.getpid()}")
     work = tmp_path_factory.mktemp("netlab")
     # A CI timeout or Ctrl-C sends SIGTERM/SIGINT: turn it into KeyboardInterrupt so that the
@@ -91,15 +85,6 @@ PREFIX = "srtc"
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def remove_stale_labs() -> None:
-    """Delete namespaces left by an earlier run of this suite whose process is gone."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20).stdout
-    for name in (line.split()[0] for line in listing.splitlines() if line.strip()):
-        m = re.fullmatch(rf"{PREFIX}(\d+)-(pub|rlab|rhome|lab|home)", name)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
 
 
 def _wait(predicate, timeout: float, what: str) -> None:

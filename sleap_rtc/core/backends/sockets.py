@@ -4,7 +4,7 @@ The kernel's default UDP receive buffer (about 212 KB on Linux, ~170 full datagr
 while a single-threaded Python receiver is busy hashing and writing; SCTP takes the drops
 as congestion and slows down. ``UDP_BUFFER_BYTES`` is asked for on every ICE socket, send
 and receive. Linux grants at most ``net.core.rmem_max`` / ``net.core.wmem_max`` unless the
-process may force more (``CAP_NET_ADMIN``); see docs/benchmarks.md for the sysctl lines.
+process may force more (``CAP_NET_ADMIN``); docs/deploy.md ("Socket buffers") has the sysctl lines.
 """
 
 from __future__ import annotations

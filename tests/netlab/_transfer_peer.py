@@ -1,0 +1,232 @@
+"""One peer of a lab transfer (``benchmarks/lab_transfer.py``, ``test_transfer.py``), run
+inside a lab namespace by whichever Python
+the mode needs (3.11 for aiortc, the 3.12 side env for libdatachannel; the backend comes
+from ``$SLEAP_RTC_BACKEND``). Each measurement prints one ``RESULT {json}`` line.
+
+``worker URL SECRET DIR ROLE FILE MAX_S``
+    creates a room, registers as a worker, prints ``READY <room> <token> <peer id>``, then
+    serves every offer in turn as the product's worker does (``transport.accept``, stripes
+    allowed, stripe offers admitted by token). ROLE ``recv``: receive the client's file,
+    bounded by MAX_S. ROLE ``send``: send FILE to the client, then wait for its hang-up.
+``client URL ROOM TOKEN PEER DIR ROLE FILE STRIPED MAX_S [CUT_AFTER_MIB]``
+    connects once; STRIPED ``1`` leaves the product's stripe growth on, ``0`` turns it off.
+    CUT_AFTER_MIB (aiortc, ROLE ``send``): once that much was handed out, black-hole the
+    first stripe's UDP port on this host, both ways (prints ``CUT <port>``).
+    ROLE ``send``: send FILE (the worker measures); ROLE ``recv``: receive the worker's
+    file, bounded by MAX_S; ROLE ``setup``: time ``connect`` and then ``stripes.ensure(N)``
+    with N = STRIPED (no transfer).
+``tcp-recv PORT MAX_S`` / ``tcp-send HOST PORT CC MAX_BYTES MAX_S``
+    the TCP baseline: one connection with congestion control CC (``TCP_CONGESTION``),
+    up to MAX_BYTES or MAX_S, whichever first, measured by the receiver.
+
+A bounded receive measures from the moment the offer was accepted to ``file_done`` (the
+whole file, SHA-256 verified) or, at MAX_S, counts the contiguous prefix hashed so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLL_S = 0.05
+"""How often a bounded receive looks at the verified prefix and the stripe count."""
+CONNECT_TIMEOUT = 30.0
+"""Seconds one connection set-up may take (loss lengthens the handshakes)."""
+IDLE_TIMEOUT = 120.0
+"""Seconds a peer waits for its counterpart before giving up."""
+
+
+def result(**fields) -> None:
+    """Print one measurement for the orchestrator."""
+    print("RESULT " + json.dumps(fields), flush=True)
+
+
+async def receive_bounded(ch, max_s: float) -> dict:
+    """Receive one file on ``ch`` for at most ``max_s`` seconds; the figures of the run."""
+    task = asyncio.ensure_future(ch.receive_file(max_s + IDLE_TIMEOUT))
+    t0 = verified = None
+    name, connections = "", ch.stripes.count
+    while not task.done():
+        progress = ch.transfers.incoming_progress()
+        now = time.monotonic()
+        if progress:
+            name, verified, _size = progress[0]
+            t0 = now if t0 is None else t0
+        connections = max(connections, ch.stripes.count)
+        if t0 is not None and now - t0 >= max_s:
+            break
+        await asyncio.wait([task], timeout=POLL_S)
+    if task.done():
+        got = task.result()  # raises what the transfer failed with
+        return {"name": got.name, "bytes": got.size, "sha256": got.sha256, "s": time.monotonic() - (t0 or time.monotonic()), "complete": True,
+                "connections": connections, "backend": ch.conn.backend}
+    elapsed = time.monotonic() - t0
+    task.cancel()
+    # "received" counts bytes that arrived ahead of the verified prefix too (striped lanes).
+    return {"name": name, "bytes": verified or 0, "received": ch.transfers.bytes_moved, "s": elapsed, "complete": False,
+            "connections": connections, "backend": ch.conn.backend}
+
+
+async def cut_first_stripe(ch) -> None:
+    """Drop every UDP packet of the first stripe's nominated ICE socket on this host (its path
+    goes silent; nothing closes it). aiortc only: reads aioice's private state."""
+    for _ in range(200):  # growth may still be opening the first stripe
+        lanes = [lane for lane in ch.stripes.lanes if lane.usable]
+        if lanes:
+            break
+        await asyncio.sleep(POLL_S)
+    else:
+        print("CUT none: no stripe opened", flush=True)
+        return
+    ice = lanes[0].conn.pc.sctp.transport.transport.iceGatherer._connection
+    pair = next(iter(ice._nominated.values()))
+    port = pair.protocol.transport.get_extra_info("sockname")[1]
+    for chain, match in (("OUTPUT", "--sport"), ("INPUT", "--dport")):
+        subprocess.run(["iptables", "-I", chain, "-p", "udp", match, str(port), "-j", "DROP"], check=True, timeout=10)
+    print("CUT", port, flush=True)
+
+
+async def worker(url: str, secret: str, base: str, role: str, path: str, max_s: str) -> None:
+    from sleap_rtc.core import transport
+    from sleap_rtc.core.protocol import MessageType
+    from sleap_rtc.core.signaling import SignalingClient, create_room
+
+    room = await create_room(url, secret=secret)
+    sig = SignalingClient(url, room_id=room.room_id, token=room.worker_token, role="worker", events=False)
+    await asyncio.wait_for(sig.connect(), CONNECT_TIMEOUT)
+    offers: asyncio.Queue = asyncio.Queue()
+    current: list = []  # the channel being served (stripe offers join it)
+
+    async def stripe(frame) -> None:
+        ch = current[0] if current else None
+        if ch is None or not ch.stripes.admits(frame.get("stripe"), frame.get("sender")):
+            return
+        try:
+            ch.stripes.attach(await transport.accept_stripe(sig, frame, timeout=CONNECT_TIMEOUT))
+        except Exception:
+            ch.stripes.release()
+
+    def on_frame(frame) -> None:
+        if frame.get("type") != MessageType.OFFER:
+            return
+        if frame.get("stripe"):
+            asyncio.ensure_future(stripe(frame))
+        else:
+            offers.put_nowait(frame)
+
+    sig.add_listener(on_frame)
+    print("READY", room.room_id, room.token, sig.peer_id, flush=True)
+    n = 0
+    while True:
+        frame = await offers.get()
+        n += 1
+        d = Path(base) / f"w{n}"
+        try:
+            ch = await transport.accept(sig, frame, receive_dir=d / "recv", cache_dir=d / "cache", timeout=CONNECT_TIMEOUT)
+        except Exception as exc:
+            print(f"accept failed: {exc}", flush=True)
+            continue
+        current[:] = [ch]
+        ch.stripes.allow()
+        try:
+            if role == "recv":
+                result(side="worker", **await receive_bounded(ch, float(max_s)))
+                await ch.close()
+            else:
+                try:
+                    await ch.send_file(path)
+                except Exception as exc:  # the client stops at its time bound: expected
+                    print(f"send ended: {exc.__class__.__name__}", flush=True)
+                await ch.wait_closed(IDLE_TIMEOUT)
+        except Exception as exc:
+            print(f"run {n} failed: {exc!r}", flush=True)
+            await ch.close()
+        current.clear()
+        shutil.rmtree(d, ignore_errors=True)  # a grid moves gigabytes: keep none of it
+
+
+async def client(url: str, room: str, token: str, peer: str, base: str, role: str, path: str, striped: str, max_s: str,
+                 cut_after_mib: str = "0") -> None:
+    from sleap_rtc.core import transport
+    from sleap_rtc.core.signaling import SignalingClient
+
+    sig = SignalingClient(url, room_id=room, token=token, role="client", events=False)
+    await asyncio.wait_for(sig.connect(), CONNECT_TIMEOUT)
+    t0 = time.monotonic()
+    ch = await transport.connect(sig, peer, receive_dir=Path(base) / "recv", cache_dir=Path(base) / "cache",
+                                 timeout=CONNECT_TIMEOUT)
+    one = time.monotonic() - t0
+    if role == "setup":
+        t1 = time.monotonic()
+        opened = await ch.stripes.ensure(int(striped))
+        result(side="client", one=one, extra=time.monotonic() - t1, connections=opened, backend=ch.conn.backend)
+    else:
+        if striped != "1":
+            ch.stripes.opener = None  # one connection: no growth
+        if role == "send":
+            cut: list = []
+
+            def progress(done: int, _size: int) -> None:
+                if float(cut_after_mib) and not cut and done >= float(cut_after_mib) * (1 << 20):
+                    cut.append(asyncio.ensure_future(cut_first_stripe(ch)))
+
+            try:
+                await ch.send_file(path, progress=progress)
+            except Exception as exc:  # the worker stops at its time bound: expected
+                print(f"send ended: {exc.__class__.__name__}", flush=True)
+            print("SENT", ch.stripes.count, flush=True)
+        else:
+            result(side="client", connect=one, **await receive_bounded(ch, float(max_s)))
+    await ch.close()
+    await sig.close()
+
+
+def tcp_recv(port: str, max_s: str) -> None:
+    srv = socket.create_server(("0.0.0.0", int(port)))
+    print("READY", flush=True)
+    srv.settimeout(IDLE_TIMEOUT)
+    conn, _ = srv.accept()
+    conn.settimeout(IDLE_TIMEOUT)
+    t0, n = time.monotonic(), 0
+    while time.monotonic() - t0 < float(max_s):
+        block = conn.recv(1 << 20)
+        if not block:
+            break
+        n += len(block)
+    result(side="tcp", bytes=n, s=time.monotonic() - t0)
+    conn.close()
+
+
+def tcp_send(host: str, port: str, cc: str, max_bytes: str, max_s: str) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+    sock.settimeout(CONNECT_TIMEOUT)
+    sock.connect((host, int(port)))
+    block, left, t0 = bytes(1 << 20), int(max_bytes), time.monotonic()
+    try:
+        while left > 0 and time.monotonic() - t0 < float(max_s) + 1:
+            sock.sendall(block[:min(left, len(block))])
+            left -= len(block)
+    except OSError:
+        pass  # the receiver stopped at its time bound
+    sock.close()
+
+
+if __name__ == "__main__":
+    # What the stripe policy decided (opened, failed, stopped growing) goes to the transcript.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stdout)
+    logging.getLogger("sleap_rtc.core.stripes").setLevel(logging.INFO)
+    mode, *args = sys.argv[1:]
+    if mode == "tcp-recv":
+        tcp_recv(*args)
+    elif mode == "tcp-send":
+        tcp_send(*args)
+    else:
+        asyncio.run(worker(*args) if mode == "worker" else client(*args))
