@@ -159,7 +159,6 @@ async def receive_raw(ch, mode: str, work: Path, size: int) -> None:
     from sleap_rtc.core.jobs_wire import job_log
 
     got = 0
-    done = asyncio.get_running_loop().create_future()
     out = open(work / "old.bin", "wb") if mode == "old" else None
 
     def on_message(data):

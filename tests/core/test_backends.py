@@ -104,7 +104,7 @@ def test_socket_buffers_raised():
 def test_aioice_hook_raises_its_buffer_constant():
     import aioice.turn
 
-    from sleap_rtc.core.backends import aiortc as _  # noqa: F401  (installs the hook)
+    import sleap_rtc.core.backends.aiortc  # noqa: F401  (installs the hook)
     from sleap_rtc.core.backends.sockets import UDP_BUFFER_BYTES
 
     assert aioice.turn.UDP_SOCKET_BUFFER_SIZE >= UDP_BUFFER_BYTES
