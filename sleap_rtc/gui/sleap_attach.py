@@ -292,8 +292,15 @@ def inject_panel(window: Any, dlg: QtWidgets.QDialog) -> RemoteTrainingPanel:
     panel = RemoteTrainingPanel(window.remote.dock, dlg)
     panel.join_requested.connect(window.remote.open_join_dialog)
     dlg.layout().insertWidget(1, panel)
+    wire_panel(dlg, panel, run_button, lambda *_: refresh_panel_notes(dlg, panel),
+               lambda *_: on_run_clicked(window, dlg, panel))
+    return panel
+
+
+def wire_panel(dlg: Any, panel: RemoteTrainingPanel, run_button: Any, refresh: Any, on_run: Any) -> None:
+    """Keep ``panel``'s notes fresh as the dialog's target changes, and send Run to ``on_run``
+    (which calls SLEAP's own ``dlg.run`` while remote is not ticked)."""
     selector = getattr(dlg, "frame_target_selector", None)
-    refresh = lambda *_: refresh_panel_notes(dlg, panel)  # noqa: E731
     if selector is not None:
         selector.valueChanged.connect(refresh)
         selector.target_dropdown.currentIndexChanged.connect(refresh)
@@ -303,8 +310,7 @@ def inject_panel(window: Any, dlg: QtWidgets.QDialog) -> RemoteTrainingPanel:
         run_button.clicked.disconnect(dlg.run)
     except (RuntimeError, TypeError) as exc:  # SLEAP changed how Run is wired
         raise _hook_error("LearningDialog.run_button -> run connection") from exc
-    run_button.clicked.connect(lambda *_: on_run_clicked(window, dlg, panel))
-    return panel
+    run_button.clicked.connect(on_run)
 
 
 def on_run_clicked(window: Any, dlg: Any, panel: RemoteTrainingPanel) -> None:

@@ -207,7 +207,7 @@ def merge_video_predictions(labels: Any, labeled_frames: Any, video_index: int, 
 
 def inject_inference_panel(window: Any, dlg: Any) -> Any:
     """Insert the Remote inference panel into SLEAP's Inference dialog once; re-route Run."""
-    from sleap_rtc.gui.sleap_attach import _hook_error, _require
+    from sleap_rtc.gui.sleap_attach import _require, wire_panel
     from sleap_rtc.gui.training_panel import PANEL_OBJECT_NAME, RemoteTrainingPanel
 
     existing = dlg.findChild(RemoteTrainingPanel, PANEL_OBJECT_NAME)
@@ -219,17 +219,8 @@ def inject_inference_panel(window: Any, dlg: Any) -> Any:
     panel.join_requested.connect(window.remote.open_join_dialog)
     dlg.layout().insertWidget(1, panel)
     refresh = lambda *_: refresh_inference_notes(window, dlg, panel)  # noqa: E731
-    selector = dlg.frame_target_selector
-    selector.valueChanged.connect(refresh)
-    selector.target_dropdown.currentIndexChanged.connect(refresh)
-    dlg.pipeline_form_widget.updatePipeline.connect(refresh)
-    panel.notes_wanted.connect(refresh)
-    refresh()
-    try:
-        run_button.clicked.disconnect(dlg.run)
-    except (RuntimeError, TypeError) as exc:  # SLEAP changed how Run is wired
-        raise _hook_error("LearningDialog.run_button -> run connection") from exc
-    run_button.clicked.connect(lambda *_: on_inference_run_clicked(window, dlg, panel))
+    dlg.pipeline_form_widget.updatePipeline.connect(refresh)  # a model picked changes what can run
+    wire_panel(dlg, panel, run_button, refresh, lambda *_: on_inference_run_clicked(window, dlg, panel))
     return panel
 
 
