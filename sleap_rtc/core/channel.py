@@ -436,6 +436,9 @@ class PeerChannel:
                 log.warning("refused a frame from %s: %s", self.remote_peer_id, event.reason)
             elif isinstance(event, cp.PeerError):
                 log.warning("%s refused a frame of ours (%s): %s", self.remote_peer_id, event.reason, event.message[:300])
+                # Whoever waits for the answer to the refused message learns it now, not at a timeout.
+                self._handle([cp.MessageReceived({"type": ChannelType.ERROR.value, "reason": event.reason,
+                                                  "message": event.message, "refused": event.refused})])
             elif isinstance(event, cp.Closed):
                 self.went_silent = event.silent
                 if event.error is not None and not self._hello.done():

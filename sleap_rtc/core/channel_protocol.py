@@ -24,8 +24,10 @@ The rules, all of them here:
   ``type`` is a row of ``protocol.CHANNEL_FIELDS`` with the required fields of the listed
   types (an ``int`` field takes no ``bool``). A frame that is not is dropped with a
   ``FrameRejected`` event naming why, and the peer is told (``error {reason:
-  invalid_message}``, never in reply to an ``error``, so two peers cannot ping-pong);
-  the channel stays up: a stray message must not end a job.
+  invalid_message, refused: <its type>}``, never in reply to an ``error``, so two peers
+  cannot ping-pong); the channel stays up: a stray message must not end a job. The side
+  told so gets a ``PeerError`` naming the refused type, and ``PeerChannel`` hands it on as
+  an ``error`` message, so a wait for the answer to that message ends at once.
 * ``heartbeat`` every ``heartbeat_interval`` s; any frame counts as a sign of life; a peer
   silent for ``dead_after`` s (exactly: at ``last_seen + dead_after``) is declared dead
   (``Closed(silent=True)``). ``suspect(grace)`` shortens that to ``grace`` when a hint
@@ -133,6 +135,8 @@ class PeerError:
 
     reason: str
     message: str
+    refused: str = ""
+    """The ``type`` of our message the peer refused, when it said (``error.refused``)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,13 @@ def message_problem(msg: Any) -> str | None:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
             return f"'{kind}' needs field '{name}' of type {_type_names(types)}"
     return None
+
+
+def refused_by_peer(msg: dict[str, Any], kind: str) -> bool:
+    """Whether ``msg`` (from ``PeerChannel.receive``) is the peer's ``invalid_message``
+    refusal of our message of type ``kind``: its answer will never come."""
+    return (msg.get("type") == ChannelType.ERROR and msg.get("reason") == INVALID_CHANNEL_MESSAGE
+            and msg.get("refused") == kind)
 
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -269,9 +280,9 @@ class ChannelProtocol:
             return self._on_hello(msg)
         problem = message_problem(msg)
         if problem is not None:
-            return self._reject(problem, reply=kind != ChannelType.ERROR)
+            return self._reject(problem, reply=kind != ChannelType.ERROR, refused=kind)
         if self.remote_hello is None and kind not in _BEFORE_HELLO:
-            return self._reject(f"'{kind}' before the peer's hello")
+            return self._reject(f"'{kind}' before the peer's hello", refused=kind)
         return self._dispatch(msg)
 
     def _on_hello(self, msg: dict[str, Any]) -> list[Event]:
@@ -299,7 +310,8 @@ class ChannelProtocol:
             if msg["reason"] == VERSION_MISMATCH:
                 text = msg["message"] or "The peer refused our data-channel protocol version."
                 return [self._close(text, error=ChannelVersionError(text))]
-            return [PeerError(msg["reason"], msg["message"])]
+            refused = msg.get("refused")
+            return [PeerError(msg["reason"], msg["message"], refused if isinstance(refused, str) else "")]
         if kind == ChannelType.IDENTITY_PROOF:
             if self.role != "client":
                 return self._reject("an identity_proof sent to a worker")
@@ -313,10 +325,12 @@ class ChannelProtocol:
             return [StripeControl(msg)]
         return [MessageReceived(msg)]
 
-    def _reject(self, reason: str, *, reply: bool = True) -> list[Event]:
+    def _reject(self, reason: str, *, reply: bool = True, refused: Any = None) -> list[Event]:
         if reply:
-            self._outgoing.append(dumps({"type": ChannelType.ERROR.value, "reason": INVALID_CHANNEL_MESSAGE,
-                                         "message": f"Refused {reason}."}))
+            error = {"type": ChannelType.ERROR.value, "reason": INVALID_CHANNEL_MESSAGE, "message": f"Refused {reason}."}
+            if isinstance(refused, str):  # the sender's waits for an answer to it can end now
+                error["refused"] = refused[:64]
+            self._outgoing.append(dumps(error))
         return [FrameRejected(reason)]
 
     def _close(self, reason: str, *, silent: bool = False, error: Exception | None = None) -> Closed:

@@ -154,6 +154,15 @@ OFFER_REF = "offer_ref"
 offers to one peer in flight at once (the extra connections of a striped transfer) each
 get their own answer; the server strips ``id`` from relayed frames, so ``id`` cannot."""
 
+STRIPE_TOKEN = "stripe"
+"""Field of an ``offer`` for an extra connection of a striped transfer: the token of the
+channel it joins (``core.stripes``); an offer without it asks for a new channel."""
+
+STRIPE_GRANT = "stripe_grant"
+"""Field of a worker's ``answer``: ``{max, token}``, the stripe grant of the channel being set
+up, so the client's extra connections can open while the first one still handshakes (the
+same grant as the data channel's ``stripe_grant`` message; absent: ask on the channel)."""
+
 STRIPE_REFUSED = "stripe_refused"
 """``reason`` of a worker's refusal of an extra-connection (stripe) offer it cannot admit."""
 
@@ -387,6 +396,7 @@ exactly what the senders in ``channel_protocol``, ``channel``, ``files``, ``stri
 Optional fields: ``hello.nonce`` (str: the client's challenge for ``identity_proof``),
 ``file_offer.repair`` (bool: the sender answers ``file_missing``),
 ``job_log.stream`` (``stdout``/``stderr``), ``stripe_grant.token`` (str, when ``max`` > 0),
+``error.refused`` (str: the type of the message an ``invalid_message`` error refuses),
 ``file_missing.ranges`` items are ``[offset, length]`` pairs."""
 
 

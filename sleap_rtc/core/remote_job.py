@@ -51,6 +51,7 @@ from sleap_rtc.core.package import (
     safe_extract,
 )
 from sleap_rtc.core.phases import JobPhases, Phase
+from sleap_rtc.core.channel_protocol import refused_by_peer
 from sleap_rtc.core.protocol import ChannelType, JobKind, ResultKind
 from sleap_rtc.core.room import WorkerInfo
 from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
@@ -309,6 +310,8 @@ class JobSession:
                 msg = await self.channel.receive(ATTACH_TIMEOUT)
             except (TimeoutError, asyncio.TimeoutError):
                 msg = {"type": ChannelType.JOB_REJECTED, "job_id": self.job_id, "reason": "no answer to job_attach"}
+            if refused_by_peer(msg, ChannelType.JOB_ATTACH):
+                msg = {"type": ChannelType.JOB_REJECTED, "job_id": self.job_id, "reason": f"it could not read job_attach: {msg.get('message')}"}
             if msg.get("job_id") != self.job_id:
                 continue
             if msg.get("type") == ChannelType.JOB_ACCEPTED:
@@ -410,6 +413,8 @@ class JobSession:
                 self.phases.advance(self.running_phase, "started on " + summary.worker)
             elif kind == ChannelType.JOB_REJECTED:
                 raise self._fail(JobRejectedError(f"The worker refused the job: {msg.get('reason')}"))
+            elif refused_by_peer(msg, ChannelType.JOB_SUBMIT):
+                raise self._fail(JobRejectedError(f"The worker could not read the job request: {msg.get('message')}"))
             elif kind == ChannelType.JOB_LOG:
                 self._back_to_running()
                 # Progress-bar redraws (tqdm/rich frames) are noise in a log view: skipped.

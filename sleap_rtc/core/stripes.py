@@ -28,7 +28,7 @@ resends them on the lanes still alive, so the transfer goes on while the primary
 Growth (client side, while a transfer of at least ``STRIPE_MIN_BYTES`` runs; the grant is
 asked for before the file's first chunk, ``prepare``): open up to ``START_CONNECTIONS``
 connections in all, then add one per ``SAMPLE_INTERVAL`` while the measured throughput grows
-by ``GROWTH``, up to ``MAX_CONNECTIONS`` (``RELAY_MAX_CONNECTIONS`` when the path goes
+by ``growth_needed`` (``GROWTH``, less with many connections), up to ``MAX_CONNECTIONS`` (``RELAY_MAX_CONNECTIONS`` when the path goes
 through a TURN relay, where each connection costs an allocation). Lab figures for these
 numbers, and for growth rules that were tried and measured no better: docs/bench/lab_transfer.md.
 """
@@ -58,8 +58,10 @@ STRIPE_LABEL = "sleap-rtc-stripe"
 """Label of a stripe's data channel."""
 START_CONNECTIONS = 2
 """Connections (primary included) a striped transfer starts with."""
-MAX_CONNECTIONS = 8
-"""Cap on connections (primary included) to one peer."""
+MAX_CONNECTIONS = 12
+"""Cap on connections (primary included) to one peer: at 80 ms and 1 % loss one association
+moves ~0.18 MB/s (the Reno bound, ~MSS / (RTT sqrt(loss))), so the link's 0.15x target takes
+ten or more; memory stays bounded (each lane queues a quarter second of its own rate)."""
 RELAY_MAX_CONNECTIONS = 2
 """Cap when the primary goes through a TURN relay (each connection is one allocation)."""
 STRIPE_MIN_BYTES = 8 * 1024 * 1024
@@ -67,7 +69,11 @@ STRIPE_MIN_BYTES = 8 * 1024 * 1024
 SAMPLE_INTERVAL = 1.5
 """Seconds of throughput measured before deciding to add one more connection."""
 GROWTH = 1.10
-"""Add a connection only while the last one raised throughput by at least this factor."""
+"""Add a connection while the last one raised throughput by at least this factor..."""
+SHARE = 0.5
+"""... or, with many connections, by half of an average connection's share: the n-th adds
+1/(n-1) when the path limits each connection (loss) and ~0 when the link or the CPU is
+the limit, so growth goes on only where connections still add throughput."""
 GRANT_TIMEOUT = 10.0
 """Seconds the client waits for ``stripe_grant``."""
 STRIPE_OPEN_TIMEOUT = 15.0
@@ -77,6 +83,12 @@ CLOSE_TIMEOUT = 5.0
 
 Opener = Callable[[str], Awaitable["Connection"]]
 """``opener(token) -> Connection``: opens one extra connection (``transport.open_stripe``)."""
+
+
+def growth_needed(connections: int) -> float:
+    """Throughput factor the last added connection (``connections`` now open) must have
+    brought for growth to go on: ``GROWTH``, or half a share when that is less."""
+    return 1.0 + min(GROWTH - 1.0, SHARE / max(1, connections - 1))
 
 
 def wait_open(conn: Connection) -> asyncio.Future:
@@ -186,6 +198,7 @@ class Stripes:
         self._low = asyncio.Event()
         self._grower: asyncio.Task | None = None
         self._opening: set[asyncio.Task] = set()
+        self._ensurer: asyncio.Task | None = None
         self._requested = False  # a stripe_request came before the runtime decided
         self._decided = False
 
@@ -209,12 +222,15 @@ class Stripes:
             self._requested = False
             self._send_grant()
 
-    def _send_grant(self) -> None:
-        grant: dict[str, Any] = {"type": ChannelType.STRIPE_GRANT.value, "max": 0}
+    def grant_fields(self) -> dict[str, Any]:
+        """The grant as it travels: ``{max}``, plus ``token`` when striping is allowed."""
         if self.token is not None and self.allowed > 0:
-            grant = {**grant, "max": self.allowed, "token": self.token}
+            return {"max": self.allowed, "token": self.token}
+        return {"max": 0}
+
+    def _send_grant(self) -> None:
         with contextlib.suppress(TransportError):
-            self.channel.send_control(grant)
+            self.channel.send_control({"type": ChannelType.STRIPE_GRANT.value, **self.grant_fields()})
 
     def admits(self, token: Any, sender: Any) -> bool:
         """Whether an offer with ``token`` from ``sender`` may become a stripe of this channel
@@ -293,7 +309,7 @@ class Stripes:
 
     async def close(self) -> None:
         """Close every stripe and stop growing; bounded by ``CLOSE_TIMEOUT``."""
-        tasks = [t for t in (self._grower, *self._opening) if t is not None]
+        tasks = [t for t in (self._grower, self._ensurer, *self._opening) if t is not None]
         await cancel_and_wait(tasks, CLOSE_TIMEOUT / 2)
         lanes, self.lanes = self.lanes, []
         if lanes:
@@ -314,6 +330,20 @@ class Stripes:
         with contextlib.suppress(TransportError):
             self.channel.send_control({"type": ChannelType.STRIPE_REQUEST.value})
 
+    def granted(self, grant: Any) -> None:
+        """The worker's answer carried its grant (``protocol.STRIPE_GRANT``): keep it, so no
+        ``stripe_request`` round trip is needed. Anything but a dict is ignored."""
+        if not isinstance(grant, dict) or self._grant is not None:
+            return
+        self._grant = asyncio.get_running_loop().create_future()
+        self._grant.set_result(grant)
+
+    def open_early(self, connections: int) -> None:
+        """Start opening extra connections up to ``connections`` in all now, while the primary
+        still handshakes (``transport.connect(stripes=N)``); ``ensure`` joins them."""
+        if self.opener is not None and connections > 1 and not self.channel.closed:
+            self._ensurer = spawn(self.ensure(connections), name=f"stripes-open-{self.channel.remote_peer_id}")
+
     def transfer_started(self, size: int) -> None:
         """A transfer of ``size`` bytes began (either direction): maybe start growing."""
         if self.opener is None or size < STRIPE_MIN_BYTES or self.channel.closed:
@@ -322,13 +352,15 @@ class Stripes:
             self._grower = spawn(self._grow(), name=f"stripes-{self.channel.remote_peer_id}")
 
     async def ensure(self, connections: int) -> int:
-        """Open extra connections until ``connections`` in all (capped); returns how many are open."""
+        """Open extra connections until ``connections`` in all (capped), counting those already
+        opening; returns how many are open once none is still opening."""
         token, allowed = await self._get_grant()
         if token is None:
             return self.count
-        want = min(connections, self._cap(allowed)) - self.count
-        if want > 0:
-            await asyncio.gather(*(self._open_one(token) for _ in range(want)), return_exceptions=True)
+        for _ in range(min(connections, self._cap(allowed)) - self.count - len(self._opening)):
+            self._start_one(token)
+        if self._opening:
+            await asyncio.wait(set(self._opening))
         return self.count
 
     def _cap(self, allowed: int) -> int:
@@ -349,19 +381,19 @@ class Stripes:
             return None, 0
         return token, allowed
 
+    def _start_one(self, token: str) -> asyncio.Task:
+        task = spawn(self._open_one(token), name=f"stripe-open-{self.channel.remote_peer_id}")
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+        return task
+
     async def _open_one(self, token: str) -> None:
         assert self.opener is not None
-        task = asyncio.current_task()
-        if task is not None:
-            self._opening.add(task)
         try:
             conn = await asyncio.wait_for(self.opener(token), STRIPE_OPEN_TIMEOUT)
             self.attach(conn)
         except (TransportError, TimeoutError, OSError, ConnectionError) as exc:
             log.info("an extra connection to %s did not open: %s", self.channel.remote_peer_id, exc)
-        finally:
-            if task is not None:
-                self._opening.discard(task)
 
     async def _grow(self) -> None:
         token, allowed = await self._get_grant()
@@ -374,9 +406,9 @@ class Stripes:
             before, t0 = transfers.bytes_moved, time.monotonic()
             await asyncio.sleep(SAMPLE_INTERVAL)
             rate = (transfers.bytes_moved - before) / max(1e-6, time.monotonic() - t0)
-            if rate < best * GROWTH or not transfers.active:
+            if rate < best * growth_needed(self.count) or not transfers.active:
                 log.info("stripes to %s: %d connections (throughput stopped growing at %.1f MB/s)",
                          self.channel.remote_peer_id, self.count, rate / 1e6)
                 return
             best = rate
-            await self._open_one(token)
+            await asyncio.wait({self._start_one(token)})

@@ -61,7 +61,9 @@ from sleap_rtc.core.backends import Connection, choose_backend, make_connection
 from sleap_rtc.core.channel import PeerChannel
 from sleap_rtc.core.config import ConfigError, ice_servers_from_config
 from sleap_rtc.core.ice_report import IceReport, StateLog, candidate_types
-from sleap_rtc.core.protocol import CHANNEL_VERSION, OFFER_REF, WORKER_BUSY, ErrorCode, MessageType
+from sleap_rtc.core.protocol import (
+    CHANNEL_VERSION, OFFER_REF, STRIPE_GRANT, STRIPE_TOKEN, WORKER_BUSY, ErrorCode, MessageType,
+)
 from sleap_rtc.core.transport_errors import (
     AnswerTimeoutError,
     ConnectionFailedError,
@@ -271,6 +273,8 @@ class _Attempt:
     states: StateLog = field(default_factory=StateLog)
     started: float = 0.0
     local_sdp: str | None = None
+    servers: list[dict[str, Any]] = field(default_factory=list)
+    """The ICE servers that answered the probe (what the connection uses)."""
 
     @property
     def pc(self) -> Any:
@@ -278,18 +282,28 @@ class _Attempt:
         return getattr(self.conn, "pc", None) if self.conn.backend == "aiortc" else None
 
 
-async def _peer_connection(signaling: Any, ice_servers: list[dict[str, Any]] | None, backend: str | None = None) -> _Attempt:
+PROBE_REUSE_S = 30.0
+"""An extra connection opened within this many seconds of its primary's probe uses the servers
+that answered it instead of probing again (one round trip less at set-up)."""
+
+
+async def _peer_connection(signaling: Any, ice_servers: list[dict[str, Any]] | None, backend: str | None = None,
+                           probed: tuple[float, list[dict[str, Any]]] | None = None) -> _Attempt:
     backend = choose_backend(backend)
-    started = asyncio.get_running_loop().time()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     if backend == "memory":  # the in-process test pair needs no network at all
         return _Attempt(make_connection(backend, []), [], [], started=started)
     if backend == "aiortc":  # libdatachannel does use loopback; aioice never does
         check_not_loopback_only()
-    await refresh_ice_servers(signaling)
-    configured = resolve_ice_servers(ice_servers, signaling)
-    servers = await probe_ice_servers(configured)  # again on every attempt: the network changes
+    if probed is not None and started - probed[0] < PROBE_REUSE_S:
+        configured = servers = probed[1]
+    else:
+        await refresh_ice_servers(signaling)
+        configured = resolve_ice_servers(ice_servers, signaling)
+        servers = await probe_ice_servers(configured)  # again on every attempt: the network changes
     attempt = _Attempt(make_connection(backend, servers), [e["urls"] for e in configured],
-                       [e["urls"] for e in servers], started=started)
+                       [e["urls"] for e in servers], started=started, servers=servers)
     if attempt.pc is not None:
         attempt.states.attach(attempt.pc)
     return attempt
@@ -309,6 +323,7 @@ async def connect(
     version: int = CHANNEL_VERSION,
     ice_check_timeout: float = ICE_CHECK_TIMEOUT,
     backend: str | None = None,
+    stripes: int = 1,
 ) -> PeerChannel:
     """Open a data channel to ``target_peer_id`` through the room (client side).
 
@@ -316,7 +331,10 @@ async def connect(
     (offer -> answer -> ICE/DTLS -> hello); the ICE checks alone get ``ice_check_timeout``
     once the answer is in. ``receive_dir``/``cache_dir``: where incoming files and the
     transfer cache go. ``version`` is for tests of the hello exchange. ``backend`` forces
-    a transport backend (default: ``backends.choose_backend``).
+    a transport backend (default: ``backends.choose_backend``). ``stripes`` > 1 opens that
+    many connections in all for striped transfers, the extra ones as soon as the worker's
+    answer grants them, in parallel with the first one's handshakes (``stripes.ensure``
+    returns once they are open); the worker may refuse them, which costs nothing here.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -331,10 +349,13 @@ async def connect(
         attempt.local_sdp = await conn.offer(CHANNEL_LABEL)  # gathers (non-trickle)
         frame = await exchange_offer(signaling, target_peer_id, attempt.local_sdp, deadline, timeout)
         await conn.accept_answer(frame["sdp"])
-        await _open(attempt, channel.start, deadline, loop.time() + ice_check_timeout, target_peer_id, "client", frame["sdp"])
         channel.stripes.opener = functools.partial(
-            open_stripe, signaling, target_peer_id, ice_servers=ice_servers, timeout=timeout, backend=backend
+            open_stripe, signaling, target_peer_id, ice_servers=ice_servers, timeout=timeout, backend=backend,
+            probed=(attempt.started, attempt.servers),
         )
+        channel.stripes.granted(frame.get(STRIPE_GRANT))
+        channel.stripes.open_early(stripes)
+        await _open(attempt, channel.start, deadline, loop.time() + ice_check_timeout, target_peer_id, "client", frame["sdp"])
         return channel
     except BaseException:
         if channel is not None:
@@ -395,19 +416,22 @@ async def open_stripe(
     ice_servers: list[dict[str, Any]] | None = None,
     timeout: float = 20.0,
     backend: str | None = None,
+    probed: tuple[float, list[dict[str, Any]]] | None = None,
 ) -> Connection:
     """Open one extra peer connection to ``target_peer_id`` for striped file payload (client
     side): an ``offer`` carrying the worker's stripe ``token`` (``stripes``), through the same
-    room. Returns the open backend ``Connection`` (its handlers are set by the caller)."""
+    room. ``probed``: ``(loop time, servers)`` of the primary's ICE server probe, reused
+    within ``PROBE_REUSE_S``. Returns the open backend ``Connection`` (its handlers are set
+    by the caller)."""
     from sleap_rtc.core.stripes import STRIPE_LABEL, wait_open
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    conn = (await _peer_connection(signaling, ice_servers, backend)).conn
+    conn = (await _peer_connection(signaling, ice_servers, backend, probed)).conn
     try:
         opened = wait_open(conn)
         sdp = await conn.offer(STRIPE_LABEL)
-        frame = await exchange_offer(signaling, target_peer_id, sdp, deadline, timeout, stripe=token)
+        frame = await exchange_offer(signaling, target_peer_id, sdp, deadline, timeout, **{STRIPE_TOKEN: token})
         await conn.accept_answer(frame["sdp"])
         await asyncio.wait_for(opened, max(0.1, deadline - loop.time()))
         return conn
@@ -455,9 +479,13 @@ async def accept(
     version: int = CHANNEL_VERSION,
     ice_check_timeout: float = ICE_CHECK_TIMEOUT,
     backend: str | None = None,
+    on_channel: Callable[[PeerChannel], None] | None = None,
 ) -> PeerChannel:
     """Answer a relayed ``offer`` frame and return the open channel (worker side).
 
+    ``on_channel(channel)`` runs once the channel exists, before the answer goes out: the
+    runtime registers it (its stripe offers may come before it opens) and may allow
+    striping (``stripes.allow``), in which case the answer carries the grant.
     Raises ``IceFailedError`` as soon as the attempt is dead (ICE failed, or no working
     path within ``ice_check_timeout`` of the answer), so the caller can free the worker."""
     sender = offer_frame.get("sender")
@@ -471,9 +499,13 @@ async def accept(
     channel = PeerChannel(conn, local_peer_id=signaling.peer_id, remote_peer_id=sender, role="worker",
                           receive_dir=receive_dir, cache_dir=cache_dir, version=version)
     try:
+        if on_channel is not None:
+            on_channel(channel)
         attempt.local_sdp = await conn.answer(sdp)
         answer = {"type": MessageType.ANSWER.value, "sender": signaling.peer_id, "target": sender,
                   "sdp": attempt.local_sdp, OFFER_REF: offer_frame.get(OFFER_REF)}
+        if channel.stripes.token is not None:
+            answer[STRIPE_GRANT] = channel.stripes.grant_fields()
         await signaling.send(answer)
         await _open(attempt, channel.start, deadline, loop.time() + ice_check_timeout, sender, "worker", sdp)
         return channel

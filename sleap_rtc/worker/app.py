@@ -70,6 +70,7 @@ from sleap_rtc.core.protocol import (
     Prop,
     ResultKind,
     OFFER_REF,
+    STRIPE_TOKEN,
     STRIPE_REFUSED,
     Role,
     busy_error_frame,
@@ -330,7 +331,7 @@ class Worker:
         sender = frame.get("sender")
         if not isinstance(sender, str) or not sender:
             return
-        if frame.get("stripe") is not None:  # an extra connection of a job already admitted
+        if frame.get(STRIPE_TOKEN) is not None:  # an extra connection of a job already admitted
             self._on_stripe_offer(frame, sender)
             return
         # The guard: check-and-reserve in one step, before any await.
@@ -366,7 +367,7 @@ class Worker:
     def _on_stripe_offer(self, frame: dict[str, Any], sender: str) -> None:
         """Admit an extra connection only for the reserved client's open channel, with the
         token that channel granted and under its cap (``core.stripes``); refuse anything else."""
-        channel = next((ch for ch in self._channels.values() if ch.stripes.admits(frame.get("stripe"), sender)), None)
+        channel = next((ch for ch in self._channels.values() if ch.stripes.admits(frame.get(STRIPE_TOKEN), sender)), None)
         if channel is None:
             log.warning("refusing an extra-connection offer from %s: no job of theirs grants it", sender)
             refusal = {"type": MessageType.ERROR.value, "target": sender, OFFER_REF: frame.get(OFFER_REF),
@@ -416,9 +417,15 @@ class Worker:
         reason = "client session ended"
         incoming = self.work_dir / "incoming" / f"r{reservation.id}"
         try:
+            def registered(ch: Any) -> None:
+                # This client may stripe its transfers (same reservation); its extra
+                # connections may offer before this one opens, hence the early registration.
+                ch.stripes.allow()
+                self._channels[reservation.id] = ch
+
             channel = await transport.accept(
                 self.signaling, offer, ice_servers=self.config.ice_servers, timeout=self.config.lease_timeout,
-                receive_dir=incoming, cache_dir=self.cache_dir,
+                receive_dir=incoming, cache_dir=self.cache_dir, on_channel=registered,
             )
             if self.key is not None:
                 channel.prove_identity(self.key)  # the client uploads nothing before checking it
@@ -433,8 +440,6 @@ class Worker:
             # The room saying the client left is a hint, not proof (its signaling link may
             # have dropped while the data channel is fine): the channel decides.
             self._clients[reservation.id] = (reservation.client_peer_id, channel.suspect)
-            channel.stripes.allow()  # this client may stripe its transfers (same reservation)
-            self._channels[reservation.id] = channel
             await self._serve_job(channel, reservation)
         except PeerClosedError:
             reason = "client hung up"

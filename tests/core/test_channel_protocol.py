@@ -192,6 +192,22 @@ def test_malformed_and_unknown_frames_are_refused_with_the_reason_and_the_channe
     assert worker.receive(client.send_message(jobs_wire.job_log("j", "after")))[0].message["line"] == "after"
 
 
+def test_the_refusal_names_the_refused_type_so_the_senders_wait_ends():
+    client, worker = opened()
+    worker.receive(dumps({"type": "job_submit", "job_id": 7}))
+    [reply] = frames(worker)
+    assert reply["refused"] == "job_submit"
+    [told] = client.receive(dumps(reply))
+    assert told.refused == "job_submit"
+    as_message = {"type": "error", "reason": told.reason, "message": told.message, "refused": told.refused}
+    assert cp.refused_by_peer(as_message, ChannelType.JOB_SUBMIT)
+    assert not cp.refused_by_peer(as_message, ChannelType.JOB_ATTACH)
+    assert not cp.refused_by_peer({"type": "error", "reason": VERSION_MISMATCH, "refused": "job_submit"}, "job_submit")
+    # an unknown type is named too, cut short: the refusal is never a payload channel
+    worker.receive(dumps({"type": "x" * 500}))
+    assert frames(worker)[0]["refused"] == "x" * 64
+
+
 def test_an_oversized_text_frame_is_refused_before_it_is_parsed():
     client, worker = opened()
     big = dumps(jobs_wire.job_log("j", "x" * cp.MAX_CONTROL_BYTES))

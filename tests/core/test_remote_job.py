@@ -86,3 +86,42 @@ def test_resumed_upload_is_described_in_mib():
 
     assert describe_resume(61 * 2**20, 64 * 2**20).startswith("Upload resumed at 61 of 64 MiB")
     assert describe_resume(3 * 2**19, 4 * 2**20).startswith("Upload resumed at 1.5 of 4.0 MiB")
+
+
+async def test_a_worker_that_cannot_read_job_submit_fails_the_job_at_once(tmp_path):
+    # A worker of another jobs_wire version refuses job_submit as invalid_message: the
+    # client must say so now, not wait on a job that will never start.
+    import asyncio
+
+    from sleap_rtc.core.backends.memory import link, memory_pair
+    from sleap_rtc.core.channel import PeerChannel
+    from sleap_rtc.core.phases import JobPhases
+    from sleap_rtc.core.protocol import INVALID_CHANNEL_MESSAGE
+    from sleap_rtc.core.remote_job import JobRejectedError
+
+    a, b = memory_pair()
+    client = PeerChannel(a, local_peer_id="c", remote_peer_id="w", role="client",
+                         receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
+    worker = PeerChannel(b, local_peer_id="w", remote_peer_id="c", role="worker",
+                         receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
+    link(a, b)
+    await asyncio.gather(client.start(5), worker.start(5))
+    package = make_zip(tmp_path / "pkg.zip", {"labels.slp": b"x" * 1000})
+
+    async def old_worker():
+        await worker.receive_file(5)
+        submit = await worker.receive(5)
+        assert submit["type"] == "job_submit"
+        worker.send_control({"type": "error", "reason": INVALID_CHANNEL_MESSAGE, "refused": "job_submit",
+                             "message": "Refused 'job_submit' needs field 'config' of type dict."})
+
+    serving = asyncio.ensure_future(old_worker())
+    phases = JobPhases()
+    phases.advance(Phase.CONNECTING)
+    session = JobSession(client, package, output_dir=tmp_path / "out", phases=phases)
+    with pytest.raises(JobRejectedError, match="could not read the job request: Refused 'job_submit' needs field 'config'"):
+        await asyncio.wait_for(session.run(), 10)
+    await serving
+    assert phases.phase == Phase.FAILED
+    await client.close()
+    await worker.close()

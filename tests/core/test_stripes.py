@@ -231,6 +231,38 @@ async def test_the_grant_is_asked_before_the_first_chunk(tmp_path, monkeypatch):
     await pair.client.close()
 
 
+async def test_a_grant_from_the_answer_opens_stripes_while_the_primary_handshakes(tmp_path):
+    # transport.connect(stripes=N): the worker's answer carried the grant, so the extra
+    # connections start before the primary is open and no stripe_request goes out.
+    a, b = memory_pair(delay=0.05)
+    client = PeerChannel(a, local_peer_id="c", remote_peer_id="w", role="client",
+                         receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
+    worker = PeerChannel(b, local_peer_id="w", remote_peer_id="c", role="worker",
+                         receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
+    worker.stripes.allow(3)
+    opened = []
+
+    async def opener(token):
+        x, y = memory_pair()
+        assert worker.stripes.admits(token, "c")
+        worker.stripes.attach(y)
+        link(x, y)
+        opened.append(not client._hello.done())  # before the primary's hello came back?
+        return x
+
+    client.stripes.opener = opener
+    client.stripes.granted(worker.stripes.grant_fields())
+    client.stripes.open_early(3)
+    link(a, b)
+    await asyncio.gather(client.start(5), worker.start(5))
+    assert await asyncio.wait_for(client.stripes.ensure(3), 5) == 3
+    assert opened == [True, True]  # both extra ones opened ahead of the primary's hello
+    assert not worker.stripes._requested  # no stripe_request round trip was needed
+    assert await client.stripes.ensure(3) == 3  # already there: nothing more opens
+    assert len(opened) == 2
+    await client.close()
+
+
 class _Lane:
     """A lane's buffer only (unit test of the per-lane allowance)."""
 

@@ -1,5 +1,6 @@
 """A striped transfer over real aiortc peer connections through the real signaling server:
-three connections, one of them closed mid-transfer, SHA-256 verified."""
+three connections opened at once (the answer grants them), one of them closed
+mid-transfer, SHA-256 verified."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _peers import registered  # noqa: E402
 
-from sleap_rtc.core.protocol import MessageType  # noqa: E402
+from sleap_rtc.core.protocol import STRIPE_TOKEN, MessageType  # noqa: E402
 from sleap_rtc.core.transport import accept, accept_stripe, connect  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,19 +30,28 @@ async def test_real_striped_upload_survives_a_dead_stripe(signaling_server, room
     wsig.add_listener(lambda f: offers.put_nowait(f) if f.get("type") == MessageType.OFFER else None)
     server_side: list = []
 
-    async def serve():
-        ch = await accept(wsig, await offers.get(), receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
+    def registered_channel(ch):  # as the worker runtime does: the answer carries the grant
         ch.stripes.allow(3)
         server_side.append(ch)
-        while True:
+
+    async def serve():
+        first = await offers.get()
+        accepting = asyncio.ensure_future(accept(wsig, first, receive_dir=tmp_path / "w-recv",
+                                                 cache_dir=tmp_path / "w-cache", on_channel=registered_channel))
+        while True:  # the extra offers come while the first connection still handshakes
             frame = await offers.get()
-            if ch.stripes.admits(frame.get("stripe"), frame.get("sender")):
-                ch.stripes.attach(await accept_stripe(wsig, frame))
+            ch = server_side[0]
+            if ch.stripes.admits(frame.get(STRIPE_TOKEN), frame.get("sender")):
+                asyncio.ensure_future(accept_stripe(wsig, frame)).add_done_callback(
+                    lambda t: t.exception() is None and ch.stripes.attach(t.result()))
+        await accepting
 
     serving = asyncio.ensure_future(serve())
     try:
-        cch = await connect(csig, wsig.peer_id, timeout=20, receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
+        cch = await connect(csig, wsig.peer_id, timeout=20, receive_dir=tmp_path / "c-recv",
+                            cache_dir=tmp_path / "c-cache", stripes=3)
         assert await cch.stripes.ensure(3) == 3
+        assert not server_side[0].stripes._requested  # granted in the answer, not asked on the channel
         cch.stripes.opener = None  # no growth: this test kills one of exactly three
         src = tmp_path / "src.bin"
         src.write_bytes(os.urandom(12 * MiB))

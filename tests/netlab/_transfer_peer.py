@@ -14,7 +14,8 @@ from ``$SLEAP_RTC_BACKEND``). Each measurement prints one ``RESULT {json}`` line
     first stripe's UDP port on this host, both ways (prints ``CUT <port>``).
     ROLE ``send``: send FILE (the worker measures); ROLE ``recv``: receive the worker's
     file, bounded by MAX_S; ROLE ``setup``: time ``connect`` and then ``stripes.ensure(N)``
-    with N = STRIPED (no transfer).
+    with N = STRIPED (no transfer); ROLE ``setup-parallel``: the same with
+    ``connect(stripes=N)`` (the extra connections start as the answer grants them).
 ``tcp-recv PORT MAX_S`` / ``tcp-send HOST PORT CC MAX_BYTES MAX_S``
     the TCP baseline: one connection with congestion control CC (``TCP_CONGESTION``),
     up to MAX_BYTES or MAX_S, whichever first, measured by the receiver.
@@ -128,13 +129,17 @@ async def worker(url: str, secret: str, base: str, role: str, path: str, max_s: 
         frame = await offers.get()
         n += 1
         d = Path(base) / f"w{n}"
+
+        def registered(ch) -> None:  # as the worker runtime does: the answer carries the grant
+            ch.stripes.allow()
+            current[:] = [ch]
+
         try:
-            ch = await transport.accept(sig, frame, receive_dir=d / "recv", cache_dir=d / "cache", timeout=CONNECT_TIMEOUT)
+            ch = await transport.accept(sig, frame, receive_dir=d / "recv", cache_dir=d / "cache", timeout=CONNECT_TIMEOUT,
+                                        on_channel=registered)
         except Exception as exc:
             print(f"accept failed: {exc}", flush=True)
             continue
-        current[:] = [ch]
-        ch.stripes.allow()
         try:
             if role == "recv":
                 result(side="worker", **await receive_bounded(ch, float(max_s)))
@@ -160,10 +165,11 @@ async def client(url: str, room: str, token: str, peer: str, base: str, role: st
     sig = SignalingClient(url, room_id=room, token=token, role="client", events=False)
     await asyncio.wait_for(sig.connect(), CONNECT_TIMEOUT)
     t0 = time.monotonic()
+    many = int(striped) if role == "setup-parallel" else 1
     ch = await transport.connect(sig, peer, receive_dir=Path(base) / "recv", cache_dir=Path(base) / "cache",
-                                 timeout=CONNECT_TIMEOUT)
+                                 timeout=CONNECT_TIMEOUT, stripes=many)
     one = time.monotonic() - t0
-    if role == "setup":
+    if role.startswith("setup"):
         t1 = time.monotonic()
         opened = await ch.stripes.ensure(int(striped))
         result(side="client", one=one, extra=time.monotonic() - t1, connections=opened, backend=ch.conn.backend)
