@@ -10,7 +10,7 @@ limits its WAN egress to ``--mbit`` (``tbf``) and delays / drops what comes from
 (``nfqdelay``, NFQUEUE), so RTT, loss and bottleneck are the same on every path.
 
 Every mode moves a file through the product's own path (``PeerChannel.send_file`` between
-a client and a worker-role peer, ``benchmarks/_lab_transfer_peer.py``), with the product's
+a client and a worker-role peer, ``tests/netlab/_transfer_peer.py``), with the product's
 stripe growth (``core.stripes``) in the striped modes. Each transfer is bounded: up to
 ``--max-mib`` or ``--max-s``, whichever comes first, measured at the receiver on bytes
 verified (whole file: SHA-256 checked; cut at the time bound: the hashed contiguous prefix).
@@ -311,7 +311,7 @@ def main() -> int:
     parser.add_argument("--links", help="comma-separated RTT_MS:LOSS_PCT (default: the whole grid)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--max-mib", type=int, default=64)
-    parser.add_argument("--max-s", type=float, default=20.0)
+    parser.add_argument("--max-s", type=float, default=60.0, help="time bound of one transfer (s)")
     parser.add_argument("--mbit", type=float, default=100.0)
     parser.add_argument("--no-setup", action="store_true", help="skip the set-up time measurement")
     parser.add_argument("--setup-only", action="store_true", help="only the set-up time measurement (no transfers)")

@@ -8,10 +8,15 @@ hello, heartbeats and the file protocol stay on the channel itself (the primary)
 
 Admission (the extra connections belong to the same job, not to new clients):
 
-* the client asks on the open channel: ``stripe_request {}``;
-* the worker answers ``stripe_grant {max, token}`` when its runtime allowed striping for
-  this reservation (``Stripes.allow``), ``stripe_grant {max: 0}`` when it refused
-  (``Stripes.deny``); a request that comes before either is answered at that point;
+* a worker whose runtime allows striping for this reservation before it answers the
+  first offer (``Stripes.allow`` from ``transport.accept``'s ``on_channel``) puts the
+  grant in that answer (``protocol.STRIPE_GRANT: {max, token}``): the client may open its
+  extra connections while the first one still handshakes (``connect(stripes=N)``), so N
+  connections take little longer to set up than one;
+* otherwise the client asks on the open channel: ``stripe_request {}``, and the worker
+  answers ``stripe_grant {max, token}`` once its runtime allowed striping,
+  ``stripe_grant {max: 0}`` when it refused (``Stripes.deny``); a request that comes
+  before either is answered at that point;
 * each extra connection is an ordinary signaling ``offer`` carrying ``stripe: token``. The
   worker's offer guard admits it only when the token belongs to a live channel with the
   same (server-stamped) sender and fewer than ``max`` stripes, and hands the connection to
@@ -56,7 +61,7 @@ log = logging.getLogger(__name__)
 
 STRIPE_LABEL = "sleap-rtc-stripe"
 """Label of a stripe's data channel."""
-START_CONNECTIONS = 2
+START_CONNECTIONS = 4
 """Connections (primary included) a striped transfer starts with."""
 MAX_CONNECTIONS = 12
 """Cap on connections (primary included) to one peer: at 80 ms and 1 % loss one association
