@@ -33,8 +33,9 @@ resends them on the lanes still alive, so the transfer goes on while the primary
 Growth (client side, while a transfer of at least ``STRIPE_MIN_BYTES`` runs; the grant is
 asked for before the file's first chunk, ``prepare``): open up to ``START_CONNECTIONS``
 connections in all, then add one per ``SAMPLE_INTERVAL`` while the measured throughput grows
-by ``growth_needed`` (``GROWTH``, less with many connections), up to ``MAX_CONNECTIONS`` (``RELAY_MAX_CONNECTIONS`` when the path goes
-through a TURN relay, where each connection costs an allocation). Lab figures for these
+by ``growth_needed`` (``GROWTH``, less with many connections), up to ``MAX_CONNECTIONS``
+(``RELAY_MAX_CONNECTIONS`` when the path goes through a TURN relay, where each connection
+costs an allocation). Lab figures for these
 numbers, and for growth rules that were tried and measured no better: docs/bench/lab_transfer.md.
 """
 
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 
 STRIPE_LABEL = "sleap-rtc-stripe"
 """Label of a stripe's data channel."""
-START_CONNECTIONS = 4
+START_CONNECTIONS = 2
 """Connections (primary included) a striped transfer starts with."""
 MAX_CONNECTIONS = 12
 """Cap on connections (primary included) to one peer: at 80 ms and 1 % loss one association

@@ -290,3 +290,11 @@ async def test_each_lane_may_queue_a_quarter_second_of_its_own_rate():
     assert queues.pick([slow, fast, new]) is None and not any(queues.fits(x) for x in (slow, fast, new))
     queues.reset(fast)
     assert fast.low_threshold == files_mod.LOW_WATER
+
+
+def test_growth_needs_ten_percent_or_half_a_share_with_many_connections():
+    assert stripes_mod.growth_needed(2) == pytest.approx(stripes_mod.GROWTH)
+    assert stripes_mod.growth_needed(6) == pytest.approx(stripes_mod.GROWTH)
+    # the 11th connection adds a tenth when each is path-limited: half of that is enough
+    assert stripes_mod.growth_needed(11) == pytest.approx(1.05)
+    assert stripes_mod.growth_needed(stripes_mod.MAX_CONNECTIONS) < stripes_mod.GROWTH

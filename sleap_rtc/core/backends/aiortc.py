@@ -17,31 +17,7 @@ from sleap_rtc.core.backends import sockets
 
 log = logging.getLogger(__name__)
 
-SCTP_RTO_MIN = 0.2
-"""Floor of aiortc's SCTP retransmission timeout, s. aiortc keeps RFC 4960's 1 s: on a lossy
-link every lost retransmission then stalls the association for a second or more, and at
-1 % loss that is often (docs/bench/lab_transfer_notes.md). Browsers' SCTP stacks use a floor
-of a few hundred ms, and Linux TCP 200 ms; the estimate above it (SRTT + 4 RTTVAR) is
-unchanged, so a slow path still gets a long enough timeout."""
-SCTP_RTO_INITIAL = 1.0
-"""aiortc's SCTP timeout before any RTT sample, s (aiortc: 3 s; TCP since RFC 6298: 1 s): a
-lost INIT or COOKIE at set-up costs this much."""
-
-
-def tune_sctp() -> None:
-    """Apply ``SCTP_RTO_MIN`` / ``SCTP_RTO_INITIAL`` to aiortc's SCTP, which reads them as
-    module constants each time it computes a timeout; fails loudly if aiortc renamed them."""
-    from aiortc import rtcsctptransport
-
-    for name in ("SCTP_RTO_MIN", "SCTP_RTO_INITIAL"):
-        if not hasattr(rtcsctptransport, name):
-            raise RuntimeError(f"aiortc.rtcsctptransport has no {name}: this aiortc is not supported")
-    rtcsctptransport.SCTP_RTO_MIN = SCTP_RTO_MIN
-    rtcsctptransport.SCTP_RTO_INITIAL = SCTP_RTO_INITIAL
-
-
 sockets.install_aioice_hook()
-tune_sctp()
 
 
 def rtc_configuration(servers: list[dict[str, Any]]) -> RTCConfiguration:
