@@ -30,6 +30,11 @@ The rules, all of them here:
   (``INCOMPLETE``).
 * An interrupted transfer keeps only its prefix (``truncate_to``), so a resume starts
   at a verified offset.
+
+The send side of one transfer, ``OutgoingTransfer``, is the same kind of object: what the
+answers of the receiver (``file_accept``, ``file_missing``) ask to stream next, when a
+``file_end`` is due and when the sender gives up (after ``MAX_REPAIR_ROUNDS`` repairs, or
+on an answer that does not fit the file); ``chunks`` cuts ranges into frames.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from sleap_rtc.core.protocol import (
     SHA256_MISMATCH,
     TOO_MANY_TRANSFERS,
 )
+from sleap_rtc.core.transport_errors import FileTransferError, IntegrityError
 
 MAX_REPAIR_ROUNDS = 8
 """How often one transfer may ask for / resend missing ranges before it fails."""
@@ -290,3 +296,78 @@ class IncomingTransfer:
         if hexdigest != self.sha256:
             return Refuse(SHA256_MISMATCH, f"{self.name!r} arrived corrupted: SHA-256 does not match.")
         return None
+
+
+# ------------------------------------------------------------------ the send side
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Send these ``(offset, length)`` ranges of the file (``chunks`` cuts them into frames)."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class SendEnd:
+    """Send ``file_end`` and wait for ``file_done`` or ``file_missing``."""
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The sender gives up: the transfer fails with ``FileTransferError(message)``."""
+
+    message: str
+
+
+@dataclass
+class OutgoingTransfer:
+    """What the sender knows of one file it offered, and what the receiver's answers mean."""
+
+    transfer_id: int
+    name: str
+    size: int
+    offset: int | None = None
+    """Where the receiver asked to start (``file_accept``), once it answered."""
+    cached: bool = False
+    """The receiver had the file already (``file_accept`` said so)."""
+    ends: int = 0
+    """``file_end`` messages sent so far."""
+
+    def on_accept(self, msg: dict[str, Any]) -> Stream | Fail:
+        """The receiver's ``file_accept``: stream from its offset to the end, or fail on an
+        offset outside the file."""
+        offset = msg.get("offset")
+        if not isinstance(offset, int) or not 0 <= offset <= self.size:
+            return Fail(f"Receiver asked for an invalid offset {offset!r}.")
+        self.offset, self.cached = offset, bool(msg.get("cached"))
+        return Stream(((offset, self.size - offset),))
+
+    def next_end(self) -> SendEnd | Fail:
+        """Every byte asked for went out: a ``file_end`` is due, unless the receiver was sent
+        ``MAX_REPAIR_ROUNDS`` repairs already (the first ``file_end`` plus one per repair)."""
+        if self.ends > MAX_REPAIR_ROUNDS:
+            return Fail(f"Transfer of {self.name!r} still incomplete after {MAX_REPAIR_ROUNDS} repairs.")
+        self.ends += 1
+        return SendEnd()
+
+    def on_missing(self, ranges: list[tuple[int, int]]) -> Stream | Fail:
+        """The receiver's ``file_missing`` (ranges parsed by ``chunkfile.parse_ranges``):
+        resend them, or fail when they reach beyond the file."""
+        if any(at + length > self.size for at, length in ranges):
+            return Fail("The receiver asked for bytes beyond the end of the file.")
+        return Stream(tuple(ranges))
+
+
+def chunks(ranges: Iterable[tuple[int, int]], chunk_size: int) -> list[tuple[int, int]]:
+    """``ranges`` cut into frames ``(offset, length)`` of at most ``chunk_size``, in order."""
+    return [(pos, min(chunk_size, start + length - pos)) for start, length in ranges
+            for pos in range(start, start + length, chunk_size)]
+
+
+def refusal_error(msg: dict[str, Any]) -> FileTransferError:
+    """What a ``file_error`` from the receiver raises on the sending side (``IntegrityError``
+    for a hash mismatch)."""
+    reason = str(msg.get("reason", ""))
+    text = str(msg.get("message") or reason or "receiver refused the file")
+    return IntegrityError(text) if reason == SHA256_MISMATCH else FileTransferError(text)

@@ -69,7 +69,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,7 +77,6 @@ from typing import Any, Protocol
 from sleap_rtc.core.protocol import (
     BAD_OFFER,
     NOT_EXPECTED,
-    SHA256_MISMATCH,
     WRITE_FAILED,
     ChannelType,
     pack_chunk,
@@ -88,7 +87,6 @@ from sleap_rtc.core import file_protocol as fp
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import (
     FileTransferError,
-    IntegrityError,
     PeerClosedError,
     TransferCancelledError,
 )
@@ -291,10 +289,18 @@ class Link(Protocol):
 
 @dataclass
 class _Outgoing:
-    transfer_id: int
+    """One file being sent: its state (``file_protocol.OutgoingTransfer``) and the futures
+    the receiver's answers resolve."""
+
+    state: fp.OutgoingTransfer
     accept: asyncio.Future
     done: asyncio.Future
     missing: asyncio.Future | None = None
+
+    @property
+    def transfer_id(self) -> int:
+        """The transfer's id on this channel."""
+        return self.state.transfer_id
 
 
 @dataclass
@@ -440,7 +446,8 @@ class FileTransfers:
         wire_name = sanitize_name(name if name is not None else path.name)
         loop = asyncio.get_running_loop()
         tid = next(self._ids)
-        st = _Outgoing(tid, loop.create_future(), loop.create_future(), loop.create_future())
+        state = fp.OutgoingTransfer(tid, wire_name, size)
+        st = _Outgoing(state, loop.create_future(), loop.create_future(), loop.create_future())
         self._outgoing[tid] = st
         finished = False
         stripes = getattr(self.link, "stripes", None)
@@ -451,27 +458,28 @@ class FileTransfers:
                 {"type": ChannelType.FILE_OFFER.value, "transfer_id": tid, "name": wire_name,
                  "size": size, "sha256": sha, "meta": dict(meta or {}), "repair": True}
             )
-            accepted = await self.link.guard(st.accept, ACCEPT_TIMEOUT)
-            offset = accepted.get("offset")
-            if not isinstance(offset, int) or not 0 <= offset <= size:
-                raise FileTransferError(f"Receiver asked for an invalid offset {offset!r}.")
+            todo = state.on_accept(await self.link.guard(st.accept, ACCEPT_TIMEOUT))
+            if isinstance(todo, fp.Fail):
+                raise FileTransferError(todo.message)
             if stripes is not None:
-                stripes.transfer_started(size - offset)
+                stripes.transfer_started(size - state.offset)
             with open(path, "rb") as fh:
-                sent = await self._stream(fh, path, st, [(offset, size - offset)], size, progress)
-                for _ in range(MAX_REPAIR_ROUNDS + 1):
+                sent = await self._stream(fh, path, st, todo.ranges, size, progress)
+                while True:
+                    end = state.next_end()
+                    if isinstance(end, fp.Fail):
+                        raise FileTransferError(end.message)
                     self.link.send_control({"type": ChannelType.FILE_END.value, "transfer_id": tid, "size": size})
                     ranges = await self.link.guard(self._done_or_missing(st), DONE_TIMEOUT)
                     if ranges is None:
                         break
-                    if any(at + length > size for at, length in ranges):
-                        raise FileTransferError("The receiver asked for bytes beyond the end of the file.")
+                    todo = state.on_missing(ranges)
+                    if isinstance(todo, fp.Fail):
+                        raise FileTransferError(todo.message)
                     log.info("resending %d range(s) of %r the receiver missed", len(ranges), wire_name)
-                    sent += await self._stream(fh, path, st, ranges, size, None)
-                else:
-                    raise FileTransferError(f"Transfer of {wire_name!r} still incomplete after {MAX_REPAIR_ROUNDS} repairs.")
+                    sent += await self._stream(fh, path, st, todo.ranges, size, None)
             finished = True
-            return FileReceipt(name=wire_name, size=size, sha256=sha, bytes_sent=sent, cached=bool(accepted.get("cached")))
+            return FileReceipt(name=wire_name, size=size, sha256=sha, bytes_sent=sent, cached=state.cached)
         except TimeoutError:
             raise FileTransferError(f"Transfer of {wire_name!r} timed out waiting for the receiver.") from None
         finally:
@@ -495,7 +503,7 @@ class FileTransfers:
         return ranges
 
     async def _stream(
-        self, fh: Any, path: Path, st: _Outgoing, ranges: list[tuple[int, int]], size: int, progress: Progress | None
+        self, fh: Any, path: Path, st: _Outgoing, ranges: Iterable[tuple[int, int]], size: int, progress: Progress | None
     ) -> int:
         """Send ``ranges`` of the file in ``CHUNK_SIZE`` frames, each to the least loaded lane
         (the channel itself, or a stripe: ``core.stripes``); returns the payload bytes sent.
@@ -507,8 +515,7 @@ class FileTransfers:
         stripes = getattr(link, "stripes", None)
         tid = st.transfer_id
         sent = 0
-        todo = [(pos, min(CHUNK_SIZE, start + length - pos)) for start, length in ranges
-                for pos in range(start, start + length, CHUNK_SIZE)]
+        todo = fp.chunks(ranges, CHUNK_SIZE)
         todo.reverse()  # pop() from the end: in file order
         queues = _LaneQueues()
         try:
@@ -591,10 +598,7 @@ class FileTransfers:
         elif kind == ChannelType.FILE_ERROR:
             out = self._outgoing.get(tid)
             if out is not None:
-                reason = str(msg.get("reason", ""))
-                text = str(msg.get("message") or reason or "receiver refused the file")
-                exc = IntegrityError(text) if reason == SHA256_MISMATCH else FileTransferError(text)
-                self._fail_outgoing(out, exc)
+                self._fail_outgoing(out, fp.refusal_error(msg))
             elif tid in self._incoming:
                 self._drop_incoming(tid, remove_partial=True)
         elif kind == ChannelType.FILE_CANCEL:

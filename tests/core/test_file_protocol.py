@@ -15,6 +15,7 @@ from sleap_rtc.core.protocol import (
     SHA256_MISMATCH,
     TOO_MANY_TRANSFERS,
 )
+from sleap_rtc.core.transport_errors import FileTransferError, IntegrityError
 
 C = 10  # chunk size of these tests: any works, the state machine only sees offsets
 SHA = "ab" * 32
@@ -277,3 +278,55 @@ def test_space_counts_the_missing_bytes_the_copy_and_the_reserve():
 def test_files_still_exports_the_limits():
     assert (files.MAX_REPAIR_ROUNDS, files.MAX_MISSING_RANGES, files.MAX_PENDING_CHUNKS) == (
         fp.MAX_REPAIR_ROUNDS, fp.MAX_MISSING_RANGES, fp.MAX_PENDING_CHUNKS)
+
+
+# ------------------------------------------------------------------ the send side
+
+
+def test_accept_streams_from_the_receivers_offset():
+    out = fp.OutgoingTransfer(1, "f.bin", 100)
+    assert out.on_accept({"offset": 30, "cached": False}) == fp.Stream(((30, 70),))
+    assert (out.offset, out.cached) == (30, False)
+    cached = fp.OutgoingTransfer(3, "f.bin", 100)
+    assert cached.on_accept({"offset": 100, "cached": True}) == fp.Stream(((100, 0),))
+    assert cached.cached and fp.chunks(((100, 0),), C) == []  # nothing moves
+
+
+@pytest.mark.parametrize("offset", [-1, 101, "5", None, 2.0])
+def test_an_offset_outside_the_file_fails(offset):
+    out = fp.OutgoingTransfer(1, "f.bin", 100)
+    assert out.on_accept({"offset": offset}) == fp.Fail(f"Receiver asked for an invalid offset {offset!r}.")
+    assert out.offset is None
+
+
+def test_missing_ranges_are_resent_until_the_repairs_run_out():
+    out = fp.OutgoingTransfer(1, "f.bin", 100)
+    out.on_accept({"offset": 0})
+    # The first file_end, then one after each of MAX_REPAIR_ROUNDS resends.
+    for _ in range(fp.MAX_REPAIR_ROUNDS + 1):
+        assert out.next_end() == fp.SendEnd()
+        assert out.on_missing([(10, 5), (90, 10)]) == fp.Stream(((10, 5), (90, 10)))
+    assert out.next_end() == fp.Fail(f"Transfer of 'f.bin' still incomplete after {fp.MAX_REPAIR_ROUNDS} repairs.")
+    assert out.ends == fp.MAX_REPAIR_ROUNDS + 1
+
+
+def test_missing_ranges_beyond_the_file_fail():
+    out = fp.OutgoingTransfer(1, "f.bin", 100)
+    out.on_accept({"offset": 0})
+    out.next_end()
+    assert out.on_missing([(0, 10), (95, 6)]) == fp.Fail("The receiver asked for bytes beyond the end of the file.")
+    assert out.on_missing([(95, 5)]) == fp.Stream(((95, 5),))
+
+
+def test_chunks_cut_ranges_into_frames_in_order():
+    assert fp.chunks([(0, 25), (40, 10), (60, 1)], C) == [(0, 10), (10, 10), (20, 5), (40, 10), (60, 1)]
+    assert fp.chunks([], C) == []
+
+
+def test_a_receivers_refusal_becomes_the_senders_error():
+    bad = fp.refusal_error({"reason": SHA256_MISMATCH, "message": "corrupted"})
+    assert type(bad) is IntegrityError and str(bad) == "corrupted"
+    other = fp.refusal_error({"reason": NO_SPACE, "message": "full"})
+    assert type(other) is FileTransferError and str(other) == "full"
+    assert str(fp.refusal_error({"reason": INCOMPLETE})) == INCOMPLETE
+    assert str(fp.refusal_error({})) == "receiver refused the file"
