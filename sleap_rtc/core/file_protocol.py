@@ -1,4 +1,4 @@
-"""The receive side of one file transfer without I/O: offsets in, decisions out.
+"""One file transfer without I/O, both sides: offsets and answers in, decisions out.
 
 ``IncomingTransfer`` holds what a receiver knows of one incoming file (its offer, the
 verified contiguous prefix ``pos``, the chunks held ahead of it) and decides what each
@@ -20,11 +20,12 @@ The rules, all of them here:
 * Chunks of a sender without ``repair`` must arrive in order. A ``repair`` sender's may
   come in any order: one beyond ``pos`` is held (written at its offset, its extent kept in
   a ``chunkfile.Ahead``; at most ``MAX_PENDING_CHUNKS``, none overlapping), and once the
-  gap before it fills it is read back and hashed in order. A chunk that repeats one
-  already held, or lies wholly inside the prefix, is a resend whose first copy came late:
-  ignored. Anything else that does not fit is refused (``BAD_OFFSET``).
+  gap before it fills it is read back and hashed in order. A chunk of such a sender that
+  repeats one already held, or lies wholly inside the prefix, is a resend whose first copy
+  came late: ignored. Anything else that does not fit is refused (``BAD_OFFSET``).
 * At ``file_end`` a complete file is verified. A ``repair`` transfer still missing bytes
-  first waits for chunks in flight on other stripes, then asks for the missing ranges
+  first waits for chunks in flight on other stripes (how long is the driver's:
+  ``files.GAP_WAIT`` without progress), then asks for the missing ranges
   (``MAX_MISSING_RANGES`` per round) and waits for the next ``file_end``; after
   ``MAX_REPAIR_ROUNDS`` rounds, or at once without ``repair``, it is refused
   (``INCOMPLETE``).
@@ -72,7 +73,7 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class Ignore:
-    """Nothing to do: the transfer is not accepted yet, or is already ending."""
+    """Drop the chunk: the transfer is not accepted (yet), so a late frame is no error."""
 
 
 @dataclass(frozen=True)

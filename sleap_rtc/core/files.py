@@ -20,11 +20,13 @@ receiver still missing bytes waits ``GAP_WAIT`` for stragglers, then answers
 grows (bytes that came early are read back from the partial file), and an interrupted
 transfer keeps only that prefix, so resume is unchanged.
 
-The receiver's decisions about one transfer (which chunk is in order, held ahead, a
-duplicate or refused; what a ``file_end`` leads to; whether an offer is malformed or over
-a limit) live without I/O in ``core.file_protocol`` (``IncomingTransfer``), which is
-tested with offsets in and decisions out. This module is its driver: it does the disk
-writes, the hashing, the cache and the waits, and it sends the messages.
+The decisions about one transfer live without I/O in ``core.file_protocol``, tested with
+offsets in and decisions out: the receiver's (``IncomingTransfer``: which chunk is in
+order, held ahead, a duplicate or refused; what a ``file_end`` leads to; whether an offer
+is malformed or over a limit) and the sender's (``OutgoingTransfer``: the accepted offset,
+when a ``file_end`` is due, which ranges to resend). This module is their driver: it does
+the disk reads and writes, the hashing, the cache, flow control and the waits, and it
+sends the messages.
 
 The receiver keeps two things under ``cache_dir``: ``files/<sha256>`` (completed files,
 so a re-sent unchanged file is answered with ``offset == size`` and moves no payload) and
