@@ -42,6 +42,24 @@ class Ahead:
         bisect.insort(self._offsets, offset)
         self._lengths[offset] = length
 
+    def following(self, pos: int) -> list[tuple[int, int]]:
+        """The held chunks that continue the prefix ending at ``pos``, in order (kept held)."""
+        out = []
+        i = bisect.bisect_left(self._offsets, pos)
+        while i < len(self._offsets) and self._offsets[i] == pos:
+            length = self._lengths[pos]
+            out.append((pos, length))
+            pos += length
+            i += 1
+        return out
+
+    def discard(self, offset: int) -> int | None:
+        """Stop holding the chunk at ``offset``; returns its length, or None when none is held there."""
+        length = self._lengths.pop(offset, None)
+        if length is not None:
+            self._offsets.pop(bisect.bisect_left(self._offsets, offset))
+        return length
+
     def pop_from(self, pos: int) -> list[tuple[int, int]]:
         """Remove and return the held chunks that now continue the prefix ending at ``pos``."""
         out = []

@@ -20,6 +20,14 @@ receiver still missing bytes waits ``GAP_WAIT`` for stragglers, then answers
 grows (bytes that came early are read back from the partial file), and an interrupted
 transfer keeps only that prefix, so resume is unchanged.
 
+The decisions about one transfer live without I/O in ``core.file_protocol``, tested with
+offsets in and decisions out: the receiver's (``IncomingTransfer``: which chunk is in
+order, held ahead, a duplicate or refused; what a ``file_end`` leads to; whether an offer
+is malformed or over a limit) and the sender's (``OutgoingTransfer``: the accepted offset,
+when a ``file_end`` is due, which ranges to resend). This module is their driver: it does
+the disk reads and writes, the hashing, the cache, flow control and the waits, and it
+sends the messages.
+
 The receiver keeps two things under ``cache_dir``: ``files/<sha256>`` (completed files,
 so a re-sent unchanged file is answered with ``offset == size`` and moves no payload) and
 ``partial/<sha256>.part`` (bytes of an interrupted transfer, so a re-send after a
@@ -63,26 +71,24 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from sleap_rtc.core.protocol import (
-    FILE_TOO_LARGE,
-    NO_SPACE,
+    BAD_OFFER,
     NOT_EXPECTED,
-    SHA256_MISMATCH,
-    TOO_MANY_TRANSFERS,
+    WRITE_FAILED,
     ChannelType,
     pack_chunk,
     unpack_chunk,
 )
 from sleap_rtc.core import chunkfile
+from sleap_rtc.core import file_protocol as fp
 from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import (
     FileTransferError,
-    IntegrityError,
     PeerClosedError,
     TransferCancelledError,
 )
@@ -120,13 +126,13 @@ IN_USE_GRACE = 600.0
 GAP_WAIT = 1.0
 """Seconds a receiver missing bytes at ``file_end`` waits for chunks still in flight on
 other stripes (no progress for this long: it asks for the missing ranges)."""
-MAX_REPAIR_ROUNDS = 8
-"""How often one transfer may ask for / resend missing ranges before it fails."""
-MAX_MISSING_RANGES = 1024
-"""Ranges named in one ``file_missing`` (the rest are asked for in the next round)."""
-MAX_PENDING_CHUNKS = 4096
-"""Chunks a receiver holds ahead of its contiguous prefix (on disk; only their offsets in
-memory): 256 MiB of look-ahead, far more than lanes x ``HIGH_WATER`` in flight."""
+# The receive rules live in core.file_protocol; importers of this module still find them here.
+MAX_REPAIR_ROUNDS = fp.MAX_REPAIR_ROUNDS
+"""How often one transfer may ask for / resend missing ranges before it fails (both sides)."""
+MAX_MISSING_RANGES = fp.MAX_MISSING_RANGES
+"""Ranges named in one ``file_missing`` (``file_protocol.MAX_MISSING_RANGES``)."""
+MAX_PENDING_CHUNKS = fp.MAX_PENDING_CHUNKS
+"""Chunks a receiver holds ahead of its prefix (``file_protocol.MAX_PENDING_CHUNKS``)."""
 MAX_FILE_BYTES = 64 * 1024**3
 """Default cap on one incoming file (a package or a result); a larger offer is refused."""
 MAX_INCOMING = 4
@@ -138,7 +144,6 @@ OfferCheck = Callable[[str, int, str, dict], Any]
 """``accept_offer(name, size, sha256, meta)``: ``None`` to accept, else the refusal message
 (or an awaitable of either)."""
 
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _BAD_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
 _MAX_NAME = 200
 
@@ -286,31 +291,35 @@ class Link(Protocol):
 
 @dataclass
 class _Outgoing:
-    transfer_id: int
+    """One file being sent: its state (``file_protocol.OutgoingTransfer``) and the futures
+    the receiver's answers resolve."""
+
+    state: fp.OutgoingTransfer
     accept: asyncio.Future
     done: asyncio.Future
     missing: asyncio.Future | None = None
 
+    @property
+    def transfer_id(self) -> int:
+        """The transfer's id on this channel."""
+        return self.state.transfer_id
+
 
 @dataclass
 class _Incoming:
-    transfer_id: int
-    name: str
-    size: int
-    sha256: str
-    meta: dict[str, Any]
+    """One incoming file: its state machine (``file_protocol.IncomingTransfer``) and the I/O
+    that goes with it."""
+
+    state: fp.IncomingTransfer
     part_path: Path | None = None
     fh: Any = None
     hasher: Any = None
-    pos: int = 0
-    start: int = 0
-    cached: bool = False
-    ready: bool = False
-    repair: bool = False  # the sender may send out of order and answers file_missing
-    ending: bool = False  # file_end is being handled
-    rounds: int = 0
-    ahead: chunkfile.Ahead = field(default_factory=chunkfile.Ahead)
     progressed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pos(self) -> int:
+        """The verified contiguous prefix (``IncomingTransfer.pos``)."""
+        return self.state.pos
 
 
 class _LaneQueues:
@@ -414,7 +423,7 @@ class FileTransfers:
     def incoming_progress(self) -> list[tuple[str, int, int]]:
         """``(name, verified, size)`` of each file being received: ``verified`` is the
         contiguous prefix hashed so far (bytes that arrived early are not counted yet)."""
-        return [(st.name, st.pos, st.size) for st in self._incoming.values() if st.ready]
+        return [(t.name, t.pos, t.size) for t in (st.state for st in self._incoming.values()) if t.ready]
 
     # ------------------------------------------------------------------ sending
 
@@ -439,7 +448,8 @@ class FileTransfers:
         wire_name = sanitize_name(name if name is not None else path.name)
         loop = asyncio.get_running_loop()
         tid = next(self._ids)
-        st = _Outgoing(tid, loop.create_future(), loop.create_future(), loop.create_future())
+        state = fp.OutgoingTransfer(tid, wire_name, size)
+        st = _Outgoing(state, loop.create_future(), loop.create_future(), loop.create_future())
         self._outgoing[tid] = st
         finished = False
         stripes = getattr(self.link, "stripes", None)
@@ -450,27 +460,28 @@ class FileTransfers:
                 {"type": ChannelType.FILE_OFFER.value, "transfer_id": tid, "name": wire_name,
                  "size": size, "sha256": sha, "meta": dict(meta or {}), "repair": True}
             )
-            accepted = await self.link.guard(st.accept, ACCEPT_TIMEOUT)
-            offset = accepted.get("offset")
-            if not isinstance(offset, int) or not 0 <= offset <= size:
-                raise FileTransferError(f"Receiver asked for an invalid offset {offset!r}.")
+            todo = state.on_accept(await self.link.guard(st.accept, ACCEPT_TIMEOUT))
+            if isinstance(todo, fp.Fail):
+                raise FileTransferError(todo.message)
             if stripes is not None:
-                stripes.transfer_started(size - offset)
+                stripes.transfer_started(size - state.offset)
             with open(path, "rb") as fh:
-                sent = await self._stream(fh, path, st, [(offset, size - offset)], size, progress)
-                for _ in range(MAX_REPAIR_ROUNDS + 1):
+                sent = await self._stream(fh, path, st, todo.ranges, size, progress)
+                while True:
+                    end = state.next_end()
+                    if isinstance(end, fp.Fail):
+                        raise FileTransferError(end.message)
                     self.link.send_control({"type": ChannelType.FILE_END.value, "transfer_id": tid, "size": size})
                     ranges = await self.link.guard(self._done_or_missing(st), DONE_TIMEOUT)
                     if ranges is None:
                         break
-                    if any(at + length > size for at, length in ranges):
-                        raise FileTransferError("The receiver asked for bytes beyond the end of the file.")
+                    todo = state.on_missing(ranges)
+                    if isinstance(todo, fp.Fail):
+                        raise FileTransferError(todo.message)
                     log.info("resending %d range(s) of %r the receiver missed", len(ranges), wire_name)
-                    sent += await self._stream(fh, path, st, ranges, size, None)
-                else:
-                    raise FileTransferError(f"Transfer of {wire_name!r} still incomplete after {MAX_REPAIR_ROUNDS} repairs.")
+                    sent += await self._stream(fh, path, st, todo.ranges, size, None)
             finished = True
-            return FileReceipt(name=wire_name, size=size, sha256=sha, bytes_sent=sent, cached=bool(accepted.get("cached")))
+            return FileReceipt(name=wire_name, size=size, sha256=sha, bytes_sent=sent, cached=state.cached)
         except TimeoutError:
             raise FileTransferError(f"Transfer of {wire_name!r} timed out waiting for the receiver.") from None
         finally:
@@ -494,7 +505,7 @@ class FileTransfers:
         return ranges
 
     async def _stream(
-        self, fh: Any, path: Path, st: _Outgoing, ranges: list[tuple[int, int]], size: int, progress: Progress | None
+        self, fh: Any, path: Path, st: _Outgoing, ranges: Iterable[tuple[int, int]], size: int, progress: Progress | None
     ) -> int:
         """Send ``ranges`` of the file in ``CHUNK_SIZE`` frames, each to the least loaded lane
         (the channel itself, or a stripe: ``core.stripes``); returns the payload bytes sent.
@@ -506,8 +517,7 @@ class FileTransfers:
         stripes = getattr(link, "stripes", None)
         tid = st.transfer_id
         sent = 0
-        todo = [(pos, min(CHUNK_SIZE, start + length - pos)) for start, length in ranges
-                for pos in range(start, start + length, CHUNK_SIZE)]
+        todo = fp.chunks(ranges, CHUNK_SIZE)
         todo.reverse()  # pop() from the end: in file order
         queues = _LaneQueues()
         try:
@@ -569,8 +579,7 @@ class FileTransfers:
             self._spawn(self._on_offer(msg))
         elif kind == ChannelType.FILE_END:
             st = self._incoming.get(tid)
-            if st is not None and st.ready and not st.ending:
-                st.ending = True  # a repeated file_end must not finish the file twice
+            if st is not None and st.state.end_arrived():
                 self._spawn(self._on_end(st, msg))
         elif kind == ChannelType.FILE_MISSING:
             out = self._outgoing.get(tid)
@@ -591,10 +600,7 @@ class FileTransfers:
         elif kind == ChannelType.FILE_ERROR:
             out = self._outgoing.get(tid)
             if out is not None:
-                reason = str(msg.get("reason", ""))
-                text = str(msg.get("message") or reason or "receiver refused the file")
-                exc = IntegrityError(text) if reason == SHA256_MISMATCH else FileTransferError(text)
-                self._fail_outgoing(out, exc)
+                self._fail_outgoing(out, fp.refusal_error(msg))
             elif tid in self._incoming:
                 self._drop_incoming(tid, remove_partial=True)
         elif kind == ChannelType.FILE_CANCEL:
@@ -614,31 +620,27 @@ class FileTransfers:
             log.warning("dropping a malformed binary frame")
             return
         st = self._incoming.get(tid)
-        if st is None or not st.ready:
+        if st is None:
             return  # a transfer that was cancelled or failed: late frames are expected
         n = len(payload)
-        if st.repair and (offset + n <= st.pos or st.ahead.has(offset, n)):
-            return  # a duplicate (a resent range whose first copy arrived late)
-        if offset < st.pos or offset + n > st.size or (offset > st.pos and not st.repair):
-            self._refuse(st, "bad_offset", f"Chunk at offset {offset} (+{n}) does not follow {st.pos} of {st.size}.")
+        todo = st.state.on_chunk(offset, n)
+        if isinstance(todo, (fp.Ignore, fp.Duplicate)):
+            return
+        if isinstance(todo, fp.Refuse):
+            self._refuse(st, todo.reason, todo.message)
             return
         try:
-            if offset > st.pos:
-                problem = st.ahead.check(offset, n, MAX_PENDING_CHUNKS)
-                if problem:
-                    self._refuse(st, "bad_offset", problem)
-                    return
-                chunkfile.write_at(st.fh, offset, payload)
-                st.ahead.add(offset, n)
+            chunkfile.write_at(st.fh, offset, payload)
+            if isinstance(todo, fp.WriteAhead):
+                st.state.held(offset, n)
             else:
-                chunkfile.write_at(st.fh, offset, payload)
                 st.hasher.update(payload)
-                st.pos += n
-                for at, length in st.ahead.pop_from(st.pos):  # bytes that came early, now in order
+                st.state.advanced(n)
+                for at, length in todo.then_in_order:  # bytes that came early, now in order
                     st.hasher.update(chunkfile.read_at(st.fh, at, length))
-                    st.pos += length
+                    st.state.advanced(length)
         except OSError as exc:
-            self._refuse(st, "write_failed", f"Cannot write {st.name!r}: {exc}")
+            self._refuse(st, WRITE_FAILED, f"Cannot write {st.state.name!r}: {exc}")
             return
         self.bytes_moved += n
         st.progressed.set()
@@ -682,9 +684,10 @@ class FileTransfers:
             self.link.send_control(msg)
 
     def _refuse(self, st: _Incoming, reason: str, message: str) -> None:
-        log.warning("refusing transfer %d (%s): %s", st.transfer_id, reason, message)
-        self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": st.transfer_id, "reason": reason, "message": message})
-        self._drop_incoming(st.transfer_id, remove_partial=True)
+        tid = st.state.transfer_id
+        log.warning("refusing transfer %d (%s): %s", tid, reason, message)
+        self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": tid, "reason": reason, "message": message})
+        self._drop_incoming(tid, remove_partial=True)
 
     def _drop_incoming(self, tid: int, *, remove_partial: bool) -> None:
         st = self._incoming.pop(tid, None)
@@ -692,20 +695,21 @@ class FileTransfers:
             return
         if st.fh is not None:
             with contextlib.suppress(OSError):
-                if not remove_partial and st.ahead:
-                    st.fh.truncate(st.pos)  # keep only the verified-in-order prefix for resume
+                cut = st.state.truncate_to
+                if not remove_partial and cut is not None:
+                    st.fh.truncate(cut)  # keep only the verified-in-order prefix for resume
                 st.fh.close()
             st.fh = None
         if remove_partial and st.part_path is not None:
             with contextlib.suppress(OSError):
                 st.part_path.unlink()
 
-    def _limit_refusal(self, name: str, size: int, sha: str, meta: dict) -> tuple[str, str] | None:
-        """``(reason, message)`` when an offer breaks a limit, else ``None`` (nothing written yet)."""
-        if size > self.max_file_bytes:
-            return FILE_TOO_LARGE, f"{name!r} declares {size} bytes; this side takes at most {self.max_file_bytes} per file."
-        if len(self._incoming) >= self.max_incoming:
-            return TOO_MANY_TRANSFERS, f"Already receiving {len(self._incoming)} files; at most {self.max_incoming} at once."
+    def _limit_refusal(self, name: str, size: int, sha: str) -> fp.Refuse | None:
+        """The refusal when an offer breaks a limit, else ``None`` (nothing written yet)."""
+        refusal = fp.limit_problem(name, size, max_file_bytes=self.max_file_bytes,
+                                   receiving=len(self._incoming), max_incoming=self.max_incoming)
+        if refusal is not None:
+            return refusal
         cached = self._cached_path(sha)
         if not (cached.is_file() and cached.stat().st_size == size):
             part = self.cache_dir / "partial" / f"{sha}.part"
@@ -717,10 +721,7 @@ class FileTransfers:
                 free = shutil.disk_usage(probe).free
             except OSError:
                 free = 0
-            # The cached copy is placed into receive_dir too (same disk, usually): twice the bytes.
-            need = (size - min(have, size)) + size + self.disk_reserve_bytes
-            if need > free:
-                return NO_SPACE, f"{name!r} needs {need} bytes of free disk (file, copy and reserve); {free} are free."
+            return fp.space_problem(name, size, have=have, free=free, reserve=self.disk_reserve_bytes)
         return None
 
     def _cached_path(self, sha: str) -> Path:
@@ -728,63 +729,57 @@ class FileTransfers:
 
     async def _on_offer(self, msg: dict[str, Any]) -> None:
         tid = msg["transfer_id"]
-        size, sha, meta = msg.get("size"), msg.get("sha256"), msg.get("meta") or {}
-        bad = None
-        if not isinstance(size, int) or size < 0:
-            bad = "size must be a non-negative integer"
-        elif not isinstance(sha, str) or not _SHA_RE.match(sha):
-            bad = "sha256 must be 64 lowercase hex digits"
-        elif not isinstance(meta, dict):
-            bad = "meta must be an object"
-        elif tid in self._incoming or any(s.sha256 == sha for s in self._incoming.values()):
-            bad = "this file is already being received"
+        bad = fp.offer_problem(msg, (st.state for st in self._incoming.values()))
         if bad:
-            self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": tid, "reason": "bad_offer", "message": bad})
+            self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": tid, "reason": BAD_OFFER, "message": bad})
             return
+        size, sha, meta = msg["size"], msg["sha256"], msg.get("meta") or {}
         name = sanitize_name(msg.get("name"), fallback=f"file-{sha[:12]}")
-        refusal = self._limit_refusal(name, size, sha, meta)
+        refusal = self._limit_refusal(name, size, sha)
         if refusal is None and self.accept_offer is not None:
             text = self.accept_offer(name, size, sha, meta)
             if inspect.isawaitable(text):
                 text = await text
-            refusal = (NOT_EXPECTED, text) if text else None
+            refusal = fp.Refuse(NOT_EXPECTED, text) if text else None
         if refusal:
-            reason, text = refusal
-            log.warning("refusing offer %d of %r (%d bytes): %s", tid, name, size, text)
-            self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": tid, "reason": reason, "message": text})
+            log.warning("refusing offer %d of %r (%d bytes): %s", tid, name, size, refusal.message)
+            self._send({"type": ChannelType.FILE_ERROR.value, "transfer_id": tid, "reason": refusal.reason,
+                        "message": refusal.message})
             return
-        st = _Incoming(tid, name, size, sha, meta, repair=msg.get("repair") is True)
+        state = fp.IncomingTransfer.from_offer(msg, name)
+        st = _Incoming(state)
         self._incoming[tid] = st
         try:
             cached = self._cached_path(sha)
             if cached.is_file() and cached.stat().st_size == size:
-                st.cached, st.pos, st.start = True, size, size
+                state.from_cache()
                 os.utime(cached)  # a use: the LRU pruning goes by mtime
             else:
                 part = self.cache_dir / "partial" / f"{sha}.part"
                 _private_dir(part.parent)
-                have = part.stat().st_size if part.is_file() else 0
-                if have > size:
-                    have = 0
+                have = state.resume_offset(part.stat().st_size if part.is_file() else 0)
                 # Resume: the running hash must cover the bytes already on disk.
                 have, hasher = await asyncio.to_thread(sha256_file, part, limit=have) if have else (0, hashlib.sha256())
                 self.partials.add(part)
                 fh = os.fdopen(os.open(part, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE_MODE), "r+b")
                 fh.truncate(have)
                 fh.seek(have)
-                st.part_path, st.fh, st.hasher, st.pos, st.start = part, fh, hasher, have, have
+                st.part_path, st.fh, st.hasher = part, fh, hasher
+                state.resumed(have)
             if self._incoming.get(tid) is not st:
                 return  # cancelled while we were preparing
-            st.ready = True
-            self._send({"type": ChannelType.FILE_ACCEPT.value, "transfer_id": tid, "offset": st.pos, "cached": st.cached})
+            offset = state.accept()
+            self._send({"type": ChannelType.FILE_ACCEPT.value, "transfer_id": tid, "offset": offset, "cached": state.cached})
         except OSError as exc:
-            self._refuse(st, "write_failed", f"Cannot store {name!r}: {exc}")
+            self._refuse(st, WRITE_FAILED, f"Cannot store {name!r}: {exc}")
 
     async def _on_end(self, st: _Incoming, msg: dict[str, Any]) -> None:
-        tid = st.transfer_id
-        if st.pos != st.size and st.repair and st.rounds < MAX_REPAIR_ROUNDS:
+        state = st.state
+        tid = state.transfer_id
+        todo = state.on_end()
+        if isinstance(todo, fp.WaitForStragglers):
             # Chunks may still be in flight on other stripes: wait while they keep coming.
-            while st.pos != st.size and self._incoming.get(tid) is st:
+            while not state.complete and self._incoming.get(tid) is st:
                 st.progressed.clear()
                 try:
                     await asyncio.wait_for(st.progressed.wait(), GAP_WAIT)
@@ -792,41 +787,41 @@ class FileTransfers:
                     break
             if self._incoming.get(tid) is not st:
                 return
-            if st.pos != st.size:
-                st.rounds += 1
-                st.ending = False
-                self._send({"type": ChannelType.FILE_MISSING.value, "transfer_id": tid,
-                            "ranges": st.ahead.gaps(st.pos, st.size, MAX_MISSING_RANGES)})
-                return
-        if st.pos != st.size:
-            self._refuse(st, "incomplete", f"Got {st.pos} of {st.size} bytes of {st.name!r}.")
+            todo = state.on_end(waited=True)
+        if isinstance(todo, fp.AskMissing):
+            self._send({"type": ChannelType.FILE_MISSING.value, "transfer_id": tid,
+                        "ranges": [[at, length] for at, length in todo.ranges]})
+            return
+        if isinstance(todo, fp.Refuse):
+            self._refuse(st, todo.reason, todo.message)
             return
         try:
-            if not st.cached:
+            if not todo.cached:
                 st.fh.close()
                 st.fh = None
-                if st.hasher.hexdigest() != st.sha256:
-                    self._refuse(st, SHA256_MISMATCH, f"{st.name!r} arrived corrupted: SHA-256 does not match.")
+                wrong = state.digest_problem(st.hasher.hexdigest())
+                if wrong is not None:
+                    self._refuse(st, wrong.reason, wrong.message)
                     return
-                final = self._cached_path(st.sha256)
+                final = self._cached_path(state.sha256)
                 _private_dir(final.parent)
                 os.replace(st.part_path, final)
                 st.part_path = None
-            dest = await asyncio.to_thread(self._place, st)
+            dest = await asyncio.to_thread(self._place, state)
         except OSError as exc:
-            self._refuse(st, "write_failed", f"Cannot store {st.name!r}: {exc}")
+            self._refuse(st, WRITE_FAILED, f"Cannot store {state.name!r}: {exc}")
             return
         if self._incoming.get(tid) is not st:
             dest.unlink(missing_ok=True)  # cancelled meanwhile
             return
         self._incoming.pop(tid, None)
-        self._send({"type": ChannelType.FILE_DONE.value, "transfer_id": tid, "sha256": st.sha256, "name": st.name})
+        self._send({"type": ChannelType.FILE_DONE.value, "transfer_id": tid, "sha256": state.sha256, "name": state.name})
         self._deliver(
-            ReceivedFile(path=dest, name=st.name, size=st.size, sha256=st.sha256, meta=st.meta,
-                         bytes_received=st.size - st.start, cached=st.cached, transfer_id=tid)
+            ReceivedFile(path=dest, name=state.name, size=state.size, sha256=state.sha256, meta=state.meta,
+                         bytes_received=state.received, cached=state.cached, transfer_id=tid)
         )
 
-    def _place(self, st: _Incoming) -> Path:
+    def _place(self, st: fp.IncomingTransfer) -> Path:
         """Copy the cached file to the destination atomically (a copy, not a link, so that
         editing the received file can never corrupt the cache). A file whose offer's
         ``meta.kind`` is in ``link_kinds`` (the worker's videos: only ever read) is

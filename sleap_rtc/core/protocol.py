@@ -183,6 +183,18 @@ TOO_MANY_TRANSFERS = "too_many_transfers"
 """``reason`` of a ``file_error``: the receiver already takes its most concurrent files on this channel."""
 NOT_EXPECTED = "not_expected"
 """``reason`` of a ``file_error``: the receiver was not told to expect this file (name, size or hash)."""
+BAD_OFFER = "bad_offer"
+"""``reason`` of a ``file_error``: the offer itself is malformed (size, sha256 or meta) or names a
+transfer id or file this channel is already receiving."""
+BAD_OFFSET = "bad_offset"
+"""``reason`` of a ``file_error``: a chunk does not fit the transfer (before the verified prefix,
+beyond the size, overlapping a held chunk, out of order from a sender without ``repair``, or too
+many held ahead)."""
+INCOMPLETE = "incomplete"
+"""``reason`` of a ``file_error``: ``file_end`` came with bytes still missing, and no repair round
+(``file_missing``) is left to ask for them."""
+WRITE_FAILED = "write_failed"
+"""``reason`` of a ``file_error``: the receiver could not write the file to its disk."""
 
 FINAL_REGISTRATION_ERRORS = frozenset(
     {ErrorCode.INVALID_TOKEN, ErrorCode.ROOM_NOT_FOUND, ErrorCode.ROOM_EXPIRED, ErrorCode.WORKER_TOKEN_REQUIRED}
