@@ -18,18 +18,12 @@ from sleap_rtc.core.channel import PeerChannel
 from sleap_rtc.core.files import HIGH_WATER
 from sleap_rtc.core.transport_errors import PeerClosedError
 
+from channel_pairs import memory_channels
+
 pytestmark = pytest.mark.timeout(30)
 
 
-async def channels(tmp_path: Path, **kw) -> tuple[PeerChannel, PeerChannel]:
-    a, b = memory_pair(**kw)
-    ca = PeerChannel(a, local_peer_id="c", remote_peer_id="w", role="client",
-                     receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
-    cb = PeerChannel(b, local_peer_id="w", remote_peer_id="c", role="worker",
-                     receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
-    link(a, b)
-    await asyncio.gather(ca.start(5), cb.start(5))
-    return ca, cb
+channels = memory_channels
 
 
 async def test_hello_messages_and_bye(tmp_path):
@@ -102,10 +96,13 @@ def test_socket_buffers_raised():
 
 
 def test_aioice_hook_raises_its_buffer_constant():
+    import importlib
+
     import aioice.turn
 
-    import sleap_rtc.core.backends.aiortc  # noqa: F401  (installs the hook)
     from sleap_rtc.core.backends.sockets import UDP_BUFFER_BYTES
+
+    importlib.import_module("sleap_rtc.core.backends.aiortc")  # importing it installs the hook
 
     assert aioice.turn.UDP_SOCKET_BUFFER_SIZE >= UDP_BUFFER_BYTES
 

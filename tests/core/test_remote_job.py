@@ -93,19 +93,12 @@ async def test_a_worker_that_cannot_read_job_submit_fails_the_job_at_once(tmp_pa
     # client must say so now, not wait on a job that will never start.
     import asyncio
 
-    from sleap_rtc.core.backends.memory import link, memory_pair
-    from sleap_rtc.core.channel import PeerChannel
+    from channel_pairs import memory_channels
     from sleap_rtc.core.phases import JobPhases
     from sleap_rtc.core.protocol import INVALID_CHANNEL_MESSAGE
     from sleap_rtc.core.remote_job import JobRejectedError
 
-    a, b = memory_pair()
-    client = PeerChannel(a, local_peer_id="c", remote_peer_id="w", role="client",
-                         receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
-    worker = PeerChannel(b, local_peer_id="w", remote_peer_id="c", role="worker",
-                         receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
-    link(a, b)
-    await asyncio.gather(client.start(5), worker.start(5))
+    client, worker = await memory_channels(tmp_path)
     package = make_zip(tmp_path / "pkg.zip", {"labels.slp": b"x" * 1000})
 
     async def old_worker():

@@ -17,6 +17,8 @@ from sleap_rtc.core.backends.memory import link, memory_pair
 from sleap_rtc.core.channel import PeerChannel
 from sleap_rtc.core.files import CHUNK_SIZE
 
+from channel_pairs import memory_channels
+
 pytestmark = pytest.mark.timeout(60)
 MiB = 1 << 20
 
@@ -201,13 +203,7 @@ async def test_closing_the_channel_closes_its_stripes_within_bounds(tmp_path):
 
 
 async def test_a_request_before_the_runtime_decides_is_answered_when_it_does(tmp_path):
-    a, b = memory_pair()
-    client = PeerChannel(a, local_peer_id="c", remote_peer_id="w", role="client",
-                         receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
-    worker = PeerChannel(b, local_peer_id="w", remote_peer_id="c", role="worker",
-                         receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
-    link(a, b)
-    await asyncio.gather(client.start(5), worker.start(5))
+    client, worker = await memory_channels(tmp_path)
     asking = asyncio.ensure_future(client.stripes._get_grant())
     await asyncio.sleep(0.05)  # the request is in; the worker has not decided yet
     assert not asking.done()
@@ -234,11 +230,7 @@ async def test_the_grant_is_asked_before_the_first_chunk(tmp_path, monkeypatch):
 async def test_a_grant_from_the_answer_opens_stripes_while_the_primary_handshakes(tmp_path):
     # transport.connect(stripes=N): the worker's answer carried the grant, so the extra
     # connections start before the primary is open and no stripe_request goes out.
-    a, b = memory_pair(delay=0.05)
-    client = PeerChannel(a, local_peer_id="c", remote_peer_id="w", role="client",
-                         receive_dir=tmp_path / "c-recv", cache_dir=tmp_path / "c-cache")
-    worker = PeerChannel(b, local_peer_id="w", remote_peer_id="c", role="worker",
-                         receive_dir=tmp_path / "w-recv", cache_dir=tmp_path / "w-cache")
+    client, worker = await memory_channels(tmp_path, start=False, delay=0.05)
     worker.stripes.allow(3)
     opened = []
 
@@ -253,7 +245,6 @@ async def test_a_grant_from_the_answer_opens_stripes_while_the_primary_handshake
     client.stripes.opener = opener
     client.stripes.granted(worker.stripes.grant_fields())
     client.stripes.open_early(3)
-    link(a, b)
     await asyncio.gather(client.start(5), worker.start(5))
     assert await asyncio.wait_for(client.stripes.ensure(3), 5) == 3
     assert opened == [True, True]  # both extra ones opened ahead of the primary's hello
