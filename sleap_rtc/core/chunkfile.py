@@ -60,16 +60,6 @@ class Ahead:
             self._offsets.pop(bisect.bisect_left(self._offsets, offset))
         return length
 
-    def pop_from(self, pos: int) -> list[tuple[int, int]]:
-        """Remove and return the held chunks that now continue the prefix ending at ``pos``."""
-        out = []
-        while self._offsets and self._offsets[0] == pos:
-            offset = self._offsets.pop(0)
-            length = self._lengths.pop(offset)
-            out.append((offset, length))
-            pos += length
-        return out
-
     def gaps(self, pos: int, size: int, limit: int) -> list[list[int]]:
         """The byte ranges ``[offset, length]`` between ``pos`` and ``size`` not held (at most ``limit``)."""
         out: list[list[int]] = []

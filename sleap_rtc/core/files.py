@@ -16,7 +16,7 @@ A sender that may stripe (``core.stripes``) says ``repair: true`` in its offer; 
 may then arrive out of order (each is written at its offset), and after ``file_end`` a
 receiver still missing bytes waits ``GAP_WAIT`` for stragglers, then answers
 ``file_missing {transfer_id, ranges}``; the sender resends those ranges and ends again
-(at most ``MAX_REPAIR_ROUNDS`` times). The hash runs over the contiguous prefix as it
+(at most ``file_protocol.MAX_REPAIR_ROUNDS`` times). The hash runs over the contiguous prefix as it
 grows (bytes that came early are read back from the partial file), and an interrupted
 transfer keeps only that prefix, so resume is unchanged.
 
@@ -126,13 +126,6 @@ IN_USE_GRACE = 600.0
 GAP_WAIT = 1.0
 """Seconds a receiver missing bytes at ``file_end`` waits for chunks still in flight on
 other stripes (no progress for this long: it asks for the missing ranges)."""
-# The receive rules live in core.file_protocol; importers of this module still find them here.
-MAX_REPAIR_ROUNDS = fp.MAX_REPAIR_ROUNDS
-"""How often one transfer may ask for / resend missing ranges before it fails (both sides)."""
-MAX_MISSING_RANGES = fp.MAX_MISSING_RANGES
-"""Ranges named in one ``file_missing`` (``file_protocol.MAX_MISSING_RANGES``)."""
-MAX_PENDING_CHUNKS = fp.MAX_PENDING_CHUNKS
-"""Chunks a receiver holds ahead of its prefix (``file_protocol.MAX_PENDING_CHUNKS``)."""
 MAX_FILE_BYTES = 64 * 1024**3
 """Default cap on one incoming file (a package or a result); a larger offer is refused."""
 MAX_INCOMING = 4

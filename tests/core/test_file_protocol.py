@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from sleap_rtc.core import file_protocol as fp
-from sleap_rtc.core import files
 from sleap_rtc.core.protocol import (
     BAD_OFFSET,
     FILE_TOO_LARGE,
@@ -273,11 +272,6 @@ def test_space_counts_the_missing_bytes_the_copy_and_the_reserve():
     assert short == fp.Refuse(NO_SPACE, "'a' needs 170 bytes of free disk (file, copy and reserve); 169 are free.")
     # A partial file larger than the offer counts for no more than the offer.
     assert fp.space_problem("a", 100, have=500, free=110, reserve=10) is None
-
-
-def test_files_still_exports_the_limits():
-    assert (files.MAX_REPAIR_ROUNDS, files.MAX_MISSING_RANGES, files.MAX_PENDING_CHUNKS) == (
-        fp.MAX_REPAIR_ROUNDS, fp.MAX_MISSING_RANGES, fp.MAX_PENDING_CHUNKS)
 
 
 # ------------------------------------------------------------------ the send side
