@@ -335,6 +335,8 @@ async def connect(
     many connections in all for striped transfers, the extra ones as soon as the worker's
     answer grants them, in parallel with the first one's handshakes (``stripes.ensure``
     returns once they are open); the worker may refuse them, which costs nothing here.
+    They start before the path is known, so the TURN-relay cap (``stripes.RELAY_MAX_CONNECTIONS``)
+    holds only for growth afterwards: ask for more than that only on a direct path.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
