@@ -152,7 +152,10 @@ async def test_resume_after_dropped_connection(signaling_server, room, tmp_path)
     path = make_file(tmp_path / "r.bin", 12 * MiB)
     async with pair(signaling_server.url, room, tmp_path) as (client, worker):
         def drop(done: int, size: int) -> None:
-            if done > 4 * MiB and not client.closed:
+            # Drop once the receiver has verified 2 MiB: how far it is when the sender has
+            # handed out 4 MiB depends on the backend's buffering (native sometimes < 1 MiB).
+            verified = max((v for _name, v, _size in worker.transfers.incoming_progress()), default=0)
+            if verified >= 2 * MiB and not client.closed:
                 asyncio.ensure_future(client.abort("test drops the connection"))
 
         with pytest.raises(PeerClosedError):
@@ -162,8 +165,7 @@ async def test_resume_after_dropped_connection(signaling_server, room, tmp_path)
     async with pair(signaling_server.url, room, tmp_path) as (client, worker):
         receipt = await client.send_file(path)
         got = await worker.receive_file(5)
-    # Progress counts bytes handed to the channel (up to 4 MiB buffered), so the receiver
-    # had somewhat less than 4 MiB when the connection dropped: expect at least 1 MiB kept.
+    # The receiver had verified at least 2 MiB when the connection dropped: at least 1 MiB is kept.
     assert 0 < receipt.bytes_sent <= path.stat().st_size - MiB
     assert got.bytes_received == receipt.bytes_sent
     assert sha(got.path) == sha(path) == got.sha256
