@@ -73,3 +73,60 @@ async def test_real_striped_upload_survives_a_dead_stripe(signaling_server, room
             await ch.close()
         await csig.close()
         await wsig.close()
+
+
+async def test_offers_gathered_early_are_used_and_the_rest_closed(signaling_server, room, tmp_path, monkeypatch):
+    # connect(stripes=4) gathers three extra offers while the primary's answer travels; the
+    # worker grants one extra connection, so one gathered offer is used and two are closed.
+    from sleap_rtc.core import transport
+
+    made: list = []
+
+    class Spy(transport.PreparedOffers):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.taken: list = []
+            made.append(self)
+
+        async def take(self):
+            got = await super().take()
+            self.taken.append(got)
+            return got
+
+    monkeypatch.setattr(transport, "PreparedOffers", Spy)
+    wsig = await registered(signaling_server.url, room, "worker")
+    csig = await registered(signaling_server.url, room, "client")
+    offers: asyncio.Queue = asyncio.Queue()
+    wsig.add_listener(lambda f: offers.put_nowait(f) if f.get("type") == MessageType.OFFER else None)
+    server_side: list = []
+
+    async def serve():
+        first = await offers.get()
+        asyncio.ensure_future(accept(wsig, first, receive_dir=tmp_path / "w", cache_dir=tmp_path / "wc",
+                                     backend="memory", on_channel=lambda ch: (ch.stripes.allow(1), server_side.append(ch))))
+        while True:
+            frame = await offers.get()
+            ch = server_side[0]
+            if ch.stripes.admits(frame.get(STRIPE_TOKEN), frame.get("sender")):
+                asyncio.ensure_future(accept_stripe(wsig, frame, backend="memory")).add_done_callback(
+                    lambda t: t.exception() is None and ch.stripes.attach(t.result()))
+
+    serving = asyncio.ensure_future(serve())
+    try:
+        cch = await connect(csig, wsig.peer_id, timeout=10, receive_dir=tmp_path / "c", cache_dir=tmp_path / "cc",
+                            backend="memory", stripes=4)
+        assert await asyncio.wait_for(cch.stripes.ensure(4), 10) == 2  # the grant's cap: one extra
+        (early,) = made
+        assert len(early.taken) == 1 and early.taken[0] is not None  # the extra one used a gathered offer
+        for _ in range(50):
+            if not early._tasks:
+                break
+            await asyncio.sleep(0.02)
+        assert early._tasks == []  # the two it did not need were closed, not left open
+        await cch.close()
+    finally:
+        serving.cancel()
+        for ch in server_side:
+            await ch.close()
+        await csig.close()
+        await wsig.close()
