@@ -40,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "netlab"))
 
+from sleap_rtc.core.backends import native_sctp  # noqa: E402
+
 from lab import SIGNALING_PORT, TURN_PORT, Addresses, Lab, build_nfqdelay, remove_stale_labs, unavailable  # noqa: E402
 
 SECTION = ROOT / "docs" / "bench" / "lab_transfer.md"
@@ -88,6 +90,8 @@ def env_for(home: Path, backend: str = "aiortc") -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     (home / "empty.toml").write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLEAP_RTC_", "XDG_"))}
+    if native_sctp.ENV in os.environ:
+        env[native_sctp.ENV] = os.environ[native_sctp.ENV]
     env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", HOME=str(home), SLEAP_RTC_CONFIG=str(home / "empty.toml"),
                SLEAP_RTC_BACKEND=backend)
     return env
@@ -316,7 +320,11 @@ def main() -> int:
     parser.add_argument("--no-setup", action="store_true", help="skip the set-up time measurement")
     parser.add_argument("--setup-only", action="store_true", help="only the set-up time measurement (no transfers)")
     parser.add_argument("--write", action="store_true", help="update docs/bench/lab_transfer.md")
+    parser.add_argument("--native-sctp", help=f"libdatachannel SCTP settings for every peer, name=value,... "
+                        f"(sets {native_sctp.ENV}; names: sleap_rtc.core.backends.native_sctp.FIELDS)")
     opts = parser.parse_args()
+    if opts.native_sctp is not None:
+        os.environ[native_sctp.ENV] = opts.native_sctp
     reason = unavailable()
     if reason:
         print(reason, file=sys.stderr)

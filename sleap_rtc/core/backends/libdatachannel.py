@@ -22,7 +22,7 @@ from typing import Any
 
 import aiolibdatachannel as ldc
 
-from sleap_rtc.core.backends import CLOSE_TIMEOUT, ChannelEvents, server_urls
+from sleap_rtc.core.backends import CLOSE_TIMEOUT, ChannelEvents, native_sctp, server_urls
 from sleap_rtc.core.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class LibdatachannelConnection:
     backend = "libdatachannel"
 
     def __init__(self, ice_servers: list[dict[str, Any]]):
+        native_sctp.apply(ldc._native)
         self.pc = ldc.PeerConnection(ldc.RTCConfiguration(ice_servers=ice_urls(ice_servers)))
         self.dc: Any = None
         self._events: ChannelEvents | None = None

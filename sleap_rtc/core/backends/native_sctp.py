@@ -1,0 +1,83 @@
+"""SCTP settings for the native stack: libdatachannel's ``rtcSetSctpSettings``, called
+through ``ctypes`` because aiolibdatachannel binds no Python call for it.
+
+The C function is part of libdatachannel's public C API (``rtc/rtc.h``) and is exported by
+the extension module aiolibdatachannel builds it into, so ``ctypes`` reaches the very copy
+of the library the wrapper uses (``RTLD_NOLOAD``: never a second one). The settings are
+process-wide and apply to peer connections created afterwards, so ``apply`` runs once,
+before the backend makes its first connection. Where the symbol is missing (another build
+of the wrapper) the library's own defaults stay and the backend still works.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FIELDS = (
+    "recvBufferSize", "sendBufferSize", "maxChunksOnQueue", "initialCongestionWindow",
+    "maxBurst", "congestionControlModule", "delayedSackTimeMs", "minRetransmitTimeoutMs",
+    "maxRetransmitTimeoutMs", "initialRetransmitTimeoutMs", "maxRetransmitAttempts",
+    "heartbeatIntervalMs",
+)
+"""``rtcSctpSettings``'s int fields, in the C struct's order (libdatachannel 0.20-0.23)."""
+
+
+class _Settings(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in FIELDS]
+
+
+DEFAULTS: dict[str, int] = {name: 0 for name in FIELDS} | {"congestionControlModule": -1}
+"""All "library default" (0, or -1 for the congestion-control module, where 0 is Reno)."""
+
+SETTINGS: dict[str, int] = {"congestionControlModule": 1}
+"""What this project changes from libdatachannel's defaults. ``congestionControlModule`` 1 is
+HighSpeed TCP (RFC 3649) instead of Reno: the same as Reno below a 38-segment window (lossy
+paths stay as fair as before) and faster to grow and gentler to back off above it; in the lab
+it moved +20 % striped at 20 ms / 0.1 % loss and no worse elsewhere (H-TCP, module 2, lost
+up to 7x there; docs/bench/lab_transfer_notes.md section 9)."""
+
+ENV = "SLEAP_RTC_NATIVE_SCTP"
+"""``name=value,...`` overriding ``SETTINGS`` (lab experiments)."""
+
+_applied: dict[str, int] | None = None
+
+
+def settings() -> dict[str, int]:
+    """The settings ``apply`` passes: ``DEFAULTS``, then ``SETTINGS``, then ``ENV``."""
+    out = DEFAULTS | SETTINGS
+    for item in filter(None, os.environ.get(ENV, "").split(",")):
+        name, _, value = item.partition("=")
+        if name.strip() not in out:
+            raise ValueError(f"{ENV}: unknown SCTP setting {name.strip()!r}")
+        out[name.strip()] = int(value)
+    return out
+
+
+def apply(native: Any) -> dict[str, int] | None:
+    """Pass ``settings()`` to the library inside ``native`` (a loaded extension module),
+    once per process; returns what was applied, or None where the library has no such call."""
+    global _applied
+    if _applied is not None:  # {}: tried before, and the library had no such call
+        return _applied or None
+    try:
+        lib = ctypes.CDLL(native.__file__, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        call = lib.rtcSetSctpSettings
+    except (OSError, AttributeError) as exc:
+        log.info("native SCTP settings left at the library's defaults: %s", exc)
+        _applied = {}
+        return None
+    values = settings()
+    call.argtypes = [ctypes.POINTER(_Settings)]
+    call.restype = ctypes.c_int
+    rc = call(ctypes.byref(_Settings(**values)))
+    if rc < 0:
+        log.warning("rtcSetSctpSettings refused %s (error %d)", values, rc)
+        _applied = {}
+        return None
+    _applied = values
+    return values
