@@ -196,8 +196,6 @@ class Stripes:
         self.channel = channel
         self.lanes: list[StripeLane] = []
         self.opener: Opener | None = None  # client side: set by transport.connect
-        self.probed: tuple[float, list[dict[str, Any]]] | None = None
-        """The primary's ICE server probe ``(loop time, servers)``, reused by extra connections."""
         self.token: str | None = None  # worker side: set by allow()
         self.allowed = 0
         self.max_connections = MAX_CONNECTIONS
@@ -346,14 +344,11 @@ class Stripes:
         self._grant = asyncio.get_running_loop().create_future()
         self._grant.set_result(grant)
 
-    def open_early(self, connections: int) -> asyncio.Task | None:
+    def open_early(self, connections: int) -> None:
         """Start opening extra connections up to ``connections`` in all now, while the primary
-        still handshakes (``transport.connect(stripes=N)``); ``ensure`` joins them. Returns
-        the task opening them (done once none is still opening), or None when none opens."""
+        still handshakes (``transport.connect(stripes=N)``); ``ensure`` joins them."""
         if self.opener is not None and connections > 1 and not self.channel.closed:
             self._ensurer = spawn(self.ensure(connections), name=f"stripes-open-{self.channel.remote_peer_id}")
-            return self._ensurer
-        return None
 
     def transfer_started(self, size: int) -> None:
         """A transfer of ``size`` bytes began (either direction): maybe start growing."""

@@ -57,14 +57,13 @@ from urllib.parse import urlparse
 
 import ifaddr
 
-from sleap_rtc.core.backends import CLOSE_TIMEOUT, Connection, choose_backend, make_connection
+from sleap_rtc.core.backends import Connection, choose_backend, make_connection
 from sleap_rtc.core.channel import PeerChannel
 from sleap_rtc.core.config import ConfigError, ice_servers_from_config
 from sleap_rtc.core.ice_report import IceReport, StateLog, candidate_types
 from sleap_rtc.core.protocol import (
     CHANNEL_VERSION, OFFER_REF, STRIPE_GRANT, STRIPE_TOKEN, WORKER_BUSY, ErrorCode, MessageType,
 )
-from sleap_rtc.core.tasks import spawn
 from sleap_rtc.core.transport_errors import (
     AnswerTimeoutError,
     ConnectionFailedError,
@@ -344,7 +343,6 @@ async def connect(
     attempt = await _peer_connection(signaling, ice_servers, backend)
     conn = attempt.conn
     channel: PeerChannel | None = None
-    early = PreparedOffers(attempt.conn.backend, attempt.servers, stripes - 1)
     try:
         channel = PeerChannel(
             conn, local_peer_id=signaling.peer_id, remote_peer_id=target_peer_id, role="client",
@@ -353,72 +351,20 @@ async def connect(
         attempt.local_sdp = await conn.offer(CHANNEL_LABEL)  # gathers (non-trickle)
         frame = await exchange_offer(signaling, target_peer_id, attempt.local_sdp, deadline, timeout)
         await conn.accept_answer(frame["sdp"])
-        channel.stripes.probed = (attempt.started, attempt.servers)
         channel.stripes.opener = functools.partial(
             open_stripe, signaling, target_peer_id, ice_servers=ice_servers, timeout=timeout, backend=backend,
-            probed=channel.stripes.probed, prepared=early,
+            probed=(attempt.started, attempt.servers),
         )
         channel.stripes.granted(frame.get(STRIPE_GRANT))
-        opening = channel.stripes.open_early(stripes)
-        if opening is None:
-            spawn(early.close(), name="stripe-offers-close")
-        else:  # what the early opens did not take (a smaller grant, or none) is closed
-            opening.add_done_callback(lambda _t: spawn(early.close(), name="stripe-offers-close"))
+        channel.stripes.open_early(stripes)
         await _open(attempt, channel.start, deadline, loop.time() + ice_check_timeout, target_peer_id, "client", frame["sdp"])
         return channel
     except BaseException:
-        await early.close()
         if channel is not None:
             await channel.abort("connection set-up failed")
         else:
             await conn.close()
         raise
-
-
-class PreparedOffers:
-    """Offers of extra connections gathered while the primary's offer and answer travel
-    (``connect(stripes=N)``), so each extra one's own offer goes out the moment the answer
-    grants them: on a fast path the extra connections' gathering was a large share of
-    set-up (docs/bench/lab_transfer_notes.md). An SDP offer does not depend on the grant (its
-    token travels in the signaling frame), so gathering early is safe."""
-
-    def __init__(self, backend: str, servers: list[dict[str, Any]], count: int):
-        self._tasks: list[asyncio.Task] = [spawn(self._one(backend, servers), name="stripe-offer")
-                                           for _ in range(max(0, count))]
-
-    @staticmethod
-    async def _one(backend: str, servers: list[dict[str, Any]]) -> tuple[Connection, asyncio.Future, str]:
-        from sleap_rtc.core.stripes import STRIPE_LABEL, wait_open
-
-        conn = make_connection(backend, servers)
-        try:
-            opened = wait_open(conn)
-            return conn, opened, await conn.offer(STRIPE_LABEL)
-        except BaseException:
-            await conn.close()
-            raise
-
-    async def take(self) -> tuple[Connection, asyncio.Future, str] | None:
-        """One gathered offer ``(conn, opened, sdp)``, or None when none is left or it failed."""
-        if not self._tasks:
-            return None
-        try:
-            return await self._tasks.pop(0)
-        except (TransportError, OSError, ConnectionError) as exc:
-            log.info("an early extra-connection offer failed: %s", exc)
-            return None
-
-    async def close(self) -> None:
-        """Close what was not taken (bounded: an offer still gathering is cancelled)."""
-        tasks, self._tasks = self._tasks, []
-        if not tasks:
-            return
-        for task in tasks:
-            task.cancel()  # one still gathering closes its own connection
-        await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
-        gathered = [t.result()[0] for t in tasks if t.done() and not t.cancelled() and t.exception() is None]
-        if gathered:
-            await asyncio.wait([asyncio.ensure_future(conn.close()) for conn in gathered], timeout=CLOSE_TIMEOUT)
 
 
 async def exchange_offer(
@@ -473,26 +419,20 @@ async def open_stripe(
     timeout: float = 20.0,
     backend: str | None = None,
     probed: tuple[float, list[dict[str, Any]]] | None = None,
-    prepared: PreparedOffers | None = None,
 ) -> Connection:
     """Open one extra peer connection to ``target_peer_id`` for striped file payload (client
     side): an ``offer`` carrying the worker's stripe ``token`` (``stripes``), through the same
     room. ``probed``: ``(loop time, servers)`` of the primary's ICE server probe, reused
-    within ``PROBE_REUSE_S``; ``prepared``: offers gathered ahead, used first. Returns the
-    open backend ``Connection`` (its handlers are set by the caller)."""
+    within ``PROBE_REUSE_S``. Returns the open backend ``Connection`` (its handlers are set
+    by the caller)."""
     from sleap_rtc.core.stripes import STRIPE_LABEL, wait_open
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    early = await prepared.take() if prepared is not None else None
-    if early is not None:
-        conn, opened, sdp = early
-    else:
-        conn = (await _peer_connection(signaling, ice_servers, backend, probed)).conn
+    conn = (await _peer_connection(signaling, ice_servers, backend, probed)).conn
     try:
-        if early is None:
-            opened = wait_open(conn)
-            sdp = await conn.offer(STRIPE_LABEL)
+        opened = wait_open(conn)
+        sdp = await conn.offer(STRIPE_LABEL)
         frame = await exchange_offer(signaling, target_peer_id, sdp, deadline, timeout, **{STRIPE_TOKEN: token})
         await conn.accept_answer(frame["sdp"])
         await asyncio.wait_for(opened, max(0.1, deadline - loop.time()))
@@ -509,17 +449,15 @@ async def accept_stripe(
     ice_servers: list[dict[str, Any]] | None = None,
     timeout: float = 20.0,
     backend: str | None = None,
-    probed: tuple[float, list[dict[str, Any]]] | None = None,
 ) -> Connection:
     """Answer a stripe ``offer`` (worker side, after the guard admitted its token) and return
-    the open backend ``Connection``. ``probed``: as for ``open_stripe`` (the channel's
-    ``stripes.probed``), so no extra connection probes the ICE servers again."""
+    the open backend ``Connection``."""
     from sleap_rtc.core.stripes import wait_open
 
     sender, sdp = offer_frame.get("sender"), offer_frame.get("sdp")
     if not isinstance(sender, str) or not isinstance(sdp, str):
         raise ConnectionFailedError("The offer frame has no 'sender' or no 'sdp'.")
-    conn = (await _peer_connection(signaling, ice_servers, backend, probed)).conn
+    conn = (await _peer_connection(signaling, ice_servers, backend)).conn
     try:
         opened = wait_open(conn)
         answer_sdp = await conn.answer(sdp)
@@ -562,7 +500,6 @@ async def accept(
     conn = attempt.conn
     channel = PeerChannel(conn, local_peer_id=signaling.peer_id, remote_peer_id=sender, role="worker",
                           receive_dir=receive_dir, cache_dir=cache_dir, version=version)
-    channel.stripes.probed = (attempt.started, attempt.servers)
     try:
         if on_channel is not None:
             on_channel(channel)

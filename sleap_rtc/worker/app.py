@@ -380,7 +380,7 @@ class Worker:
 
             try:
                 conn = await transport.accept_stripe(self.signaling, frame, ice_servers=self.config.ice_servers,
-                                                     timeout=STRIPE_ACCEPT_TIMEOUT, probed=channel.stripes.probed)
+                                                     timeout=STRIPE_ACCEPT_TIMEOUT)
             except (TransportError, OSError, ConnectionError, asyncio.TimeoutError) as exc:
                 channel.stripes.release()
                 log.info("an extra connection from %s did not open: %s", sender, exc)
