@@ -27,9 +27,11 @@ def test_settings_are_defaults_then_ours_then_the_environment(monkeypatch):
     assert native_sctp.settings()["recvBufferSize"] == 65536
 
 
-def test_an_unknown_setting_is_named(monkeypatch):
-    monkeypatch.setenv(native_sctp.ENV, "cwnd=10")
-    with pytest.raises(ValueError, match="unknown SCTP setting 'cwnd'"):
+@pytest.mark.parametrize("value, problem", [("cwnd=10", "unknown SCTP setting 'cwnd'"),
+                                            ("maxBurst=lots", "maxBurst needs a whole number, not 'lots'")])
+def test_a_bad_override_is_named(monkeypatch, value, problem):
+    monkeypatch.setenv(native_sctp.ENV, value)
+    with pytest.raises(ValueError, match=problem):
         native_sctp.settings()
 
 

@@ -58,3 +58,8 @@ def test_the_project_settings_reach_usrsctp(fast_python):
 def test_an_override_reaches_usrsctp(fast_python):
     out = read_back(fast_python, "congestionControlModule=0,recvBufferSize=3145728,initialCongestionWindow=12")
     assert out["usrsctp"] == LIBRARY_DEFAULTS | {"default_cc_module": 0, "recvspace": 3145728, "initial_cwnd": 12}
+
+
+def test_a_bad_override_is_logged_and_our_settings_still_apply(fast_python):
+    out = read_back(fast_python, "congestionControlModule=reno")
+    assert out["usrsctp"] == LIBRARY_DEFAULTS | {"default_cc_module": 1}

@@ -51,10 +51,13 @@ def settings() -> dict[str, int]:
     """The settings ``apply`` passes: ``DEFAULTS``, then ``SETTINGS``, then ``ENV``."""
     out = DEFAULTS | SETTINGS
     for item in filter(None, os.environ.get(ENV, "").split(",")):
-        name, _, value = item.partition("=")
-        if name.strip() not in out:
-            raise ValueError(f"{ENV}: unknown SCTP setting {name.strip()!r}")
-        out[name.strip()] = int(value)
+        name, _, value = (part.strip() for part in item.partition("="))
+        if name not in out:
+            raise ValueError(f"{ENV}: unknown SCTP setting {name!r} (known: {', '.join(FIELDS)})")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise ValueError(f"{ENV}: {name} needs a whole number, not {value!r}") from None
     return out
 
 
@@ -71,7 +74,11 @@ def apply(native: Any) -> dict[str, int] | None:
         log.info("native SCTP settings left at the library's defaults: %s", exc)
         _applied = {}
         return None
-    values = settings()
+    try:
+        values = settings()
+    except ValueError as exc:  # an admin's typo must not stop every connection
+        log.error("%s; using this project's settings instead", exc)
+        values = DEFAULTS | SETTINGS
     call.argtypes = [ctypes.POINTER(_Settings)]
     call.restype = ctypes.c_int
     rc = call(ctypes.byref(_Settings(**values)))
