@@ -40,3 +40,7 @@ def test_a_library_that_is_not_loaded_keeps_its_defaults(tmp_path):
     fake = types.SimpleNamespace(__file__=str(tmp_path / "not_loaded.so"))
     assert native_sctp.apply(fake) is None
     assert native_sctp.apply(fake) is None  # once per process: no second try
+
+
+def test_a_wrapper_without_its_extension_module_keeps_the_defaults():
+    assert native_sctp.apply(None) is None

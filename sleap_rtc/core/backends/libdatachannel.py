@@ -73,7 +73,7 @@ class LibdatachannelConnection:
     backend = "libdatachannel"
 
     def __init__(self, ice_servers: list[dict[str, Any]]):
-        native_sctp.apply(ldc._native)
+        native_sctp.apply(getattr(ldc, "_native", None))  # the wrapper's extension module
         self.pc = ldc.PeerConnection(ldc.RTCConfiguration(ice_servers=ice_urls(ice_servers)))
         self.dc: Any = None
         self._events: ChannelEvents | None = None

@@ -24,7 +24,8 @@ FIELDS = (
     "maxRetransmitTimeoutMs", "initialRetransmitTimeoutMs", "maxRetransmitAttempts",
     "heartbeatIntervalMs",
 )
-"""``rtcSctpSettings``'s int fields, in the C struct's order (libdatachannel 0.20-0.23)."""
+"""``rtcSctpSettings``'s int fields, in the C struct's order (``rtc/rtc.h``); a layout change
+in a later libdatachannel shows in tests/native/test_native_sctp.py, which reads usrsctp back."""
 
 
 class _Settings(ctypes.Structure):
@@ -37,9 +38,10 @@ DEFAULTS: dict[str, int] = {name: 0 for name in FIELDS} | {"congestionControlMod
 SETTINGS: dict[str, int] = {"congestionControlModule": 1}
 """What this project changes from libdatachannel's defaults. ``congestionControlModule`` 1 is
 HighSpeed TCP (RFC 3649) instead of Reno: the same as Reno below a 38-segment window (lossy
-paths stay as fair as before) and faster to grow and gentler to back off above it; in the lab
-it moved +20 % striped at 20 ms / 0.1 % loss and no worse elsewhere (H-TCP, module 2, lost
-up to 7x there; docs/bench/lab_transfer_notes.md section 9)."""
+paths stay as fair as before) and faster to grow and gentler to back off above it. In the lab
+native striping at 20 ms / 0.1 % loss moved +18 % (median of three runs each); at 80 ms / 0.1 %
+its two runs moved less, having stopped growing at 3 connections (docs/bench/lab_transfer_notes.md
+section 9). H-TCP (module 2) lost up to 7x."""
 
 ENV = "SLEAP_RTC_NATIVE_SCTP"
 """``name=value,...`` overriding ``SETTINGS`` (lab experiments)."""
@@ -63,7 +65,8 @@ def settings() -> dict[str, int]:
 
 def apply(native: Any) -> dict[str, int] | None:
     """Pass ``settings()`` to the library inside ``native`` (a loaded extension module),
-    once per process; returns what was applied, or None where the library has no such call."""
+    once per process; returns what was applied, or None where the library has no such call
+    (``native`` None included)."""
     global _applied
     if _applied is not None:  # {}: tried before, and the library had no such call
         return _applied or None
