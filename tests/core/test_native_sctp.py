@@ -1,5 +1,5 @@
 """native_sctp's settings and its fallback, without the native stack (the settings reaching
-usrsctp are checked in tests/native/test_native_sctp.py)."""
+usrsctp are checked in tests/native/test_sctp_settings_reach_usrsctp.py)."""
 
 from __future__ import annotations
 

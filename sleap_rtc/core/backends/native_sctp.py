@@ -25,7 +25,7 @@ FIELDS = (
     "heartbeatIntervalMs",
 )
 """``rtcSctpSettings``'s int fields, in the C struct's order (``rtc/rtc.h``); a layout change
-in a later libdatachannel shows in tests/native/test_native_sctp.py, which reads usrsctp back."""
+in a later libdatachannel shows in tests/native/test_sctp_settings_reach_usrsctp.py, which reads usrsctp back."""
 
 
 class _Settings(ctypes.Structure):
