@@ -315,6 +315,10 @@ class _Incoming:
         return self.state.pos
 
 
+def _below_low(lane: Any) -> bool:
+    return lane.buffered_amount <= lane.conn.low_threshold
+
+
 class _LaneQueues:
     """How much each lane of a striped send may hold queued: ``LANE_QUEUE_S`` of what it
     drained since it joined this stream (``LANE_MIN_QUEUE`` .. ``HIGH_WATER``). A slow lane
@@ -522,7 +526,12 @@ class FileTransfers:
                     lane = link
                     if link.buffered_amount > HIGH_WATER:
                         queues.reset(link)
-                        await link.drain(STALL_TIMEOUT)
+                        if stripes is None:
+                            await link.drain(STALL_TIMEOUT)
+                        else:
+                            # A stripe opening ends the wait too: on a lossy link HIGH_WATER of
+                            # the primary's drains for seconds while the first stripes open.
+                            await stripes.drain_any(lambda lane: lane is not link or _below_low(link), STALL_TIMEOUT)
                         continue
                 else:
                     lane = queues.pick(lanes)

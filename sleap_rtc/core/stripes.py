@@ -32,11 +32,14 @@ resends them on the lanes still alive, so the transfer goes on while the primary
 
 Growth (client side, while a transfer of at least ``STRIPE_MIN_BYTES`` runs; the grant is
 asked for before the file's first chunk, ``prepare``): open up to ``START_CONNECTIONS``
-connections in all, then add one per ``SAMPLE_INTERVAL`` while the measured throughput grows
+connections in all, then one step per ``SAMPLE_INTERVAL`` while the measured throughput grows
 by ``growth_needed`` (``GROWTH``, less with many connections), up to ``MAX_CONNECTIONS``
 (``RELAY_MAX_CONNECTIONS`` when the path goes through a TURN relay, where each connection
-costs an allocation). Lab figures for these
-numbers, and for growth rules that were tried and measured no better: docs/bench/lab_transfer.md.
+costs an allocation). A step adds one connection, or as many as are open when the last step's
+connections each brought nearly a whole share (``next_step``): then the path's loss, not the
+link, limits each one, and the rest of the transfer runs at the rate of the connections it has.
+Lab figures for these numbers, and for growth rules that were tried and measured no better:
+docs/bench/lab_transfer_notes.md.
 """
 
 from __future__ import annotations
@@ -64,10 +67,11 @@ STRIPE_LABEL = "sleap-rtc-stripe"
 """Label of a stripe's data channel."""
 START_CONNECTIONS = 2
 """Connections (primary included) a striped transfer starts with."""
-MAX_CONNECTIONS = 12
+MAX_CONNECTIONS = 16
 """Cap on connections (primary included) to one peer: at 80 ms and 1 % loss one association
-moves ~0.18 MB/s (the Reno bound, ~MSS / (RTT sqrt(loss))), so the link's 0.15x target takes
-ten or more; memory stays bounded (each lane queues a quarter second of its own rate)."""
+moves ~0.12-0.18 MB/s (the Reno bound, ~MSS / (RTT sqrt(loss)), less while it slow-starts), so
+the link's 0.15x target takes eleven or more; memory stays bounded (each lane queues a quarter
+second of its own rate)."""
 RELAY_MAX_CONNECTIONS = 2
 """Cap when the primary goes through a TURN relay (each connection is one allocation)."""
 STRIPE_MIN_BYTES = 8 * 1024 * 1024
@@ -91,10 +95,26 @@ Opener = Callable[[str], Awaitable["Connection"]]
 """``opener(token) -> Connection``: opens one extra connection (``transport.open_stripe``)."""
 
 
-def growth_needed(connections: int) -> float:
-    """Throughput factor the last added connection (``connections`` now open) must have
-    brought for growth to go on: ``GROWTH``, or half a share when that is less."""
-    return 1.0 + min(GROWTH - 1.0, SHARE / max(1, connections - 1))
+FULL_SHARE = 0.7
+"""A step whose connections each added at least this fraction of an average connection's
+share is followed by one that doubles the connections (each is held by the path's loss)."""
+
+
+def growth_needed(connections: int, added: int = 1) -> float:
+    """Throughput factor the last step (``added`` connections, ``connections`` now open) must
+    have brought for growth to go on: ``GROWTH``, or half a share per added one when less."""
+    return 1.0 + min(GROWTH - 1.0, SHARE * added / max(1, connections - added))
+
+
+def next_step(connections: int, added: int, gain: float, cap: int) -> int:
+    """Connections to add after a step of ``added`` that took throughput up by ``gain`` (a
+    factor) with ``connections`` now open: 0 stops growth, 1 probes, ``connections`` doubles
+    (capped) when each added one brought ``FULL_SHARE`` of a share or more."""
+    room = max(0, cap - connections)
+    if room == 0 or gain < growth_needed(connections, added):
+        return 0
+    per_share = (gain - 1.0) * max(1, connections - added) / max(1, added)
+    return min(room, connections) if per_share >= FULL_SHARE else 1
 
 
 def wait_open(conn: Connection) -> asyncio.Future:
@@ -264,6 +284,7 @@ class Stripes:
             lane.closed = True
             return lane
         self.lanes.append(lane)
+        self._low.set()  # a sender waiting for room (``drain_any``) has a new lane now
         log.info("stripe %d to %s open (%s)", len(self.lanes), self.channel.remote_peer_id, conn.backend)
         return lane
 
@@ -407,14 +428,17 @@ class Stripes:
             return
         transfers = self.channel.transfers
         await self.ensure(START_CONNECTIONS)
-        best = 0.0
+        best, added = 0.0, 0
         while not self.channel.closed and transfers.active and self.count < self._cap(allowed):
             before, t0 = transfers.bytes_moved, time.monotonic()
             await asyncio.sleep(SAMPLE_INTERVAL)
             rate = (transfers.bytes_moved - before) / max(1e-6, time.monotonic() - t0)
-            if rate < best * growth_needed(self.count) or not transfers.active:
+            # The first sample has nothing to compare with: probe with one more connection.
+            step = 1 if best == 0.0 else next_step(self.count, added, rate / best, self._cap(allowed))
+            if step == 0 or not transfers.active:
                 log.info("stripes to %s: %d connections (throughput stopped growing at %.1f MB/s)",
                          self.channel.remote_peer_id, self.count, rate / 1e6)
                 return
-            best = rate
-            await asyncio.wait({self._start_one(token)})
+            best, before_step = rate, self.count
+            await asyncio.wait({self._start_one(token) for _ in range(step)})
+            added = max(1, self.count - before_step)  # an open that failed brought nothing

@@ -90,6 +90,27 @@ async def test_striped_download_uses_the_same_lanes(tmp_path):
     await pair.client.close()
 
 
+async def test_a_stripe_that_opens_while_the_sender_waits_on_the_primary_gets_frames_at_once(tmp_path):
+    # A download starts streaming before the client's stripes open: the worker's sender has
+    # queued HIGH_WATER on the primary, which drains to LOW_WATER in ~3 s at 1 MB/s. A stripe
+    # that opens meanwhile must be used then, not once the primary drained.
+    pair = await Pair(tmp_path, rate=1e6).start()
+    pair.client.stripes.opener = None  # no growth: the test opens the one stripe itself
+    src = payload(tmp_path, 8 * MiB)
+    sending = asyncio.ensure_future(pair.worker.send_file(src))
+    while pair.worker.buffered_amount < files_mod.HIGH_WATER:
+        await asyncio.sleep(0.02)
+    pair.client.stripes.opener = pair.open_stripe
+    pair.client.stripes.granted(pair.worker.stripes.grant_fields())
+    assert await pair.client.stripes.ensure(2) == 2
+    lane = pair.worker.stripes.lanes[0]
+    await asyncio.sleep(0.5)
+    assert lane.conn.sent_messages > 0, "the sender went on waiting for the primary to drain"
+    assert pair.worker.buffered_amount > files_mod.LOW_WATER  # the primary had not drained yet
+    got = await pair.client.receive_file(30)
+    assert (await sending).sha256 == got.sha256 == sha(src)
+    await pair.client.close()
+
 async def test_out_of_order_arrival_is_written_by_offset(tmp_path):
     # The stripe is slower than the primary, so its chunks land after later ones.
     pair = await Pair(tmp_path, stripe_delays=(0.003,)).start()
@@ -289,3 +310,20 @@ def test_growth_needs_ten_percent_or_half_a_share_with_many_connections():
     # the 11th connection adds a tenth when each is path-limited: half of that is enough
     assert stripes_mod.growth_needed(11) == pytest.approx(1.05)
     assert stripes_mod.growth_needed(stripes_mod.MAX_CONNECTIONS) < stripes_mod.GROWTH
+
+
+def test_a_step_doubles_only_where_each_added_connection_brought_nearly_a_share():
+    cap = stripes_mod.MAX_CONNECTIONS
+    # 2 -> 3 took throughput up 1.45x (a full share is 1.5x): the path holds each one, double.
+    assert stripes_mod.next_step(3, 1, 1.45, cap) == 3
+    # 3 -> 6 took it up 1.9x: double again, up to the cap.
+    assert stripes_mod.next_step(6, 3, 1.9, cap) == min(6, cap - 6)
+    assert stripes_mod.next_step(12, 6, 1.8, cap) == cap - 12
+    # a link or a CPU is the limit: +15 % from the third is growth, not loss-bound: one at a time
+    assert stripes_mod.next_step(3, 1, 1.15, cap) == 1
+    # 6 -> 12 brought under 10 %: stop
+    assert stripes_mod.next_step(12, 6, 1.05, cap) == 0
+    assert stripes_mod.next_step(4, 1, 1.02, cap) == 0
+    assert stripes_mod.next_step(cap, 4, 2.0, cap) == 0  # at the cap
+    assert stripes_mod.growth_needed(12, 6) == pytest.approx(stripes_mod.GROWTH)
+
