@@ -111,6 +111,7 @@ async def test_a_stripe_that_opens_while_the_sender_waits_on_the_primary_gets_fr
     assert (await sending).sha256 == got.sha256 == sha(src)
     await pair.client.close()
 
+
 async def test_out_of_order_arrival_is_written_by_offset(tmp_path):
     # The stripe is slower than the primary, so its chunks land after later ones.
     pair = await Pair(tmp_path, stripe_delays=(0.003,)).start()
@@ -326,4 +327,3 @@ def test_a_step_doubles_only_where_each_added_connection_brought_nearly_a_share(
     assert stripes_mod.next_step(4, 1, 1.02, cap) == 0
     assert stripes_mod.next_step(cap, 4, 2.0, cap) == 0  # at the cap
     assert stripes_mod.growth_needed(12, 6) == pytest.approx(stripes_mod.GROWTH)
-
