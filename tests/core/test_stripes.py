@@ -98,8 +98,12 @@ async def test_a_stripe_that_opens_while_the_sender_waits_on_the_primary_gets_fr
     pair.client.stripes.opener = None  # no growth: the test opens the one stripe itself
     src = payload(tmp_path, 8 * MiB)
     sending = asyncio.ensure_future(pair.worker.send_file(src))
-    while pair.worker.buffered_amount < files_mod.HIGH_WATER:
-        await asyncio.sleep(0.02)
+
+    async def primary_full():
+        while pair.worker.buffered_amount < files_mod.HIGH_WATER:
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(primary_full(), 10)
     pair.client.stripes.opener = pair.open_stripe
     pair.client.stripes.granted(pair.worker.stripes.grant_fields())
     assert await pair.client.stripes.ensure(2) == 2
