@@ -296,8 +296,8 @@ def render(cells: dict, setups: dict, opts, modes: list[str], links: list, notes
     lines += [
         f"Measured {meta['date']} on {os.cpu_count()} cores ({platform.machine()}, {platform.node()}), "
         f"{meta['python']}; `uptime` before: {meta['up_before']}; after: {meta['up_after']}; whole grid {meta['total']:.0f} s.",
-        "A shared machine: aiortc peers are CPU-bound here (one core per peer, pure-Python SCTP/DTLS), so their",
-        "figures move with the load; the TCP and native figures of the same run are the reference.",
+        "A shared machine: an aiortc peer is CPU-bound (one core per peer, pure-Python SCTP/DTLS), so its figures",
+        "move with the machine's CPU and load; the TCP and native figures of the same run are the reference.",
         f"Command: `sudo $(scripts/ensure-env.sh) benchmarks/lab_transfer.py {meta['args']}`.",
     ]
     return "\n".join(lines) + "\n"

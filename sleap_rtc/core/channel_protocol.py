@@ -62,7 +62,7 @@ job messages stay far below it (log lines are cut at 4,000 characters)."""
 
 FILE_TYPES = frozenset(
     {ChannelType.FILE_OFFER, ChannelType.FILE_ACCEPT, ChannelType.FILE_END, ChannelType.FILE_DONE,
-     ChannelType.FILE_ERROR, ChannelType.FILE_CANCEL, ChannelType.FILE_MISSING}
+     ChannelType.FILE_ERROR, ChannelType.FILE_CANCEL, ChannelType.FILE_MISSING, ChannelType.FILE_PROGRESS}
 )
 """Control messages that belong to the file transfers (``core.files``)."""
 STRIPE_TYPES = frozenset({ChannelType.STRIPE_REQUEST, ChannelType.STRIPE_GRANT})

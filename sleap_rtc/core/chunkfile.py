@@ -18,6 +18,8 @@ class Ahead:
     def __init__(self) -> None:
         self._offsets: list[int] = []
         self._lengths: dict[int, int] = {}
+        self.bytes = 0
+        """Bytes held, all chunks together."""
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -41,6 +43,7 @@ class Ahead:
         """Record a chunk (``check`` first)."""
         bisect.insort(self._offsets, offset)
         self._lengths[offset] = length
+        self.bytes += length
 
     def following(self, pos: int) -> list[tuple[int, int]]:
         """The held chunks that continue the prefix ending at ``pos``, in order (kept held)."""
@@ -58,6 +61,7 @@ class Ahead:
         length = self._lengths.pop(offset, None)
         if length is not None:
             self._offsets.pop(bisect.bisect_left(self._offsets, offset))
+            self.bytes -= length
         return length
 
     def gaps(self, pos: int, size: int, limit: int) -> list[list[int]]:

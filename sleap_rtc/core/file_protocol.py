@@ -31,9 +31,14 @@ The rules, all of them here:
   (``INCOMPLETE``).
 * An interrupted transfer keeps only its prefix (``truncate_to``), so a resume starts
   at a verified offset.
+* A sender that says ``progress: true`` in its offer is told, every ``PROGRESS_INTERVAL``
+  while bytes arrive, how many this session wrote (``file_progress {transfer_id, received}``,
+  ``progress_due``): what reached the receiver, where the sender's own count includes the
+  megabytes still queued in its send buffers (stripe growth samples it, ``core.stripes``).
 
 The send side of one transfer, ``OutgoingTransfer``, is the same kind of object: what the
-answers of the receiver (``file_accept``, ``file_missing``) ask to stream next, when a
+answers of the receiver (``file_accept``, ``file_missing``) ask to stream next, what its
+``file_progress`` reports add (``on_progress``), when a
 ``file_end`` is due and when the sender gives up (after ``MAX_REPAIR_ROUNDS`` repairs, or
 on an answer that does not fit the file); ``chunks`` cuts ranges into frames.
 """
@@ -60,6 +65,9 @@ MAX_REPAIR_ROUNDS = 8
 """How often one transfer may ask for / resend missing ranges before it fails."""
 MAX_MISSING_RANGES = 1024
 """Ranges named in one ``file_missing`` (the rest are asked for in the next round)."""
+PROGRESS_INTERVAL = 0.25
+"""Seconds between a receiver's ``file_progress`` reports (each ~60 bytes, going the way
+that carries no payload): six per growth sample (``stripes.SAMPLE_INTERVAL``)."""
 MAX_PENDING_CHUNKS = 4096
 """Chunks a receiver holds ahead of its contiguous prefix (on disk; only their offsets in
 memory): 256 MiB of look-ahead, far more than lanes x ``HIGH_WATER`` in flight."""
@@ -189,6 +197,10 @@ class IncomingTransfer:
     meta: dict[str, Any]
     repair: bool = False
     """The sender may send out of order and answers ``file_missing``."""
+    progress: bool = False
+    """The sender counts ``file_progress`` reports (``progress_due``)."""
+    reported_at: float | None = None
+    """Clock time of the last ``file_progress`` (None: none yet)."""
     pos: int = 0
     start: int = 0
     cached: bool = False
@@ -205,7 +217,7 @@ class IncomingTransfer:
     def from_offer(cls, msg: dict[str, Any], name: str) -> IncomingTransfer:
         """The state of an offer that passed ``offer_problem``, under its sanitized ``name``."""
         return cls(msg["transfer_id"], name, msg["size"], msg["sha256"], msg.get("meta") or {},
-                   repair=msg.get("repair") is True)
+                   repair=msg.get("repair") is True, progress=msg.get("progress") is True)
 
     @property
     def complete(self) -> bool:
@@ -216,6 +228,11 @@ class IncomingTransfer:
     def received(self) -> int:
         """Payload bytes this session contributed (0 when cached, ``size - offset`` when resumed)."""
         return self.size - self.start
+
+    @property
+    def arrived(self) -> int:
+        """Payload bytes written this session, in order or held ahead (``file_progress``)."""
+        return self.pos - self.start + self.ahead.bytes
 
     @property
     def truncate_to(self) -> int | None:
@@ -262,6 +279,15 @@ class IncomingTransfer:
     def held(self, offset: int, n: int) -> None:
         """The chunk of ``WriteAhead`` is on disk: hold it until the gap before it fills."""
         self.ahead.add(offset, n)
+
+    def progress_due(self, now: float) -> bool:
+        """Whether a ``file_progress`` should go out now (``now``: the caller's clock): the
+        sender asked for reports, and ``PROGRESS_INTERVAL`` passed since the last one (the
+        first goes out with the first bytes). Marks it sent."""
+        if not self.progress or (self.reported_at is not None and now - self.reported_at < PROGRESS_INTERVAL):
+            return False
+        self.reported_at = now
+        return True
 
     def advanced(self, n: int) -> None:
         """The ``n`` bytes at ``pos`` are written and hashed (a new chunk, or a held one read back)."""
@@ -334,6 +360,19 @@ class OutgoingTransfer:
     """The receiver had the file already (``file_accept`` said so)."""
     ends: int = 0
     """``file_end`` messages sent so far."""
+    delivered: int = 0
+    """Payload bytes the receiver reported written (``file_progress``), at most ``size``."""
+
+    def on_progress(self, msg: dict[str, Any]) -> int:
+        """The receiver's ``file_progress``: returns how many more bytes it reports received
+        (0 for a report that goes backwards; capped at the file's size, so a hostile count
+        moves nothing beyond it)."""
+        received = msg.get("received")
+        if not isinstance(received, int) or isinstance(received, bool):
+            return 0
+        now = max(self.delivered, min(received, self.size))
+        gained, self.delivered = now - self.delivered, now
+        return gained
 
     def on_accept(self, msg: dict[str, Any]) -> Stream | Fail:
         """The receiver's ``file_accept``: stream from its offset to the end, or fail on an

@@ -11,6 +11,9 @@ by ``protocol.pack_chunk``, so nothing else can ever end up inside a file)::
                                              <- file_done {transfer_id, sha256, name}
                                                 or file_error {transfer_id, reason, message}
     either side, any time: file_cancel {transfer_id}
+                                             <- file_progress {transfer_id, received}
+                                                every file_protocol.PROGRESS_INTERVAL, when
+                                                the offer said progress: true
 
 A sender that may stripe (``core.stripes``) says ``repair: true`` in its offer; its chunks
 may then arrive out of order (each is written at its offset), and after ``file_end`` a
@@ -106,6 +109,9 @@ LANE_QUEUE_S = 0.25
 ``LANE_MIN_QUEUE``, at most ``HIGH_WATER``). The receiver's verified prefix waits for the
 slowest lane's queue, so a fixed 4 MiB per lane held 16 s of data on a lane moving 0.25 MB/s
 (1 % loss): see docs/bench/lab_transfer.md."""
+MAX_PATH_RTT = 1.0
+"""Cap on ``FileTransfers.path_rtt``: a receiver that hashes a partial file before it
+accepts makes the first round trip look long."""
 LANE_MIN_QUEUE = 256 * 1024
 """Striped: what a lane may always hold queued (a lane just opened has no measured rate)."""
 
@@ -308,6 +314,8 @@ class _Incoming:
     fh: Any = None
     hasher: Any = None
     progressed: asyncio.Event = field(default_factory=asyncio.Event)
+    accepted_at: float | None = None
+    """``time.monotonic()`` when ``file_accept`` went out, until the first chunk came."""
 
     @property
     def pos(self) -> int:
@@ -410,12 +418,26 @@ class FileTransfers:
         self._incoming: dict[int, _Incoming] = {}
         self._tasks: set[asyncio.Task] = set()
         self.bytes_moved = 0
-        """Payload bytes sent plus received on this channel (the stripe policy samples it)."""
+        """Payload bytes sent plus received on this channel."""
+        self.bytes_delivered = 0
+        """Payload bytes received here plus those the peer reported receiving of ours
+        (``file_progress``): unlike ``bytes_moved``, no byte still queued in a send buffer."""
+        self.delivery_reported = False
+        """Whether the peer has reported (``file_progress``): else ``bytes_delivered`` misses
+        what we send (an older peer)."""
+        self.path_rtt: float | None = None
+        """Seconds of the last transfer's first round trip (``file_offer`` to ``file_accept``,
+        or ``file_accept`` to the first chunk), at most ``MAX_PATH_RTT``; None before one."""
 
     @property
     def active(self) -> bool:
         """True while any transfer runs, either direction."""
         return bool(self._outgoing or self._incoming)
+
+    def throughput_count(self) -> int:
+        """The byte count stripe growth samples: ``bytes_delivered``, or ``bytes_moved``
+        while we send to a peer that does not report."""
+        return self.bytes_moved if self._outgoing and not self.delivery_reported else self.bytes_delivered
 
     def incoming_progress(self) -> list[tuple[str, int, int]]:
         """``(name, verified, size)`` of each file being received: ``verified`` is the
@@ -455,9 +477,11 @@ class FileTransfers:
                 stripes.prepare(size)
             self.link.send_control(
                 {"type": ChannelType.FILE_OFFER.value, "transfer_id": tid, "name": wire_name,
-                 "size": size, "sha256": sha, "meta": dict(meta or {}), "repair": True}
+                 "size": size, "sha256": sha, "meta": dict(meta or {}), "repair": True, "progress": True}
             )
+            offered = time.monotonic()
             todo = state.on_accept(await self.link.guard(st.accept, ACCEPT_TIMEOUT))
+            self._round_trip(offered)
             if isinstance(todo, fp.Fail):
                 raise FileTransferError(todo.message)
             if stripes is not None:
@@ -591,6 +615,11 @@ class FileTransfers:
                     self._fail_outgoing(out, FileTransferError("The receiver sent malformed missing ranges."))
                 else:
                     out.missing.set_result(ranges)
+        elif kind == ChannelType.FILE_PROGRESS:
+            out = self._outgoing.get(tid)
+            if out is not None:
+                self.bytes_delivered += out.state.on_progress(msg)
+                self.delivery_reported = True
         elif kind == ChannelType.FILE_ACCEPT:
             out = self._outgoing.get(tid)
             if out is not None and not out.accept.done():
@@ -615,7 +644,7 @@ class FileTransfers:
 
     def on_chunk(self, frame: bytes) -> None:
         """Write one binary frame to its transfer's partial file."""
-        self.last_activity = time.monotonic()
+        self.last_activity = now = time.monotonic()
         try:
             tid, offset, payload = unpack_chunk(frame)
         except ValueError:
@@ -624,6 +653,9 @@ class FileTransfers:
         st = self._incoming.get(tid)
         if st is None:
             return  # a transfer that was cancelled or failed: late frames are expected
+        if st.accepted_at is not None:
+            self._round_trip(st.accepted_at, now)
+            st.accepted_at = None
         n = len(payload)
         todo = st.state.on_chunk(offset, n)
         if isinstance(todo, (fp.Ignore, fp.Duplicate)):
@@ -645,7 +677,10 @@ class FileTransfers:
             self._refuse(st, WRITE_FAILED, f"Cannot write {st.state.name!r}: {exc}")
             return
         self.bytes_moved += n
+        self.bytes_delivered += n
         st.progressed.set()
+        if st.state.progress_due(now):
+            self._send({"type": ChannelType.FILE_PROGRESS.value, "transfer_id": tid, "received": st.state.arrived})
 
     def discard_partials(self) -> list[Path]:
         """Remove the partial files this channel wrote that no transfer is writing now."""
@@ -680,6 +715,9 @@ class FileTransfers:
                 fut.set_exception(exc)
         if out.missing is not None and not out.missing.done():
             out.missing.cancel()
+
+    def _round_trip(self, since: float, now: float | None = None) -> None:
+        self.path_rtt = min(MAX_PATH_RTT, (time.monotonic() if now is None else now) - since)
 
     def _send(self, msg: dict[str, Any]) -> None:
         with contextlib.suppress(PeerClosedError):
@@ -771,6 +809,7 @@ class FileTransfers:
             if self._incoming.get(tid) is not st:
                 return  # cancelled while we were preparing
             offset = state.accept()
+            st.accepted_at = None if state.cached else time.monotonic()
             self._send({"type": ChannelType.FILE_ACCEPT.value, "transfer_id": tid, "offset": offset, "cached": state.cached})
         except OSError as exc:
             self._refuse(st, WRITE_FAILED, f"Cannot store {name!r}: {exc}")

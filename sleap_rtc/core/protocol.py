@@ -352,6 +352,7 @@ class ChannelType(StrEnum):
     FILE_ACCEPT = "file_accept"  # offset == size and cached: the receiver has it, send nothing
     FILE_END = "file_end"  # the sender has handed over every byte
     FILE_MISSING = "file_missing"  # receiver: these ranges never came (a stripe died); resend them
+    FILE_PROGRESS = "file_progress"  # receiver, when the offer asked: bytes written so far
     FILE_DONE = "file_done"  # verified on the receiver
     FILE_ERROR = "file_error"
     FILE_CANCEL = "file_cancel"  # either side, any time
@@ -385,6 +386,7 @@ CHANNEL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     ChannelType.FILE_ACCEPT: {"transfer_id": _INT, "offset": _INT, "cached": _BOOL},
     ChannelType.FILE_END: {"transfer_id": _INT, "size": _INT},
     ChannelType.FILE_MISSING: {"transfer_id": _INT, "ranges": _LIST},
+    ChannelType.FILE_PROGRESS: {"transfer_id": _INT, "received": _INT},
     ChannelType.FILE_DONE: {"transfer_id": _INT, "sha256": _STR, "name": _STR},
     ChannelType.FILE_ERROR: {"transfer_id": _INT, "reason": _STR, "message": _STR},
     ChannelType.FILE_CANCEL: {"transfer_id": _INT},
@@ -407,6 +409,7 @@ exactly what the senders in ``channel_protocol``, ``channel``, ``files``, ``stri
 ``jobs_wire`` send, and what ``channel_protocol`` lets through to them.
 Optional fields: ``hello.nonce`` (str: the client's challenge for ``identity_proof``),
 ``file_offer.repair`` (bool: the sender answers ``file_missing``),
+``file_offer.progress`` (bool: the sender counts ``file_progress``),
 ``job_log.stream`` (``stdout``/``stderr``), ``stripe_grant.token`` (str, when ``max`` > 0),
 ``error.refused`` (str: the type of the message an ``invalid_message`` error refuses),
 ``file_missing.ranges`` items are ``[offset, length]`` pairs."""

@@ -32,12 +32,17 @@ resends them on the lanes still alive, so the transfer goes on while the primary
 
 Growth (client side, while a transfer of at least ``STRIPE_MIN_BYTES`` runs; the grant is
 asked for before the file's first chunk, ``prepare``): open up to ``START_CONNECTIONS``
-connections in all, then one step per ``SAMPLE_INTERVAL`` while the measured throughput grows
-by ``growth_needed`` (``GROWTH``, less with many connections), up to ``MAX_CONNECTIONS``
-(``RELAY_MAX_CONNECTIONS`` when the path goes through a TURN relay, where each connection
-costs an allocation). A step adds one connection, or as many as are open when the last step's
-connections each brought nearly a whole share (``next_step``): then the path's loss, not the
-link, limits each one, and the rest of the transfer runs at the rate of the connections it has.
+connections in all, then one step per sample (``SETTLE_INTERVAL`` or ``SETTLE_RTTS`` round
+trips after the last step, then ``SAMPLE_INTERVAL`` long, taken again while it is still
+falling: ``steady``) while the throughput grows by ``growth_needed`` (``GROWTH``, less with
+many connections), up to ``MAX_CONNECTIONS`` (``RELAY_MAX_CONNECTIONS`` when the path goes
+through a TURN relay, where each connection costs an allocation). The first step doubles the
+connections; later ones double again where the last step's connections each brought half a
+share or more (``FULL_SHARE``), else add one (``next_step``): where the path's loss, not the
+link, limits each connection, the rest of the transfer runs at the rate of the connections it has.
+Samples count bytes that reached the receiver (``FileTransfers.throughput_count``: received
+here, or reported by the receiver in ``file_progress``), not bytes handed to send buffers,
+which swallow megabytes the moment a connection opens.
 Lab figures for these numbers, and for growth rules that were tried and measured no better:
 docs/bench/lab_transfer_notes.md.
 """
@@ -76,8 +81,18 @@ RELAY_MAX_CONNECTIONS = 2
 """Cap when the primary goes through a TURN relay (each connection is one allocation)."""
 STRIPE_MIN_BYTES = 8 * 1024 * 1024
 """Transfers smaller than this never open stripes (set-up would cost more than it gains)."""
+SETTLE_INTERVAL = 1.0
+"""Seconds after a step before its sample starts, at least: a new association slow-starts,
+runs for a moment at several times the rate the path's loss lets it keep, and takes some
+tens of round trips to come down (at 0.1 % loss and 80 ms, 2 connections moved 6 MB/s in
+their first 1.5 s and 2.4 with a third one the next 1.5 s); counted, that reads as gain
+after the step and as loss after the next."""
+SETTLE_RTTS = 25
+"""... or this many of the path's round trips (``FileTransfers.path_rtt``), when longer..."""
+MAX_SETTLE = 4.0
+"""... but at most this many seconds."""
 SAMPLE_INTERVAL = 1.5
-"""Seconds of throughput measured before deciding to add one more connection."""
+"""Seconds of throughput measured before deciding the next step."""
 GROWTH = 1.10
 """Add a connection while the last one raised throughput by at least this factor..."""
 SHARE = 0.5
@@ -95,9 +110,21 @@ Opener = Callable[[str], Awaitable["Connection"]]
 """``opener(token) -> Connection``: opens one extra connection (``transport.open_stripe``)."""
 
 
-FULL_SHARE = 0.7
+FULL_SHARE = 0.5
 """A step whose connections each added at least this fraction of an average connection's
-share is followed by one that doubles the connections (each is held by the path's loss)."""
+share is followed by one that doubles the connections (each is held by the path's loss):
+halfway between ~1 (loss-bound) and ~0 (the link or a CPU is the limit)."""
+STEADY = 0.8
+"""A sample whose second half moved less than this fraction of its first is the tail of a
+slow start (``steady``): it is taken again..."""
+MAX_RESAMPLES = 3
+"""... at most this many times in a row."""
+
+
+def steady(first: float, second: float) -> bool:
+    """Whether a sample whose halves moved ``first`` then ``second`` (rates) has stopped
+    falling: a slow start's burst, still coming down, would read as the connections' rate."""
+    return second >= STEADY * first
 
 
 def growth_needed(connections: int, added: int = 1) -> float:
@@ -108,8 +135,8 @@ def growth_needed(connections: int, added: int = 1) -> float:
 
 def next_step(connections: int, added: int, gain: float, cap: int) -> int:
     """Connections to add after a step of ``added`` that took throughput up by ``gain`` (a
-    factor) with ``connections`` now open: 0 stops growth, 1 probes, ``connections`` doubles
-    (capped) when each added one brought ``FULL_SHARE`` of a share or more."""
+    factor) with ``connections`` now open: 0 stops growth, 1 probes further, ``connections``
+    doubles (capped) when each added one brought ``FULL_SHARE`` of a share or more."""
     room = max(0, cap - connections)
     if room == 0 or gain < growth_needed(connections, added):
         return 0
@@ -422,23 +449,43 @@ class Stripes:
         except (TransportError, TimeoutError, OSError, ConnectionError) as exc:
             log.info("an extra connection to %s did not open: %s", self.channel.remote_peer_id, exc)
 
+    async def _sample(self, transfers: Any) -> float:
+        """Bytes per second ``transfers`` moved over ``SAMPLE_INTERVAL``, once ``steady``
+        (at most ``MAX_RESAMPLES`` more samples)."""
+        for _ in range(1 + MAX_RESAMPLES):
+            halves = []
+            for _ in range(2):
+                before, t0 = transfers.throughput_count(), time.monotonic()
+                await asyncio.sleep(SAMPLE_INTERVAL / 2)
+                halves.append((transfers.throughput_count() - before) / max(1e-6, time.monotonic() - t0))
+            if steady(*halves) or not transfers.active:
+                break
+            log.debug("stripes to %s: %.2f then %.2f MB/s, still falling: sampled again",
+                      self.channel.remote_peer_id, halves[0] / 1e6, halves[1] / 1e6)
+        return sum(halves) / 2
+
     async def _grow(self) -> None:
         token, allowed = await self._get_grant()
         if token is None:
             return
         transfers = self.channel.transfers
         await self.ensure(START_CONNECTIONS)
-        best, added = 0.0, 0
+        last: float | None = None
+        added = 0
         while not self.channel.closed and transfers.active and self.count < self._cap(allowed):
-            before, t0 = transfers.bytes_moved, time.monotonic()
-            await asyncio.sleep(SAMPLE_INTERVAL)
-            rate = (transfers.bytes_moved - before) / max(1e-6, time.monotonic() - t0)
-            # The first sample has nothing to compare with: probe with one more connection.
-            step = 1 if best == 0.0 else next_step(self.count, added, rate / best, self._cap(allowed))
+            await asyncio.sleep(min(MAX_SETTLE, max(SETTLE_INTERVAL, SETTLE_RTTS * (transfers.path_rtt or 0.0))))
+            rate = await self._sample(transfers)
+            cap = self._cap(allowed)
+            # The first sample has nothing to compare with: double, the step whose gain reads
+            # clearest (2x where loss holds each connection, ~1x where the link or a CPU does).
+            gain = None if last is None else rate / max(1.0, last)
+            step = min(self.count, cap - self.count) if gain is None else next_step(self.count, added, gain, cap)
+            log.debug("stripes to %s: %d connections moved %.2f MB/s (x%s), step %d", self.channel.remote_peer_id,
+                      self.count, rate / 1e6, "-" if gain is None else f"{gain:.2f}", step)
             if step == 0 or not transfers.active:
                 log.info("stripes to %s: %d connections (throughput stopped growing at %.1f MB/s)",
                          self.channel.remote_peer_id, self.count, rate / 1e6)
                 return
-            best, before_step = rate, self.count
+            last, before_step = rate, self.count
             await asyncio.wait({self._start_one(token) for _ in range(step)})
             added = max(1, self.count - before_step)  # an open that failed brought nothing

@@ -274,7 +274,35 @@ def test_space_counts_the_missing_bytes_the_copy_and_the_reserve():
     assert fp.space_problem("a", 100, have=500, free=110, reserve=10) is None
 
 
+def test_progress_counts_bytes_written_this_session_at_most_once_per_interval():
+    t = fp.IncomingTransfer.from_offer(
+        {"transfer_id": 1, "size": 10 * C, "sha256": SHA, "meta": {}, "repair": True, "progress": True}, "f.bin")
+    t.resumed(2 * C)  # resumed: what was on disk does not count
+    t.accept()
+    assert t.arrived == 0
+    deliver(t, 4 * C)  # held ahead
+    assert t.arrived == C
+    deliver(t, 2 * C)
+    deliver(t, 3 * C)  # fills the gap: the held chunk is read back, not counted twice
+    assert (t.pos, t.arrived) == (5 * C, 3 * C)
+    assert t.progress_due(10.0)  # the first report goes out with the first bytes
+    assert not t.progress_due(10.0 + fp.PROGRESS_INTERVAL / 2)
+    assert t.progress_due(10.0 + fp.PROGRESS_INTERVAL)
+    assert not make().progress_due(10.0)  # the offer did not ask: an older sender
+
+
 # ------------------------------------------------------------------ the send side
+
+
+@pytest.mark.parametrize("hostile", [-5, True, "50", None, 2.5, [1]])
+def test_progress_reports_add_what_is_new_and_nothing_beyond_the_file(hostile):
+    out = fp.OutgoingTransfer(1, "f.bin", 100)
+    assert out.on_progress({"received": 30}) == 30
+    assert out.on_progress({"received": 20}) == 0  # backwards: nothing
+    assert out.on_progress({"received": hostile}) == 0
+    assert out.on_progress({"received": 10**18}) == 70  # capped at the file's size
+    assert out.on_progress({"received": 100}) == 0
+    assert out.delivered == 100
 
 
 def test_accept_streams_from_the_receivers_offset():

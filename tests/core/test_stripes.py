@@ -208,6 +208,7 @@ async def test_no_grant_means_no_stripes(tmp_path):
 
 async def test_growth_adds_connections_while_throughput_grows(tmp_path, monkeypatch):
     monkeypatch.setattr(stripes_mod, "SAMPLE_INTERVAL", 0.3)
+    monkeypatch.setattr(stripes_mod, "SETTLE_INTERVAL", 0.1)
     monkeypatch.setattr(stripes_mod, "STRIPE_MIN_BYTES", 1 * MiB)
     # Each connection is paced, so each added one adds throughput until the cap.
     pair = await Pair(tmp_path, rate=8e6).start()
@@ -243,6 +244,7 @@ async def test_the_grant_is_asked_before_the_first_chunk(tmp_path, monkeypatch):
     # chunks (2 s here), longer than the grant may take: no stripe would ever open.
     monkeypatch.setattr(stripes_mod, "GRANT_TIMEOUT", 1.0)
     monkeypatch.setattr(stripes_mod, "SAMPLE_INTERVAL", 0.3)
+    monkeypatch.setattr(stripes_mod, "SETTLE_INTERVAL", 0.1)
     monkeypatch.setattr(stripes_mod, "STRIPE_MIN_BYTES", 1 * MiB)
     pair = await Pair(tmp_path, rate=2e6).start()
     src = payload(tmp_path, 12 * MiB)
@@ -317,17 +319,62 @@ def test_growth_needs_ten_percent_or_half_a_share_with_many_connections():
     assert stripes_mod.growth_needed(stripes_mod.MAX_CONNECTIONS) < stripes_mod.GROWTH
 
 
-def test_a_step_doubles_only_where_each_added_connection_brought_nearly_a_share():
+def test_a_step_doubles_only_where_each_added_connection_brought_half_a_share_or_more():
     cap = stripes_mod.MAX_CONNECTIONS
-    # 2 -> 3 took throughput up 1.45x (a full share is 1.5x): the path holds each one, double.
+    # 2 -> 4 took throughput up 1.6x (a full share is 2x): the path holds each one, double.
+    assert stripes_mod.next_step(4, 2, 1.6, cap) == 4
     assert stripes_mod.next_step(3, 1, 1.45, cap) == 3
-    # 3 -> 6 took it up 1.9x: double again, up to the cap.
-    assert stripes_mod.next_step(6, 3, 1.9, cap) == min(6, cap - 6)
+    # 4 -> 8 took it up 1.9x: double again, up to the cap.
+    assert stripes_mod.next_step(8, 4, 1.9, cap) == min(8, cap - 8)
     assert stripes_mod.next_step(12, 6, 1.8, cap) == cap - 12
     # a link or a CPU is the limit: +15 % from the third is growth, not loss-bound: one at a time
     assert stripes_mod.next_step(3, 1, 1.15, cap) == 1
+    assert stripes_mod.next_step(4, 2, 1.4, cap) == 1
     # 6 -> 12 brought under 10 %: stop
     assert stripes_mod.next_step(12, 6, 1.05, cap) == 0
     assert stripes_mod.next_step(4, 1, 1.02, cap) == 0
     assert stripes_mod.next_step(cap, 4, 2.0, cap) == 0  # at the cap
     assert stripes_mod.growth_needed(12, 6) == pytest.approx(stripes_mod.GROWTH)
+
+
+def test_a_sample_still_falling_from_a_slow_start_is_not_steady():
+    # 80 ms / 0.1 %: two new connections moved 6 MB/s, then 2.4 once their slow start ended.
+    assert not stripes_mod.steady(6.0, 2.4)
+    assert stripes_mod.steady(2.4, 2.2)  # noise, not a fall
+    assert stripes_mod.steady(1.0, 3.0)  # rising: what a new connection's ramp looks like
+
+
+async def test_growth_samples_what_the_receiver_reported_not_what_the_send_buffers_took(tmp_path):
+    # A paced link: the sender hands megabytes to its send buffers at once, the receiver's
+    # file_progress reports say what got through; growth must count the latter.
+    pair = await Pair(tmp_path, rate=8e6).start()
+    src = payload(tmp_path, 12 * MiB)
+    counts = []
+    transfers = pair.client.transfers
+    receipt = await pair.client.send_file(
+        src, progress=lambda _done, _size: counts.append((transfers.bytes_moved, transfers.throughput_count())))
+    got = await pair.worker.receive_file(5)
+    assert got.sha256 == receipt.sha256
+    # Reports come every PROGRESS_INTERVAL, so the last quarter second may go unreported.
+    assert transfers.delivery_reported and src.stat().st_size // 2 < transfers.bytes_delivered <= src.stat().st_size
+    assert all(reported <= moved for moved, reported in counts)
+    # Mid-transfer the buffers held a megabyte or more the receiver had not reported yet.
+    assert max(moved - reported for moved, reported in counts) >= MiB, counts[-1]
+    assert pair.worker.transfers.bytes_delivered == src.stat().st_size  # received bytes count on that side
+    assert transfers.path_rtt is not None and 0 <= transfers.path_rtt <= files_mod.MAX_PATH_RTT
+    await pair.client.close()
+
+
+async def test_growth_counts_bytes_moved_where_the_receiver_does_not_report(tmp_path, monkeypatch):
+    # An older receiver ignores progress: true in the offer.
+    monkeypatch.setattr("sleap_rtc.core.file_protocol.IncomingTransfer.progress_due", lambda self, now: False)
+    pair = await Pair(tmp_path, rate=8e6).start()
+    src = payload(tmp_path, 4 * MiB)
+    transfers = pair.client.transfers
+    counts = []
+    await pair.client.send_file(
+        src, progress=lambda _done, _size: counts.append((transfers.bytes_moved, transfers.throughput_count())))
+    await pair.worker.receive_file(5)
+    assert counts and all(moved == counted for moved, counted in counts)
+    assert not transfers.delivery_reported and transfers.bytes_delivered == 0
+    await pair.client.close()

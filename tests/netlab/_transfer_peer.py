@@ -228,7 +228,7 @@ def tcp_send(host: str, port: str, cc: str, max_bytes: str, max_s: str) -> None:
 if __name__ == "__main__":
     # What the stripe policy decided (opened, failed, stopped growing) goes to the transcript.
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stdout)
-    logging.getLogger("sleap_rtc.core.stripes").setLevel(logging.INFO)
+    logging.getLogger("sleap_rtc.core.stripes").setLevel(logging.DEBUG)
     mode, *args = sys.argv[1:]
     if mode == "tcp-recv":
         tcp_recv(*args)
