@@ -59,17 +59,26 @@ RUN_SLACK = 90.0
 STRIPES_SETUP = 4
 """Connections opened at once for the set-up measurement (vs one)."""
 
-# mode -> (label, client backend, worker backend, striped, direction of the file)
+# mode -> (label, client backend, worker backend, striped, direction of the file); striped is
+# the client peer's STRIPED: "0" one connection, "1" the product's growth, "known" the second
+# job to the same worker from the same client process (growth's finding reused).
 MODES = {
-    "aiortc": ("aiortc <-> aiortc, 1 connection", "aiortc", "aiortc", False, "up"),
-    "aiortc-striped": ("aiortc <-> aiortc, striped", "aiortc", "aiortc", True, "up"),
-    "native": ("native <-> native, 1 connection", "libdatachannel", "libdatachannel", False, "up"),
-    "native-striped": ("native <-> native, striped", "libdatachannel", "libdatachannel", True, "up"),
-    "mixed": ("aiortc client -> native worker, 1 connection", "aiortc", "libdatachannel", False, "up"),
-    "mixed-striped": ("aiortc client -> native worker, striped", "aiortc", "libdatachannel", True, "up"),
-    "download": ("native worker -> aiortc client, 1 connection", "aiortc", "libdatachannel", False, "down"),
-    "download-striped": ("native worker -> aiortc client, striped", "aiortc", "libdatachannel", True, "down"),
+    "aiortc": ("aiortc <-> aiortc, 1 connection", "aiortc", "aiortc", "0", "up"),
+    "aiortc-striped": ("aiortc <-> aiortc, striped", "aiortc", "aiortc", "1", "up"),
+    "native": ("native <-> native, 1 connection", "libdatachannel", "libdatachannel", "0", "up"),
+    "native-striped": ("native <-> native, striped", "libdatachannel", "libdatachannel", "1", "up"),
+    "mixed": ("aiortc client -> native worker, 1 connection", "aiortc", "libdatachannel", "0", "up"),
+    "mixed-striped": ("aiortc client -> native worker, striped", "aiortc", "libdatachannel", "1", "up"),
+    "download": ("native worker -> aiortc client, 1 connection", "aiortc", "libdatachannel", "0", "down"),
+    "download-striped": ("native worker -> aiortc client, striped", "aiortc", "libdatachannel", "1", "down"),
 }
+KNOWN_MODES = {
+    f"{mode}-known": (f"{label}, 2nd job (path known)", cb, wb, "known", direction)
+    for mode, (label, cb, wb, striped, direction) in MODES.items() if striped == "1"
+}
+"""Not in the default grid (each cell runs two transfers): ``--modes aiortc-striped-known,...``."""
+GRID_MODES = list(MODES)
+MODES.update(KNOWN_MODES)
 TCP_MODES = {"cubic": "TCP CUBIC, 1 flow", "bbr": "TCP BBR, 1 flow"}
 LINKS = [(rtt, loss) for rtt in (20, 80) for loss in (0.0, 0.1, 1.0)]
 QUICK_MODES = ["aiortc", "aiortc-striped", "native-striped", "mixed-striped"]
@@ -103,13 +112,13 @@ def fast_python() -> str | None:
     return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
 
 
-def results_after(child, start: int, timeout: float) -> dict:
-    """The first ``RESULT`` line ``child`` printed after line ``start`` (waits up to ``timeout``)."""
+def results_after(child, start: int, timeout: float, nth: int = 1) -> dict:
+    """The ``nth`` ``RESULT`` line ``child`` printed after line ``start`` (waits up to ``timeout``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in child.lines[start:]:
-            if line.startswith("RESULT "):
-                return json.loads(line[7:])
+        found = [line for line in child.lines[start:] if line.startswith("RESULT ")]
+        if len(found) >= nth:
+            return json.loads(found[nth - 1][7:])
         if not child.alive:
             break
         time.sleep(0.1)
@@ -157,10 +166,11 @@ class Grid:
             str(path), striped, str(self.max_s)], env_for(d, backend), self.work)
         return child, d
 
-    def finish(self, child, d: Path) -> None:
-        """Wait for a client run to end (killed past its bound) and remove what it wrote."""
+    def finish(self, child, d: Path, jobs: int = 1) -> None:
+        """Wait for a client run of ``jobs`` transfers to end (killed past its bound) and remove
+        what it wrote."""
         try:
-            child.popen.wait(self.max_s + RUN_SLACK)
+            child.popen.wait(jobs * self.max_s + RUN_SLACK)
         except subprocess.TimeoutExpired:
             pass
         child.kill(timeout=5)
@@ -172,20 +182,22 @@ class Grid:
         _label, _cb, _wb, striped, direction = MODES[mode]
         worker = self.workers[mode][0]
         start = len(worker.lines)
+        jobs = 2 if striped == "known" else 1  # the last transfer is the one measured
         # A name of its own per run: the worker's result names the file it measured.
         path = self.work / f"payload-{self.runs + 1}.bin"
         os.link(self.payload, path)
-        child, d = self.client(mode, "send" if direction == "up" else "recv", "1" if striped else "0", path)
+        child, d = self.client(mode, "send" if direction == "up" else "recv", striped, path)
         try:
+            bound = jobs * self.max_s + RUN_SLACK
             if direction == "up":
-                row = results_after(worker, start, self.max_s + RUN_SLACK)
+                row = results_after(worker, start, bound, nth=jobs)
                 if row.get("name") != path.name:
                     raise RuntimeError(f"the worker measured {row.get('name')!r}, not {path.name!r}")
             else:
-                row = results_after(child, 0, self.max_s + RUN_SLACK)
+                row = results_after(child, 0, bound, nth=jobs)
             return row
         finally:
-            self.finish(child, d)
+            self.finish(child, d, jobs)
             path.unlink(missing_ok=True)
 
     def setup(self, mode: str) -> dict:
@@ -329,7 +341,10 @@ def main() -> int:
     if reason:
         print(reason, file=sys.stderr)
         return 2
-    modes = opts.modes.split(",") if opts.modes else (QUICK_MODES if opts.quick else list(MODES))
+    modes = opts.modes.split(",") if opts.modes else (QUICK_MODES if opts.quick else GRID_MODES)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown modes {', '.join(unknown)}; known: {', '.join(MODES)}")
     links = QUICK_LINKS if opts.quick else LINKS
     if opts.links:
         links = [(int(rtt), float(loss)) for rtt, loss in (item.split(":") for item in opts.links.split(","))]

@@ -21,6 +21,15 @@ def isolated_config(tmp_path_factory, monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def fresh_path_memory(monkeypatch):
+    """Each test's channels learn their paths afresh: ``stripes.PATHS`` lives as long as the
+    process, and many tests name their worker alike."""
+    from sleap_rtc.core import stripes
+
+    monkeypatch.setattr(stripes, "PATHS", stripes.PathMemory())
+
+
 @pytest.fixture
 async def signaling_server() -> RunningServer:
     """A fresh signaling server on 127.0.0.1 (random port, temporary state), stopped after."""

@@ -43,6 +43,12 @@ link, limits each connection, the rest of the transfer runs at the rate of the c
 Samples count bytes that reached the receiver (``FileTransfers.throughput_count``: received
 here, or reported by the receiver in ``file_progress``), not bytes handed to send buffers,
 which swallow megabytes the moment a connection opens.
+What growth found is kept per worker for ``PATH_MEMORY_S`` (``PathMemory``, one per process):
+the next striped transfer to that worker, on this channel (the results after the upload) or
+a later one (the inference after the training), opens that many connections at once; where
+growth had stopped on its own, a new channel then probes one more, and where the last transfer ended while still growing, it
+goes on doubling from there. A 64 MiB transfer on a lossy link spends half its time
+in the growth ramp (docs/bench/lab_transfer_notes.md), which a known path skips.
 Lab figures for these numbers, and for growth rules that were tried and measured no better:
 docs/bench/lab_transfer_notes.md.
 """
@@ -56,6 +62,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sleap_rtc.core.protocol import ChannelType
@@ -119,6 +126,58 @@ STEADY = 0.8
 slow start (``steady``): it is taken again..."""
 MAX_RESAMPLES = 3
 """... at most this many times in a row."""
+
+
+PATH_MEMORY_S = 900.0
+"""Seconds what growth found for a worker's path is reused, counted from when growth last
+measured it (a transfer that starts at the cap, with nothing to measure, does not extend
+it): a GUI session's training, its results and the inference after it take minutes; a
+laptop carried to another network an hour later learns its new path again. A stale count
+costs little either way: growth probes one more connection and goes on where it gains, and
+the extra connections of a path that got cleaner cost a little CPU."""
+MAX_PATHS = 256
+"""Workers a ``PathMemory`` remembers at most (the oldest is forgotten first)."""
+
+
+@dataclass(frozen=True)
+class LearnedPath:
+    """What growth found on one worker's path: ``connections`` in all (the primary included);
+    ``settled`` when growth stopped on its own or at the cap, not because the transfer ended;
+    ``at`` the ``PathMemory`` clock's time it was found."""
+
+    connections: int
+    settled: bool
+    at: float
+
+
+class PathMemory:
+    """The connections each worker's path needed, as growth found them, for the next striped
+    transfer to that worker; in memory only, ``ttl`` seconds each, at most ``MAX_PATHS`` workers.
+    ``clock`` is injected for tests."""
+
+    def __init__(self, ttl: float = PATH_MEMORY_S, clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self.clock = clock
+        self._paths: dict[str, LearnedPath] = {}
+
+    def remember(self, peer_id: str, connections: int, settled: bool) -> None:
+        """Keep what growth found for ``peer_id`` (replacing what was there)."""
+        self._paths.pop(peer_id, None)
+        self._paths[peer_id] = LearnedPath(connections, settled, self.clock())
+        while len(self._paths) > MAX_PATHS:
+            del self._paths[next(iter(self._paths))]  # dicts keep insertion order: the oldest
+
+    def recall(self, peer_id: str) -> LearnedPath | None:
+        """What growth found for ``peer_id`` within ``ttl``, else None."""
+        learned = self._paths.get(peer_id)
+        if learned is not None and self.clock() - learned.at > self.ttl:
+            del self._paths[peer_id]
+            return None
+        return learned
+
+
+PATHS = PathMemory()
+"""This process's memory: every ``Stripes`` uses it unless given another."""
 
 
 def steady(first: float, second: float) -> bool:
@@ -239,8 +298,9 @@ class StripeLane:
 class Stripes:
     """The extra connections of one ``PeerChannel`` and the policy that adds them."""
 
-    def __init__(self, channel: PeerChannel):
+    def __init__(self, channel: PeerChannel, memory: PathMemory | None = None):
         self.channel = channel
+        self.memory = PATHS if memory is None else memory
         self.lanes: list[StripeLane] = []
         self.opener: Opener | None = None  # client side: set by transport.connect
         self.token: str | None = None  # worker side: set by allow()
@@ -253,6 +313,8 @@ class Stripes:
         self._opening: set[asyncio.Task] = set()
         self._ensurer: asyncio.Task | None = None
         self._requested = False  # a stripe_request came before the runtime decided
+        self._measured = False  # growth on this channel found what the path needs
+        self._reached = 0  # connections open after growth's last step
         self._decided = False
 
     # ------------------------------------------------------------------ worker side
@@ -419,9 +481,10 @@ class Stripes:
 
     def _cap(self, allowed: int) -> int:
         cap = min(self.max_connections, MAX_CONNECTIONS, 1 + allowed)
-        if getattr(self.channel.conn, "relayed", None):
-            cap = min(cap, RELAY_MAX_CONNECTIONS)
-        return cap
+        return min(cap, RELAY_MAX_CONNECTIONS) if self._relayed() else cap
+
+    def _relayed(self) -> bool:
+        return bool(getattr(self.channel.conn, "relayed", None))
 
     async def _get_grant(self) -> tuple[str | None, int]:
         if self._grant is None:
@@ -468,24 +531,68 @@ class Stripes:
         token, allowed = await self._get_grant()
         if token is None:
             return
+        peer = self.channel.remote_peer_id
+        learned = self.memory.recall(peer)
+        if learned is not None:
+            log.info("stripes to %s: starting with the %d connections found %.0f s ago%s", peer, learned.connections,
+                     self.memory.clock() - learned.at, "" if learned.settled else " (still growing then)")
+        await self.ensure(max(START_CONNECTIONS, learned.connections if learned else 0))
+        known = learned is not None and learned.settled
+        if known and self._measured:  # this channel's own growth found it: a next transfer keeps its lanes
+            return
+        needed = None
+        self._reached = self.count
+        try:
+            needed = await self._grow_from_here(token, allowed, probe_first=known)
+        finally:
+            if needed is not None:
+                self._measured = True
+                self.memory.remember(peer, needed, settled=True)
+            elif not known and self._reached >= START_CONNECTIONS:
+                # Ended while growing: go on from there next time. Counted when the last step
+                # opened, as a peer that hung up after the transfer has closed the lanes by now.
+                self.memory.remember(peer, self._reached, settled=False)
+
+    async def _grow_from_here(self, token: str, allowed: int, probe_first: bool) -> int | None:
+        """Grow from the connections open now; the connections the path needs once growth stops
+        on its own or at the cap, None when the transfer or the channel ended first. The first
+        step doubles, or, on a path whose need is known (``probe_first``), adds one: a need
+        found on a slow start's tail, or on a path that since got worse, is found again."""
         transfers = self.channel.transfers
-        await self.ensure(START_CONNECTIONS)
         last: float | None = None
         added = 0
-        while not self.channel.closed and transfers.active and self.count < self._cap(allowed):
+        before_step = self.count
+        while not self.channel.closed and transfers.active:
+            cap = self._cap(allowed)
+            if self.count >= cap:
+                # Found only where a step got here; the relay's cap says nothing about what a
+                # direct path to the worker needs.
+                return None if last is None or self._relayed() else self.count
             await asyncio.sleep(min(MAX_SETTLE, max(SETTLE_INTERVAL, SETTLE_RTTS * (transfers.path_rtt or 0.0))))
             rate = await self._sample(transfers)
             cap = self._cap(allowed)
             # The first sample has nothing to compare with: double, the step whose gain reads
-            # clearest (2x where loss holds each connection, ~1x where the link or a CPU does).
+            # clearest (2x where loss holds each connection, ~1x where the link or a CPU does),
+            # or, where the path's need is known, probe one more.
             gain = None if last is None else rate / max(1.0, last)
-            step = min(self.count, cap - self.count) if gain is None else next_step(self.count, added, gain, cap)
+            if gain is None:
+                step = 1 if probe_first else min(self.count, cap - self.count)
+            else:
+                step = next_step(self.count, added, gain, cap)
             log.debug("stripes to %s: %d connections moved %.2f MB/s (x%s), step %d", self.channel.remote_peer_id,
                       self.count, rate / 1e6, "-" if gain is None else f"{gain:.2f}", step)
-            if step == 0 or not transfers.active:
-                log.info("stripes to %s: %d connections (throughput stopped growing at %.1f MB/s)",
-                         self.channel.remote_peer_id, self.count, rate / 1e6)
-                return
+            if not transfers.active:
+                return None
+            if step == 0:
+                # One connection that brought too little: the path needs those before it. After a
+                # doubling, a slow start's tail can hide the gain: keep what is open (a new channel
+                # probes one more).
+                needed = before_step if added == 1 else self.count
+                log.info("stripes to %s: %d connections (throughput stopped growing at %.1f MB/s; %d needed)",
+                         self.channel.remote_peer_id, self.count, rate / 1e6, needed)
+                return needed
             last, before_step = rate, self.count
             await asyncio.wait({self._start_one(token) for _ in range(step)})
+            self._reached = self.count
             added = max(1, self.count - before_step)  # an open that failed brought nothing
+        return None

@@ -378,3 +378,172 @@ async def test_growth_counts_bytes_moved_where_the_receiver_does_not_report(tmp_
     assert counts and all(moved == counted for moved, counted in counts)
     assert not transfers.delivery_reported and transfers.bytes_delivered == 0
     await pair.client.close()
+
+
+def test_path_memory_forgets_after_its_ttl_and_keeps_the_newest_workers(monkeypatch):
+    now = [0.0]
+    memory = stripes_mod.PathMemory(ttl=60, clock=lambda: now[0])
+    memory.remember("w", 8, settled=True)
+    now[0] = 59
+    assert memory.recall("w") == stripes_mod.LearnedPath(8, True, 0.0)  # reuse does not extend it
+    now[0] = 61
+    assert memory.recall("w") is None and memory.recall("never") is None
+    monkeypatch.setattr(stripes_mod, "MAX_PATHS", 3)
+    for i in range(5):
+        memory.remember(f"w{i}", 2 + i, settled=False)
+    memory.remember("w2", 9, settled=True)  # replacing makes it the newest
+    memory.remember("w5", 3, settled=True)
+    assert [memory.recall(f"w{i}") is not None for i in range(6)] == [False, False, True, False, True, True]
+
+
+async def _learning_pair(tmp_path, monkeypatch, memory, rate=8e6):
+    monkeypatch.setattr(stripes_mod, "SAMPLE_INTERVAL", 0.3)
+    monkeypatch.setattr(stripes_mod, "SETTLE_INTERVAL", 0.1)
+    monkeypatch.setattr(stripes_mod, "STRIPE_MIN_BYTES", 1 * MiB)
+    pair = await Pair(tmp_path, rate=rate).start()
+    pair.client.stripes.memory = memory
+    pair.client.stripes.max_connections = 4
+    return pair
+
+
+async def test_the_next_channel_to_a_worker_starts_with_what_growth_found_and_does_not_grow(tmp_path, monkeypatch):
+    # A paced link: each connection adds throughput, so the first transfer grows to the cap.
+    memory = stripes_mod.PathMemory()
+    first = await _learning_pair(tmp_path / "1", monkeypatch, memory)
+    src = payload(tmp_path, 16 * MiB)
+    await first.client.send_file(src)
+    await first.worker.receive_file(5)
+    assert memory.recall("w") == stripes_mod.LearnedPath(4, True, memory.recall("w").at)
+    await first.client.close()
+
+    second = await _learning_pair(tmp_path / "2", monkeypatch, memory)
+    sampled = []
+
+    async def no_sample(_transfers):
+        sampled.append(1)
+        return 0.0
+
+    monkeypatch.setattr(second.client.stripes, "_sample", no_sample)
+    counts = []
+    receipt = await second.client.send_file(src, progress=lambda _d, _s: counts.append(second.client.stripes.count))
+    got = await second.worker.receive_file(5)
+    assert got.sha256 == receipt.sha256 == sha(src)
+    assert not sampled, "a known path grew again"
+    # All three extra connections were opened at the start, not one step at a time.
+    assert len(second.stripe_conns) == 3 and 4 in counts[: len(counts) // 2], counts
+    await second.client.close()
+
+
+async def test_a_path_left_while_growing_grows_on_from_where_it_was(tmp_path, monkeypatch):
+    memory = stripes_mod.PathMemory()
+    memory.remember("w", 2, settled=False)  # the last transfer ended before growth stopped
+    pair = await _learning_pair(tmp_path, monkeypatch, memory)
+    src = payload(tmp_path, 16 * MiB)
+    receipt = await pair.client.send_file(src)
+    assert (await pair.worker.receive_file(5)).sha256 == receipt.sha256
+    assert pair.client.stripes.count == 4 and memory.recall("w").settled  # doubled from 2: the cap
+    await pair.client.close()
+
+
+async def test_a_second_transfer_on_the_channel_keeps_its_connections(tmp_path, monkeypatch):
+    # The results coming down after the upload: the lanes are open and the path is known.
+    # Growth used to start over with the next transfer, and its first step doubled the lanes.
+    memory = stripes_mod.PathMemory()
+    pair = await _learning_pair(tmp_path, monkeypatch, memory)
+    pair.client.stripes.max_connections = 8
+    sampled = []
+
+    async def flat(_transfers):  # the link, not the path's loss, is the limit: no step gains
+        sampled.append(pair.client.stripes.count)
+        return 4e6
+
+    monkeypatch.setattr(pair.client.stripes, "_sample", flat)
+    src = payload(tmp_path, 16 * MiB)
+    await pair.client.send_file(src)
+    await pair.worker.receive_file(5)
+    # 2 -> 4 brought nothing, but a doubling's gain can hide in a slow start's tail: 4 are kept.
+    assert sampled == [2, 4] and memory.recall("w").connections == 4 and memory.recall("w").settled
+    receipt = await pair.worker.send_file(src)
+    assert (await pair.client.receive_file(5)).sha256 == receipt.sha256
+    await asyncio.sleep(0.5)  # a grower, had one started, would have sampled by now
+    assert sampled == [2, 4] and len(pair.stripe_conns) == 3
+    assert memory.recall("w").connections == 4
+    await pair.client.close()
+
+
+async def test_a_new_channel_probes_one_more_than_a_known_path_needed_and_grows_where_it_gains(tmp_path, monkeypatch):
+    # The need was found on a slow start's tail (2), but each connection is held by the path's
+    # loss: the probe gains a full share, so growth doubles on from there.
+    memory = stripes_mod.PathMemory()
+    memory.remember("w", 2, settled=True)
+    pair = await _learning_pair(tmp_path, monkeypatch, memory)
+    pair.client.stripes.max_connections = 8
+    sampled = []
+
+    async def linear(_transfers):
+        sampled.append(pair.client.stripes.count)
+        return 1e6 * pair.client.stripes.count
+
+    monkeypatch.setattr(pair.client.stripes, "_sample", linear)
+    src = payload(tmp_path, 16 * MiB)
+    receipt = await pair.client.send_file(src)
+    assert (await pair.worker.receive_file(5)).sha256 == receipt.sha256
+    assert sampled == [2, 3, 6], sampled  # probe 2 -> 3 (x1.5: a full share), double to 6
+    assert memory.recall("w").connections >= 6 and memory.recall("w").settled
+    await pair.client.close()
+
+
+async def test_a_probe_that_brings_nothing_leaves_the_known_need_as_it_was(tmp_path, monkeypatch):
+    memory = stripes_mod.PathMemory()
+    memory.remember("w", 3, settled=True)
+    for run in range(2):  # no creeping up by one per job
+        pair = await _learning_pair(tmp_path / str(run), monkeypatch, memory)
+        pair.client.stripes.max_connections = 8
+        sampled = []
+
+        async def flat(_transfers, pair=pair, sampled=sampled):
+            sampled.append(pair.client.stripes.count)
+            return 4e6
+
+        monkeypatch.setattr(pair.client.stripes, "_sample", flat)
+        src = payload(tmp_path, 16 * MiB)
+        await pair.client.send_file(src)
+        await pair.worker.receive_file(5)
+        assert sampled == [3, 4] and memory.recall("w").connections == 3, (run, sampled)
+        await pair.client.close()
+
+
+async def test_what_growth_reached_is_kept_when_the_peer_hangs_up_before_it_settles(tmp_path, monkeypatch):
+    # The worker closes its side once the file is in, stripes first (lab, 20 ms / 1 %): growth,
+    # still sampling, finds the transfer over and no lanes left to count.
+    memory = stripes_mod.PathMemory()
+    pair = await _learning_pair(tmp_path, monkeypatch, memory)
+    pair.client.stripes.max_connections = 8
+    sampled = []
+
+    async def linear_then_outlived(_transfers):
+        sampled.append(pair.client.stripes.count)
+        if len(sampled) > 1:  # this sample outlasts the transfer and the worker's stripes
+            await asyncio.wait_for(lanes_gone.wait(), 10)
+        return 1e6 * pair.client.stripes.count
+
+    lanes_gone = asyncio.Event()
+    monkeypatch.setattr(pair.client.stripes, "_sample", linear_then_outlived)
+    src = payload(tmp_path, 16 * MiB)
+    sending = asyncio.ensure_future(pair.client.send_file(src))
+    await pair.worker.receive_file(5)
+    await sending
+    await pair.worker.stripes.close()
+    for _ in range(200):
+        if pair.client.stripes.count == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert pair.client.stripes.count == 1
+    lanes_gone.set()
+    for _ in range(200):
+        if memory.recall("w") is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert sampled == [2, 4]
+    assert memory.recall("w") == stripes_mod.LearnedPath(4, False, memory.recall("w").at)
+    await pair.client.close()

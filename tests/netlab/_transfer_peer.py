@@ -9,7 +9,9 @@ from ``$SLEAP_RTC_BACKEND``). Each measurement prints one ``RESULT {json}`` line
     allowed, stripe offers admitted by token). ROLE ``recv``: receive the client's file,
     bounded by MAX_S. ROLE ``send``: send FILE to the client, then wait for its hang-up.
 ``client URL ROOM TOKEN PEER DIR ROLE FILE STRIPED MAX_S [CUT_AFTER_MIB]``
-    connects once; STRIPED ``1`` leaves the product's stripe growth on, ``0`` turns it off.
+    connects (once, or twice: below); STRIPED ``1`` leaves the product's stripe growth on, ``0`` turns it off,
+    ``known`` runs a first transfer to the same worker and then the measured one on a new
+    connection from the same process (the path is known: ``stripes.PathMemory``).
     CUT_AFTER_MIB (aiortc, ROLE ``send``): once that much was handed out, black-hole the
     first stripe's UDP port on this host, both ways (prints ``CUT <port>``).
     ROLE ``send``: send FILE (the worker measures); ROLE ``recv``: receive the worker's
@@ -164,34 +166,45 @@ async def client(url: str, room: str, token: str, peer: str, base: str, role: st
 
     sig = SignalingClient(url, room_id=room, token=token, role="client", events=False)
     await asyncio.wait_for(sig.connect(), CONNECT_TIMEOUT)
-    t0 = time.monotonic()
-    many = int(striped) if role == "setup-parallel" else 1
-    ch = await transport.connect(sig, peer, receive_dir=Path(base) / "recv", cache_dir=Path(base) / "cache",
-                                 timeout=CONNECT_TIMEOUT, stripes=many)
-    one = time.monotonic() - t0
-    if role.startswith("setup"):
-        t1 = time.monotonic()
-        opened = await ch.stripes.ensure(int(striped))
-        result(side="client", one=one, extra=time.monotonic() - t1, connections=opened, backend=ch.conn.backend)
-    else:
-        if striped != "1":
-            ch.stripes.opener = None  # one connection: no growth
-        if role == "send":
-            cut: list = []
-
-            def progress(done: int, _size: int) -> None:
-                if float(cut_after_mib) and not cut and done >= float(cut_after_mib) * (1 << 20):
-                    cut.append(asyncio.ensure_future(cut_first_stripe(ch)))
-
-            try:
-                await ch.send_file(path, progress=progress)
-            except Exception as exc:  # the worker stops at its time bound: expected
-                print(f"send ended: {exc.__class__.__name__}", flush=True)
-            print("SENT", ch.stripes.count, flush=True)
+    # STRIPED "known": a first job's transfer to the same worker, then the one measured, on a
+    # new connection in the same process (what growth found is kept per worker: core.stripes).
+    jobs = 2 if striped == "known" else 1
+    for job in range(1, jobs + 1):
+        t0 = time.monotonic()
+        many = int(striped) if role == "setup-parallel" else 1
+        # A transfer cache per job: the first job's copy would answer the second's download at once.
+        ch = await transport.connect(sig, peer, receive_dir=Path(base) / f"recv{job}", cache_dir=Path(base) / f"cache{job}",
+                                     timeout=CONNECT_TIMEOUT, stripes=many)
+        one = time.monotonic() - t0
+        if role.startswith("setup"):
+            t1 = time.monotonic()
+            opened = await ch.stripes.ensure(int(striped))
+            result(side="client", one=one, extra=time.monotonic() - t1, connections=opened, backend=ch.conn.backend)
         else:
-            result(side="client", connect=one, **await receive_bounded(ch, float(max_s)))
-    await ch.close()
+            if striped == "0":
+                ch.stripes.opener = None  # one connection: no growth
+            if role == "send":
+                await send_once(ch, path, float(cut_after_mib))
+            else:
+                result(side="client", connect=one, job=job, **await receive_bounded(ch, float(max_s)))
+        await ch.close()
     await sig.close()
+
+
+async def send_once(ch, path: str, cut_after_mib: float) -> None:
+    """Send ``path`` on ``ch`` (the worker measures); with ``cut_after_mib``, cut the first stripe
+    once that much was handed out."""
+    cut: list = []
+
+    def progress(done: int, _size: int) -> None:
+        if cut_after_mib and not cut and done >= cut_after_mib * (1 << 20):
+            cut.append(asyncio.ensure_future(cut_first_stripe(ch)))
+
+    try:
+        await ch.send_file(path, progress=progress)
+    except Exception as exc:  # the worker stops at its time bound: expected
+        print(f"send ended: {exc.__class__.__name__}", flush=True)
+    print("SENT", ch.stripes.count, flush=True)
 
 
 def tcp_recv(port: str, max_s: str) -> None:

@@ -5,7 +5,9 @@ peers doing the product's ``send_file`` with its stripe growth (``_transfer_peer
 
 * the upload completes and the worker's SHA-256 is the file's;
 * one stripe's path is cut mid-transfer (its UDP port dropped both ways on the client
-  host: a black hole, not a close): the transfer still completes, verified.
+  host: a black hole, not a close): the transfer still completes, verified;
+* a second job to the same worker from the same client process opens the connections
+  growth found in the first at once (``stripes.PathMemory``), verified too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -48,8 +51,9 @@ def lossy(lab):
             lab.ns(lab.home, "iptables", "-F", chain)
 
 
-def upload(lab, tmp_path: Path, cut: bool) -> tuple[dict, str, list[str]]:
-    """One striped upload home -> lab; returns the worker's result, the file's SHA-256, the client's output."""
+def upload(lab, tmp_path: Path, cut: bool, striped: str = "1") -> tuple[list[dict], str, list[str]]:
+    """One striped upload home -> lab (two with ``striped="known"``, on two connections from one
+    client process); returns the worker's results, the file's SHA-256, the client's output."""
     src = tmp_path / "payload.bin"
     src.write_bytes(os.urandom(SIZE))
     secret = secrets.token_urlsafe(24)
@@ -67,27 +71,34 @@ def upload(lab, tmp_path: Path, cut: bool) -> tuple[dict, str, list[str]]:
         made.append(worker)
         ready = worker.wait_for_line(lambda line: line.startswith("READY"), START_TIMEOUT).split()
         client = lab.spawn(lab.home, "xfer/client", [sys.executable, str(PEER), "client", SERVER_URL, *ready[1:4],
-                                                      str(tmp_path / "c"), "send", str(src), "1", str(RUN_TIMEOUT),
+                                                      str(tmp_path / "c"), "send", str(src), striped, str(RUN_TIMEOUT),
                                                       str(CUT_AFTER_MIB if cut else 0)],
                            _env(tmp_path / "cenv", None), tmp_path)
         made.append(client)
-        line = worker.wait_for_line(lambda line: line.startswith("RESULT"), RUN_TIMEOUT)
+        jobs = 2 if striped == "known" else 1
+        worker.wait_for_line(lambda _line: sum(x.startswith("RESULT") for x in worker.lines) >= jobs, jobs * RUN_TIMEOUT)
         client.popen.wait(30)
-        return json.loads(line[7:]), hashlib.sha256(src.read_bytes()).hexdigest(), client.lines
+        results = [json.loads(x[7:]) for x in worker.lines if x.startswith("RESULT")]
+        return results, hashlib.sha256(src.read_bytes()).hexdigest(), client.lines
     finally:
         for child in made:
             child.kill(timeout=5)
             lab.children.remove(child)
 
 
-def test_striped_upload_under_one_percent_loss_is_verified(lossy, tmp_path):
-    got, sha, _client = upload(lossy, tmp_path, cut=False)
-    assert got["complete"] and got["bytes"] == SIZE, got
-    assert got["sha256"] == sha
-    assert got["connections"] >= 2, got  # the product's growth opened stripes on this link
+def test_striped_upload_under_one_percent_loss_is_verified_and_the_next_job_starts_where_growth_ended(lossy, tmp_path):
+    (first, second), sha, client = upload(lossy, tmp_path, cut=False, striped="known")
+    for got in (first, second):
+        assert got["complete"] and got["bytes"] == SIZE, got
+        assert got["sha256"] == sha
+    assert first["connections"] >= 2, first  # the product's growth opened stripes on this link
+    # The second job's connection opened what growth had found in the first, all at once.
+    started = [int(m.group(1)) for m in map(re.compile(r"starting with the (\d+) connections").search, client) if m]
+    assert len(started) == 1 and 2 <= started[0] <= first["connections"], (started, first, client[-30:])
+    assert second["connections"] >= started[0], (started, second)
 
 
 def test_a_stripe_whose_path_is_cut_does_not_fail_the_transfer(lossy, tmp_path):
-    got, sha, client = upload(lossy, tmp_path, cut=True)
+    (got,), sha, client = upload(lossy, tmp_path, cut=True)
     assert any(line.startswith("CUT ") for line in client), client[-20:]
     assert got["complete"] and got["bytes"] == SIZE and got["sha256"] == sha, got
