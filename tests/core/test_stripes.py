@@ -396,14 +396,26 @@ def test_path_memory_forgets_after_its_ttl_and_keeps_the_newest_workers(monkeypa
     assert [memory.recall(f"w{i}") is not None for i in range(6)] == [False, False, True, False, True, True]
 
 
-async def _learning_pair(tmp_path, monkeypatch, memory, rate=8e6):
+async def _learning_pair(tmp_path, monkeypatch, memory, cap=4):
     monkeypatch.setattr(stripes_mod, "SAMPLE_INTERVAL", 0.3)
     monkeypatch.setattr(stripes_mod, "SETTLE_INTERVAL", 0.1)
     monkeypatch.setattr(stripes_mod, "STRIPE_MIN_BYTES", 1 * MiB)
-    pair = await Pair(tmp_path, rate=rate).start()
+    pair = await Pair(tmp_path, rate=8e6).start()
     pair.client.stripes.memory = memory
-    pair.client.stripes.max_connections = 4
+    pair.client.stripes.max_connections = cap
     return pair
+
+
+def _scripted_samples(pair, monkeypatch, rate_of) -> list[int]:
+    """Growth's samples answer ``rate_of(connections)``; returns the connections at each sample."""
+    sampled = []
+
+    async def sample(_transfers):
+        sampled.append(pair.client.stripes.count)
+        return rate_of(pair.client.stripes.count)
+
+    monkeypatch.setattr(pair.client.stripes, "_sample", sample)
+    return sampled
 
 
 async def test_the_next_channel_to_a_worker_starts_with_what_growth_found_and_does_not_grow(tmp_path, monkeypatch):
@@ -449,15 +461,8 @@ async def test_a_second_transfer_on_the_channel_keeps_its_connections(tmp_path, 
     # The results coming down after the upload: the lanes are open and the path is known.
     # Growth used to start over with the next transfer, and its first step doubled the lanes.
     memory = stripes_mod.PathMemory()
-    pair = await _learning_pair(tmp_path, monkeypatch, memory)
-    pair.client.stripes.max_connections = 8
-    sampled = []
-
-    async def flat(_transfers):  # the link, not the path's loss, is the limit: no step gains
-        sampled.append(pair.client.stripes.count)
-        return 4e6
-
-    monkeypatch.setattr(pair.client.stripes, "_sample", flat)
+    pair = await _learning_pair(tmp_path, monkeypatch, memory, cap=8)
+    sampled = _scripted_samples(pair, monkeypatch, lambda _n: 4e6)  # the link is the limit: no step gains
     src = payload(tmp_path, 16 * MiB)
     await pair.client.send_file(src)
     await pair.worker.receive_file(5)
@@ -476,15 +481,8 @@ async def test_a_new_channel_probes_one_more_than_a_known_path_needed_and_grows_
     # loss: the probe gains a full share, so growth doubles on from there.
     memory = stripes_mod.PathMemory()
     memory.remember("w", 2, settled=True)
-    pair = await _learning_pair(tmp_path, monkeypatch, memory)
-    pair.client.stripes.max_connections = 8
-    sampled = []
-
-    async def linear(_transfers):
-        sampled.append(pair.client.stripes.count)
-        return 1e6 * pair.client.stripes.count
-
-    monkeypatch.setattr(pair.client.stripes, "_sample", linear)
+    pair = await _learning_pair(tmp_path, monkeypatch, memory, cap=8)
+    sampled = _scripted_samples(pair, monkeypatch, lambda n: 1e6 * n)
     src = payload(tmp_path, 16 * MiB)
     receipt = await pair.client.send_file(src)
     assert (await pair.worker.receive_file(5)).sha256 == receipt.sha256
@@ -497,15 +495,8 @@ async def test_a_probe_that_brings_nothing_leaves_the_known_need_as_it_was(tmp_p
     memory = stripes_mod.PathMemory()
     memory.remember("w", 3, settled=True)
     for run in range(2):  # no creeping up by one per job
-        pair = await _learning_pair(tmp_path / str(run), monkeypatch, memory)
-        pair.client.stripes.max_connections = 8
-        sampled = []
-
-        async def flat(_transfers, pair=pair, sampled=sampled):
-            sampled.append(pair.client.stripes.count)
-            return 4e6
-
-        monkeypatch.setattr(pair.client.stripes, "_sample", flat)
+        pair = await _learning_pair(tmp_path / str(run), monkeypatch, memory, cap=8)
+        sampled = _scripted_samples(pair, monkeypatch, lambda _n: 4e6)
         src = payload(tmp_path, 16 * MiB)
         await pair.client.send_file(src)
         await pair.worker.receive_file(5)
@@ -517,8 +508,7 @@ async def test_what_growth_reached_is_kept_when_the_peer_hangs_up_before_it_sett
     # The worker closes its side once the file is in, stripes first (lab, 20 ms / 1 %): growth,
     # still sampling, finds the transfer over and no lanes left to count.
     memory = stripes_mod.PathMemory()
-    pair = await _learning_pair(tmp_path, monkeypatch, memory)
-    pair.client.stripes.max_connections = 8
+    pair = await _learning_pair(tmp_path, monkeypatch, memory, cap=8)
     sampled = []
 
     async def linear_then_outlived(_transfers):
