@@ -94,7 +94,8 @@ def test_striped_upload_under_one_percent_loss_is_verified_and_the_next_job_star
     assert first["connections"] >= 2, first  # the product's growth opened stripes on this link
     # The second job's connection opened what growth had found in the first, all at once.
     started = [int(m.group(1)) for m in map(re.compile(r"starting with the (\d+) connections").search, client) if m]
-    assert len(started) == 1 and 2 <= started[0] <= first["connections"], (started, first, client[-30:])
+    # (Not bounded by the first job's own count: a step can open as its transfer ends, unseen by the worker.)
+    assert len(started) == 1 and started[0] >= 2, (started, first, client[-30:])
     assert second["connections"] >= started[0], (started, second)
 
 
