@@ -46,9 +46,10 @@ which swallow megabytes the moment a connection opens.
 What growth found is kept per worker for ``PATH_MEMORY_S`` (``PathMemory``, one per process):
 the next striped transfer to that worker, on this channel (the results after the upload) or
 a later one (the inference after the training), opens that many connections at once; where
-growth had stopped on its own, a new channel then probes one more, and where the last transfer ended while still growing, it
-goes on doubling from there. A 64 MiB transfer on a lossy link spends half its time
-in the growth ramp (docs/bench/lab_transfer_notes.md), which a known path skips.
+growth had stopped on its own, a new channel then probes one more, and where the last
+transfer ended while still growing, it goes on doubling from there. A 64 MiB transfer on a
+lossy link spends half its time in the growth ramp (docs/bench/lab_transfer_notes.md),
+which a known path skips.
 Lab figures for these numbers, and for growth rules that were tried and measured no better:
 docs/bench/lab_transfer_notes.md.
 """

@@ -9,8 +9,8 @@ from ``$SLEAP_RTC_BACKEND``). Each measurement prints one ``RESULT {json}`` line
     allowed, stripe offers admitted by token). ROLE ``recv``: receive the client's file,
     bounded by MAX_S. ROLE ``send``: send FILE to the client, then wait for its hang-up.
 ``client URL ROOM TOKEN PEER DIR ROLE FILE STRIPED MAX_S [CUT_AFTER_MIB]``
-    connects (once, or twice: below); STRIPED ``1`` leaves the product's stripe growth on, ``0`` turns it off,
-    ``known`` runs a first transfer to the same worker and then the measured one on a new
+    connects (once, or twice: below); STRIPED ``1`` leaves the product's stripe growth on,
+    ``0`` turns it off, ``known`` runs a first transfer to the same worker and then the measured one on a new
     connection from the same process (the path is known: ``stripes.PathMemory``).
     CUT_AFTER_MIB (aiortc, ROLE ``send``): once that much was handed out, black-hole the
     first stripe's UDP port on this host, both ways (prints ``CUT <port>``).
@@ -169,9 +169,9 @@ async def client(url: str, room: str, token: str, peer: str, base: str, role: st
     # STRIPED "known": a first job's transfer to the same worker, then the one measured, on a
     # new connection in the same process (what growth found is kept per worker: core.stripes).
     jobs = 2 if striped == "known" else 1
+    many = int(striped) if role == "setup-parallel" else 1
     for job in range(1, jobs + 1):
         t0 = time.monotonic()
-        many = int(striped) if role == "setup-parallel" else 1
         # A transfer cache per job: the first job's copy would answer the second's download at once.
         ch = await transport.connect(sig, peer, receive_dir=Path(base) / f"recv{job}", cache_dir=Path(base) / f"cache{job}",
                                      timeout=CONNECT_TIMEOUT, stripes=many)
