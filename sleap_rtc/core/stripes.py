@@ -37,9 +37,10 @@ trips after the last step, then ``SAMPLE_INTERVAL`` long, taken again while it i
 falling: ``steady``) while the throughput grows by ``growth_needed`` (``GROWTH``, less with
 many connections), up to ``MAX_CONNECTIONS`` (``RELAY_MAX_CONNECTIONS`` when the path goes
 through a TURN relay, where each connection costs an allocation). The first step doubles the
-connections; later ones double again where the last step's connections each brought half a
-share or more (``FULL_SHARE``), else add one (``next_step``): where the path's loss, not the
-link, limits each connection, the rest of the transfer runs at the rate of the connections it has.
+connections; later ones quadruple where the last step's connections each brought nearly a whole
+share (``WHOLE_SHARE``), double where they brought half a share or more (``FULL_SHARE``), else add
+one (``next_step``): where the path's loss, not the link, limits each connection, the rest of the
+transfer runs at the rate of the connections it has.
 Samples count bytes that reached the receiver (``FileTransfers.throughput_count``: received
 here, or reported by the receiver in ``file_progress``), not bytes handed to send buffers,
 which swallow megabytes the moment a connection opens.
@@ -122,6 +123,11 @@ FULL_SHARE = 0.5
 """A step whose connections each added at least this fraction of an average connection's
 share is followed by one that doubles the connections (each is held by the path's loss):
 halfway between ~1 (loss-bound) and ~0 (the link or a CPU is the limit)."""
+WHOLE_SHARE = 0.8
+"""... and one whose connections each added this much or more is followed by one that
+quadruples them: every connection added moved as much as those before it, so the path's loss
+holds each one and far more are needed (1 % loss takes 11-16); a doubling step at a time took
+three steps, 8-12 s, of a 64 MiB transfer lasting 15-50 s to get there."""
 STEADY = 0.8
 """A sample whose second half moved less than this fraction of its first is the tail of a
 slow start (``steady``): it is taken again..."""
@@ -196,11 +202,14 @@ def growth_needed(connections: int, added: int = 1) -> float:
 def next_step(connections: int, added: int, gain: float, cap: int) -> int:
     """Connections to add after a step of ``added`` that took throughput up by ``gain`` (a
     factor) with ``connections`` now open: 0 stops growth, 1 probes further, ``connections``
-    doubles (capped) when each added one brought ``FULL_SHARE`` of a share or more."""
+    doubles when each added one brought ``FULL_SHARE`` of a share or more, and three times
+    ``connections`` quadruples when each brought ``WHOLE_SHARE`` (both capped)."""
     room = max(0, cap - connections)
     if room == 0 or gain < growth_needed(connections, added):
         return 0
     per_share = (gain - 1.0) * max(1, connections - added) / max(1, added)
+    if per_share >= WHOLE_SHARE:
+        return min(room, 3 * connections)
     return min(room, connections) if per_share >= FULL_SHARE else 1
 
 

@@ -319,12 +319,15 @@ def test_growth_needs_ten_percent_or_half_a_share_with_many_connections():
     assert stripes_mod.growth_needed(stripes_mod.MAX_CONNECTIONS) < stripes_mod.GROWTH
 
 
-def test_a_step_doubles_only_where_each_added_connection_brought_half_a_share_or_more():
+def test_a_step_doubles_where_each_added_connection_brought_half_a_share_and_quadruples_at_nearly_a_whole():
     cap = stripes_mod.MAX_CONNECTIONS
-    # 2 -> 4 took throughput up 1.6x (a full share is 2x): the path holds each one, double.
+    # 2 -> 4 took throughput up 1.6x (a whole share is 2x): the path holds each one, double.
     assert stripes_mod.next_step(4, 2, 1.6, cap) == 4
-    assert stripes_mod.next_step(3, 1, 1.45, cap) == 3
-    # 4 -> 8 took it up 1.9x: double again, up to the cap.
+    # 2 -> 4 took it up 1.9x, 2 -> 3 1.45x: each added one moved as much as those before: x4.
+    assert stripes_mod.next_step(4, 2, 1.9, cap) == 12
+    assert stripes_mod.next_step(3, 1, 1.45, cap) == 9
+    assert stripes_mod.next_step(4, 2, 1.9, 10) == 6  # capped
+    # 4 -> 8 took it up 1.9x: up to the cap.
     assert stripes_mod.next_step(8, 4, 1.9, cap) == min(8, cap - 8)
     assert stripes_mod.next_step(12, 6, 1.8, cap) == cap - 12
     # a link or a CPU is the limit: +15 % from the third is growth, not loss-bound: one at a time
@@ -478,7 +481,7 @@ async def test_a_second_transfer_on_the_channel_keeps_its_connections(tmp_path, 
 
 async def test_a_new_channel_probes_one_more_than_a_known_path_needed_and_grows_where_it_gains(tmp_path, monkeypatch):
     # The need was found on a slow start's tail (2), but each connection is held by the path's
-    # loss: the probe gains a full share, so growth doubles on from there.
+    # loss: the probe gains a whole share, so growth quadruples on from there.
     memory = stripes_mod.PathMemory()
     memory.remember("w", 2, settled=True)
     pair = await _learning_pair(tmp_path, monkeypatch, memory, cap=8)
@@ -486,8 +489,9 @@ async def test_a_new_channel_probes_one_more_than_a_known_path_needed_and_grows_
     src = payload(tmp_path, 16 * MiB)
     receipt = await pair.client.send_file(src)
     assert (await pair.worker.receive_file(5)).sha256 == receipt.sha256
-    assert sampled == [2, 3, 6], sampled  # probe 2 -> 3 (x1.5: a full share), double to 6
-    assert memory.recall("w").connections >= 6 and memory.recall("w").settled
+    # probe 2 -> 3 (x1.5: a whole share), then x4, capped: 8 at once (doubling would open 6)
+    assert sampled == [2, 3] and pair.client.stripes.count == 8, (sampled, pair.client.stripes.count)
+    assert memory.recall("w") == stripes_mod.LearnedPath(8, True, memory.recall("w").at)
     await pair.client.close()
 
 

@@ -25,7 +25,7 @@ async def main():
     await conn.offer("probe")
     lib = ctypes.CDLL(ldc._native.__file__, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
     got = {name: getattr(lib, "usrsctp_sysctl_get_sctp_" + name)()
-           for name in ("default_cc_module", "recvspace", "sendspace", "initial_cwnd")}
+           for name in ("default_cc_module", "recvspace", "sendspace", "initial_cwnd", "rto_min_default")}
     await conn.close()
     print(json.dumps({"applied": native_sctp.apply(ldc._native), "usrsctp": got}))
 
@@ -43,8 +43,9 @@ def read_back(fast_python: str, env_value: str | None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-LIBRARY_DEFAULTS = {"default_cc_module": 0, "recvspace": 1 << 20, "sendspace": 1 << 20, "initial_cwnd": 10}
-"""What libdatachannel itself sets (Reno, 1 MiB buffers, 10 MTUs), where we set nothing."""
+LIBRARY_DEFAULTS = {"default_cc_module": 0, "recvspace": 1 << 20, "sendspace": 1 << 20, "initial_cwnd": 10,
+                    "rto_min_default": 200}
+"""What libdatachannel itself sets (Reno, 1 MiB buffers, 10 MTUs, a 200 ms RTO floor), where we set nothing."""
 
 
 def test_the_project_settings_reach_usrsctp(fast_python):
@@ -52,14 +53,16 @@ def test_the_project_settings_reach_usrsctp(fast_python):
 
     out = read_back(fast_python, None)
     assert out["applied"] == native_sctp.settings()
-    assert out["usrsctp"] == LIBRARY_DEFAULTS | {"default_cc_module": 1}  # HighSpeed TCP, the rest untouched
+    # HighSpeed TCP and RFC 4960's 1 s RTO floor, the rest untouched
+    assert out["usrsctp"] == LIBRARY_DEFAULTS | {"default_cc_module": 1, "rto_min_default": 1000}
 
 
 def test_an_override_reaches_usrsctp(fast_python):
     out = read_back(fast_python, "congestionControlModule=0,recvBufferSize=3145728,initialCongestionWindow=12")
-    assert out["usrsctp"] == LIBRARY_DEFAULTS | {"default_cc_module": 0, "recvspace": 3145728, "initial_cwnd": 12}
+    assert out["usrsctp"] == LIBRARY_DEFAULTS | {"default_cc_module": 0, "recvspace": 3145728, "initial_cwnd": 12,
+                                                 "rto_min_default": 1000}
 
 
 def test_a_bad_override_is_logged_and_our_settings_still_apply(fast_python):
     out = read_back(fast_python, "congestionControlModule=reno")
-    assert out["usrsctp"] == LIBRARY_DEFAULTS | {"default_cc_module": 1}
+    assert out["usrsctp"] == LIBRARY_DEFAULTS | {"default_cc_module": 1, "rto_min_default": 1000}

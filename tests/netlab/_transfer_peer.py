@@ -46,6 +46,27 @@ IDLE_TIMEOUT = 120.0
 """Seconds a peer waits for its counterpart before giving up."""
 
 
+SCTP_COUNTERS = {"senddata": 42, "sendretransdata": 43, "sendfastretrans": 44, "timodata": 68}
+"""usrsctp's ``struct sctpstat`` counters a native sender reports, by their uint32 index (usrsctp.h):
+chunks sent, resent, fast-resent, and T3 retransmission timeouts."""
+
+
+def sender_counters() -> None:
+    """Print usrsctp's process-wide counters after a send, where this peer runs the native
+    stack (``SCTPSTAT {json}``): how often its retransmission timer fired, beside the loss."""
+    import ctypes
+    import os
+
+    if os.environ.get("SLEAP_RTC_BACKEND") != "libdatachannel":
+        return
+    import aiolibdatachannel
+
+    lib = ctypes.CDLL(aiolibdatachannel._native.__file__, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    stats = (ctypes.c_uint32 * 256)()  # larger than the struct in any usrsctp release
+    lib.usrsctp_get_stat(stats)
+    print("SCTPSTAT " + json.dumps({name: stats[i] for name, i in SCTP_COUNTERS.items()}), flush=True)
+
+
 def result(**fields) -> None:
     """Print one measurement for the orchestrator."""
     print("RESULT " + json.dumps(fields), flush=True)
@@ -151,6 +172,7 @@ async def worker(url: str, secret: str, base: str, role: str, path: str, max_s: 
                     await ch.send_file(path)
                 except Exception as exc:  # the client stops at its time bound: expected
                     print(f"send ended: {exc.__class__.__name__}", flush=True)
+                sender_counters()
                 await ch.wait_closed(IDLE_TIMEOUT)
         except Exception as exc:
             print(f"run {n} failed: {exc!r}", flush=True)
@@ -205,6 +227,7 @@ async def send_once(ch, path: str, cut_after_mib: float) -> None:
     except Exception as exc:  # the worker stops at its time bound: expected
         print(f"send ended: {exc.__class__.__name__}", flush=True)
     print("SENT", ch.stripes.count, flush=True)
+    sender_counters()
 
 
 def tcp_recv(port: str, max_s: str) -> None:
