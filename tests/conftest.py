@@ -1,7 +1,9 @@
-"""Shared fixtures: a real signaling server on an ephemeral loopback port, and a room on it."""
+"""Shared fixtures: a real signaling server on an ephemeral loopback port, and a room on it;
+the Python 3.12 side environment (scripts/ensure-fast-env.sh) the native-stack tests run a side in."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,19 @@ def tiny_video(tmp_path_factory) -> Path:
     from videos import make_video
 
     return make_video(tmp_path_factory.mktemp("videos") / "moving-square.mp4", 200)
+
+
+@pytest.fixture(scope="session")
+def fast_python() -> str:
+    """The side environment's python, or a skip saying why there is none."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([str(root / "scripts" / "ensure-fast-env.sh")], capture_output=True, text=True, timeout=900)
+    if proc.returncode == 3:
+        pytest.skip(proc.stderr.strip().splitlines()[-1])
+    if proc.returncode != 0:
+        pytest.fail(f"ensure-fast-env.sh failed: {proc.stderr[-2000:]}")
+    python = proc.stdout.strip().splitlines()[-1]
+    probe = subprocess.run([python, "-c", "import aiolibdatachannel"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"aiolibdatachannel does not import in the side environment: {probe.stderr[-300:]}")
+    return python

@@ -46,9 +46,10 @@ sections 9 and 17):
 * ``minRetransmitTimeoutMs`` 1000 (RFC 4960's RTO.min, and aiortc's) instead of 200: a lost
   chunk holds the cumulative ack, so the retransmission timer runs from before the loss until
   the fast retransmission is acked, two loaded round trips, over 200 ms on an 80 ms path. Each
-  such timeout cut the window to one packet: at 80 ms / 0.1 % a native sender took 359 timeouts
-  and resent 3.5 % of its chunks; with 1 s, 22 and 0.1 % (the loss), and native striping
-  there moved 3.83 MB/s, not 2.18."""
+  such timeout cuts the window to one packet: at 80 ms / 0.1 % one native connection sending
+  8 MiB lost and fast-retransmitted the same 7 chunks either way, and timed out 47-77 times with
+  200 ms, twice with 1 s (tests/netlab/test_transfer.py); native striping there moved 3.83 MB/s,
+  not 2.18."""
 
 ENV = "SLEAP_RTC_NATIVE_SCTP"
 """``name=value,...`` overriding ``SETTINGS`` (lab experiments)."""
