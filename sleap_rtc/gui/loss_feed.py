@@ -95,6 +95,8 @@ class LossFeed(QtCore.QObject):
         """Call ``callback`` once every queued event is sent and the viewer had time to read it.
 
         Used before closing the viewer: a short job can finish inside the slow-joiner warm-up.
+        The waits belong to this feed: once Qt deleted it (its window closed first), neither
+        the flush nor ``callback`` runs.
         """
         wait = max(0.0, self._ready_at - time.monotonic())
 
@@ -103,11 +105,11 @@ class LossFeed(QtCore.QObject):
             if self._queue and not self._timer.isActive():
                 self._timer.start()
             if self._queue:  # the PUB is still full: try again shortly
-                QtCore.QTimer.singleShot(50, flushed)
+                QtCore.QTimer.singleShot(50, self, flushed)
                 return
-            QtCore.QTimer.singleShot(int(settle_s * 1000), callback)
+            QtCore.QTimer.singleShot(int(settle_s * 1000), self, callback)
 
-        QtCore.QTimer.singleShot(int(wait * 1000), flushed)
+        QtCore.QTimer.singleShot(int(wait * 1000), self, flushed)
 
     def close(self) -> None:
         """Flush what can be sent and close the sockets."""
