@@ -80,7 +80,7 @@ def fast_python() -> str:
     if proc.returncode != 0:
         pytest.fail(f"ensure-fast-env.sh failed: {proc.stderr[-2000:]}")
     python = proc.stdout.strip().splitlines()[-1]
-    probe = subprocess.run([python, "-c", "import aiolibdatachannel"], capture_output=True, text=True)
+    probe = subprocess.run([python, "-c", "import aiolibdatachannel"], capture_output=True, text=True, timeout=120)
     if probe.returncode != 0:
         pytest.skip(f"aiolibdatachannel does not import in the side environment: {probe.stderr[-300:]}")
     return python

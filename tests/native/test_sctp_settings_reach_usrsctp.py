@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.native, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
 
 READ_BACK = """
-import asyncio, ctypes, json, os
+import asyncio, json
 import aiolibdatachannel as ldc
 from sleap_rtc.core.backends import native_sctp
 from sleap_rtc.core.backends.libdatachannel import LibdatachannelConnection
@@ -23,7 +23,7 @@ from sleap_rtc.core.backends.libdatachannel import LibdatachannelConnection
 async def main():
     conn = LibdatachannelConnection([])
     await conn.offer("probe")
-    lib = ctypes.CDLL(ldc._native.__file__, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    lib = native_sctp.loaded(ldc._native)
     got = {name: getattr(lib, "usrsctp_sysctl_get_sctp_" + name)()
            for name in ("default_cc_module", "recvspace", "sendspace", "initial_cwnd", "rto_min_default")}
     await conn.close()

@@ -61,9 +61,10 @@ def sender_counters() -> None:
         return
     import aiolibdatachannel
 
-    lib = ctypes.CDLL(aiolibdatachannel._native.__file__, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-    stats = (ctypes.c_uint32 * 256)()  # larger than the struct in any usrsctp release
-    lib.usrsctp_get_stat(stats)
+    from sleap_rtc.core.backends import native_sctp
+
+    stats = (ctypes.c_uint32 * 256)()  # the struct holds about 170 counters: room to spare
+    native_sctp.loaded(aiolibdatachannel._native).usrsctp_get_stat(stats)
     print("SCTPSTAT " + json.dumps({name: stats[i] for name, i in SCTP_COUNTERS.items()}), flush=True)
 
 

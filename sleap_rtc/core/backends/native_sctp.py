@@ -71,6 +71,12 @@ def settings() -> dict[str, int]:
     return out
 
 
+def loaded(native: Any) -> ctypes.CDLL:
+    """The libdatachannel/usrsctp copy inside ``native`` (a loaded extension module), never a
+    second one (``RTLD_NOLOAD``); raises OSError where it is not loaded."""
+    return ctypes.CDLL(native.__file__, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+
+
 def apply(native: Any) -> dict[str, int] | None:
     """Pass ``settings()`` to the library inside ``native`` (a loaded extension module),
     once per process; returns what was applied, or None where the library has no such call
@@ -79,8 +85,7 @@ def apply(native: Any) -> dict[str, int] | None:
     if _applied is not None:  # {}: tried before, and the library had no such call
         return _applied or None
     try:
-        lib = ctypes.CDLL(native.__file__, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-        call = lib.rtcSetSctpSettings
+        call = loaded(native).rtcSetSctpSettings
     except (OSError, AttributeError) as exc:
         log.info("native SCTP settings left at the library's defaults: %s", exc)
         _applied = {}
