@@ -342,10 +342,15 @@ class PeerChannel:
         """Send one binary (file) frame now; raises ``PeerClosedError`` when closed."""
         self._send_raw(data)
 
+    @property
+    def drained(self) -> bool:
+        """True while no more than the buffered-low threshold is queued (``drain`` would not wait)."""
+        return self.conn.buffered_amount <= self.conn.low_threshold
+
     async def drain(self, timeout: float) -> None:
         """Wait for ``bufferedamountlow``; ``PeerClosedError`` if the channel closes meanwhile."""
         self._low.clear()
-        if self.conn.buffered_amount <= self.conn.low_threshold:
+        if self.drained:
             return
         try:
             await self.guard(self._low.wait(), timeout)

@@ -323,10 +323,6 @@ class _Incoming:
         return self.state.pos
 
 
-def _below_low(lane: Any) -> bool:
-    return lane.buffered_amount <= lane.conn.low_threshold
-
-
 class _LaneQueues:
     """How much each lane of a striped send may hold queued: ``LANE_QUEUE_S`` of what it
     drained since it joined this stream (``LANE_MIN_QUEUE`` .. ``HIGH_WATER``). A slow lane
@@ -428,6 +424,11 @@ class FileTransfers:
         self.path_rtt: float | None = None
         """Seconds of the last transfer's first round trip (``file_offer`` to ``file_accept``,
         or ``file_accept`` to the first chunk), at most ``MAX_PATH_RTT``; None before one."""
+        self.offer_rtt: float | None = None
+        """Seconds from the last ``file_offer`` sent here to its ``file_accept`` (at most
+        ``MAX_PATH_RTT``): the path's round trip, where the first chunk's arrival also counts the
+        sender's slow start on a new connection (several round trips for one 64 KiB frame); None
+        where this side only received."""
 
     @property
     def active(self) -> bool:
@@ -481,7 +482,7 @@ class FileTransfers:
             )
             offered = time.monotonic()
             todo = state.on_accept(await self.link.guard(st.accept, ACCEPT_TIMEOUT))
-            self._round_trip(offered)
+            self.offer_rtt = self._round_trip(offered)
             if isinstance(todo, fp.Fail):
                 raise FileTransferError(todo.message)
             if stripes is not None:
@@ -555,7 +556,7 @@ class FileTransfers:
                         else:
                             # A stripe opening ends the wait too: on a lossy link HIGH_WATER of
                             # the primary's drains for seconds while the first stripes open.
-                            await stripes.drain_any(lambda lane: lane is not link or _below_low(link), STALL_TIMEOUT)
+                            await stripes.drain_any(lambda lane: lane is not link or link.drained, STALL_TIMEOUT)
                         continue
                 else:
                     lane = queues.pick(lanes)
@@ -716,8 +717,9 @@ class FileTransfers:
         if out.missing is not None and not out.missing.done():
             out.missing.cancel()
 
-    def _round_trip(self, since: float, now: float | None = None) -> None:
+    def _round_trip(self, since: float, now: float | None = None) -> float:
         self.path_rtt = min(MAX_PATH_RTT, (time.monotonic() if now is None else now) - since)
+        return self.path_rtt
 
     def _send(self, msg: dict[str, Any]) -> None:
         with contextlib.suppress(PeerClosedError):

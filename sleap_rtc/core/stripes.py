@@ -37,9 +37,10 @@ trips after the last step, then ``SAMPLE_INTERVAL`` long, taken again while it i
 falling: ``steady``) while the throughput grows by ``growth_needed`` (``GROWTH``, less with
 many connections), up to ``MAX_CONNECTIONS`` (``RELAY_MAX_CONNECTIONS`` when the path goes
 through a TURN relay, where each connection costs an allocation). The first step doubles the
-connections; later ones quadruple where the last step's connections each brought nearly a whole
-share (``WHOLE_SHARE``), double where they brought half a share or more (``FULL_SHARE``), else add
-one (``next_step``): where the path's loss, not the link, limits each connection, the rest of the
+connections, or adds one where each already keeps ``LOSS_FREE_WINDOW`` in flight
+(``first_step``); later ones quadruple where the last step's connections each brought nearly a
+whole share (``WHOLE_SHARE``), double where they brought half a share or more (``FULL_SHARE``),
+else add one (``next_step``): where the path's loss, not the link, limits each connection, the rest of the
 transfer runs at the rate of the connections it has.
 Samples count bytes that reached the receiver (``FileTransfers.throughput_count``: received
 here, or reported by the receiver in ``file_progress``), not bytes handed to send buffers,
@@ -135,6 +136,18 @@ MAX_RESAMPLES = 3
 """... at most this many times in a row."""
 
 
+LOSS_FREE_WINDOW = 256 * 1024
+"""Bytes in flight per connection (its rate times the path's round trip) from which the first
+step adds one connection, not as many as are open: a Reno-like association keeps ~1.22 /
+sqrt(p) segments in flight at loss rate p, so ~200 segments of 1,200 bytes mean p below ~4e-5.
+There the path's loss does not hold the connections (the link, the peer's window or a CPU
+does), and a doubling of slow-starting connections overflows the bottleneck's queue: at 80 ms /
+0 % in the lab, 2 native connections moved 7.1-11.6 MB/s and, doubled, fell to 0.8-5 MB/s
+(docs/bench/lab_transfer_notes.md section 19). On a lossy path each connection keeps far less
+(at 80 ms / 0.1 %, 2 moved 2.7-3.0 MB/s: ~0.11 MB each), so growth still doubles there; a path
+whose connections are held by their receive windows (a fast link) grows on from the probe."""
+
+
 PATH_MEMORY_S = 900.0
 """Seconds what growth found for a worker's path is reused, counted from when growth last
 measured it (a transfer that starts at the cap, with nothing to measure, does not extend
@@ -197,6 +210,18 @@ def growth_needed(connections: int, added: int = 1) -> float:
     """Throughput factor the last step (``added`` connections, ``connections`` now open) must
     have brought for growth to go on: ``GROWTH``, or half a share per added one when less."""
     return 1.0 + min(GROWTH - 1.0, SHARE * added / max(1, connections - added))
+
+
+def first_step(connections: int, rate: float, rtt: float | None, cap: int) -> int:
+    """Connections to add after the first sample (``rate`` bytes/s over ``connections``, the
+    path's round trip ``rtt`` s, None where unmeasured): double, the step whose gain reads
+    clearest, unless each connection already keeps ``LOSS_FREE_WINDOW`` in flight; then add
+    one (capped). ``rtt`` is ``FileTransfers.offer_rtt``: on the receiving side the only round
+    trip measured ends at the first chunk, several round trips late on a new connection (a
+    download at 80 ms / 0.1 % read 2 connections as loss-free), so a receiver doubles."""
+    room = max(0, cap - connections)
+    in_flight = rate / max(1, connections) * (rtt or 0.0)
+    return min(room, 1 if in_flight >= LOSS_FREE_WINDOW else connections)
 
 
 def next_step(connections: int, added: int, gain: float, cap: int) -> int:
@@ -581,12 +606,12 @@ class Stripes:
             await asyncio.sleep(min(MAX_SETTLE, max(SETTLE_INTERVAL, SETTLE_RTTS * (transfers.path_rtt or 0.0))))
             rate = await self._sample(transfers)
             cap = self._cap(allowed)
-            # The first sample has nothing to compare with: double, the step whose gain reads
-            # clearest (2x where loss holds each connection, ~1x where the link or a CPU does),
-            # or, where the path's need is known, probe one more.
+            # The first sample has nothing to compare with: double (2x where loss holds each
+            # connection, ~1x where the link or a CPU does), or probe one more where the path's
+            # need is known or its connections are not held by loss (``first_step``).
             gain = None if last is None else rate / max(1.0, last)
             if gain is None:
-                step = 1 if probe_first else min(self.count, cap - self.count)
+                step = 1 if probe_first else first_step(self.count, rate, transfers.offer_rtt, cap)
             else:
                 step = next_step(self.count, added, gain, cap)
             log.debug("stripes to %s: %d connections moved %.2f MB/s (x%s), step %d", self.channel.remote_peer_id,

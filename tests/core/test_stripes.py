@@ -340,6 +340,19 @@ def test_a_step_doubles_where_each_added_connection_brought_half_a_share_and_qua
     assert stripes_mod.growth_needed(12, 6) == pytest.approx(stripes_mod.GROWTH)
 
 
+def test_the_first_step_doubles_unless_each_connection_already_keeps_a_loss_free_window():
+    cap = stripes_mod.MAX_CONNECTIONS
+    # 80 ms / 0.1 % in the lab: 2 connections moved ~2.8 MB/s, ~0.11 MB in flight each: double.
+    assert stripes_mod.first_step(2, 2.8e6, 0.08, cap) == 2
+    # 20 ms / 0 %: 10 MB/s over 2 is 0.1 MB each: still double (more need not hurt there).
+    assert stripes_mod.first_step(2, 10e6, 0.02, cap) == 2
+    # 80 ms / 0 %: 2 native connections moved 9.3 MB/s, 0.37 MB each: add one, no burst of two.
+    assert stripes_mod.first_step(2, 9.3e6, 0.08, cap) == 1
+    assert stripes_mod.first_step(2, 9.3e6, None, cap) == 2  # no round trip measured: as before
+    assert stripes_mod.first_step(2, 9.3e6, 0.08, 2) == 0  # at the cap
+    assert stripes_mod.first_step(3, 1e6, 0.08, 4) == 1  # doubling capped
+
+
 def test_a_sample_still_falling_from_a_slow_start_is_not_steady():
     # 80 ms / 0.1 %: two new connections moved 6 MB/s, then 2.4 once their slow start ended.
     assert not stripes_mod.steady(6.0, 2.4)
@@ -419,6 +432,44 @@ def _scripted_samples(pair, monkeypatch, rate_of) -> list[int]:
 
     monkeypatch.setattr(pair.client.stripes, "_sample", sample)
     return sampled
+
+
+async def test_growth_adds_one_where_the_first_sample_shows_a_loss_free_path(tmp_path, monkeypatch):
+    # 2 connections keep 0.4 MB each in flight over an 80 ms round trip: the link or a window
+    # limits them, not loss, so the first step opens one more, not two.
+    pair = await _learning_pair(tmp_path, monkeypatch, stripes_mod.PathMemory(), cap=8)
+    monkeypatch.setattr(stripes_mod, "SETTLE_RTTS", 0)
+
+    def rate_of(_n):
+        pair.client.transfers.offer_rtt = 0.08  # the in-memory link's own round trip is ~0
+        return 10e6
+
+    sampled = _scripted_samples(pair, monkeypatch, rate_of)
+    src = payload(tmp_path, 16 * MiB)
+    receipt = await pair.client.send_file(src)
+    assert (await pair.worker.receive_file(5)).sha256 == receipt.sha256
+    # 2 -> 3 brought nothing: the need is the 2 before the probe, and no doubling ever opened.
+    assert sampled == [2, 3] and pair.client.stripes.count == 3, (sampled, pair.client.stripes.count)
+    assert pair.client.stripes.memory.recall("w").connections == 2
+    await pair.client.close()
+
+
+async def test_a_receiving_client_doubles_as_its_round_trip_ends_at_a_slow_started_chunk(tmp_path, monkeypatch):
+    # A download: the client's only round trip is its accept to the first chunk, several round
+    # trips late on a new connection, so it does not say the path is loss-free.
+    pair = await _learning_pair(tmp_path, monkeypatch, stripes_mod.PathMemory(), cap=8)
+    monkeypatch.setattr(stripes_mod, "SETTLE_RTTS", 0)
+
+    def rate_of(_n):
+        pair.client.transfers.path_rtt = 0.3
+        return 10e6
+
+    sampled = _scripted_samples(pair, monkeypatch, rate_of)
+    src = payload(tmp_path, 16 * MiB)
+    receipt = await pair.worker.send_file(src)
+    assert (await pair.client.receive_file(5)).sha256 == receipt.sha256
+    assert pair.client.transfers.offer_rtt is None and sampled == [2, 4], sampled
+    await pair.client.close()
 
 
 async def test_the_next_channel_to_a_worker_starts_with_what_growth_found_and_does_not_grow(tmp_path, monkeypatch):
