@@ -40,8 +40,8 @@ through a TURN relay, where each connection costs an allocation). The first step
 connections, or adds one where each already keeps ``LOSS_FREE_WINDOW`` in flight
 (``first_step``); later ones quadruple where the last step's connections each brought nearly a
 whole share (``WHOLE_SHARE``), double where they brought half a share or more (``FULL_SHARE``),
-else add one (``next_step``): where the path's loss, not the link, limits each connection, the rest of the
-transfer runs at the rate of the connections it has.
+else add one (``next_step``): where the path's loss, not the link, limits each connection, the
+rest of the transfer runs at the rate of the connections it has.
 Samples count bytes that reached the receiver (``FileTransfers.throughput_count``: received
 here, or reported by the receiver in ``file_progress``), not bytes handed to send buffers,
 which swallow megabytes the moment a connection opens.
@@ -142,9 +142,9 @@ step adds one connection, not as many as are open: a Reno-like association keeps
 sqrt(p) segments in flight at loss rate p, so ~200 segments of 1,200 bytes mean p below ~4e-5.
 There the path's loss does not hold the connections (the link, the peer's window or a CPU
 does), and a doubling of slow-starting connections overflows the bottleneck's queue: at 80 ms /
-0 % in the lab, 2 native connections moved 7.1-11.6 MB/s and, doubled, fell to 0.8-5 MB/s
+0 % in the lab, 2 connections moved 6.3-11.6 MB/s and, doubled, fell to 0.7-5 MB/s
 (docs/bench/lab_transfer_notes.md section 19). On a lossy path each connection keeps far less
-(at 80 ms / 0.1 %, 2 moved 2.7-3.0 MB/s: ~0.11 MB each), so growth still doubles there; a path
+(at 80 ms / 0.1 %, 2 moved 0.8-3.0 MB/s: 0.03-0.12 MB each), so growth still doubles there; a path
 whose connections are held by their receive windows (a fast link) grows on from the probe."""
 
 
