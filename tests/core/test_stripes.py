@@ -434,17 +434,24 @@ def _scripted_samples(pair, monkeypatch, rate_of) -> list[int]:
     return sampled
 
 
-async def test_growth_adds_one_where_the_first_sample_shows_a_loss_free_path(tmp_path, monkeypatch):
-    # 2 connections keep 0.4 MB each in flight over an 80 ms round trip: the link or a window
-    # limits them, not loss, so the first step opens one more, not two.
+async def _loss_free_samples(tmp_path, monkeypatch, rtt_attr: str, rtt: float):
+    """A pair whose growth samples read 10 MB/s over any number of connections, with the
+    client's ``transfers.<rtt_attr>`` set to ``rtt`` (the in-memory link's own round trip is ~0);
+    returns the pair and the connections at each sample."""
     pair = await _learning_pair(tmp_path, monkeypatch, stripes_mod.PathMemory(), cap=8)
     monkeypatch.setattr(stripes_mod, "SETTLE_RTTS", 0)
 
     def rate_of(_n):
-        pair.client.transfers.offer_rtt = 0.08  # the in-memory link's own round trip is ~0
+        setattr(pair.client.transfers, rtt_attr, rtt)
         return 10e6
 
-    sampled = _scripted_samples(pair, monkeypatch, rate_of)
+    return pair, _scripted_samples(pair, monkeypatch, rate_of)
+
+
+async def test_growth_adds_one_where_the_first_sample_shows_a_loss_free_path(tmp_path, monkeypatch):
+    # 2 connections keep 0.4 MB each in flight over an 80 ms round trip: the link or a window
+    # limits them, not loss, so the first step opens one more, not two.
+    pair, sampled = await _loss_free_samples(tmp_path, monkeypatch, "offer_rtt", 0.08)
     src = payload(tmp_path, 16 * MiB)
     receipt = await pair.client.send_file(src)
     assert (await pair.worker.receive_file(5)).sha256 == receipt.sha256
@@ -457,14 +464,7 @@ async def test_growth_adds_one_where_the_first_sample_shows_a_loss_free_path(tmp
 async def test_a_receiving_client_doubles_as_its_round_trip_ends_at_a_slow_started_chunk(tmp_path, monkeypatch):
     # A download: the client's only round trip is its accept to the first chunk, several round
     # trips late on a new connection, so it does not say the path is loss-free.
-    pair = await _learning_pair(tmp_path, monkeypatch, stripes_mod.PathMemory(), cap=8)
-    monkeypatch.setattr(stripes_mod, "SETTLE_RTTS", 0)
-
-    def rate_of(_n):
-        pair.client.transfers.path_rtt = 0.3
-        return 10e6
-
-    sampled = _scripted_samples(pair, monkeypatch, rate_of)
+    pair, sampled = await _loss_free_samples(tmp_path, monkeypatch, "path_rtt", 0.3)
     src = payload(tmp_path, 16 * MiB)
     receipt = await pair.worker.send_file(src)
     assert (await pair.client.receive_file(5)).sha256 == receipt.sha256
