@@ -18,8 +18,6 @@ digest other than the client's. sleap-nn then reads the file where it is (never 
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,6 +26,7 @@ import platformdirs
 
 from sleap_rtc.core.config import APP_NAME
 from sleap_rtc.core.file_hashes import sampled_digest
+from sleap_rtc.core.json_store import read_json, write_json
 from sleap_rtc.core.protocol import Prop
 
 DATA_ROOTS_PROP = Prop.DATA_ROOTS.value
@@ -149,10 +148,7 @@ class DataRootMap:
     @classmethod
     def load(cls, path: Path | None = None) -> DataRootMap:
         """The remembered map (empty when there is none or it is unreadable)."""
-        try:
-            data = json.loads((path or map_file()).read_text())
-        except (OSError, ValueError):
-            return cls({})
+        data = read_json(path or map_file())
         if not isinstance(data, dict):
             return cls({})
         return cls({k: v for k, v in data.items() if isinstance(k, str) and ROOT_NAME.match(k) and isinstance(v, str)})
@@ -160,10 +156,7 @@ class DataRootMap:
     def save(self, path: Path | None = None) -> Path:
         """Remember this map (the GUI calls it when the user picked a root)."""
         path = path or map_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.prefixes, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json(path, self.prefixes, indent=2)
         return path
 
     def match(self, video: Path, offered: list[str] | None = None) -> RootRef | None:

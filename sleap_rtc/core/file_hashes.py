@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import tempfile
 from pathlib import Path
 
 from sleap_rtc.core.files import sha256_file
+from sleap_rtc.core.json_store import read_json, write_json
 
 MEMO_MAX_ENTRIES = 10_000
 """Most files a ``HashMemo`` remembers."""
@@ -57,11 +56,10 @@ class HashMemo:
         self.path = Path(path)
         self.hashed_bytes = 0
         """Bytes this memo read to hash files (0 when every file was remembered)."""
-        self._entries: dict[str, list] = {}
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(self.path.read_text())
-            if isinstance(data, dict):
-                self._entries = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 4}
+        data = read_json(self.path)
+        self._entries: dict[str, list] = (
+            {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 4} if isinstance(data, dict) else {}
+        )
 
     @staticmethod
     def _key(path: Path) -> tuple[str, list]:
@@ -85,13 +83,8 @@ class HashMemo:
 
     def _save(self) -> None:
         entries = dict(list(self._entries.items())[-MEMO_MAX_ENTRIES:])
-        with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Written to a temporary file and renamed: two clients never leave half a memo.
-            fd, tmp = tempfile.mkstemp(prefix=".hash-memo-", dir=self.path.parent)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(entries, fh)
-            os.replace(tmp, self.path)
+        with contextlib.suppress(OSError):  # a memo that cannot be written costs a re-read later
+            write_json(self.path, entries)
 
 
 __all__ = ["HashMemo", "MEMO_MAX_ENTRIES", "SAMPLE_BLOCKS", "SAMPLE_BLOCK_BYTES", "sampled_digest"]

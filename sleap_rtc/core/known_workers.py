@@ -14,18 +14,13 @@ state means for selection is written in ``docs/security.md``: auto-select prefer
 workers and never picks a CHANGED one; choosing a CHANGED worker by hand warns and then
 remembers its new key. ``remember`` records a key once a job's identity check passed.
 
-The file is written atomically (temp file + rename, mode 0600). A missing, unreadable or
-malformed file reads as empty (with a log warning), never as an error: forgetting keys
-only makes the next use a first use again.
+The file is written atomically (``core.json_store``: temp file + rename, mode 0600). A
+missing, unreadable or malformed file reads as empty (with a log warning), never as an
+error: forgetting keys only makes the next use a first use again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import os
-import tempfile
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -33,8 +28,7 @@ from typing import Any
 
 from sleap_rtc.core.config import user_data_dir
 from sleap_rtc.core.identity import is_fingerprint
-
-log = logging.getLogger(__name__)
+from sleap_rtc.core.json_store import MAX_STATE_BYTES, read_json, write_json
 
 STORE_NAME = "known_workers.json"
 """File name of the store inside the user data dir."""
@@ -42,7 +36,7 @@ STORE_NAME = "known_workers.json"
 MAX_ENTRIES = 10_000
 """Entries kept; the least recently used are dropped beyond this."""
 
-MAX_STORE_BYTES = 4 * 1024 * 1024
+MAX_STORE_BYTES = MAX_STATE_BYTES
 """A store file larger than this is ignored (it is not one we wrote)."""
 
 
@@ -87,16 +81,7 @@ class KnownWorkers:
         return self._cache
 
     def _load(self) -> dict[str, dict[str, Any]]:
-        try:
-            if self.path.stat().st_size > MAX_STORE_BYTES:
-                log.warning("ignoring %s: larger than %d bytes", self.path, MAX_STORE_BYTES)
-                return {}
-            data = json.loads(self.path.read_text("utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, RecursionError) as exc:
-            log.warning("ignoring unreadable %s (%s)", self.path, exc)
-            return {}
+        data = read_json(self.path, MAX_STORE_BYTES)
         workers = data.get("workers") if isinstance(data, dict) else None
         if not isinstance(workers, dict):
             return {}
@@ -136,17 +121,6 @@ class KnownWorkers:
         self._save(workers)
 
     def _save(self, workers: dict[str, dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        text = json.dumps({"version": 1, "workers": workers}, indent=1)
-        fd, tmp = tempfile.mkstemp(prefix=".known_workers-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-            st = self.path.stat()
-            self._stamp, self._cache = (st.st_mtime_ns, st.st_size), workers
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_json(self.path, {"version": 1, "workers": workers}, indent=1)
+        st = self.path.stat()
+        self._stamp, self._cache = (st.st_mtime_ns, st.st_size), workers

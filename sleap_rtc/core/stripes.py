@@ -45,7 +45,8 @@ rest of the transfer runs at the rate of the connections it has.
 Samples count bytes that reached the receiver (``FileTransfers.throughput_count``: received
 here, or reported by the receiver in ``file_progress``), not bytes handed to send buffers,
 which swallow megabytes the moment a connection opens.
-What growth found is kept per worker for ``PATH_MEMORY_S`` (``PathMemory``, one per process):
+What growth found is kept per worker for ``PATH_MEMORY_S`` (``PathMemory``, in a file of the
+client's user data dir, so a next client process finds it too):
 the next striped transfer to that worker, on this channel (the results after the upload) or
 a later one (the inference after the training), opens that many connections at once; where
 growth had stopped on its own, a new channel then probes one more, and where the last
@@ -62,12 +63,16 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sleap_rtc.core.config import user_data_dir
+from sleap_rtc.core.json_store import read_json, write_json
 from sleap_rtc.core.protocol import ChannelType
 from sleap_rtc.core.tasks import cancel_and_wait, spawn
 from sleap_rtc.core.transport_errors import PeerClosedError, TransportError
@@ -157,6 +162,8 @@ costs little either way: growth probes one more connection and goes on where it 
 the extra connections of a path that got cleaner cost a little CPU."""
 MAX_PATHS = 256
 """Workers a ``PathMemory`` remembers at most (the oldest is forgotten first)."""
+PATHS_FILE = "learned_paths.json"
+"""File name of the client's ``PathMemory`` in the user data dir."""
 
 
 @dataclass(frozen=True)
@@ -172,32 +179,66 @@ class LearnedPath:
 
 class PathMemory:
     """The connections each worker's path needed, as growth found them, for the next striped
-    transfer to that worker; in memory only, ``ttl`` seconds each, at most ``MAX_PATHS`` workers.
-    ``clock`` is injected for tests."""
+    transfer to that worker: ``ttl`` seconds each, at most ``MAX_PATHS`` workers, kept in
+    ``store`` (a JSON file, ``core.json_store``) when given, so a next client process (the
+    CLI's inference after its training) starts where the last one's growth ended; in memory
+    only without one. ``clock`` (wall time: the file outlives the process) is injected for tests."""
 
-    def __init__(self, ttl: float = PATH_MEMORY_S, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl: float = PATH_MEMORY_S, clock: Callable[[], float] = time.time, store: Path | None = None):
         self.ttl = ttl
         self.clock = clock
+        self.store = store
         self._paths: dict[str, LearnedPath] = {}
 
     def remember(self, peer_id: str, connections: int, settled: bool) -> None:
-        """Keep what growth found for ``peer_id`` (replacing what was there)."""
+        """Keep what growth found for ``peer_id`` (replacing what was there), and save."""
+        self._load()
         self._paths.pop(peer_id, None)
         self._paths[peer_id] = LearnedPath(connections, settled, self.clock())
         while len(self._paths) > MAX_PATHS:
             del self._paths[next(iter(self._paths))]  # dicts keep insertion order: the oldest
+        if self.store is not None:
+            saved = {peer: [p.connections, p.settled, p.at] for peer, p in self._paths.items()}
+            try:
+                write_json(self.store, {"version": 1, "paths": saved})
+            except OSError as exc:  # this process still remembers; a next one learns again
+                log.warning("could not save learned paths to %s (%s)", self.store, exc)
 
     def recall(self, peer_id: str) -> LearnedPath | None:
         """What growth found for ``peer_id`` within ``ttl``, else None."""
+        self._load()
         learned = self._paths.get(peer_id)
-        if learned is not None and self.clock() - learned.at > self.ttl:
-            del self._paths[peer_id]
+        if learned is not None and not 0 <= self.clock() - learned.at <= self.ttl:
+            del self._paths[peer_id]  # expired, or found "later" than now (the clock went back)
             return None
         return learned
 
+    def _load(self) -> None:
+        # The file is read each time: another client process may have learned since. Entries
+        # are checked as the file is the user's own but could be anything.
+        if self.store is None:
+            return
+        data = read_json(self.store)
+        paths = data.get("paths") if isinstance(data, dict) else None
+        if not isinstance(paths, dict):
+            return
+        self._paths = {
+            peer: LearnedPath(entry[0], entry[1], float(entry[2]))
+            for peer, entry in list(paths.items())[-MAX_PATHS:]
+            if isinstance(peer, str) and isinstance(entry, list) and len(entry) == 3
+            and type(entry[0]) is int and 1 <= entry[0] <= MAX_CONNECTIONS and type(entry[1]) is bool
+            and type(entry[2]) in (int, float) and math.isfinite(entry[2])
+        }
 
-PATHS = PathMemory()
-"""This process's memory: every ``Stripes`` uses it unless given another."""
+
+def default_paths_file() -> Path:
+    """``learned_paths.json`` in the user data dir: where a client keeps what growth found."""
+    return user_data_dir() / PATHS_FILE
+
+
+PATHS = PathMemory(store=default_paths_file())
+"""This process's memory, kept in the user data dir: every ``Stripes`` uses it unless given
+another. Only a client's growth remembers or recalls, so a worker never writes it."""
 
 
 def steady(first: float, second: float) -> bool:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -592,3 +595,46 @@ async def test_what_growth_reached_is_kept_when_the_peer_hangs_up_before_it_sett
     assert sampled == [2, 4]
     assert memory.recall("w") == stripes_mod.LearnedPath(4, False, memory.recall("w").at)
     await pair.client.close()
+
+
+def test_path_memory_with_a_store_is_shared_by_processes_and_survives_a_bad_file(tmp_path):
+    store = tmp_path / "learned_paths.json"
+    now = [1000.0]
+    first = stripes_mod.PathMemory(ttl=60, clock=lambda: now[0], store=store)
+    first.remember("worker-a", 16, settled=True)
+    later = stripes_mod.PathMemory(ttl=60, clock=lambda: now[0], store=store)  # a next client process
+    assert later.recall("worker-a") == stripes_mod.LearnedPath(16, True, 1000.0)
+    later.remember("worker-b", 5, settled=False)
+    assert first.recall("worker-b") == stripes_mod.LearnedPath(5, False, 1000.0)  # read again, not cached
+    now[0] = 1061
+    assert later.recall("worker-a") is None
+    # Entries that are not what a PathMemory writes are dropped; the sound one stays.
+    store.write_text(json.dumps({"version": 1, "paths": {
+        "ok": [4, True, 1050.0], "huge": [10**9, True, 1050.0], "zero": [0, True, 1050.0],
+        "flag": [4, 1, 1050.0], "when": [4, True, "soon"], "inf": [4, True, float("inf")], "short": [4],
+    }}))
+    assert [later.recall(p) is not None for p in ("ok", "huge", "zero", "flag", "when", "inf", "short")] == [
+        True, False, False, False, False, False, False]
+    store.write_text("{broken")
+    assert later.recall("ok") is not None  # an unreadable file leaves what this process knew
+    now[0] = 900.0
+    assert later.recall("ok") is None  # found "later" than now: the clock went back
+
+
+def test_path_memory_that_cannot_save_still_remembers_in_this_process(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    memory = stripes_mod.PathMemory(store=blocker / "learned_paths.json")
+    memory.remember("w", 8, settled=True)
+    assert memory.recall("w").connections == 8
+
+
+def test_a_client_process_finds_the_path_a_previous_one_learned(tmp_path):
+    # Two real processes on the default store (the user data dir, pointed here).
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+    code = "from sleap_rtc.core import stripes; stripes.PATHS.remember('worker-x-1', 12, settled=True)"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    code = "from sleap_rtc.core import stripes; p = stripes.PATHS.recall('worker-x-1'); print(p.connections, p.settled)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60, capture_output=True, text=True)
+    assert out.stdout.split() == ["12", "True"]
+    assert (tmp_path / "data" / "sleap-rtc" / stripes_mod.PATHS_FILE).is_file()
