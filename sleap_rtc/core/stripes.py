@@ -223,11 +223,11 @@ class PathMemory:
         if not isinstance(paths, dict):
             return
         self._paths = {
-            peer: LearnedPath(entry[0], entry[1], float(entry[2]))
+            peer: LearnedPath(entry[0], entry[1], entry[2])
             for peer, entry in list(paths.items())[-MAX_PATHS:]
             if isinstance(peer, str) and isinstance(entry, list) and len(entry) == 3
             and type(entry[0]) is int and 1 <= entry[0] <= MAX_CONNECTIONS and type(entry[1]) is bool
-            and type(entry[2]) in (int, float) and math.isfinite(entry[2])
+            and type(entry[2]) is float and math.isfinite(entry[2])  # time.time()'s; not 10**400
         }
 
 

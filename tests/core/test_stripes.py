@@ -611,10 +611,10 @@ def test_path_memory_with_a_store_is_shared_by_processes_and_survives_a_bad_file
     # Entries that are not what a PathMemory writes are dropped; the sound one stays.
     store.write_text(json.dumps({"version": 1, "paths": {
         "ok": [4, True, 1050.0], "huge": [10**9, True, 1050.0], "zero": [0, True, 1050.0],
-        "flag": [4, 1, 1050.0], "when": [4, True, "soon"], "inf": [4, True, float("inf")], "short": [4],
+        "flag": [4, 1, 1050.0], "when": [4, True, "soon"], "big": [4, True, 10**400], "inf": [4, True, float("inf")], "short": [4],
     }}))
-    assert [later.recall(p) is not None for p in ("ok", "huge", "zero", "flag", "when", "inf", "short")] == [
-        True, False, False, False, False, False, False]
+    assert [later.recall(p) is not None for p in ("ok", "huge", "zero", "flag", "when", "big", "inf", "short")] == [
+        True, False, False, False, False, False, False, False]
     store.write_text("{broken")
     assert later.recall("ok") is not None  # an unreadable file leaves what this process knew
     now[0] = 900.0
